@@ -1,0 +1,86 @@
+"""The interface every measurement backend implements.
+
+A backend knows how to read allocated bytes on one device and how to make a test's code
+run there. The measuring logic (start point, model bytes, peak, leak) lives in
+``pytest_vram.measure`` and is the same for every backend; a backend only supplies the
+counters and the scope in which the test's build step and workload run.
+
+Contract (see docs/architecture.md):
+
+* ``warmup()`` runs once per process before the first measurement and allocates whatever
+  persistent state the device creates lazily (cuBLAS workspaces and the like), so that
+  it never lands in a test's figures.
+* ``scope()`` is entered around every build step and workload of a test. The CUDA backend
+  needs nothing there; the estimator enters its fake-tensor mode. The same backend
+  instance may enter and leave the scope several times within one test; objects made in
+  one scope are usable in the next scope of the same test.
+* ``begin_test()`` / ``end_test()`` bracket one test: begin releases cached, unused memory
+  so that allocation history of earlier tests cannot change this test's rounding; end
+  drops per-test state (the estimator's fake mode).
+* ``allocated()`` is the bytes allocated now, as the CUDA caching allocator counts them
+  (``torch.cuda.memory_allocated``: block sizes after the allocator's rounding).
+* ``reset_peak()`` makes ``peak()`` start again from ``allocated()``.
+* ``peak()`` is the highest ``allocated()`` seen since the last ``reset_peak()``.
+
+All counters are absolute; ``measure`` subtracts the value at the start of the test.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator
+
+
+class Backend(abc.ABC):
+    """A place where memory is measured: a real CUDA device or the estimator."""
+
+    #: Short name used on the command line (``--vram-backend=NAME``) and in profiles.
+    name: str = ""
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """The torch device string tests should build on, e.g. ``"cuda:0"``."""
+
+    @abc.abstractmethod
+    def profile(self) -> str:
+        """Baseline profile name: numbers are only compared within one profile."""
+
+    @abc.abstractmethod
+    def context(self) -> dict[str, str]:
+        """What makes a figure comparable: backend, device name, torch version, allocator."""
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Allocate lazily created persistent state once per process."""
+
+    def begin_test(self) -> None:  # noqa: B027 - optional hook
+        """Prepare for a new test (release cached memory, fresh per-test state)."""
+
+    def end_test(self) -> None:  # noqa: B027 - optional hook
+        """Drop per-test state."""
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Context in which the test's build step and workload run."""
+        yield
+
+    @abc.abstractmethod
+    def synchronize(self) -> None:
+        """Wait until queued device work is done, so counters are final."""
+
+    @abc.abstractmethod
+    def allocated(self) -> int:
+        """Bytes allocated now (allocator-rounded)."""
+
+    @abc.abstractmethod
+    def reset_peak(self) -> None:
+        """Restart peak tracking from the current allocation."""
+
+    @abc.abstractmethod
+    def peak(self) -> int:
+        """Highest allocation since the last ``reset_peak``."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (e.g. ``cuda`` without a GPU)."""
