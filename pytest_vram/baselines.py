@@ -1,0 +1,514 @@
+"""The YAML baseline store: load and validate, dump, atomic write, update, stale entries.
+
+One file per measurement profile (``baselines/<profile>.yaml``). A file is strict on load
+(every error names the file, the entry, the field and the fix) and canonical on dump
+(fixed key order, sorted entries, integers in bytes, block style, no aliases), so that a
+baseline change reads as a clean diff in review. See ``docs/baselines.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.emitter import ScalarEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from pytest_vram.units import Tolerance, UnitError, parse_size, parse_tolerance
+
+#: Keys of the file's top-level mapping, in the order they are written.
+HEADER_KEYS = ("profile", "recorded_with", "tolerance", "entries")
+#: Keys of one entry, in the order they are written.
+ENTRY_KEYS = ("params", "model_bytes", "peak_bytes", "activation_bytes", "tolerance")
+
+# A profile is a file stem: no separators, no leading dot (hidden file), no "..".
+_PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class BaselineError(Exception):
+    """A baseline file (or profile name) is invalid; the message names file, entry, field, fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """The recorded figures of one measurement. Sizes in bytes."""
+
+    model_bytes: int
+    peak_bytes: int
+    params: int | None = None
+    #: Per-entry tolerance override, kept across ``--vram-update``.
+    tolerance: Tolerance | None = None
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.peak_bytes - self.model_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineFile:
+    """One profile's baseline file, as loaded or about to be written."""
+
+    path: Path
+    profile: str
+    entries: dict[str, Entry]
+    recorded_with: dict[str, str]
+    #: File-wide default tolerance (entries and markers may override it).
+    tolerance: Tolerance | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One entry touched by :func:`update`: ``old`` None means added, ``new`` None removed."""
+
+    key: str
+    old: Entry | None
+    new: Entry | None
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateResult:
+    """What :func:`update` did to one file. Each list is sorted by key."""
+
+    path: Path
+    added: list[Change]
+    changed: list[Change]
+    unchanged: list[str]
+    removed: list[Change]
+    written: bool
+
+    @property
+    def touched(self) -> bool:
+        """Whether any entry was added, changed or removed."""
+        return bool(self.added or self.changed or self.removed)
+
+
+def profile_path(directory: Path, profile: str) -> Path:
+    """The file that holds ``profile``'s baselines: ``directory / f"{profile}.yaml"``."""
+    check_profile_name(profile)
+    return Path(directory) / f"{profile}.yaml"
+
+
+def check_profile_name(profile: str) -> None:
+    """Raise BaselineError unless ``profile`` is usable as a file stem on every platform."""
+    if not isinstance(profile, str) or not _PROFILE_RE.match(profile) or ".." in profile:
+        raise BaselineError(
+            f"profile name {profile!r} is not a safe file name: use letters, digits and "
+            f"'.', '_', '+', '-', starting with a letter or digit (e.g. 'cuda-nvidia-h200')"
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, where: tuple[str, ...], key: str, first_line: int, line: int) -> None:
+        super().__init__(key)
+        self.where, self.key, self.first_line, self.line = where, key, first_line, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys.
+
+    PyYAML silently keeps the last of two equal keys; in a baseline file that would hide
+    one of two recorded figures (typically after a bad merge), so it is an error here.
+    The check runs on the composed node tree, where the path to the mapping is known and
+    the message can name the entry.
+    """
+
+    def compose_document(self) -> Node | None:  # type: ignore[override]
+        node = super().compose_document()
+        if node is not None:
+            _check_duplicates(node, ())
+        return node
+
+
+def _check_duplicates(node: Node, where: tuple[str, ...]) -> None:
+    if isinstance(node, MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            key = (key_node.tag, str(key_node.value)) if isinstance(key_node, ScalarNode) else None
+            if key is not None:
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(where, key[1], seen[key], line)
+                seen[key] = line
+            child = str(key_node.value) if isinstance(key_node, ScalarNode) else "?"
+            _check_duplicates(value_node, (*where, child))
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicates(item, (*where, str(index)))
+
+
+def load(path: Path) -> BaselineFile | None:
+    """Read and validate a baseline file; None if it does not exist.
+
+    Raises BaselineError for YAML syntax errors (with the line), duplicate keys, wrong
+    types, unknown keys, a profile that does not match the file name, or an
+    ``activation_bytes`` that disagrees with ``peak_bytes - model_bytes``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"{path}: cannot read baseline file: {exc}") from exc
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> BaselineFile:
+    """Validate baseline ``text`` as if read from ``path`` (which names it in errors)."""
+    path = Path(path)
+    data = _load_yaml(text, path)
+    return _validate_file(data, path)
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise BaselineError(_duplicate_message(path, dup)) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise BaselineError(f"{path}{where}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise BaselineError(f"{path}: invalid YAML: {exc}") from None
+
+
+def _duplicate_message(path: Path, dup: _DuplicateKey) -> str:
+    lines = f"lines {dup.first_line} and {dup.line}"
+    keep = "keep one of them (YAML would silently use the last)"
+    if dup.where == ("entries",):
+        return f"{path}: entry {dup.key!r} appears twice ({lines}); {keep}"
+    if len(dup.where) == 2 and dup.where[0] == "entries":
+        return f"{path}: entry {dup.where[1]!r}: {dup.key} appears twice ({lines}); {keep}"
+    if not dup.where:
+        return f"{path}: top-level key {dup.key!r} appears twice ({lines}); {keep}"
+    inside = ".".join(dup.where)
+    return f"{path}: {inside}: key {dup.key!r} appears twice ({lines}); {keep}"
+
+
+def _validate_file(data: Any, path: Path) -> BaselineFile:
+    expected = "a mapping with keys profile, entries (and optionally recorded_with, tolerance)"
+    if data is None:
+        raise BaselineError(f"{path}: file is empty; expected {expected}")
+    if not isinstance(data, dict):
+        raise BaselineError(f"{path}: top level must be {expected}, got {_kind(data)}")
+    unknown = [str(k) for k in data if k not in HEADER_KEYS]
+    if unknown:
+        raise BaselineError(
+            f"{path}: unknown top-level key {unknown[0]!r}; allowed keys are "
+            f"{', '.join(HEADER_KEYS)} (anything else would be lost on the next update)"
+        )
+    profile = _validate_profile(data, path)
+    recorded_with = _validate_recorded_with(data.get("recorded_with"), path)
+    tolerance = None
+    if data.get("tolerance") is not None:
+        tolerance = _tolerance(data["tolerance"], str(path))
+    if "entries" not in data:
+        raise BaselineError(f"{path}: entries is missing; write 'entries: {{}}' for none")
+    raw_entries = data["entries"]
+    if raw_entries is None:
+        raw_entries = {}  # "entries:" with nothing under it: an empty file in progress.
+    if not isinstance(raw_entries, dict):
+        raise BaselineError(
+            f"{path}: entries must be a mapping from test id to figures, got {_kind(raw_entries)}"
+        )
+    entries = {}
+    for key, raw in raw_entries.items():
+        if not isinstance(key, str) or not key:
+            raise BaselineError(
+                f"{path}: entry key {key!r} must be a non-empty test id string "
+                f"(quote it if YAML reads it as another type)"
+            )
+        entries[key] = _validate_entry(raw, f"{path}: entry {key!r}")
+    return BaselineFile(path, profile, entries, recorded_with, tolerance)
+
+
+def _validate_profile(data: dict[Any, Any], path: Path) -> str:
+    if "profile" not in data:
+        raise BaselineError(f"{path}: profile is missing; add 'profile: {path.stem}'")
+    profile = data["profile"]
+    if not isinstance(profile, str):
+        raise BaselineError(
+            f"{path}: profile must be a string, got {profile!r}; write 'profile: {path.stem}'"
+        )
+    if profile != path.stem:
+        raise BaselineError(
+            f"{path}: profile is {profile!r} but the file name says {path.stem!r}; "
+            f"a file holds exactly its own profile: rename the file to '{profile}.yaml' "
+            f"or set 'profile: {path.stem}'"
+        )
+    return profile
+
+
+def _validate_recorded_with(raw: Any, path: Path) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BaselineError(
+            f"{path}: recorded_with must be a mapping of names to version strings, got {_kind(raw)}"
+        )
+    result = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise BaselineError(
+                f"{path}: recorded_with: {name!r} must map a name to a string, got {value!r}; "
+                f"quote the value (e.g. '2.11' rather than 2.11)"
+            )
+        result[name] = value
+    return result
+
+
+def _validate_entry(raw: Any, where: str) -> Entry:
+    if not isinstance(raw, dict):
+        raise BaselineError(
+            f"{where}: must be a mapping with model_bytes and peak_bytes, got {_kind(raw)}"
+        )
+    unknown = [str(k) for k in raw if k not in ENTRY_KEYS]
+    if unknown:
+        raise BaselineError(
+            f"{where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(ENTRY_KEYS)} "
+            f"(anything else would be lost on the next update)"
+        )
+    for required in ("model_bytes", "peak_bytes"):
+        if required not in raw:
+            raise BaselineError(f"{where}: {required} is missing; record it with --vram-update")
+    model = _count(raw["model_bytes"], where, "model_bytes", _BYTES)
+    peak = _count(raw["peak_bytes"], where, "peak_bytes", _BYTES)
+    params = None
+    if raw.get("params") is not None:
+        params = _count(raw["params"], where, "params", "a non-negative integer (or null)")
+    if peak < model:
+        raise BaselineError(
+            f"{where}: peak_bytes ({peak}) must be at least model_bytes ({model}); "
+            f"the peak includes the model"
+        )
+    if "activation_bytes" in raw:
+        activation = _count(raw["activation_bytes"], where, "activation_bytes", _BYTES)
+        if activation != peak - model:
+            raise BaselineError(
+                f"{where}: activation_bytes is {activation} but peak_bytes - model_bytes "
+                f"is {peak - model}; set activation_bytes: {peak - model} (it is derived)"
+            )
+    tolerance = None
+    if raw.get("tolerance") is not None:
+        tolerance = _tolerance(raw["tolerance"], where)
+    return Entry(model_bytes=model, peak_bytes=peak, params=params, tolerance=tolerance)
+
+
+_BYTES = "a non-negative integer number of bytes"
+
+
+def _count(value: Any, where: str, field: str, expected: str) -> int:
+    # bool is an int subclass: "peak_bytes: yes" must not read as 1 byte.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise BaselineError(f"{where}: {field} must be {expected}, got {value!r}{_hint(value)}")
+
+
+def _hint(value: Any) -> str:
+    # A size string is the likeliest mistake; say what number it stands for.
+    if isinstance(value, str):
+        try:
+            return f" (write {parse_size(value)})"
+        except UnitError:
+            return ""
+    return ""
+
+
+def _tolerance(value: Any, where: str) -> Tolerance:
+    try:
+        return parse_tolerance(value, what="tolerance")
+    except UnitError as exc:
+        raise BaselineError(f"{where}: {exc}") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
+    return f"{names.get(type(value), type(value).__name__)} {value!r}"[:120]
+
+
+# --------------------------------------------------------------------------- dumping
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper: no aliases, and test ids up to YAML's limit stay plain keys."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+    def check_simple_key(self) -> bool:
+        # PyYAML writes keys longer than 128 characters as "? key" (explicit form), which
+        # reads badly in review; parametrised test ids often are that long. YAML allows
+        # plain keys up to 1024 characters, and PyYAML's reader accepts them.
+        if isinstance(self.event, ScalarEvent):
+            if self.analysis is None:
+                self.analysis = self.analyze_scalar(self.event.value)
+            analysis = self.analysis
+            if len(analysis.scalar) < 1000 and not analysis.empty and not analysis.multiline:
+                return True
+        return super().check_simple_key()
+
+
+def dump(baseline: BaselineFile) -> str:
+    """Canonical YAML text of ``baseline``: same content, same bytes, always."""
+    document: dict[str, Any] = {"profile": baseline.profile}
+    if baseline.recorded_with:
+        document["recorded_with"] = dict(sorted(baseline.recorded_with.items()))
+    if baseline.tolerance is not None:
+        document["tolerance"] = str(baseline.tolerance)
+    document["entries"] = {
+        key: _entry_document(baseline.entries[key]) for key in sorted(baseline.entries)
+    }
+    return yaml.dump(
+        document,
+        Dumper=_Dumper,
+        sort_keys=False,  # the order above is the canonical one
+        default_flow_style=False,
+        allow_unicode=True,
+        width=10**9,  # never fold a long test id over two lines
+        explicit_end=False,
+    )
+
+
+def _entry_document(entry: Entry) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    if entry.params is not None:
+        document["params"] = entry.params
+    document["model_bytes"] = entry.model_bytes
+    document["peak_bytes"] = entry.peak_bytes
+    document["activation_bytes"] = entry.activation_bytes
+    if entry.tolerance is not None:
+        document["tolerance"] = str(entry.tolerance)
+    return document
+
+
+def write(baseline: BaselineFile) -> None:
+    """Write ``baseline`` atomically: readers see the old file or the new one, never half.
+
+    The text goes to a temporary file in the same directory (so ``os.replace`` is a rename
+    within one file system), is flushed to disk, then replaces the target.
+    """
+    path = Path(baseline.path)
+    data = dump(baseline).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide the mode, as for any file the user creates
+    # (tempfile.mkstemp would leave a 0600 baseline behind).
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(temp, path.stat().st_mode & 0o7777)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable on POSIX; directories cannot be opened on Windows.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- updating
+
+
+def update(
+    path: Path,
+    profile: str,
+    measured: Mapping[str, Entry],
+    *,
+    recorded_with: dict[str, str],
+    prune: Iterable[str] = (),
+) -> UpdateResult:
+    """Merge ``measured`` into the baseline file at ``path``, creating it if missing.
+
+    Measured keys are replaced (an existing per-entry ``tolerance`` override is kept unless
+    the measured entry brings its own), keys in ``prune`` that were not measured are
+    removed, every other entry is kept. The file is rewritten only when an entry was added,
+    changed or removed; otherwise its bytes stay as they are. A malformed existing file
+    raises BaselineError and is left untouched.
+    """
+    path = Path(path)
+    check_profile_name(profile)
+    if path.stem != profile:
+        raise BaselineError(f"{path}: cannot hold profile {profile!r}; use {profile}.yaml")
+    existing = load(path)
+    entries = dict(existing.entries) if existing else {}
+    added: list[Change] = []
+    changed: list[Change] = []
+    unchanged: list[str] = []
+    for key in sorted(measured):
+        old = entries.get(key)
+        new = measured[key]
+        if old is not None and old.tolerance is not None and new.tolerance is None:
+            new = dataclasses.replace(new, tolerance=old.tolerance)
+        if old is None:
+            added.append(Change(key, None, new))
+        elif old != new:
+            changed.append(Change(key, old, new))
+        else:
+            unchanged.append(key)
+        entries[key] = new
+    removed = [
+        Change(key, entries.pop(key), None)
+        for key in sorted(set(prune))
+        if key in entries and key not in measured
+    ]
+    written = bool(added or changed or removed)
+    if written:
+        write(
+            BaselineFile(
+                path=path,
+                profile=profile,
+                entries=entries,
+                # recorded_with describes the run that last wrote the figures; a run that
+                # changes nothing leaves the file (and its provenance) alone.
+                recorded_with=dict(recorded_with),
+                tolerance=existing.tolerance if existing else None,
+            )
+        )
+    return UpdateResult(path, added, changed, unchanged, removed, written)
+
+
+def stale_keys(
+    baseline: BaselineFile, produced: Iterable[str], collected_files: Iterable[str]
+) -> list[str]:
+    """Entries of test files that ran in this session but that no test produced, sorted.
+
+    A key is ``"<nodeid>"`` or ``"<nodeid>::<name>"``; its test file is the part before the
+    first ``"::"``. Entries of files that were not collected are never stale: a partial run
+    says nothing about them.
+    """
+    produced_set = set(produced)
+    files = set(collected_files)
+    return sorted(
+        key
+        for key in baseline.entries
+        if key.split("::", 1)[0] in files and key not in produced_set
+    )
