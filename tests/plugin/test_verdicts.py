@@ -1,0 +1,237 @@
+"""Verdict rules: tables on the tolerance and budget boundaries, and what each verdict says."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_vram.baselines import Entry
+from pytest_vram.units import GiB, MiB, Tolerance
+from pytest_vram.verdicts import SEVERITY, Kind, Verdict, failed, judge, worst
+
+KEY = "tests/vram/test_zoo.py::test_inference[maximum-phase8]"
+PATH = "baselines/cuda-h200.yaml"
+MODEL = 6163679232
+PEAK = 6236118016
+BASE = Entry(model_bytes=MODEL, peak_bytes=PEAK)
+# 0.5% of PEAK is 31180590.08 -> allowance 31180590; of MODEL 30818396.16 -> 30818396.
+HALF_PERCENT = Tolerance(relative=0.005)
+PEAK_ALLOWANCE = 31180590
+MODEL_ALLOWANCE = 30818396
+
+
+def kinds(verdicts: list[Verdict]) -> list[Kind]:
+    return [v.kind for v in verdicts]
+
+
+@pytest.mark.parametrize(
+    ("peak", "expected"),
+    [
+        (PEAK, Kind.PASS),
+        (PEAK + PEAK_ALLOWANCE, Kind.PASS),  # exactly on the limit passes
+        (PEAK + PEAK_ALLOWANCE + 1, Kind.REGRESSION),
+        (PEAK - PEAK_ALLOWANCE, Kind.PASS),
+        (PEAK - PEAK_ALLOWANCE - 1, Kind.IMPROVEMENT),
+    ],
+)
+def test_peak_against_baseline_and_tolerance(peak: int, expected: Kind) -> None:
+    verdicts = judge(KEY, Entry(MODEL, peak), BASE, tolerance=HALF_PERCENT)
+    assert kinds(verdicts) == [expected]
+    assert verdicts[0].fails is (expected is Kind.REGRESSION)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (MODEL + MODEL_ALLOWANCE, Kind.PASS),
+        (MODEL + MODEL_ALLOWANCE + 1, Kind.REGRESSION),
+        (MODEL - MODEL_ALLOWANCE, Kind.PASS),
+        (MODEL - MODEL_ALLOWANCE - 1, Kind.IMPROVEMENT),
+    ],
+)
+def test_model_bytes_are_compared_too(model: int, expected: Kind) -> None:
+    verdicts = judge(KEY, Entry(model, PEAK), BASE, tolerance=HALF_PERCENT)
+    assert kinds(verdicts) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "peak", "expected"),
+    [
+        (Tolerance(), PEAK, Kind.PASS),
+        (Tolerance(), PEAK + 1, Kind.REGRESSION),
+        (Tolerance(), PEAK - 1, Kind.IMPROVEMENT),
+        (Tolerance(absolute=4 * MiB), PEAK + 4 * MiB, Kind.PASS),
+        (Tolerance(absolute=4 * MiB), PEAK + 4 * MiB + 1, Kind.REGRESSION),
+        (Tolerance(0.005, 4 * MiB), PEAK + PEAK_ALLOWANCE + 4 * MiB, Kind.PASS),
+        (Tolerance(0.005, 4 * MiB), PEAK + PEAK_ALLOWANCE + 4 * MiB + 1, Kind.REGRESSION),
+    ],
+)
+def test_tolerance_forms(tolerance: Tolerance, peak: int, expected: Kind) -> None:
+    # The model is unchanged, so only the peak can move the verdict.
+    assert kinds(judge(KEY, Entry(MODEL, peak), BASE, tolerance=tolerance)) == [expected]
+
+
+def test_peak_regression_and_model_improvement_are_both_reported() -> None:
+    measured = Entry(MODEL - 100 * MiB, PEAK + 100 * MiB)
+    verdicts = judge(KEY, measured, BASE, tolerance=HALF_PERCENT)
+    assert kinds(verdicts) == [Kind.REGRESSION, Kind.IMPROVEMENT]
+    assert "peak" in verdicts[0].detail and "model" not in verdicts[0].detail.split(". ")[1]
+    assert verdicts[1].summary.startswith("model -100.0 MiB")
+    assert [v.kind for v in failed(verdicts)] == [Kind.REGRESSION]
+
+
+def test_both_fields_regressing_make_one_verdict_naming_both() -> None:
+    measured = Entry(MODEL + 100 * MiB, PEAK + 100 * MiB)
+    (verdict,) = judge(KEY, measured, BASE, tolerance=HALF_PERCENT)
+    assert verdict.kind is Kind.REGRESSION
+    assert verdict.summary == "+100.0 MiB (+1.68%); model +100.0 MiB (+1.70%)"
+    assert f"peak {PEAK + 100 * MiB} B" in verdict.detail
+    assert f"model {MODEL + 100 * MiB} B" in verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("strict", "update", "expected", "fails"),
+    [
+        (False, False, Kind.NEW, False),
+        (True, False, Kind.MISSING, True),
+        (False, True, Kind.NEW, False),
+        (True, True, Kind.NEW, False),  # updating records it, strict or not
+    ],
+)
+def test_no_baseline(strict: bool, update: bool, expected: Kind, fails: bool) -> None:
+    (verdict,) = judge(
+        KEY, BASE, None, tolerance=HALF_PERCENT, strict=strict, update=update, baseline_path=PATH
+    )
+    assert (verdict.kind, verdict.fails) == (expected, fails)
+    assert PATH in verdict.detail
+    assert str(PEAK) in verdict.detail
+
+
+@pytest.mark.parametrize(
+    ("peak", "expected"),
+    [
+        (PEAK, Kind.PASS),
+        (PEAK + GiB, Kind.UPDATED),  # far over: updating never fails for baseline reasons
+        (PEAK - GiB, Kind.UPDATED),
+        (PEAK + 1, Kind.UPDATED),  # even within tolerance: the figure is rewritten
+    ],
+)
+def test_update_mode(peak: int, expected: Kind) -> None:
+    verdicts = judge(KEY, Entry(MODEL, peak), BASE, tolerance=HALF_PERCENT, update=True)
+    assert kinds(verdicts) == [expected]
+    assert not verdicts[0].fails
+
+
+@pytest.mark.parametrize(
+    ("peak", "budget", "update", "baseline", "expected"),
+    [
+        (PEAK, PEAK, False, BASE, [Kind.PASS]),  # exactly on the budget passes
+        (PEAK, PEAK - 1, False, BASE, [Kind.OVER_BUDGET]),  # even with the baseline held
+        (PEAK, PEAK - 1, True, BASE, [Kind.OVER_BUDGET]),  # and while updating
+        (PEAK, PEAK - 1, False, None, [Kind.OVER_BUDGET, Kind.NEW]),
+        (PEAK + GiB, PEAK, False, BASE, [Kind.OVER_BUDGET, Kind.REGRESSION]),
+        (PEAK + GiB, PEAK, True, BASE, [Kind.OVER_BUDGET, Kind.UPDATED]),
+        (PEAK - GiB, 8 * GiB, False, BASE, [Kind.IMPROVEMENT]),
+    ],
+)
+def test_budget_is_independent_of_the_baseline(
+    peak: int, budget: int, update: bool, baseline: Entry | None, expected: list[Kind]
+) -> None:
+    verdicts = judge(
+        KEY, Entry(MODEL, peak), baseline, tolerance=HALF_PERCENT, budget=budget, update=update
+    )
+    assert kinds(verdicts) == expected
+    assert any(v.fails for v in verdicts) is (
+        Kind.OVER_BUDGET in expected or Kind.REGRESSION in expected
+    )
+
+
+def test_regression_detail_names_figures_delta_tolerance_and_fix() -> None:
+    measured = Entry(MODEL, PEAK + 12 * MiB + PEAK_ALLOWANCE)
+    (verdict,) = judge(
+        KEY,
+        measured,
+        BASE,
+        tolerance=HALF_PERCENT,
+        baseline_path=PATH,
+        nodeid=KEY,
+    )
+    delta = 12 * MiB + PEAK_ALLOWANCE
+    assert verdict.fails
+    assert verdict.summary == "+41.7 MiB (+0.70%)"
+    for expected in (
+        KEY,
+        PATH,
+        f"peak {PEAK + delta} B (5989.0 MiB)",  # measured
+        f"baseline {PEAK} B (5947.2 MiB)",  # baseline
+        f"+{delta} B (+41.7 MiB, +0.70%)",  # delta in bytes and percent
+        f"tolerance 0.5% allows +/-{PEAK_ALLOWANCE} B (29.7 MiB)",
+        f"pytest --vram-update '{KEY}'",  # the fix, quoted for the shell
+    ):
+        assert expected in verdict.detail
+
+
+def test_improvement_tells_how_to_lock_it_in_for_the_nodeid() -> None:
+    key = "tests/test_x.py::test_train[tiny]::backward"
+    (verdict,) = judge(
+        key,
+        Entry(MODEL, PEAK - 100 * MiB),
+        BASE,
+        tolerance=HALF_PERCENT,
+        nodeid="tests/test_x.py::test_train[tiny]",
+        baseline_path=PATH,
+    )
+    assert verdict.kind is Kind.IMPROVEMENT
+    assert not verdict.fails
+    assert verdict.summary == "-100.0 MiB (-1.68%)"
+    assert "pytest --vram-update 'tests/test_x.py::test_train[tiny]'`" in verdict.detail
+    assert verdict.key == key
+
+
+def test_over_budget_detail() -> None:
+    budget = 5 * GiB
+    (verdict,) = judge(KEY, BASE, BASE, tolerance=HALF_PERCENT, budget=budget)
+    assert verdict.kind is Kind.OVER_BUDGET
+    assert f"peak {PEAK} B (5947.2 MiB) is over the budget {budget} B (5120.0 MiB)" in (
+        verdict.detail
+    )
+    assert f"+{PEAK - budget} B (+827.2 MiB, +16.16%)" in verdict.detail
+    assert "raise budget=" in verdict.detail
+
+
+def test_missing_detail_says_how_to_record() -> None:
+    (verdict,) = judge(KEY, BASE, None, tolerance=HALF_PERCENT, strict=True, baseline_path=PATH)
+    assert "strict mode" in verdict.detail
+    assert f"pytest --vram-update '{KEY}'" in verdict.detail
+    assert f"commit {PATH}" in verdict.detail
+
+
+def test_pass_summary_shows_the_delta() -> None:
+    (verdict,) = judge(KEY, Entry(MODEL, PEAK + MiB), BASE, tolerance=HALF_PERCENT)
+    assert verdict.summary == "+1.0 MiB (+0.02%)"
+    assert "within tolerance 0.5%" in verdict.detail
+
+
+def test_zero_baseline() -> None:
+    zero = Entry(0, 0)
+    assert kinds(judge(KEY, zero, zero, tolerance=HALF_PERCENT)) == [Kind.PASS]
+    (verdict,) = judge(KEY, Entry(0, 512), zero, tolerance=HALF_PERCENT)
+    assert verdict.kind is Kind.REGRESSION
+    assert verdict.summary == "+512 B (baseline 0 B)"
+
+
+def test_worst_orders_by_severity() -> None:
+    def v(kind: Kind) -> Verdict:
+        return Verdict(kind, KEY, "", "", fails=kind in {Kind.REGRESSION, Kind.OVER_BUDGET})
+
+    assert worst([v(Kind.PASS)]).kind is Kind.PASS
+    assert worst([v(Kind.IMPROVEMENT), v(Kind.REGRESSION)]).kind is Kind.REGRESSION
+    assert worst([v(Kind.REGRESSION), v(Kind.OVER_BUDGET)]).kind is Kind.OVER_BUDGET
+    assert worst([v(Kind.NEW), v(Kind.MISSING)]).kind is Kind.MISSING
+    assert set(SEVERITY) == set(Kind)
+    with pytest.raises(ValueError, match="at least one verdict"):
+        worst([])
+
+
+def test_failing_kinds_rank_above_non_failing_ones() -> None:
+    failing = {Kind.OVER_BUDGET, Kind.REGRESSION, Kind.MISSING}
+    assert set(SEVERITY[: len(failing)]) == failing
