@@ -1,0 +1,120 @@
+"""The ``cuda`` backend: the CUDA caching allocator's own statistics, exact to the byte."""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from typing import Any
+
+from pytest_vram.backends.base import Backend, BackendUnavailable
+
+# The cuBLAS/cuBLASLt workspaces are per process (per handle and stream), not per backend
+# object: a second session in the same process (pytester, a re-created backend) must not
+# warm up again, nor count them as a test's memory. Keyed by device index.
+_WARMED: set[int] = set()
+
+#: Environment variables through which users configure the caching allocator.
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def slug(text: str) -> str:
+    """``"NVIDIA H200"`` -> ``"nvidia-h200"``: safe in file names and stable across runs."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+class CudaBackend(Backend):
+    """Measures ``torch.cuda.memory_allocated`` on one GPU.
+
+    ``device_index`` picks the GPU (default: the current device), so that a multi-GPU host
+    can later give each xdist worker a GPU of its own.
+    """
+
+    name = "cuda"
+
+    def __init__(self, device_index: int | None = None) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(
+                "vram backend 'cuda': no CUDA GPU is visible (torch.cuda.is_available() is "
+                f"False, torch {torch.__version__}); use --vram-backend=estimate to estimate "
+                "GPU memory without a GPU"
+            )
+        self._torch = torch
+        self.index = torch.cuda.current_device() if device_index is None else device_index
+        self._name = torch.cuda.get_device_name(self.index)
+
+    @property
+    def device(self) -> str:
+        return f"cuda:{self.index}"
+
+    def profile(self) -> str:
+        return "cuda-" + slug(self._name)
+
+    def context(self) -> dict[str, str]:
+        torch = self._torch
+        conf = [f"{var}={os.environ[var]}" for var in ALLOC_CONF_VARS if os.environ.get(var)]
+        return {
+            "backend": self.name,
+            "device": self._name,
+            "torch": str(torch.__version__),
+            "cuda": str(torch.version.cuda),
+            "allocator": "; ".join(conf) or "default",
+        }
+
+    def warmup(self) -> None:
+        if self.index in _WARMED:
+            return
+        with self._torch.cuda.device(self.index):
+            _touch_cublas(self._torch, self.device)
+            self._torch.cuda.synchronize(self.index)
+        # The workspaces stay allocated (they would come back at the next matmul anyway);
+        # only the warm-up tensors' cached blocks go, so the first test starts clean.
+        gc.collect()
+        self._torch.cuda.empty_cache()
+        _WARMED.add(self.index)
+
+    def begin_test(self) -> None:
+        gc.collect()
+        self.synchronize()
+        # Free cached blocks of earlier tests: otherwise whether a block is split (and so
+        # the rounded allocated bytes) depends on what ran before this test.
+        self._torch.cuda.empty_cache()
+        self._torch.cuda.reset_peak_memory_stats(self.index)
+
+    def synchronize(self) -> None:
+        self._torch.cuda.synchronize(self.index)
+
+    def allocated(self) -> int:
+        return int(self._torch.cuda.memory_allocated(self.index))
+
+    def reset_peak(self) -> None:
+        self._torch.cuda.reset_peak_memory_stats(self.index)
+
+    def peak(self) -> int:
+        return int(self._torch.cuda.max_memory_allocated(self.index))
+
+
+def _touch_cublas(torch: Any, device: str) -> None:
+    """Run the matrix products whose first use allocates persistent workspaces.
+
+    cuBLAS allocates a workspace per (handle, stream) from the caching allocator (32 MiB on
+    Hopper), cuBLASLt another (1 MiB) at the first linear with bias, and autograd's
+    backward runs on a thread with a handle of its own: so forward and backward, plain and
+    under autocast, in every dtype a test is likely to use.
+    """
+    dtypes = [torch.float32, torch.float16]
+    if torch.cuda.is_bf16_supported():
+        dtypes.append(torch.bfloat16)
+    for dtype in dtypes:
+        _forward_backward(torch, device, dtype, autocast=False)
+    _forward_backward(torch, device, torch.float32, autocast=True)
+
+
+def _forward_backward(torch: Any, device: str, dtype: Any, *, autocast: bool) -> None:
+    x = torch.randn(64, 64, device=device, dtype=dtype, requires_grad=True)
+    linear = torch.nn.Linear(64, 64, bias=True, device=device, dtype=dtype)
+    with torch.autocast("cuda", enabled=autocast):
+        out = linear(x @ x)
+    out.float().sum().backward()

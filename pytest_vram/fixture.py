@@ -1,0 +1,83 @@
+"""The object behind the ``vram`` fixture: a test's handle on the measuring :class:`Meter`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pytest_vram.backends.base import Backend
+from pytest_vram.measure import Measurement, Meter
+
+T = TypeVar("T")
+
+
+class VramUsageError(Exception):
+    """The fixture is used in a way that would give ambiguous baseline keys."""
+
+
+class Vram:
+    """Measure a test's build step and workloads; see the ``vram`` fixture for usage."""
+
+    def __init__(self, meter: Meter, base_key: str) -> None:
+        self._meter = meter
+        self._base_key = base_key
+        self.leaked_bytes: int | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The measuring backend (``cuda``, ``estimate`` or a custom one)."""
+        return self._meter.backend
+
+    @property
+    def device(self) -> str:
+        """The torch device to build on, e.g. ``"cuda:0"``."""
+        return self._meter.backend.device
+
+    @property
+    def measurements(self) -> list[Measurement]:
+        """The workloads measured so far in this test, in order."""
+        return list(self._meter.measurements)
+
+    def build(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``fn(*args, **kwargs)`` (e.g. a model constructor) on the measuring backend.
+
+        What it leaves allocated counts as model bytes of every later ``run``; an
+        ``nn.Module`` result adds its parameter count to the measurement.
+        """
+        return self._meter.build(fn, *args, **kwargs)
+
+    def run(self, fn: Callable[..., T], *args: Any, name: str | None = None, **kwargs: Any) -> T:
+        """Call ``fn(*args, **kwargs)`` and record its peak memory as one measurement.
+
+        One ``run`` per test is keyed by the test's node id; several need a distinct
+        ``name`` each and are keyed ``f"{nodeid}::{name}"``.
+        """
+        self._check_name(name)
+        return self._meter.run(fn, *args, name=name, **kwargs)
+
+    def key(self, measurement: Measurement) -> str:
+        """The baseline key of ``measurement``."""
+        if measurement.name is None:
+            return self._base_key
+        return f"{self._base_key}::{measurement.name}"
+
+    def finish(self) -> int:
+        """End the test: what is still allocated now is reported as leaked."""
+        self.leaked_bytes = self._meter.finish()
+        return self.leaked_bytes
+
+    def _check_name(self, name: str | None) -> None:
+        taken = [m.name for m in self._meter.measurements]
+        if name is not None and (not isinstance(name, str) or not name or "::" in name):
+            raise VramUsageError(
+                f"vram.run(name={name!r}): name must be a non-empty str without '::'"
+            )
+        if not taken:
+            return
+        if name is None or None in taken:
+            raise VramUsageError(
+                "vram.run() is called more than once in this test: give every call its own "
+                "name, e.g. vram.run(step, model, name='train'), so each gets a baseline key"
+            )
+        if name in taken:
+            raise VramUsageError(f"vram.run(name={name!r}): this name is measured already")

@@ -1,0 +1,106 @@
+"""The ``vram`` marker: its keyword options, validated once into a frozen :class:`VramMark`.
+
+Evaluation is a pure function of the test item, so a typo in a marker is reported at the
+test's setup with the test's name, the option and the fix, before any workload runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+import pytest
+
+from pytest_vram.units import Tolerance, UnitError, parse_size, parse_tolerance
+
+MARKER = "vram"
+
+#: What ``pytest --markers`` shows.
+MARKER_HELP = (
+    "vram(tolerance=None, budget=None, key=None): measure the GPU memory of this test with "
+    "the `vram` fixture and gate it on its baseline. tolerance: allowed growth over the "
+    "baseline ('0.5%', '4MiB', '0.5% + 4MiB'); budget: hard ceiling on the peak ('8GiB'), "
+    "failing whatever the baseline says; key: baseline key instead of the test's node id."
+)
+
+OPTIONS = ("budget", "key", "tolerance")
+
+
+class MarkError(Exception):
+    """A ``vram`` marker with an unknown option or a value that does not parse."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VramMark:
+    """The evaluated options of a test's ``vram`` marker (all optional)."""
+
+    tolerance: Tolerance | None = None
+    budget: int | None = None
+    key: str | None = None
+
+
+def evaluate(item: pytest.Item) -> VramMark | None:
+    """The test's ``vram`` options, or None when the test carries no ``vram`` marker.
+
+    Markers on the module, the class and the function merge; the closest one wins per
+    option, so a module-wide ``tolerance`` can be tightened for one test.
+    """
+    marks = list(item.iter_markers(MARKER))
+    if not marks:
+        return None
+    options: dict[str, Any] = {}
+    for mark in reversed(marks):  # iter_markers yields the closest first
+        if mark.args:
+            raise MarkError(
+                f"{item.nodeid}: @pytest.mark.vram takes keyword options only, got "
+                f"positional {mark.args!r}; write e.g. @pytest.mark.vram(budget='8GiB')"
+            )
+        options.update(mark.kwargs)
+    return _parse(item.nodeid, options)
+
+
+def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
+    for name in options:
+        if name not in OPTIONS:
+            raise MarkError(f"{nodeid}: @pytest.mark.vram: {_unknown(name)}")
+    try:
+        tolerance = _optional(options.get("tolerance"), parse_tolerance, "tolerance")
+        budget = _optional(options.get("budget"), parse_size, "budget")
+    except UnitError as exc:
+        raise MarkError(f"{nodeid}: @pytest.mark.vram: {exc}") from exc
+    key = options.get("key")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise MarkError(
+            f"{nodeid}: @pytest.mark.vram(key=...): key must be a non-empty string, "
+            f"got {key!r}; leave it out to use the test's node id"
+        )
+    return VramMark(tolerance=tolerance, budget=budget, key=key)
+
+
+def _optional(value: Any, parse: Any, what: str) -> Any:
+    # `what` is the option's name: UnitError messages start with it ("budget: ...").
+    return None if value is None else parse(value, what=what)
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, OPTIONS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown option {name!r}{hint}; valid options are {', '.join(OPTIONS)}"
+
+
+def effective_tolerance(
+    mark: VramMark | None,
+    entry_tolerance: Tolerance | None,
+    file_tolerance: Tolerance | None,
+    default: Tolerance,
+) -> Tolerance:
+    """The tolerance that applies to one measurement: the most specific one given wins.
+
+    marker ``tolerance=`` > baseline entry ``tolerance`` > baseline file ``tolerance`` >
+    ``--vram-tolerance`` / ini ``vram_tolerance`` > 0 (``default`` carries the last two).
+    """
+    for tolerance in (mark.tolerance if mark else None, entry_tolerance, file_tolerance):
+        if tolerance is not None:
+            return tolerance
+    return default

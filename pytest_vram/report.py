@@ -1,0 +1,237 @@
+"""What a run reports: the per-measurement :class:`Record` and its three renderings.
+
+A Record is plain JSON-able data: it travels from an xdist worker to the controller inside
+``report.user_properties`` (and so also lands in JUnit XML), and the controller builds the
+terminal ``VRAM`` section, the ``--vram-json`` file and the ``--vram-markdown`` file from
+the Records alone. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pytest_vram.units import format_delta, format_size
+
+#: Name of the ``report.user_properties`` entries that carry a Record.
+PROPERTY = "vram"
+#: Version of the ``--vram-json`` document layout.
+JSON_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One measurement with its verdicts, as sent from where it ran to where it is reported."""
+
+    key: str
+    nodeid: str
+    name: str | None
+    profile: str
+    baseline_path: str
+    params: int | None
+    model_bytes: int
+    peak_bytes: int
+    context: dict[str, str]
+    tolerance: str
+    budget: int | None
+    baseline_model_bytes: int | None
+    baseline_peak_bytes: int | None
+    #: ``{"kind", "summary", "detail", "fails"}`` per verdict, worst first.
+    verdicts: list[dict[str, Any]]
+    leaked_bytes: int | None = None
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.peak_bytes - self.model_bytes
+
+    @property
+    def verdict(self) -> str:
+        """The worst verdict's kind, e.g. ``"regression"``."""
+        return self.verdicts[0]["kind"] if self.verdicts else "pass"
+
+    @property
+    def fails(self) -> bool:
+        return any(v["fails"] for v in self.verdicts)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["activation_bytes"] = self.activation_bytes
+        data["verdict"] = self.verdict
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_property(self) -> tuple[str, str]:
+        """A ``user_properties`` entry; JSON text so that JUnit XML shows it readably."""
+        return PROPERTY, json.dumps(self.to_dict(), sort_keys=True)
+
+
+def records_from(user_properties: Iterable[tuple[str, object]]) -> list[Record]:
+    """The Records carried by one test report."""
+    return [
+        Record.from_dict(json.loads(str(value)))
+        for name, value in user_properties
+        if name == PROPERTY
+    ]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Everything the controller learned in one session, ready to be rendered."""
+
+    records: list[Record] = dataclasses.field(default_factory=list)
+    #: baseline path -> stale keys still in the file
+    stale: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: baseline path -> keys removed by --vram-prune
+    pruned: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: (key, old peak, new peak) of entries rewritten by --vram-update
+    updated: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+    #: baseline paths written by --vram-update
+    written: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    update: bool = False
+
+
+def update_command(nodeid: str) -> str:
+    # Quoted: parametrised ids contain [] that a shell would glob.
+    return f"pytest --vram-update {shlex.quote(nodeid)}"
+
+
+# --------------------------------------------------------------------------- terminal
+
+COLUMNS = ("params", "model", "peak", "activation", "baseline", "delta", "verdict")
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for factor, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= factor:
+            return f"{n / factor:.2f}{suffix}"
+    return str(n)
+
+
+def _cells(record: Record) -> list[str]:
+    base = record.baseline_peak_bytes
+    return [
+        _params(record.params),
+        format_size(record.model_bytes),
+        format_size(record.peak_bytes),
+        format_size(record.activation_bytes),
+        "-" if base is None else format_size(base),
+        "-" if base is None else format_delta(record.peak_bytes, base),
+        record.verdict,
+    ]
+
+
+def table_lines(records: list[Record], width: int = 120) -> list[str]:
+    """The measurement table; a key too long for its column gets a line of its own."""
+    rows = [_cells(r) for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(COLUMNS)]
+    figures = sum(widths) + 2 * len(widths)
+    key_width = max(20, min(max(len("test"), *(len(r.key) for r in records)), width - figures))
+
+    def line(key: str, cells: list[str]) -> str:
+        numbers = "  ".join(
+            c.ljust(w) if i == len(cells) - 1 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return f"{key.ljust(key_width)}  {numbers}".rstrip()
+
+    lines = [line("test", list(COLUMNS))]
+    for record, cells in zip(records, rows, strict=True):
+        if len(record.key) > key_width:
+            lines.append(record.key)
+            lines.append(line("", cells))
+        else:
+            lines.append(line(record.key, cells))
+    return lines
+
+
+def note_lines(outcome: Outcome) -> list[str]:
+    """Lines after the table: what to act on (lock in, record, review, delete)."""
+    lines: list[str] = []
+    for r in outcome.records:
+        if r.verdict == "improvement":
+            lines.append(
+                f"improvement: {r.key}: {r.verdicts[0]['summary']}; lock it in with "
+                f"`{update_command(r.nodeid)}`"
+            )
+    for r in outcome.records:
+        if r.verdict == "new" and not outcome.update:
+            lines.append(
+                f"new: {r.key}: peak {format_size(r.peak_bytes)}, no baseline in "
+                f"{r.baseline_path}; record it with `{update_command(r.nodeid)}`"
+            )
+        elif r.verdict == "new":
+            lines.append(f"new: {r.key}: peak {format_size(r.peak_bytes)} recorded")
+    for key, old, new in outcome.updated:
+        lines.append(
+            f"updated: {key}: peak {format_size(old)} -> {format_size(new)} "
+            f"({format_delta(new, old)})"
+        )
+    for path in outcome.written:
+        lines.append(f"written: {path}")
+    for path, keys in sorted(outcome.stale.items()):
+        for key in keys:
+            lines.append(
+                f"stale: {key} in {path}: no collected test produces it; delete with "
+                f"`pytest --vram-update --vram-prune`"
+            )
+    for path, keys in sorted(outcome.pruned.items()):
+        lines.extend(f"pruned: {key} from {path}" for key in keys)
+    for r in outcome.records:
+        if r.leaked_bytes:
+            leaked = format_size(r.leaked_bytes)
+            lines.append(f"leak: {r.key}: {leaked} still allocated after the test")
+    lines.extend(f"error: {e}" for e in outcome.errors)
+    return lines
+
+
+# --------------------------------------------------------------------------- files
+
+
+def to_json(outcome: Outcome) -> str:
+    """The ``--vram-json`` document: every record with its figures and verdicts."""
+    document = {
+        "version": JSON_VERSION,
+        "measurements": [r.to_dict() for r in outcome.records],
+        "stale": outcome.stale,
+        "pruned": outcome.pruned,
+        "updated": [
+            {"key": key, "old_peak_bytes": old, "new_peak_bytes": new}
+            for key, old, new in outcome.updated
+        ],
+        "errors": outcome.errors,
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(outcome: Outcome) -> str:
+    """The ``--vram-markdown`` document: the table plus notes, e.g. for a PR comment."""
+    header = ("test", *COLUMNS)
+    lines = ["## VRAM", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(COLUMNS) - 1) + [" --- "]) + "|")
+    for record in outcome.records:
+        cells = [f"`{record.key}`", *_cells(record)]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    notes = note_lines(outcome)
+    if notes:
+        lines.extend(["", *(f"- {_md(n)}" for n in notes)])
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")

@@ -1,0 +1,44 @@
+"""Fixtures for the plugin's pytester tests: sub-sessions on the scripted backend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from vram_testing import HERE, REPO, SCRIPTED, plugin_args
+
+
+@pytest.fixture
+def vram_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A pytester where the scripted backend is importable and CI is not set."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("VRAM_SCRIPTED_PROFILE", raising=False)
+    monkeypatch.setenv("COLUMNS", "120")  # the width the VRAM table is laid out for
+    pytester.syspathinsert(HERE)
+    # Subprocess runs (isolation, xdist) import the plugin and the backend from here.
+    paths = [str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    return pytester
+
+
+@pytest.fixture
+def run_vram(vram_pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
+    """``run_vram(*args)``: an in-process sub-session on the scripted backend."""
+
+    def run(*args: str, backend: str = SCRIPTED) -> pytest.RunResult:
+        return vram_pytester.runpytest(*plugin_args(), backend, "-p", "no:cacheprovider", *args)
+
+    return run
+
+
+@pytest.fixture
+def run_vram_subprocess(vram_pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
+    """Like ``run_vram`` in a fresh interpreter (for sys.modules checks and xdist)."""
+
+    def run(*args: str, backend: str = SCRIPTED) -> pytest.RunResult:
+        return vram_pytester.runpytest_subprocess(
+            *plugin_args(), backend, "-p", "no:cacheprovider", *args
+        )
+
+    return run

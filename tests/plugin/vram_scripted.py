@@ -1,0 +1,78 @@
+"""A backend whose counters the test drives: the plugin's whole lifecycle without a GPU.
+
+Test files written by the pytester tests run with
+``--vram-backend=vram_scripted:ScriptedBackend`` and allocate through the backend:
+``block = vram.backend.alloc(100 * MiB)`` holds 100 MiB until ``block`` is released,
+``vram.backend.spike(50 * MiB)`` raises the peak by 50 MiB and frees it again.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pytest_vram.backends.base import Backend
+
+MiB = 1024**2
+#: Persistent state the warm-up allocates once; it must never show in a test's figures.
+WARMUP_BYTES = 32 * MiB
+
+
+class Block:
+    """Scripted memory: freed when the object goes away, like a tensor's storage."""
+
+    def __init__(self, backend: ScriptedBackend, size: int) -> None:
+        self.backend, self.size = backend, size
+        backend.allocate(size)
+
+    def __del__(self) -> None:
+        self.backend.allocate(-self.size)
+
+
+class ScriptedBackend(Backend):
+    """Counts what tests allocate through it; the profile comes from VRAM_SCRIPTED_PROFILE."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self._allocated = 0
+        self._peak = 0
+        self.warmups = 0
+        self.persistent: list[Block] = []
+
+    @property
+    def device(self) -> str:
+        return "scripted:0"
+
+    def profile(self) -> str:
+        return os.environ.get("VRAM_SCRIPTED_PROFILE", "scripted")
+
+    def context(self) -> dict[str, str]:
+        return {"backend": self.name, "device": "scripted", "torch": "none", "allocator": "default"}
+
+    def warmup(self) -> None:
+        self.warmups += 1
+        self.persistent.append(Block(self, WARMUP_BYTES))
+
+    def synchronize(self) -> None:
+        pass
+
+    def allocated(self) -> int:
+        return self._allocated
+
+    def reset_peak(self) -> None:
+        self._peak = self._allocated
+
+    def peak(self) -> int:
+        return self._peak
+
+    # -- what the scripted tests call ---------------------------------------------
+
+    def allocate(self, size: int) -> None:
+        self._allocated += size
+        self._peak = max(self._peak, self._allocated)
+
+    def alloc(self, size: int) -> Block:
+        return Block(self, size)
+
+    def spike(self, size: int) -> None:
+        Block(self, size)  # allocated and released at once: only the peak moves
