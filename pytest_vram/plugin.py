@@ -42,7 +42,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     def option(
         *names: str, ini: str, ini_type: str | None, default: Any, help: str, **kw: Any
     ) -> None:
-        group.addoption(*names, dest=ini, default=None, help=f"{help} [ini: {ini}]", **kw)
+        group.addoption(
+            *names, dest=ini, default=None, help=f"{help.replace('%', '%%')} [ini: {ini}]", **kw
+        )
         parser.addini(ini, help=help, type=ini_type, default=default)
 
     option(

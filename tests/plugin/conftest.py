@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from vram_testing import HERE, REPO, SCRIPTED, plugin_args
+from vram_testing import HERE, QUIET, REPO, SCRIPTED, plugin_args
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def run_vram(vram_pytester: pytest.Pytester) -> Callable[..., pytest.RunResult]:
     """``run_vram(*args)``: an in-process sub-session on the scripted backend."""
 
     def run(*args: str, backend: str = SCRIPTED) -> pytest.RunResult:
-        return vram_pytester.runpytest(*plugin_args(), backend, "-p", "no:cacheprovider", *args)
+        return vram_pytester.runpytest(*plugin_args(), backend, *QUIET, *args)
 
     return run
 
@@ -38,7 +38,7 @@ def run_vram_subprocess(vram_pytester: pytest.Pytester) -> Callable[..., pytest.
 
     def run(*args: str, backend: str = SCRIPTED) -> pytest.RunResult:
         return vram_pytester.runpytest_subprocess(
-            *plugin_args(), backend, "-p", "no:cacheprovider", *args
+            *plugin_args(), backend, *QUIET, *args
         )
 
     return run

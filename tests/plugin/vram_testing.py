@@ -15,6 +15,9 @@ from pytest_vram.units import Tolerance, parse_tolerance
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 SCRIPTED = "--vram-backend=vram_scripted:ScriptedBackend"
+#: Sub-sessions leave out plugins they do not need: pytester drops the modules a sub-session
+#: imported, so hypothesis would be imported (and assertion-rewritten) again in every run.
+QUIET = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
 MiB = 1024**2
 
 

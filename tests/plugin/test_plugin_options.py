@@ -1,0 +1,234 @@
+"""Options, ini keys, the marker's validation, and what a run without vram tests costs."""
+
+from __future__ import annotations
+
+import pytest
+
+PLAIN_TEST = """
+    def test_plain():
+        assert True
+"""
+
+
+def test_help_lists_every_option_and_ini_key(run_vram):
+    result = run_vram("--help")
+    result.stdout.fnmatch_lines(["GPU memory measurement (pytest-vram):"])
+    for option in (
+        "backend",
+        "update",
+        "prune",
+        "strict",
+        "no-strict",
+        "tolerance",
+        "profile",
+        "baselines",
+        "json",
+        "markdown",
+    ):
+        result.stdout.fnmatch_lines([f"*--vram-{option}*"])
+    for ini in ("backend", "update", "prune", "strict", "tolerance", "profile", "baselines"):
+        result.stdout.fnmatch_lines([f"*vram_{ini} *"])
+
+
+def test_marker_is_registered(run_vram):
+    result = run_vram("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.vram(tolerance=None, budget=None, key=None): *"])
+
+
+def test_fixture_docstring_shows(run_vram):
+    result = run_vram("--fixtures")
+    result.stdout.fnmatch_lines(["vram -- *", "*Measure the GPU memory of a model build*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--vram-backend=cdua"],
+            "ERROR: --vram-backend: unknown backend 'cdua'; valid values: auto, cuda, "
+            "estimate, or a custom backend as 'package.module:ClassName'",
+        ),
+        (
+            ["--vram-tolerance=0.5"],
+            "ERROR: --vram-tolerance: '0.5' is ambiguous without a unit; write '0.5%'*",
+        ),
+        (["--vram-tolerance=5 parsecs"], "ERROR: --vram-tolerance: unknown unit 'parsecs'*"),
+        (["--vram-prune"], "ERROR: --vram-prune only works together with --vram-update*"),
+        (["--vram-profile=../x"], "ERROR: --vram-profile: profile name '../x' is not a safe*"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(vram_pytester, run_vram, args, message):
+    vram_pytester.makepyfile(PLAIN_TEST)
+    result = run_vram(*args[1:], backend=args[0])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_bad_ini_value_names_the_ini_key(vram_pytester, run_vram):
+    vram_pytester.makeini("[pytest]\nvram_tolerance = lots\n")
+    vram_pytester.makepyfile(PLAIN_TEST)
+    result = run_vram()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: vram_tolerance (ini): *'lots'*"])
+
+
+def test_unimportable_custom_backend_fails_the_vram_tests(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        """
+        def test_a(vram):
+            vram.run(lambda: None)
+        """
+    )
+    result = run_vram(backend="--vram-backend=no_such_module:Backend")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*--vram-backend=no_such_module:Backend: vram backend *cannot import*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            "tolerence='1%'",
+            "unknown option 'tolerence' (did you mean 'tolerance'?); "
+            "valid options are budget, key, tolerance",
+        ),
+        ("budget='8 gigs'", "budget: '8 gigs' is ambiguous; write '8GiB'*"),
+        ("budget=8.5", "budget must be a whole number of bytes*"),
+        ("tolerance='2 %'", "*"),
+        ("tolerance=0.5", "tolerance: 0.5 is ambiguous without a unit*"),
+        ("key=''", "key must be a non-empty string*"),
+        ("'8GiB'", "takes keyword options only*"),
+    ],
+)
+def test_marker_options_are_validated_at_setup(vram_pytester, run_vram, options, message):
+    vram_pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.vram({options})
+        def test_marked(vram):
+            vram.run(lambda: None)
+        """
+    )
+    result = run_vram()
+    if options == "tolerance='2 %'":  # "2 %" is valid: spaces are allowed
+        result.assert_outcomes(passed=1)
+        return
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*_validated_at_setup.py::test_marked: @pytest.mark.vram*{message}"]
+    )
+
+
+def test_marker_without_fixture_is_an_error_with_the_fix(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.vram(tolerance="1%")  # module-wide: other tests unaffected
+
+        @pytest.mark.vram
+        def test_forgot():
+            pass
+
+        def test_helper():
+            pass
+        """
+    )
+    result = run_vram()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*::test_forgot: marked @pytest.mark.vram but does not use the `vram` fixture; add*"]
+    )
+
+
+def test_fixture_users_are_selected_by_dash_m_vram(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        test_m="""
+        import pytest
+
+        def test_fixture_only(vram):
+            vram.run(lambda: None)
+
+        def test_plain():
+            pass
+        """
+    )
+    result = run_vram("-m", "vram")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["test_m.py::test_fixture_only * new"])
+
+
+def test_several_runs_need_names(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        test_n="""
+        MiB = 1024**2
+
+        def test_named(vram):
+            model = vram.build(vram.backend.alloc, 10 * MiB)
+            vram.run(vram.backend.spike, 1 * MiB, name="infer")
+            vram.run(vram.backend.spike, 3 * MiB, name="train")
+            assert [m.name for m in vram.measurements] == ["infer", "train"]
+            assert vram.device == "scripted:0" and vram.backend.name == "scripted"
+
+        def test_unnamed_twice(vram):
+            vram.run(vram.backend.spike, 1)
+            vram.run(vram.backend.spike, 1)
+        """
+    )
+    result = run_vram()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_unnamed_twice: vram.run() is called more than once in this test: give "
+            "every call its own name*",
+            "*::test_named::infer * 10.0 MiB * 11.0 MiB * 1.0 MiB * new",
+            "*::test_named::train * 10.0 MiB * 13.0 MiB * 3.0 MiB * new",
+        ]
+    )
+
+
+def test_marker_key_overrides_the_node_id(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.vram(key="shared/inference")
+        def test_keyed(vram):
+            vram.run(lambda: None)
+        """
+    )
+    run_vram().stdout.fnmatch_lines(["shared/inference * new"])
+
+
+def test_warmup_is_not_counted_and_runs_once(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        """
+        def test_a(vram):
+            assert vram.backend.warmups == 1
+            vram.run(lambda: None)
+            assert vram.measurements[0].peak_bytes == 0
+
+        def test_b(vram):
+            assert vram.backend.warmups == 1
+            vram.run(lambda: None)
+        """
+    )
+    run_vram().assert_outcomes(passed=2)
+
+
+def test_torch_is_not_imported_without_vram_tests(vram_pytester, run_vram_subprocess):
+    vram_pytester.makepyfile(
+        """
+        import sys
+
+        def test_plain():
+            assert "torch" not in sys.modules, "the vram plugin imported torch"
+        """
+    )
+    # The default backend (auto) would import torch to look for a GPU: it must not be
+    # resolved while no vram test runs.
+    result = run_vram_subprocess("-p", "no:xdist", backend="--vram-backend=auto")
+    result.assert_outcomes(passed=1)
