@@ -232,3 +232,27 @@ def test_torch_is_not_imported_without_vram_tests(vram_pytester, run_vram_subpro
     # resolved while no vram test runs.
     result = run_vram_subprocess("-p", "no:xdist", backend="--vram-backend=auto")
     result.assert_outcomes(passed=1)
+
+
+def test_cuda_backend_without_gpu_points_to_the_estimator(vram_pytester, run_vram):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    vram_pytester.makepyfile(
+        test_c="""
+        def test_a(vram):
+            vram.run(lambda: None)
+        """
+    )
+    result = run_vram(backend="--vram-backend=cuda")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*vram backend 'cuda': no CUDA GPU is visible*use --vram-backend=estimate*"]
+    )
+
+
+def test_cuda_profile_slug():
+    from pytest_vram.backends.cuda import slug
+
+    assert slug("NVIDIA H200") == "nvidia-h200"
+    assert slug("NVIDIA GeForce RTX 4090 (24 GB)") == "nvidia-geforce-rtx-4090-24-gb"

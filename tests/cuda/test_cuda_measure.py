@@ -1,0 +1,102 @@
+"""The CUDA backend on a real GPU: exact bytes, independent of order, leaks reported.
+
+Skipped where no GPU is visible (the repository conftest skips ``@pytest.mark.cuda``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+MiB = 1024**2
+
+pytestmark = pytest.mark.cuda
+
+WORKLOADS = """
+    import torch
+
+    MiB = 1024**2
+    FLOATS_PER_MIB = MiB // 4
+
+    def test_tensor(vram):
+        # 4 MiB held by the "model", 8 MiB more during the workload: exact multiples of
+        # the allocator's 2 MiB large-pool granularity, so no rounding is involved.
+        x = vram.build(torch.empty, 4 * FLOATS_PER_MIB, device=vram.device)
+        vram.run(lambda: torch.ones(8 * FLOATS_PER_MIB, device=vram.device))
+
+    def test_train_step(vram):
+        # Forward and backward matrix products: the cuBLAS/cuBLASLt workspaces of the
+        # forward stream and of autograd's backward thread must come from the warm-up.
+        model = vram.build(torch.nn.Linear, 1024, 1024, device=vram.device)
+        x = torch.randn(64, 1024, device=vram.device)
+        def step():
+            model(x).square().sum().backward()
+        vram.run(step)
+
+    def test_autocast(vram):
+        model = vram.build(torch.nn.Linear, 1024, 1024, device=vram.device)
+        x = torch.randn(64, 1024, device=vram.device)
+        def step():
+            with torch.autocast("cuda", dtype=torch.float16):
+                y = model(x)
+            y.float().sum().backward()
+        vram.run(step)
+"""
+TESTS = ("test_tensor", "test_train_step", "test_autocast")
+
+
+def _figures(records: dict, test: str) -> tuple[int, int, int]:
+    record = records[f"test_w.py::{test}"]
+    return record["model_bytes"], record["peak_bytes"], record["leaked_bytes"]
+
+
+def test_known_tensor_is_measured_exactly(pytester, measure_cuda):
+    pytester.makepyfile(test_w=WORKLOADS)
+    records = measure_cuda("test_w.py::test_tensor", outcomes={"passed": 1})
+    assert _figures(records, "test_tensor") == (4 * MiB, 12 * MiB, 0)
+
+
+def test_same_bytes_first_last_twice_and_alone(pytester, measure_cuda):
+    pytester.makepyfile(test_w=WORKLOADS)
+    ids = [f"test_w.py::{t}" for t in TESTS]
+    forward = measure_cuda(*ids, outcomes={"passed": 3})
+    backward = measure_cuda(*reversed(ids), outcomes={"passed": 3})
+    for test in TESTS:
+        alone = measure_cuda(f"test_w.py::{test}", outcomes={"passed": 1})
+        twice = measure_cuda(
+            ids[TESTS.index(test)],
+            ids[TESTS.index(test)],
+            "--keep-duplicates",
+            outcomes={"passed": 2},
+        )
+        expected = _figures(alone, test)  # first in a fresh process
+        assert _figures(forward, test) == expected, test
+        assert _figures(backward, test) == expected, test
+        assert _figures(twice, test) == expected, test  # the second of two runs
+        assert expected[2] == 0, f"{test}: leaked {expected[2]} B (warm-up incomplete?)"
+
+
+def test_leak_is_reported_with_its_size(pytester, measure_cuda):
+    pytester.makepyfile(
+        test_leak="""
+        import torch
+
+        KEEP = []
+
+        def test_leaky(vram):
+            vram.run(lambda: KEEP.append(torch.empty(2 * 1024**2 // 4, device=vram.device)))
+        """
+    )
+    records = measure_cuda(outcomes={"passed": 1})
+    assert records["test_leak.py::test_leaky"]["leaked_bytes"] == 2 * MiB
+
+
+def test_backend_reports_device_and_profile():
+    import torch
+
+    from pytest_vram.backends.cuda import CudaBackend
+
+    backend = CudaBackend()
+    assert backend.device == f"cuda:{torch.cuda.current_device()}"
+    assert backend.profile().startswith("cuda-") and " " not in backend.profile()
+    context = backend.context()
+    assert context["backend"] == "cuda" and context["torch"] == torch.__version__
