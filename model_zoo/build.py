@@ -50,7 +50,7 @@ def init_weights(model: nn.Module, seed: int) -> None:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
             elif isinstance(module, nn.MultiheadAttention):
-                module._reset_parameters()  # torch names it privately; it is the public init
+                module._reset_parameters()  # its own init; torch gives it no public name
 
 
 def build_model(
