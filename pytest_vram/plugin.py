@@ -530,6 +530,7 @@ class VramPlugin:
         anything = outcome.records or outcome.stale or outcome.pruned or outcome.errors
         if self.worker or not anything:
             return
+        terminalreporter.ensure_newline()  # else a blank line follows the header
         terminalreporter.section("VRAM")
         width = min(terminalreporter._tw.fullwidth, 120)
         if outcome.records:
