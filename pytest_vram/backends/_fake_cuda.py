@@ -1,0 +1,291 @@
+"""Make fake CUDA tensors behave like CUDA tensors on a machine without a usable GPU.
+
+``FakeTensorMode`` gives tensors that report ``device="cuda"`` and run torch's meta
+kernels, so shapes, dtypes and allocation sizes are those of CUDA. Without a visible GPU
+four things still differ from a real CUDA run; each is fixed here and only while the
+estimator's scope is active (everything is restored on exit):
+
+1. **Autograd aborts.** Autograd records a stream for every CUDA tensor it sees, which asks
+   torch for the CUDA device guard; a CPU-only build has none and ``c10`` calls
+   ``std::terminate``. :func:`install_cuda_guard` registers a no-op guard for the CUDA device
+   type (torch's own Python-backend guard, ``torch._C._acc.DeviceGuard``, written into the
+   CUDA slot of c10's guard registry).
+2. **The backward engine insists on CUDA streams** once it sees a CUDA gradient, and asks
+   ``at::getAccelerator()``, which is "none" without a GPU. :func:`engine_is_asking` lets the
+   estimator's fake mode report such tensors as ``meta`` *to the autograd engine only*
+   (queries coming straight from C++ engine code, never from a Python kernel, a
+   checkpoint recomputation or the test), so the engine takes its stream-free path; the
+   kernels themselves still see CUDA tensors and the device of every result stays CUDA.
+3. **Autocast is silently off.** ``torch.autocast("cuda")`` disables itself when CUDA is
+   unavailable. The availability check is patched, so the real C++ ``AutocastCUDA`` kernels
+   run (fp16 casts for matmuls, fp32 for norms and softmax, the weight-cast cache).
+4. **SDPA takes the math path** (the CUDA kernel chooser is not compiled in), which
+   materialises an O(L^2) attention matrix. :func:`scaled_dot_product_attention` applies the
+   Hopper choice (flash, then memory-efficient, then math) and calls the fused op, whose
+   outputs and backward are the real ones.
+
+On a machine with a real GPU none of this is installed: fake CUDA tensors already work
+there and SDPA's own chooser runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import math
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+_REGISTRY_SYMBOL = "_ZN3c104impl26device_guard_impl_registryE"
+_install_lock = threading.Lock()
+_guard_keepalive: list[object] = []  # the registered guard must outlive the process
+
+
+def _guard_slots() -> ctypes.Array[ctypes.c_void_p] | None:
+    """c10's device-guard registry (one pointer per device type), or None if not found."""
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for path in sorted(glob.glob(os.path.join(libdir, "*c10.*"))):
+        try:
+            lib = ctypes.CDLL(path)
+            registry = ctypes.c_void_p.in_dll(lib, _REGISTRY_SYMBOL)
+        except (OSError, ValueError):
+            continue
+        n = int(torch._C._autograd.DeviceType.PrivateUse1.value) + 1
+        return (ctypes.c_void_p * n).from_address(ctypes.addressof(registry))
+    return None
+
+
+def install_cuda_guard() -> bool:
+    """Register a no-op CUDA device guard if torch has none; True when one is in place.
+
+    Without it, anything autograd records for a fake CUDA tensor (``.float()`` of a
+    parameter, any backward) kills the process from C++. A CUDA build without a GPU has a
+    guard already (and ``FakeTensorMode`` swaps in a fake one), so this only acts on
+    CPU-only builds.
+    """
+    with _install_lock:
+        slots = _guard_slots()
+        if slots is None:
+            return False
+        cuda = int(torch._C._autograd.DeviceType.CUDA.value)
+        pu1 = int(torch._C._autograd.DeviceType.PrivateUse1.value)
+        if slots[cuda]:
+            return True
+        acc = getattr(torch._C, "_acc", None)
+        if acc is None or not hasattr(acc, "register_python_privateuseone_device_guard"):
+            return False
+
+        class _NoOpCudaGuard(acc.DeviceGuard):  # type: ignore[name-defined, misc]
+            """Torch's Python-backend guard, reporting the CUDA device type."""
+
+            def type_(self) -> Any:
+                return torch._C._autograd.DeviceType.CUDA
+
+        guard = _NoOpCudaGuard()
+        previous = slots[pu1]
+        # The only public way to build a C++ guard object from Python registers it for
+        # PrivateUse1; move it to the CUDA slot and leave PrivateUse1 as it was.
+        acc.register_python_privateuseone_device_guard(guard)
+        slots[cuda] = slots[pu1]
+        slots[pu1] = previous
+        _guard_keepalive.append(guard)
+        return bool(slots[cuda])
+
+
+# -- 2. the autograd engine sees meta tensors ----------------------------------------------
+_ENGINE_CODE = torch.autograd.graph._engine_run_backward.__code__
+_TORCH_DIR = os.path.dirname(torch.__file__)
+#: Python wrappers torch puts between C++ and a mode's __torch_dispatch__.
+_WRAPPER_NAMES = frozenset({"_fn", "inner", "wrapper", "__torch_dispatch__"})
+
+
+def engine_is_asking(depth: int = 2) -> bool:
+    """Whether the current device query comes from the autograd engine's C++ code.
+
+    The engine runs either on the thread that called ``backward`` (its innermost Python
+    frame is then ``_engine_run_backward``) or on a device thread with no Python frame at
+    all. A query from a kernel, a hook or a checkpoint recomputation has its own Python
+    frames on top, so it is answered with the real (CUDA) device.
+    """
+    frame = sys._getframe(depth)
+    while frame is not None:
+        code = frame.f_code
+        if code is _ENGINE_CODE:
+            return True
+        if code.co_name in _WRAPPER_NAMES and code.co_filename.startswith(_TORCH_DIR):
+            frame = frame.f_back
+            continue
+        return False
+    return True
+
+
+# -- 4. SDPA backend choice -----------------------------------------------------------------
+_original_sdpa = F.scaled_dot_product_attention
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _is_fake_cuda(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and getattr(t, "fake_device", t.device).type == "cuda"
+
+
+def sdp_choice(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    enable_gqa: bool,
+) -> str:
+    """The SDPA backend a Hopper GPU (sm90) picks: "flash", "efficient" or "math".
+
+    Mirrors the default priority of ``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp``
+    (flash, memory-efficient, math; cuDNN only when explicitly preferred) and the checks
+    that decide for dense inputs.
+    """
+    tensors = (query, key, value)
+    if any(t.dim() != 4 for t in tensors) or any(t.is_nested for t in tensors):
+        return "math"
+    if any(t.stride(-1) != 1 for t in tensors) or any(t.size(-2) == 0 for t in tensors):
+        return "math"
+    dtype = query.dtype
+    if key.dtype != dtype or value.dtype != dtype:
+        return "math"
+    same_heads = query.size(1) == key.size(1) == value.size(1) or enable_gqa
+    same_batch = query.size(0) == key.size(0) == value.size(0)
+    head = query.size(-1)
+    same_head_dim = head == key.size(-1) == value.size(-1)
+    causal_ok = not (is_causal and query.size(-2) != key.size(-2))
+    backends = torch.backends.cuda
+    if (
+        backends.flash_sdp_enabled()
+        and dtype in _LOW_PRECISION
+        and attn_mask is None
+        and same_batch
+        and same_heads
+        and same_head_dim
+        and head <= 256
+        and causal_ok
+    ):
+        return "flash"
+    alignment = 4 if dtype == torch.float32 else 8
+    if (
+        backends.mem_efficient_sdp_enabled()
+        and dtype in (*_LOW_PRECISION, torch.float32)
+        and same_batch
+        and not enable_gqa
+        and query.size(1) == key.size(1) == value.size(1)
+        and head == key.size(-1)
+        and head % alignment == 0
+        and value.size(-1) % alignment == 0
+        and head > 0
+    ):
+        return "efficient"
+    return "math"
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` as CUDA runs it, for fake CUDA tensors."""
+    if not (_is_fake_cuda(query) and _is_fake_cuda(key) and _is_fake_cuda(value)):
+        return _original_sdpa(
+            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+        )
+    if torch.is_autocast_enabled("cuda"):
+        # SDPA is on autocast's lower-precision list: the AutocastCUDA kernel casts the
+        # floating inputs first (fp64 stays), then runs the op with autocast off.
+        low = torch.get_autocast_dtype("cuda")
+        query, key, value = (
+            t.to(low) if t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in (query, key, value)
+        )
+    guard = torch._C._ExcludeDispatchKeyGuard(
+        torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
+    )
+    with guard:
+        choice = sdp_choice(query, key, value, attn_mask, is_causal, enable_gqa)
+        if choice == "flash":
+            head = query.size(-1)
+            scale = 1.0 / math.sqrt(head) if scale is None else scale
+            pad = (-head) % 8
+            if pad:  # the CUDA path pads the head dim to a multiple of 8, then slices
+                query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
+            out = torch.ops.aten._scaled_dot_product_flash_attention(
+                query, key, value, dropout_p, is_causal, False, scale=scale
+            )[0]
+            return out[..., :head] if pad else out
+        if choice == "efficient":
+            needs_lse = torch.is_grad_enabled() and any(
+                t.requires_grad for t in (query, key, value)
+            )
+            return torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, attn_mask, needs_lse, dropout_p, is_causal, scale=scale
+            )[0]
+        return _original_sdpa(
+            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+        )
+
+
+# -- 3 and the rest: patches active inside the scope ----------------------------------------
+def _rng_state(device: object = "cuda") -> torch.Tensor:
+    # fork_rng saves and restores the CUDA RNG state; fake kernels draw no random numbers.
+    return torch.zeros(16, dtype=torch.uint8, device="cpu")
+
+
+def _noop(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def _patches() -> list[tuple[object, str, object]]:
+    """(owner, attribute, replacement) for every patch the emulation needs."""
+    import torch.cuda.amp.common as amp_common
+
+    return [
+        (amp_common, "amp_definitely_not_available", lambda: False),
+        (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
+        (torch.cuda, "get_rng_state", _rng_state),
+        (torch.cuda, "set_rng_state", _noop),
+        (torch.cuda, "get_rng_state_all", lambda: [_rng_state()]),
+        (torch.cuda, "set_rng_state_all", _noop),
+        (torch.cuda, "manual_seed", _noop),
+        (torch.cuda, "manual_seed_all", _noop),
+        (F, "scaled_dot_product_attention", scaled_dot_product_attention),
+        (torch._C._nn, "scaled_dot_product_attention", scaled_dot_product_attention),
+    ]
+
+
+@contextmanager
+def emulated_cuda_runtime() -> Iterator[None]:
+    """Apply the patches of points 3 and 4 (and CUDA RNG stubs); restore them on exit."""
+    saved: list[tuple[object, str, object]] = []
+    try:
+        for owner, name, value in _patches():
+            saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
+__all__ = [
+    "emulated_cuda_runtime",
+    "engine_is_asking",
+    "install_cuda_guard",
+    "scaled_dot_product_attention",
+    "sdp_choice",
+]
