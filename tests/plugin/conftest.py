@@ -37,8 +37,6 @@ def run_vram_subprocess(vram_pytester: pytest.Pytester) -> Callable[..., pytest.
     """Like ``run_vram`` in a fresh interpreter (for sys.modules checks and xdist)."""
 
     def run(*args: str, backend: str = SCRIPTED) -> pytest.RunResult:
-        return vram_pytester.runpytest_subprocess(
-            *plugin_args(), backend, *QUIET, *args
-        )
+        return vram_pytester.runpytest_subprocess(*plugin_args(), backend, *QUIET, *args)
 
     return run
