@@ -251,6 +251,15 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     probe.finish()
 
 
+@pytest.fixture(scope="session")
+def vram_backend(pytestconfig: pytest.Config) -> Backend:
+    """The measuring backend of this run (``--vram-backend``), created and warmed up on
+    first use; the same object ``vram.backend`` returns. For session-wide helpers that
+    need the device or the profile outside a measured test.
+    """
+    return pytestconfig.stash[PLUGIN_KEY].backend()
+
+
 # --------------------------------------------------------------------------- state
 
 

@@ -206,7 +206,11 @@ def test_marker_key_overrides_the_node_id(vram_pytester, run_vram):
 def test_warmup_is_not_counted_and_runs_once(vram_pytester, run_vram):
     vram_pytester.makepyfile(
         """
-        def test_a(vram):
+        def test_session_backend(vram_backend):
+            assert vram_backend.warmups == 1 and vram_backend.device == "scripted:0"
+
+        def test_a(vram, vram_backend):
+            assert vram.backend is vram_backend
             assert vram.backend.warmups == 1
             vram.run(lambda: None)
             assert vram.measurements[0].peak_bytes == 0
@@ -216,7 +220,7 @@ def test_warmup_is_not_counted_and_runs_once(vram_pytester, run_vram):
             vram.run(lambda: None)
         """
     )
-    run_vram().assert_outcomes(passed=2)
+    run_vram().assert_outcomes(passed=3)
 
 
 def test_torch_is_not_imported_without_vram_tests(vram_pytester, run_vram_subprocess):
