@@ -17,9 +17,10 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _cuda_available():
+    needs_gpu = [item for item in items if item.get_closest_marker("cuda") is not None]
+    # Ask torch only when a GPU test was collected: importing it costs seconds.
+    if not needs_gpu or _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible); run on a GPU machine")
-    for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(skip)
+    for item in needs_gpu:
+        item.add_marker(skip)
