@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# What a maintainer runs on a GPU machine (it is how the committed cuda baselines and the
+# figures in docs/ were produced). Usage: scripts/gpu_check.sh OUTDIR [steps...]
+# steps: cuda (GPU tests), record (suite with --vram-update), suite (suite, strict, timed),
+#        xdist (suite under -n 2), accuracy (estimate vs real), build (build benchmark)
+set -uo pipefail
+out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
+mkdir -p "$out"
+steps=${*:-cuda record suite accuracy build}
+export PYTHONUNBUFFERED=1
+log="$out/gpu_check.log"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$log"
+run() { echo "== $*" | tee -a "$log"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$log"; echo "== exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$log"; }
+for step in $steps; do
+  case $step in
+    cuda) run timeout 150 python3 -m pytest tests/cuda -p no:cacheprovider -q -rA ;;
+    record) run timeout 200 python3 -m pytest -m vram --vram-update -p no:cacheprovider -q
+            cp baselines/cuda-*.yaml "$out/" ;;
+    suite) run timeout 200 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q \
+             --vram-json "$out/suite.json" ;;
+    xdist) run timeout 200 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q -n 2 ;;
+    accuracy) run timeout 300 python3 benchmarks/estimate_accuracy.py --out "$out" --budget-s 240 ;;
+    build) run timeout 240 python3 benchmarks/bench_build.py --out "$out" ;;
+    *) echo "unknown step $step" | tee -a "$log" ;;
+  esac
+done
