@@ -40,6 +40,7 @@ _PRIM_DEVICE = torch.ops.prim.device.default
 _META = torch.device("meta")
 _CUDA = torch.device("cuda", 0)
 _HAS_CPP_META: dict[Any, bool] = {}
+_EMPTY_LIKE = torch.ops.aten.empty_like.default
 
 
 class _StorageTracker:
@@ -86,6 +87,10 @@ class _StorageTracker:
 
 def _is_meta_device(device: object) -> bool:
     return device is not None and torch.device(device).type == "meta"  # type: ignore[arg-type]
+
+
+def _is_plain_meta(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor) and t.is_meta
 
 
 def _is_real_meta_call(args: Any, kwargs: dict[str, Any]) -> bool:
@@ -140,6 +145,19 @@ class _EstimatingFakeMode(FakeTensorMode):
         if self._emulate and _is_meta_device(kwargs.get("device")) and engine_is_asking(2):
             # A tensor the engine's C++ code makes "like" a gradient it was told is meta.
             kwargs = {**kwargs, "device": _CUDA}
+        if (
+            func is _EMPTY_LIKE
+            and _is_plain_meta(args[0])
+            and not _is_meta_device(kwargs.get("device"))
+        ):
+            # ``to_empty`` of a meta model: make the fake tensor straight from a meta
+            # ``empty_like``, skipping the generic (slow) conversion of the meta input.
+            device = torch.device(kwargs["device"]) if kwargs.get("device") else _CUDA
+            rest = {k: v for k, v in kwargs.items() if k != "device"}
+            meta = func(args[0], **rest)
+            out = self.fake_tensor_converter.from_meta_and_device(self, meta, device)
+            self._tracker.track(out)
+            return out
         if _is_real_meta_call(args, kwargs):
             # Meta stays meta: a model built on the meta device inside the scope must be
             # made of plain meta tensors (as outside), or ``to_empty`` cannot swap them.

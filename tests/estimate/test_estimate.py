@@ -1,0 +1,195 @@
+"""The estimate backend on CPU-only torch: hand-computable bytes, autocast, SDPA, backward,
+determinism and the real model-zoo presets (fake tensors: no real memory is used)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_vram.backends import create  # noqa: E402
+from pytest_vram.measure import Meter  # noqa: E402
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def backend() -> Any:
+    b = create("estimate")
+    b.warmup()
+    return b
+
+
+def measure(backend: Any, build: Callable[[], Any], work: Callable[[Any], Any]) -> Any:
+    meter = Meter(backend)
+    meter.start()
+    obj = meter.build(build)
+    out = meter.run(work, obj)
+    del obj, out
+    meter.finish()
+    return meter.measurements[0]
+
+
+def test_identity(backend: Any) -> None:
+    assert backend.name == "estimate"
+    assert backend.device == "cuda"
+    assert backend.profile() == "estimate"
+    assert {"backend", "device", "torch", "allocator"} <= set(backend.context())
+
+
+def test_matmul_of_known_shapes(backend: Any) -> None:
+    def build() -> Any:
+        a = torch.empty(1024, 1024, device="cuda", dtype=torch.float16)  # 2 MiB
+        return a, torch.empty(1024, 2048, device="cuda", dtype=torch.float16)  # 4 MiB
+
+    record = measure(backend, build, lambda ab: ab[0] @ ab[1])  # 4 MiB output
+    assert record.model_bytes == 6 * MiB
+    assert record.peak_bytes == 10 * MiB
+    assert record.leaked_bytes == 0
+
+
+def test_freed_tensor_no_longer_counts(backend: Any) -> None:
+    meter = Meter(backend)
+    meter.start()
+    with backend.scope():
+        t = torch.empty(3 * MiB, device="cuda", dtype=torch.uint8)
+        assert backend.allocated() == 3 * MiB
+        view = t[1:]
+        del t
+        assert backend.allocated() == 3 * MiB  # the view keeps the storage alive
+        del view
+        assert backend.allocated() == 0
+    meter.finish()
+
+
+def test_autocast_is_active_and_casts_are_counted(backend: Any) -> None:
+    def build() -> Any:
+        with torch.device("meta"):
+            layer = torch.nn.Linear(1024, 1024)  # fp32 weights: 4 MiB + 4 KiB bias
+        layer.to_empty(device="cuda")
+        return layer, torch.empty(512, 1024, device="cuda")  # fp32 input: 2 MiB
+
+    seen: dict[str, Any] = {}
+
+    def work(obj: Any) -> None:
+        layer, x = obj
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+            seen["enabled"] = torch.is_autocast_enabled("cuda")
+            seen["dtype"] = layer(x).dtype
+
+    record = measure(backend, build, work)
+    assert seen == {"enabled": True, "dtype": torch.float16}
+    # fp16 casts of weight (2 MiB), bias (2 KiB -> one 512 B multiple) and input (1 MiB),
+    # plus the fp16 output (1 MiB) exist together at the peak.
+    assert record.peak_bytes - record.model_bytes >= 4 * MiB
+
+
+def test_sdpa_does_not_materialise_the_attention_matrix(backend: Any) -> None:
+    L = 4096
+
+    def build() -> Any:
+        return torch.empty(1, 4, L, 64, device="cuda", dtype=torch.float16)  # 2 MiB
+
+    def work(q: Any) -> Any:
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    record = measure(backend, build, work)
+    # the math path would hold a (1, 4, L, L) matrix: 128 MiB in fp16
+    assert record.activation_bytes < 8 * MiB
+
+
+def _tiny_train_model() -> Any:
+    import model_zoo
+
+    return model_zoo.build_model("tiny", "phase7", device="cuda")
+
+
+def test_backward_with_checkpointing_runs_on_cpu_only_torch(backend: Any) -> None:
+    import model_zoo
+
+    grads: dict[str, Any] = {}
+
+    def work(model: Any) -> Any:
+        loss = model_zoo.train_step(model)
+        p = next(model.parameters())
+        grads["device"], grads["dtype"] = p.grad.device.type, p.grad.dtype
+        return loss
+
+    record = measure(backend, _tiny_train_model, work)
+    assert grads == {"device": "cuda", "dtype": torch.float16}
+    # gradients alone are as large as the fp16 model
+    assert record.peak_bytes >= 2 * record.model_bytes
+
+
+def _pairs() -> list[tuple[str, str, str]]:
+    return [
+        ("tiny", "phase7", "train_step"),
+        ("tiny", "phase8", "inference"),
+        ("small", "phase8", "train_step"),
+        ("small", "phase7", "inference"),
+    ]
+
+
+def _run_pairs(backend: Any, pairs: list[tuple[str, str, str]]) -> dict[str, list[int]]:
+    import model_zoo
+
+    out = {}
+    for preset, phase, work in pairs:
+        meter = Meter(backend)
+        meter.start()
+        model = meter.build(model_zoo.build_model, preset, phase, device=backend.device)
+        result = meter.run(getattr(model_zoo, work), model)
+        del model, result
+        meter.finish()
+        r = meter.measurements[0]
+        out["/".join((preset, phase, work))] = [r.model_bytes, r.peak_bytes, r.leaked_bytes]
+    return out
+
+
+def test_deterministic_in_any_order_and_process(backend: Any) -> None:
+    pairs = _pairs()
+    first = _run_pairs(backend, pairs)
+    assert _run_pairs(backend, pairs) == first
+    assert _run_pairs(backend, list(reversed(pairs))) == first
+    code = (
+        "import json, sys; sys.path.insert(0, '.');"
+        "from tests.estimate.test_estimate import _pairs, _run_pairs;"
+        "from pytest_vram.backends import create;"
+        "print(json.dumps(_run_pairs(create('estimate'), _pairs()[::-1])))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == first
+
+
+@pytest.mark.parametrize(
+    ("preset", "phase", "work", "model_bytes"),
+    [
+        ("maximum", "phase8", "inference", 6_163_679_232),
+        ("standard", "phase7", "train_step", 2_376_925_184),
+    ],
+)
+def test_real_presets(backend: Any, preset: str, phase: str, work: str, model_bytes: int) -> None:
+    """The 3.08B model runs in CI: the estimator uses no real memory."""
+    import model_zoo
+
+    meter = Meter(backend)
+    meter.start()
+    model = meter.build(model_zoo.build_model, preset, phase, device=backend.device)
+    result = meter.run(getattr(model_zoo, work), model)
+    del model, result
+    assert meter.finish() == 0
+    record = meter.measurements[0]
+    assert record.model_bytes == model_bytes  # fp16 parameters, allocator-rounded
+    assert record.peak_bytes > record.model_bytes
+    if work == "train_step":
+        assert record.peak_bytes > 2 * record.model_bytes  # fp16 grads + activations
