@@ -9,6 +9,10 @@ mkdir -p "$out"
 steps=${*:-cuda record suite accuracy build}
 export PYTHONUNBUFFERED=1
 log="$out/gpu_check.log"
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 | tee -a "$log"
+# If the entry point did not register (an install that failed offline), load the plugin by name.
+python3 -c "import importlib.metadata as m, sys; sys.exit(not any(e.name == 'vram' for e in m.entry_points(group='pytest11')))" \
+  || export PYTEST_ADDOPTS="-p pytest_vram.plugin ${PYTEST_ADDOPTS:-}"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$log"
 run() { echo "== $*" | tee -a "$log"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$log"; echo "== exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$log"; }
 for step in $steps; do
@@ -16,9 +20,9 @@ for step in $steps; do
     cuda) run timeout 150 python3 -m pytest tests/cuda -p no:cacheprovider -q -rA ;;
     record) run timeout 200 python3 -m pytest -m vram --vram-update -p no:cacheprovider -q
             cp baselines/cuda-*.yaml "$out/" ;;
-    suite) run timeout 200 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q \
-             --vram-json "$out/suite.json" ;;
-    xdist) run timeout 200 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q -n 2 ;;
+    suite) run timeout 200 env CI=true python3 benchmarks/bench_suite.py --out "$out" -- \
+             -rx --vram-json "$out/suite.json" ;;
+    xdist) run timeout 200 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q -n 2 -rx ;;
     accuracy) run timeout 300 python3 benchmarks/estimate_accuracy.py --out "$out" --budget-s 240 ;;
     build) run timeout 240 python3 benchmarks/bench_build.py --out "$out" ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
