@@ -102,7 +102,9 @@ def _touch_cublas(torch: Any, device: str) -> None:
     cuBLAS allocates a workspace per (handle, stream) from the caching allocator (32 MiB on
     Hopper), cuBLASLt another (1 MiB) at the first linear with bias, and autograd's
     backward runs on a thread with a handle of its own: so forward and backward, plain and
-    under autocast, in every dtype a test is likely to use.
+    under autocast, in every dtype a test is likely to use. Activation checkpointing also
+    runs *forward* ops (a linear with bias) on the backward thread, whose cuBLASLt
+    workspace would otherwise appear, as a 1 MiB leak, in the first checkpointed test.
     """
     dtypes = [torch.float32, torch.float16]
     if torch.cuda.is_bf16_supported():
@@ -113,8 +115,15 @@ def _touch_cublas(torch: Any, device: str) -> None:
 
 
 def _forward_backward(torch: Any, device: str, dtype: Any, *, autocast: bool) -> None:
+    from torch.utils.checkpoint import checkpoint
+
     x = torch.randn(64, 64, device=device, dtype=dtype, requires_grad=True)
     linear = torch.nn.Linear(64, 64, bias=True, device=device, dtype=dtype)
-    with torch.autocast("cuda", enabled=autocast):
-        out = linear(x @ x)
-    out.float().sum().backward()
+
+    def forward(t: Any) -> Any:
+        with torch.autocast("cuda", enabled=autocast):
+            return linear(t @ t)
+
+    forward(x).float().sum().backward()
+    # Non-reentrant checkpointing recomputes `forward` during backward, on autograd's thread.
+    checkpoint(forward, x, use_reentrant=False).float().sum().backward()

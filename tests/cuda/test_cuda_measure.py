@@ -41,12 +41,26 @@ WORKLOADS = """
             y.float().sum().backward()
         vram.run(step)
 
+    def test_checkpointed(vram):
+        # Checkpointing re-runs a linear with bias on autograd's thread during backward:
+        # that thread's cuBLASLt workspace must come from the warm-up, not this test.
+        from torch.utils.checkpoint import checkpoint
+
+        model = vram.build(torch.nn.Linear, 1024, 1024, device=vram.device, dtype=torch.float16)
+        x = torch.randn(64, 1024, device=vram.device, dtype=torch.float16, requires_grad=True)
+        def step():
+            with torch.autocast("cuda", dtype=torch.float16):
+                y = checkpoint(model, x, use_reentrant=False)
+            y.float().sum().backward()
+        vram.run(step)
+
     # The same workloads under a second name: "twice" runs one right after the other.
     test_tensor_again = test_tensor
     test_train_step_again = test_train_step
     test_autocast_again = test_autocast
+    test_checkpointed_again = test_checkpointed
 """
-TESTS = ("test_tensor", "test_train_step", "test_autocast")
+TESTS = ("test_tensor", "test_train_step", "test_autocast", "test_checkpointed")
 
 
 def _figures(records: dict, test: str) -> tuple[int, int, int]:
@@ -63,8 +77,8 @@ def test_known_tensor_is_measured_exactly(pytester, measure_cuda):
 def test_same_bytes_first_last_twice_and_alone(pytester, measure_cuda):
     pytester.makepyfile(test_w=WORKLOADS)
     ids = [f"test_w.py::{t}" for t in TESTS]
-    forward = measure_cuda(*ids, outcomes={"passed": 3})
-    backward = measure_cuda(*reversed(ids), outcomes={"passed": 3})
+    forward = measure_cuda(*ids, outcomes={"passed": len(TESTS)})
+    backward = measure_cuda(*reversed(ids), outcomes={"passed": len(TESTS)})
     for test in TESTS:
         alone = measure_cuda(f"test_w.py::{test}", outcomes={"passed": 1})
         twice = measure_cuda(
