@@ -465,6 +465,9 @@ class VramPlugin:
         if self.worker:
             xdist.send(self.config, {"files": sorted(self.collected_files), "owners": self.owners})
             return
+        # Under xdist records arrive in completion order; sorted, the table, the JSON and the
+        # Markdown read the same from run to run.
+        self.outcome.records.sort(key=lambda r: r.key)
         self._find_stale()
         if self.settings.update:
             self._update(session)
