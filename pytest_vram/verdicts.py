@@ -214,9 +214,13 @@ def _field_report(field: str, measured: Entry, baseline: Entry, tolerance: Toler
     label = dict(_FIELDS)[field]
     value, reference = getattr(measured, field), getattr(baseline, field)
     allowance = tolerance.allowance(reference)
+    figures = (
+        f"{label} {_figure(value)} vs baseline {_figure(reference)}: {_delta(value, reference)}"
+    )
+    if allowance == 0:
+        return f"{figures}; tolerance {tolerance}: the figure must equal the baseline exactly"
     return (
-        f"{label} {_figure(value)} vs baseline {_figure(reference)}: {_delta(value, reference)}; "
-        f"tolerance {tolerance} allows +/-{allowance} B ({format_size(allowance)}), "
+        f"{figures}; tolerance {tolerance} allows +/-{allowance} B ({format_size(allowance)}), "
         f"i.e. {reference - allowance}..{reference + allowance} B"
     )
 
