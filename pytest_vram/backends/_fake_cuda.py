@@ -21,8 +21,8 @@ estimator's scope is active (everything is restored on exit):
    run (fp16 casts for matmuls, fp32 for norms and softmax, the weight-cast cache).
 4. **SDPA takes the math path** (the CUDA kernel chooser is not compiled in), which
    materialises an O(L^2) attention matrix. :func:`scaled_dot_product_attention` applies the
-   Hopper choice (flash, then memory-efficient, then math) and calls the fused op, whose
-   outputs and backward are the real ones.
+   Hopper choice (cuDNN on torch >= 2.10, then flash, memory-efficient, math) and calls the
+   fused op, whose outputs and backward are the real ones.
 
 On a machine with a real GPU none of this is installed: fake CUDA tensors already work
 there and SDPA's own chooser runs.
@@ -135,6 +135,21 @@ def _is_fake_cuda(t: object) -> bool:
     return isinstance(t, torch.Tensor) and getattr(t, "fake_device", t.device).type == "cuda"
 
 
+def prefers_cudnn_attention() -> bool:
+    """Whether the emulated Hopper GPU tries cuDNN attention first.
+
+    ``sdp_utils.cpp`` (``check_prefer_cudnn_attention``) moves cuDNN to the front of the
+    priority order on sm90/sm100 when the cuDNN runtime is newer than 9.15, unless
+    ``TORCH_CUDNN_SDPA_DEPRIORITIZED=1``. torch 2.11+cu130 on an H200 does so (measured:
+    training and inference run ``_scaled_dot_product_cudnn_attention``); older torch
+    versions (< 2.10) kept flash first.
+    """
+    if os.environ.get("TORCH_CUDNN_SDPA_DEPRIORITIZED", "").lower() in ("1", "true", "on"):
+        return False
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return version >= (2, 10)
+
+
 def sdp_choice(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -143,11 +158,11 @@ def sdp_choice(
     is_causal: bool,
     enable_gqa: bool,
 ) -> str:
-    """The SDPA backend a Hopper GPU (sm90) picks: "flash", "efficient" or "math".
+    """The SDPA backend a Hopper GPU (sm90) picks: "cudnn", "flash", "efficient" or "math".
 
-    Mirrors the default priority of ``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp``
-    (flash, memory-efficient, math; cuDNN only when explicitly preferred) and the checks
-    that decide for dense inputs.
+    Mirrors the priority of ``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp`` (cuDNN
+    first where :func:`prefers_cudnn_attention`, then flash, memory-efficient, math) and the
+    checks that decide for dense inputs.
     """
     tensors = (query, key, value)
     if any(t.dim() != 4 for t in tensors) or any(t.is_nested for t in tensors):
@@ -163,6 +178,20 @@ def sdp_choice(
     same_head_dim = head == key.size(-1) == value.size(-1)
     causal_ok = not (is_causal and query.size(-2) != key.size(-2))
     backends = torch.backends.cuda
+    if (
+        prefers_cudnn_attention()
+        and backends.cudnn_sdp_enabled()
+        and dtype in _LOW_PRECISION
+        and attn_mask is None
+        and same_batch
+        and not enable_gqa
+        and query.size(1) == key.size(1) == value.size(1)
+        and same_head_dim
+        and head <= 128
+        and head % 8 == 0
+        and causal_ok
+    ):
+        return "cudnn"
     if (
         backends.flash_sdp_enabled()
         and dtype in _LOW_PRECISION
@@ -218,6 +247,11 @@ def scaled_dot_product_attention(
     )
     with guard:
         choice = sdp_choice(query, key, value, attn_mask, is_causal, enable_gqa)
+        needs_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        if choice == "cudnn":
+            return torch.ops.aten._scaled_dot_product_cudnn_attention(
+                query, key, value, None, needs_lse, dropout_p, is_causal, False, scale=scale
+            )[0]
         if choice == "flash":
             head = query.size(-1)
             scale = 1.0 / math.sqrt(head) if scale is None else scale
@@ -229,9 +263,6 @@ def scaled_dot_product_attention(
             )[0]
             return out[..., :head] if pad else out
         if choice == "efficient":
-            needs_lse = torch.is_grad_enabled() and any(
-                t.requires_grad for t in (query, key, value)
-            )
             return torch.ops.aten._scaled_dot_product_efficient_attention(
                 query, key, value, attn_mask, needs_lse, dropout_p, is_causal, scale=scale
             )[0]

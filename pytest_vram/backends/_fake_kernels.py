@@ -1,14 +1,35 @@
 """Memory that CUDA kernels allocate internally, invisible at the dispatcher.
 
 A fake tensor runs an operator's meta kernel, which creates the operator's outputs and
-nothing else. The real CUDA implementation of some operators allocates more through the
-caching allocator for the duration of the call (accumulators, workspaces); those bytes are
-in the real peak. Each entry of :data:`INTERNAL_BUFFERS` maps an operator to a function
-giving the sizes of those transient buffers, allocated after the outputs and freed before
-the call returns, in the order the CUDA code allocates them.
+nothing else. Two tables describe where the real CUDA kernel does otherwise:
+
+* :data:`INTERNAL_BUFFERS` maps an operator to a function giving the sizes of the transient
+  buffers its CUDA implementation allocates through the caching allocator for the duration
+  of the call (workspaces, accumulators), allocated after the outputs and freed before the
+  call returns, in the order the CUDA code allocates them. Those bytes are in the real peak,
+  and the blocks they take shape the pool for every later allocation.
+* :data:`OUTPUT_PLAN` maps an operator to a function giving the outputs the CUDA kernel
+  really allocates, in its order: an output the meta kernel makes on the meta device but
+  CUDA makes on the GPU is listed (and counted), one the meta kernel makes but CUDA leaves
+  undefined is left out (and not counted).
 
 Persistent, lazily created buffers (cuBLAS/cuBLASLt workspaces) are not modelled: the
 measurement contract warms them up before the first test and excludes them.
+
+Measured on an H200 (torch 2.11.0+cu130, cuDNN 9.1x; ``benchmarks/diagnose_train.py``
+records every allocation of a workload with the operator it happened in):
+
+* ``aten._scaled_dot_product_cudnn_attention`` (what SDPA runs there for fp16 attention,
+  training and inference) allocates ``philox_seed`` and ``philox_offset`` (one int64 each,
+  ``at::zeros`` on the GPU) first, then the output, then the fp32 softmax statistics
+  (B, H, S_q, 1) *only when log-sum-exp is requested* (training), then a 256-byte cuDNN
+  workspace for the duration of the call. The meta kernel makes seed and offset on meta
+  and the statistics always.
+* ``aten._scaled_dot_product_cudnn_attention_backward`` allocates dq, dk, dv, then a cuDNN
+  workspace of ``4*B*H*S_q*(D_qk + 1) + 256`` bytes: an fp32 dQ accumulator
+  (B, H, S_q, D_qk), the fp32 row sums of dO*O (B, H, S_q) and 256 bytes. Observed as
+  4,227,328 B for (B, H, S, D) = (1, 16, 512, 128) and 6,340,864 B for (1, 24, 512, 128);
+  other shapes (sequence lengths not a multiple of 128, other head dims) are extrapolated.
 """
 
 from __future__ import annotations
@@ -18,8 +39,48 @@ from typing import Any
 
 import torch
 
+_aten = torch.ops.aten
+
 #: operator overload -> (args, kwargs, outputs) -> byte sizes of transient buffers
 INTERNAL_BUFFERS: dict[Any, Callable[[Any, Any, Any], list[int]]] = {}
+
+#: operator overload -> (args, kwargs, outputs) -> the outputs CUDA allocates, in order
+OUTPUT_PLAN: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {}
+
+CUDNN_SDPA_FWD_WORKSPACE = 256
+CUDNN_SDPA_BWD_EXTRA = 256
+
+
+def _arg(args: Any, kwargs: Any, index: int, name: str, default: Any) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _cudnn_sdpa_outputs(args: Any, kwargs: Any, out: Any) -> list[Any]:
+    # (out, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset, mask)
+    compute_lse = bool(_arg(args, kwargs, 4, "compute_log_sumexp", False))
+    plan = [out[6], out[7], out[0]]
+    if compute_lse:
+        plan.append(out[1])
+    return plan
+
+
+def _cudnn_sdpa_fwd_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
+    return [CUDNN_SDPA_FWD_WORKSPACE]
+
+
+def _cudnn_sdpa_bwd_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
+    query = _arg(args, kwargs, 1, "query", None)
+    b, h, s_q, d_qk = (int(n) for n in query.shape)
+    return [4 * b * h * s_q * (d_qk + 1) + CUDNN_SDPA_BWD_EXTRA]
+
+
+OUTPUT_PLAN[_aten._scaled_dot_product_cudnn_attention.default] = _cudnn_sdpa_outputs
+INTERNAL_BUFFERS[_aten._scaled_dot_product_cudnn_attention.default] = _cudnn_sdpa_fwd_buffers
+INTERNAL_BUFFERS[_aten._scaled_dot_product_cudnn_attention_backward.default] = (
+    _cudnn_sdpa_bwd_buffers
+)
 
 
 def warmup_workload() -> None:

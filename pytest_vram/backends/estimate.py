@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -63,8 +64,15 @@ class _StorageTracker:
                 if isinstance(item, (FakeTensor, tuple, list)):
                     self.track(item)
 
-    def _track_tensor(self, t: FakeTensor) -> None:
-        if t.fake_device.type != "cuda":
+    def track_planned(self, tensors: list[Any]) -> None:
+        """Account for exactly ``tensors``, in order, whatever device the meta kernel gave
+        them (see ``_fake_kernels.OUTPUT_PLAN``)."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self._track_tensor(t, any_device=True)
+
+    def _track_tensor(self, t: torch.Tensor, any_device: bool = False) -> None:
+        if not any_device and t.fake_device.type != "cuda":  # type: ignore[attr-defined]
             return
         storage = t.untyped_storage()
         key = storage._cdata
@@ -112,6 +120,7 @@ class _EstimatingFakeMode(FakeTensorMode):
         super().__init__(allow_non_fake_inputs=True)
         self._tracker = tracker
         self._emulate = emulate
+        self._nesting = threading.local()
 
     def cpp_meta_supports_symint(self, func: Any) -> bool:
         """Prefer an operator's C++ meta kernel to a Python decomposition.
@@ -162,8 +171,23 @@ class _EstimatingFakeMode(FakeTensorMode):
             # Meta stays meta: a model built on the meta device inside the scope must be
             # made of plain meta tensors (as outside), or ``to_empty`` cannot swap them.
             return func(*args, **kwargs)
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        self._tracker.track(out)
+        # Only an operator the program dispatches is a CUDA kernel. Operators that the fake
+        # mode runs *inside* another one (a Python decomposition, e.g. the first, uncached
+        # ``native_layer_norm``: an fp32 ``var_mean`` and casts) allocate nothing on a GPU:
+        # their intermediates are not counted, their results are when the outer one returns.
+        depth = getattr(self._nesting, "depth", 0)
+        self._nesting.depth = depth + 1
+        try:
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+        finally:
+            self._nesting.depth = depth
+        if depth:
+            return out
+        plan = _fake_kernels.OUTPUT_PLAN.get(func)
+        if plan is None:
+            self._tracker.track(out)
+        else:
+            self._tracker.track_planned(plan(args, kwargs, out))
         model = _fake_kernels.INTERNAL_BUFFERS.get(func)
         if model is not None:
             self._tracker.transient(model(args, kwargs, out))

@@ -193,3 +193,44 @@ def test_real_presets(backend: Any, preset: str, phase: str, work: str, model_by
     assert record.peak_bytes > record.model_bytes
     if work == "train_step":
         assert record.peak_bytes > 2 * record.model_bytes  # fp16 grads + activations
+
+
+def test_sdpa_on_hopper_is_cudnn_unless_deprioritized(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch >= 2.10 on an H200 runs cuDNN attention (measured with torch 2.11)."""
+    from pytest_vram.backends import _fake_cuda
+
+    q = torch.empty(1, 16, 512, 128, device="meta", dtype=torch.float16)
+    expected = "cudnn" if _fake_cuda.prefers_cudnn_attention() else "flash"
+    assert _fake_cuda.sdp_choice(q, q, q, None, False, False) == expected
+    monkeypatch.setenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", "1")
+    assert _fake_cuda.sdp_choice(q, q, q, None, False, False) == "flash"
+
+
+@pytest.mark.parametrize(("heads", "measured"), [(16, 4_227_328), (24, 6_340_864)])
+def test_cudnn_attention_backward_workspace_as_measured(heads: int, measured: int) -> None:
+    """The workspace the H200 allocated inside cuDNN's SDPA backward (S=512, D=128)."""
+    from pytest_vram.backends import _fake_kernels
+
+    q = torch.empty(1, heads, 512, 128, device="meta", dtype=torch.float16)
+    args = (q, q, q, q, q)
+    assert _fake_kernels._cudnn_sdpa_bwd_buffers(args, {}, None) == [measured]
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_cudnn_attention_forward_allocations(backend: Any, grad: bool) -> None:
+    from pytest_vram.backends import _fake_cuda
+
+    if not _fake_cuda.prefers_cudnn_attention():
+        pytest.skip("this torch keeps flash attention first")
+
+    def build() -> Any:
+        return torch.empty(1, 16, 512, 128, device="cuda", dtype=torch.float16).requires_grad_(grad)
+
+    def work(q: Any) -> Any:
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    record = measure(backend, build, work)
+    # int64 philox seed and offset (one 512 B block each), the fp16 output (2 MiB), the fp32
+    # softmax statistics (1, 16, 512, 1) only when backward needs them, a 256 B workspace.
+    lse = 16 * 512 * 4 if grad else 0
+    assert record.peak_bytes - record.model_bytes == 512 + 512 + 2 * MiB + lse + 512
