@@ -105,6 +105,9 @@ def _touch_cublas(torch: Any, device: str) -> None:
     under autocast, in every dtype a test is likely to use. Activation checkpointing also
     runs *forward* ops (a linear with bias) on the backward thread, whose cuBLASLt
     workspace would otherwise appear, as a 1 MiB leak, in the first checkpointed test.
+    Which library path a product takes depends on its shapes, so the warm-up uses a
+    transformer block of realistic width (3-D inputs, attention, bias) rather than a toy
+    matrix: on the H200 a 64 x 64 checkpointed linear did not reach that workspace.
     """
     dtypes = [torch.float32, torch.float16]
     if torch.cuda.is_bf16_supported():
@@ -117,13 +120,23 @@ def _touch_cublas(torch: Any, device: str) -> None:
 def _forward_backward(torch: Any, device: str, dtype: Any, *, autocast: bool) -> None:
     from torch.utils.checkpoint import checkpoint
 
-    x = torch.randn(64, 64, device=device, dtype=dtype, requires_grad=True)
-    linear = torch.nn.Linear(64, 64, bias=True, device=device, dtype=dtype)
+    width, heads, tokens = 1024, 8, 256
+    factory = {"device": device, "dtype": dtype}
+    norm = torch.nn.LayerNorm(width, **factory)
+    attention = torch.nn.MultiheadAttention(width, heads, batch_first=True, **factory)
+    linear = torch.nn.Linear(width, width, bias=True, **factory)
+    x = torch.randn(1, tokens, width, requires_grad=True, **factory)
 
-    def forward(t: Any) -> Any:
-        with torch.autocast("cuda", enabled=autocast):
-            return linear(t @ t)
+    def block(t: Any) -> Any:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+            h = norm(t)
+            h = attention(h, h, h, need_weights=False)[0]
+            return linear(torch.nn.functional.gelu(h @ h.transpose(1, 2) @ h))
 
-    forward(x).float().sum().backward()
-    # Non-reentrant checkpointing recomputes `forward` during backward, on autograd's thread.
-    checkpoint(forward, x, use_reentrant=False).float().sum().backward()
+    block(x).float().sum().backward()
+    # Non-reentrant checkpointing recomputes `block` during backward, on autograd's thread.
+    checkpoint(block, x, use_reentrant=False).float().sum().backward()
+    for module in (norm, attention, linear):
+        module.eval()
+    with torch.no_grad():  # inference: nn.MultiheadAttention's fused fast path
+        block(x)

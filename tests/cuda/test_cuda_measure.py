@@ -47,7 +47,7 @@ WORKLOADS = """
         from torch.utils.checkpoint import checkpoint
 
         model = vram.build(torch.nn.Linear, 1024, 1024, device=vram.device, dtype=torch.float16)
-        x = torch.randn(64, 1024, device=vram.device, dtype=torch.float16, requires_grad=True)
+        x = torch.randn(1, 512, 1024, device=vram.device, dtype=torch.float16, requires_grad=True)
         def step():
             with torch.autocast("cuda", dtype=torch.float16):
                 y = checkpoint(model, x, use_reentrant=False)
