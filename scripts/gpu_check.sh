@@ -2,7 +2,8 @@
 # What a maintainer runs on a GPU machine (it is how the committed cuda baselines and the
 # figures in docs/ were produced). Usage: scripts/gpu_check.sh OUTDIR [steps...]
 # steps: cuda (GPU tests), record (suite with --vram-update), suite (suite, strict, timed),
-#        xdist (suite under -n 2), accuracy (estimate vs real), build (build benchmark)
+#        xdist (suite under -n 2), subset (a few tests alone: another history, same bytes),
+#        accuracy / accuracy-train (estimate vs real), build (build benchmark)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -23,6 +24,10 @@ for step in $steps; do
     suite) run timeout 200 env CI=true python3 benchmarks/bench_suite.py --out "$out" -- \
              -rx --vram-json "$out/suite.json" ;;
     xdist) run timeout 200 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q -n 2 -rx ;;
+    subset) run timeout 120 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q -rx \
+              -k "test_train and (large or maximum)" ;;
+    accuracy-train) run timeout 200 python3 benchmarks/estimate_accuracy.py --out "$out" \
+                      --workloads train --budget-s 150 ;;
     accuracy) run timeout 300 python3 benchmarks/estimate_accuracy.py --out "$out" --budget-s 240 ;;
     build) run timeout 240 python3 benchmarks/bench_build.py --out "$out" ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
