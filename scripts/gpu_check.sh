@@ -18,7 +18,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 run() { echo "== $*" | tee -a "$log"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$log"; echo "== exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$log"; }
 for step in $steps; do
   case $step in
-    cuda) run timeout 150 python3 -m pytest tests/cuda -p no:cacheprovider -q -rA ;;
+    cuda) run timeout 400 python3 -m pytest tests/cuda -p no:cacheprovider -q -rA ;;
     record) run timeout 200 python3 -m pytest -m vram --vram-update -p no:cacheprovider -q
             cp baselines/cuda-*.yaml "$out/" ;;
     suite) run timeout 200 env CI=true python3 benchmarks/bench_suite.py --out "$out" -- \

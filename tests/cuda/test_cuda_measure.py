@@ -79,11 +79,11 @@ def test_same_bytes_first_last_twice_and_alone(pytester, measure_cuda):
     ids = [f"test_w.py::{t}" for t in TESTS]
     forward = measure_cuda(*ids, outcomes={"passed": len(TESTS)})
     backward = measure_cuda(*reversed(ids), outcomes={"passed": len(TESTS)})
+    # Each workload right after itself (test_x, test_x_again, test_y, ...), in one process.
+    pairs = [i for t in ids for i in (t, f"{t}_again")]
+    twice = measure_cuda(*pairs, outcomes={"passed": len(pairs)})
     for test in TESTS:
         alone = measure_cuda(f"test_w.py::{test}", outcomes={"passed": 1})
-        twice = measure_cuda(
-            f"test_w.py::{test}", f"test_w.py::{test}_again", outcomes={"passed": 2}
-        )
         expected = _figures(alone, test)  # first in a fresh process
         assert _figures(forward, test) == expected, test
         assert _figures(backward, test) == expected, test
