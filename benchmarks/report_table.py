@@ -2,6 +2,7 @@
 
     python benchmarks/report_table.py                       # baselines/cuda-nvidia-h200.yaml
     python benchmarks/report_table.py baselines/estimate.yaml
+    python benchmarks/report_table.py --claims [FILE]      # Phase 8 vs Phase 7, every workload
 
 Prints a Markdown table (GiB = 2^30 bytes, as the report's "GB" are) for the report's
 protocol (inference, batch 1, 512 tokens). The report rounded to 0.01 GiB and measured on an
@@ -33,11 +34,14 @@ REPORT = {
 
 
 def main() -> int:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "baselines/cuda-nvidia-h200.yaml"
+    args = [a for a in sys.argv[1:] if a != "--claims"]
+    path = Path(args[0]) if args else ROOT / "baselines/cuda-nvidia-h200.yaml"
     recorded = baselines.load(path)
     if recorded is None:
         print(f"{path}: no such baseline file", file=sys.stderr)
         return 1
+    if "--claims" in sys.argv:
+        return claims_table(recorded)
     print(
         f"Ours: `{path.relative_to(ROOT)}` ({recorded.recorded_with.get('device', '?')}, "
         f"torch {recorded.recorded_with.get('torch', '?')}).\n"
@@ -62,6 +66,26 @@ def main() -> int:
                 f"| {peak:.2f} / {ours_peak:.4f} / {ours_peak + ws:.4f} "
                 f"| {entry.activation_bytes / 2**20:.1f} |"
             )
+    return 0
+
+
+def claims_table(recorded: baselines.BaselineFile) -> int:
+    """Phase 8 peak against Phase 7 peak for every size and workload of the suite."""
+    print(f"`{recorded.path.name}` (torch {recorded.recorded_with.get('torch', '?')}):\n")
+    print("| workload | preset | Phase 7 peak (B) | Phase 8 peak (B) | Phase 8 - Phase 7 |")
+    print("|---|---|--:|--:|--:|")
+    for workload in ("inference", "long_context", "train"):
+        for preset in REPORT:
+            peaks = []
+            for phase in ("phase7", "phase8"):
+                key = f"tests/vram/test_zoo.py::test_{workload}[{preset}-{phase}]"
+                entry = recorded.entries.get(key)
+                peaks.append(entry.peak_bytes if entry else None)
+            if None in peaks:
+                continue
+            p7, p8 = peaks
+            delta = f"{p8 - p7:+,} B ({(p8 - p7) / p7:+.3%})"
+            print(f"| {workload} | {preset} | {p7:,} | {p8:,} | {delta} |")
     return 0
 
 
