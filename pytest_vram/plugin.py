@@ -30,6 +30,9 @@ MARK_KEY = pytest.StashKey["marks.VramMark | None"]()
 PROBE_KEY = pytest.StashKey[Vram]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
 
+#: Context fields that change figures when they change (the plugin's version does not).
+SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator")
+
 _BACKEND_HELP = ", ".join(CHOICES) + ", or a custom backend as 'package.module:ClassName'"
 
 
@@ -469,6 +472,8 @@ class VramPlugin:
         # Markdown read the same from run to run.
         self.outcome.records.sort(key=lambda r: r.key)
         self._find_stale()
+        if not self.settings.update:  # an update records this run's setup anyway
+            self._compare_setup()
         if self.settings.update:
             self._update(session)
         if self.settings.json_path:
@@ -484,6 +489,25 @@ class VramPlugin:
                 path = self.baseline_path(self.settings.profile)
                 profiles[self.settings.profile] = self.display(path)
         return profiles
+
+    def _compare_setup(self) -> None:
+        """Note where a baseline was recorded on another setup (torch, device, allocator)."""
+        current = {r.profile: (r.baseline_path, r.context) for r in self.outcome.records}
+        for profile, (shown, context) in sorted(current.items()):
+            try:
+                baseline = baselines.load(self.baseline_path(profile))
+            except BaselineError:
+                continue  # the tests reported it
+            if baseline is None:
+                continue
+            recorded = baseline.recorded_with
+            differ = [
+                f"{key} {recorded[key]} (this run: {context[key]})"
+                for key in SETUP_KEYS
+                if key in recorded and key in context and recorded[key] != context[key]
+            ]
+            if differ:
+                self.outcome.setup_changes[shown] = ", ".join(differ)
 
     def _find_stale(self) -> None:
         produced = {r.key for r in self.outcome.records}

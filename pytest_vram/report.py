@@ -96,6 +96,8 @@ class Outcome:
     #: baseline paths written by --vram-update
     written: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
+    #: baseline path -> what differs between the setup it was recorded on and this run's
+    setup_changes: dict[str, str] = dataclasses.field(default_factory=dict)
     update: bool = False
 
 
@@ -191,6 +193,11 @@ def note_lines(outcome: Outcome) -> list[str]:
         if r.leaked_bytes:
             leaked = format_size(r.leaked_bytes)
             lines.append(f"leak: {r.key}: {leaked} still allocated after the test")
+    for path, change in sorted(outcome.setup_changes.items()):
+        lines.append(
+            f"setup: {path} was recorded with {change}; figures may differ for that reason "
+            f"alone (re-record with `pytest -m vram --vram-update` once that is understood)"
+        )
     lines.extend(f"error: {e}" for e in outcome.errors)
     return lines
 
@@ -210,6 +217,7 @@ def to_json(outcome: Outcome) -> str:
             for key, old, new in outcome.updated
         ],
         "errors": outcome.errors,
+        "setup_changes": outcome.setup_changes,
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from vram_testing import MiB, load, write_baseline
+
+from pytest_vram import baselines
 
 TWO_TESTS = """
     MiB = 1024**2
@@ -170,3 +174,23 @@ def test_baselines_directory_option(vram_pytester, run_vram):
     result = run_vram("--vram-update", "--vram-baselines=store/vram")
     result.stdout.fnmatch_lines(["written: store/vram/scripted.yaml"])
     assert set(load(vram_pytester.path / "store" / "vram" / "scripted.yaml").entries) == {A, B}
+
+
+def test_baseline_from_another_setup_is_pointed_out(vram_pytester, run_vram):
+    vram_pytester.makepyfile(test_u=TWO_TESTS)
+    path = write_baseline(vram_pytester, {A: (100 * MiB, 150 * MiB), B: (0, 8 * MiB)})
+    recorded = load(path)
+    baselines.write(dataclasses.replace(recorded, recorded_with={"torch": "2.11.0+cu130"}))
+    result = run_vram()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["setup: baselines/scripted.yaml was recorded with torch 2.11.0+cu130 (this run: none)*"]
+    )
+
+
+def test_baseline_from_the_same_setup_gets_no_setup_note(vram_pytester, run_vram):
+    vram_pytester.makepyfile(test_u=TWO_TESTS)
+    write_baseline(vram_pytester, {A: (100 * MiB, 150 * MiB), B: (0, 8 * MiB)})
+    result = run_vram()
+    result.assert_outcomes(passed=2)
+    result.stdout.no_fnmatch_line("setup:*")
