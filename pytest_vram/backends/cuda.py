@@ -23,11 +23,25 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def worker_device(worker: str | None, device_count: int) -> int | None:
+    """The GPU of xdist worker ``gwN`` on a multi-GPU host: ``N % device_count``.
+
+    None (the current device) outside xdist or with one GPU. Allocator statistics are per
+    process, so workers sharing a GPU still measure correctly; one GPU each only spreads
+    the work and the memory.
+    """
+    if worker is None or device_count < 2 or not worker.startswith("gw"):
+        return None
+    number = worker[2:]
+    return int(number) % device_count if number.isdigit() else None
+
+
 class CudaBackend(Backend):
     """Measures ``torch.cuda.memory_allocated`` on one GPU.
 
-    ``device_index`` picks the GPU (default: the current device), so that a multi-GPU host
-    can later give each xdist worker a GPU of its own.
+    ``device_index`` picks the GPU; by default, xdist worker ``gwN`` on a host with several
+    visible GPUs takes GPU ``N % count`` (see :func:`worker_device`), anything else the
+    current device.
     """
 
     name = "cuda"
@@ -42,7 +56,13 @@ class CudaBackend(Backend):
                 "GPU memory without a GPU"
             )
         self._torch = torch
+        if device_index is None:
+            device_index = worker_device(
+                os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count()
+            )
         self.index = torch.cuda.current_device() if device_index is None else device_index
+        # Workloads that say plain "cuda" land on the measured GPU too.
+        torch.cuda.set_device(self.index)
         self._name = torch.cuda.get_device_name(self.index)
 
     @property

@@ -260,3 +260,21 @@ def test_cuda_profile_slug():
 
     assert slug("NVIDIA H200") == "nvidia-h200"
     assert slug("NVIDIA GeForce RTX 4090 (24 GB)") == "nvidia-geforce-rtx-4090-24-gb"
+
+
+@pytest.mark.parametrize(
+    ("worker", "count", "expected"),
+    [
+        (None, 8, None),  # not under xdist: the current device
+        ("gw0", 1, None),  # one GPU: every worker shares it
+        ("gw0", 2, 0),
+        ("gw1", 2, 1),
+        ("gw2", 2, 0),  # more workers than GPUs: round robin
+        ("gw7", 8, 7),
+        ("master", 4, None),
+    ],
+)
+def test_xdist_worker_gets_a_gpu_of_its_own(worker, count, expected):
+    from pytest_vram.backends.cuda import worker_device
+
+    assert worker_device(worker, count) == expected
