@@ -490,14 +490,21 @@ class VramPlugin:
                 profiles[self.settings.profile] = self.display(path)
         return profiles
 
+    def _reread(self, profile: str) -> BaselineFile | None:
+        """The profile's file as it is on disk now, or None if missing or malformed.
+
+        A malformed file was already reported by every vram test that used it.
+        """
+        try:
+            return baselines.load(self.baseline_path(profile))
+        except BaselineError:
+            return None
+
     def _compare_setup(self) -> None:
         """Note where a baseline was recorded on another setup (torch, device, allocator)."""
         current = {r.profile: (r.baseline_path, r.context) for r in self.outcome.records}
         for profile, (shown, context) in sorted(current.items()):
-            try:
-                baseline = baselines.load(self.baseline_path(profile))
-            except BaselineError:
-                continue  # the tests reported it
+            baseline = self._reread(profile)
             if baseline is None:
                 continue
             recorded = baseline.recorded_with
@@ -513,10 +520,7 @@ class VramPlugin:
         produced = {r.key for r in self.outcome.records}
         completed = {r.nodeid for r in self.outcome.records}
         for profile, shown in self._profiles().items():
-            try:
-                baseline = baselines.load(self.baseline_path(profile))
-            except BaselineError:
-                continue  # the tests reported it
+            baseline = self._reread(profile)
             if baseline is None:
                 continue
             # An entry whose test was collected but did not complete (deselected, skipped,
