@@ -38,6 +38,9 @@ SMALL_BUFFER = 2 << 20  # kSmallBuffer: segment size of the small pool
 LARGE_BUFFER = 20 << 20  # kLargeBuffer: segment size for large requests < MIN_LARGE_ALLOC
 MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
 ROUND_LARGE = 2 << 20  # kRoundLarge: larger segments are rounded up to this
+VA_CHUNK = 32 << 20  # the driver reserves fresh address ranges in multiples of this
+VA_TOP = 1 << 47  # where the "driver" placement's address space starts (it grows down)
+PLACEMENTS = ("increasing", "driver")
 
 
 def round_size(size: int) -> int:
@@ -75,7 +78,10 @@ class Block:
 class CachingAllocatorModel:
     """Replays allocations and frees; ``allocated``/``peak`` are the allocator's counters."""
 
-    def __init__(self) -> None:
+    def __init__(self, placement: str = "increasing") -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
+        self.placement = placement
         self.reset()
 
     def reset(self) -> None:
@@ -83,6 +89,10 @@ class CachingAllocatorModel:
         self._free: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
         self._by_key: dict[tuple[int, int], Block] = {}
         self._next_addr = 0
+        # "driver" placement: free virtual-address ranges [start, end) sorted by address,
+        # and the lowest address reserved so far.
+        self._holes: list[tuple[int, int]] = []
+        self._va_low = VA_TOP
         self.allocated = 0
         self.peak = 0
         self.reserved = 0
@@ -163,9 +173,36 @@ class CachingAllocatorModel:
 
     def _new_segment(self, size: int, small: bool) -> Block:
         seg = allocation_size(size)
-        # New segments get increasing addresses (what cudaMalloc usually returns); only
-        # the order matters, to break ties between equally sized free blocks.
-        block = Block(self._next_addr, seg, small)
-        self._next_addr += seg
+        if self.placement == "driver":
+            addr = self._driver_address(seg)
+        else:
+            # New segments get increasing addresses; only the order matters, to break ties
+            # between equally sized free blocks.
+            addr = self._next_addr
+            self._next_addr += seg
         self.reserved += seg
-        return block
+        return Block(addr, seg, small)
+
+    def _driver_address(self, seg: int) -> int:
+        """Where the CUDA driver puts a new segment, as measured on an H200 (13.0 driver).
+
+        The lowest free address range that fits takes the segment at its bottom; failing
+        that, a fresh range of ``seg`` rounded up to 32 MiB is reserved directly below
+        everything reserved so far (the address space grows downwards) and its unused top
+        stays free for later, smaller segments. Segments are never released here, so free
+        ranges never need merging. See docs/estimator.md ("Address order").
+        """
+        holes = self._holes
+        for i, (start, end) in enumerate(holes):
+            if end - start >= seg:
+                if end - start == seg:
+                    del holes[i]
+                else:
+                    holes[i] = (start + seg, end)
+                return start
+        reserve = -(-seg // VA_CHUNK) * VA_CHUNK
+        self._va_low -= reserve
+        if reserve > seg:
+            # Below every existing range, so the list stays sorted by address.
+            holes.insert(0, (self._va_low + seg, self._va_low + reserve))
+        return self._va_low

@@ -104,3 +104,56 @@ def test_reset_empties_the_pool() -> None:
     alloc.malloc(11 * MiB + 512)
     assert alloc.allocated == 12 * MiB  # a new segment again, not the cached block
     assert alloc.reserved == 12 * MiB
+
+
+def test_increasing_placement_is_the_default() -> None:
+    model = CachingAllocatorModel()
+    a, b = model.malloc(30 << 20), model.malloc(30 << 20)
+    assert model.placement == "increasing"
+    assert a is not None and b is not None and a.addr < b.addr
+
+
+def test_driver_placement_grows_down_in_32_mib_ranges() -> None:
+    """Fresh ranges are reserved below the previous ones, rounded up to 32 MiB."""
+    model = CachingAllocatorModel("driver")
+    a = model.malloc(54 << 20)  # 54 MiB segment in a 64 MiB range
+    b = model.malloc(18 << 20)  # 18 MiB segment in a 32 MiB range, below
+    assert a is not None and b is not None
+    assert a.addr % (32 << 20) == 0 and b.addr % (32 << 20) == 0
+    assert b.addr == a.addr - (32 << 20)
+
+
+def test_driver_placement_fills_the_lowest_free_range_first() -> None:
+    """A segment that fits into a range's unused top goes to the lowest such range."""
+    model = CachingAllocatorModel("driver")
+    twenty = model.malloc(20 << 20)  # 32 MiB range, 12 MiB free on top
+    eighteen = model.malloc(18 << 20)  # 32 MiB range below it, 14 MiB free on top
+    assert twenty is not None and eighteen is not None
+    small = model.malloc(4096)  # 2 MiB small-pool segment: into the lower free top
+    assert small is not None and small.addr == eighteen.addr + (18 << 20)
+    twelve = model.malloc(11 << 20)  # a 12 MiB segment: still fits there, lowest first
+    assert twelve is not None and twelve.addr == eighteen.addr + (20 << 20)
+    other = model.malloc(11 << 20)  # then the 12 MiB left above the 20 MiB segment
+    assert other is not None and other.addr == twenty.addr + (20 << 20)
+    # Nothing free fits 20 MiB: a fresh range below everything.
+    fresh = model.malloc(20 << 20)
+    assert fresh is not None and fresh.addr == eighteen.addr - (32 << 20)
+
+
+def test_driver_placement_decides_best_fit_ties() -> None:
+    """Equal free blocks: best fit takes the lowest address, i.e. the newer segment."""
+    for placement, newer_wins in (("increasing", False), ("driver", True)):
+        model = CachingAllocatorModel(placement)
+        first = model.malloc(9 << 20)
+        second = model.malloc(20 << 20)  # no free block fits: a second segment
+        assert first is not None and second is not None
+        model.free(first)
+        model.free(second)
+        again = model.malloc(9 << 20)
+        assert again is not None
+        assert again.addr == (second.addr if newer_wins else first.addr)
+
+
+def test_unknown_placement_is_refused() -> None:
+    with pytest.raises(ValueError, match="placement"):
+        CachingAllocatorModel("random")
