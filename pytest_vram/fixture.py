@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TypeVar
 
 from pytest_vram.backends.base import Backend
-from pytest_vram.measure import Measurement, Meter
+from pytest_vram.measure import Measurement, Meter, OutOfMemory, release_frames
 
 T = TypeVar("T")
 
@@ -22,6 +23,7 @@ class Vram:
         self._meter = meter
         self._base_key = base_key
         self.leaked_bytes: int | None = None
+        self._failed_traceback: TracebackType | None = None
 
     @property
     def backend(self) -> Backend:
@@ -55,6 +57,20 @@ class Vram:
         self._check_name(name)
         return self._meter.run(fn, *args, name=name, **kwargs)
 
+    @property
+    def out_of_memory(self) -> OutOfMemory | None:
+        """Set when a build step or workload of this test ran out of memory."""
+        return self._meter.out_of_memory
+
+    def release_on_finish(self, tb: TracebackType | None) -> None:
+        """Clear the frames of ``tb`` (the test's failure) when the test finishes.
+
+        After an out-of-memory failure the test's own frame still holds its model through
+        the traceback pytest keeps; clearing it at teardown (after ``--pdb`` had its look)
+        frees that memory for the following tests and keeps it out of ``leaked_bytes``.
+        """
+        self._failed_traceback = tb
+
     def key(self, measurement: Measurement) -> str:
         """The baseline key of ``measurement``."""
         if measurement.name is None:
@@ -63,6 +79,9 @@ class Vram:
 
     def finish(self) -> int:
         """End the test: what is still allocated now is reported as leaked."""
+        if self._failed_traceback is not None:
+            release_frames(self._failed_traceback)
+            self._failed_traceback = None
         self.leaked_bytes = self._meter.finish()
         return self.leaked_bytes
 

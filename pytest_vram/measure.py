@@ -4,16 +4,24 @@
 when a workload starts (the model and its inputs), ``peak_bytes`` the highest allocation
 during the workload, ``leaked_bytes`` what is still held after the test's objects are
 released. The backend only supplies counters and a scope (see ``backends.base``).
+
+A step that runs out of device memory is recorded as :class:`OutOfMemory` (what was held,
+how far the allocations got) and its frames are cleared, so that the tensors it made are
+freed at once rather than kept alive by the traceback for the rest of the session.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import sys
+import traceback
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TypeVar
 
 from pytest_vram.backends.base import Backend
+from pytest_vram.units import format_size
 
 T = TypeVar("T")
 
@@ -32,6 +40,62 @@ class Measurement:
     @property
     def activation_bytes(self) -> int:
         return self.peak_bytes - self.model_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class OutOfMemory:
+    """A build step or workload that failed to allocate, with the figures known at that point.
+
+    Sizes are bytes counted from the start of the test, like a Measurement's.
+    """
+
+    step: str
+    #: allocated when the step started (for a workload: the model bytes)
+    held_bytes: int
+    #: the highest allocation the step reached before the allocation that failed
+    peak_bytes: int
+    #: the exception's own text (torch's names the failed request and the free memory)
+    error: str
+
+    def describe(self, nodeid: str, device: str) -> str:
+        """The failure text: the test, the step, the figures, and what to do about it."""
+        return (
+            f"{nodeid}: out of memory on {device} in {self.step}: "
+            f"{format_size(self.held_bytes)} ({self.held_bytes} B) were allocated when it "
+            f"started and it had reached {format_size(self.peak_bytes)} ({self.peak_bytes} B) "
+            f"when an allocation failed.\n{self.error}\n"
+            f"Measure a smaller workload (batch, sequence length, model size), run it on a "
+            f"GPU with more free memory (CUDA_VISIBLE_DEVICES selects another one), or "
+            f"estimate it without allocating with --vram-backend=estimate; "
+            f"@pytest.mark.vram(budget=...) states the ceiling the workload has to fit. "
+            f"The memory the step held has been released for the following tests."
+        )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's ``OutOfMemoryError`` (``torch.cuda.OutOfMemoryError``) and for any
+    ``MemoryError``. torch is looked up only if already imported: measuring never loads it.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(
+        getattr(torch, "cuda", None), "OutOfMemoryError", None
+    )
+    return isinstance(oom, type) and isinstance(exc, oom)
+
+
+def release_frames(tb: TracebackType | None) -> None:
+    """Drop the local variables of the finished frames in ``tb``, so that what they hold
+    (tensors) is freed although the traceback itself lives on."""
+    for frame, _ in traceback.walk_tb(tb):
+        try:
+            frame.clear()
+        except RuntimeError:  # still executing: the caller's own frame
+            continue
+        # Before Python 3.13 a snapshot of f_locals taken earlier (pytest takes one to look
+        # for __tracebackhide__) survives clear(); reading f_locals again re-syncs it.
+        frame.f_locals  # noqa: B018
 
 
 def count_params(obj: Any) -> int | None:
@@ -55,6 +119,8 @@ class Meter:
         self.backend = backend
         self.params: int | None = None
         self.measurements: list[Measurement] = []
+        #: set when a build step or workload ran out of memory
+        self.out_of_memory: OutOfMemory | None = None
         self._start: int | None = None
 
     def start(self) -> None:
@@ -71,8 +137,9 @@ class Meter:
 
     def build(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a setup step (a model build) in the backend's scope; count its parameters."""
-        with self.backend.scope():
-            result = fn(*args, **kwargs)
+        held = self._held()
+        self.backend.reset_peak()  # so that running out of memory reports this step's peak
+        result = self._call(f"vram.build({_name(fn)})", held, fn, args, kwargs)
         params = count_params(result)
         if params is not None:
             self.params = params if self.params is None else self.params + params
@@ -82,8 +149,8 @@ class Meter:
         """Run a workload in the backend's scope and record its peak."""
         model_bytes = self._held()
         self.backend.reset_peak()
-        with self.backend.scope():
-            result = fn(*args, **kwargs)
+        step = f"vram.run({_name(fn)}" + ("" if name is None else f", name={name!r}") + ")"
+        result = self._call(step, model_bytes, fn, args, kwargs)
         self.backend.synchronize()
         peak = self.backend.peak() - self._start  # type: ignore[operator]
         record = Measurement(
@@ -96,6 +163,22 @@ class Meter:
         self.measurements.append(record)
         return result
 
+    def _call(self, step: str, held: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in the backend's scope; running out of memory is recorded."""
+        try:
+            with self.backend.scope():
+                return fn(*args, **kwargs)
+        except BaseException as exc:
+            if is_out_of_memory(exc):
+                peak = self.backend.peak() - self._start  # type: ignore[operator]
+                self.out_of_memory = OutOfMemory(
+                    step, held, max(peak, held), f"{type(exc).__name__}: {exc}".strip()
+                )
+                # The step's frames hold every tensor it made for as long as the traceback
+                # lives, and pytest keeps it (sys.last_traceback): free them now.
+                release_frames(exc.__traceback__)
+            raise
+
     def finish(self) -> int:
         """Release what the test left, report what is still held, and end the test."""
         gc.collect()
@@ -103,3 +186,7 @@ class Meter:
         self.backend.end_test()
         self.measurements = [dataclasses.replace(m, leaked_bytes=leaked) for m in self.measurements]
         return leaked
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__

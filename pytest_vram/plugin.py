@@ -21,7 +21,7 @@ from pytest_vram import __version__, baselines, marks, report, xdist
 from pytest_vram.backends import CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
-from pytest_vram.measure import Meter
+from pytest_vram.measure import Meter, is_out_of_memory
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 from pytest_vram.verdicts import Verdict, judge, worst
 
@@ -450,6 +450,10 @@ class VramPlugin:
                 rep.longrepr = "\n\n".join(failing)
         elif call.when == "call" and call.excinfo and call.excinfo.errisinstance(VramUsageError):
             rep.longrepr = f"{item.nodeid}: {call.excinfo.value}"
+        elif call.when == "call" and call.excinfo and probe.out_of_memory is not None:
+            if is_out_of_memory(call.excinfo.value):  # not one the test caught and went on
+                rep.longrepr = probe.out_of_memory.describe(item.nodeid, probe.device)
+                probe.release_on_finish(call.excinfo.tb)
         elif call.when == "teardown":
             # The leak is known only now; the teardown report is also what JUnit XML reads.
             for record in item.stash.get(RECORDS_KEY, []):

@@ -3,7 +3,9 @@
 Test files written by the pytester tests run with
 ``--vram-backend=vram_scripted:ScriptedBackend`` and allocate through the backend:
 ``block = vram.backend.alloc(100 * MiB)`` holds 100 MiB until ``block`` is released,
-``vram.backend.spike(50 * MiB)`` raises the peak by 50 MiB and frees it again.
+``vram.backend.spike(50 * MiB)`` raises the peak by 50 MiB and frees it again. With
+``vram.backend.capacity`` set, an allocation beyond it raises :class:`ScriptedOutOfMemory`
+as torch raises ``torch.OutOfMemoryError`` on a full GPU.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ MiB = 1024**2
 WARMUP_BYTES = 32 * MiB
 
 
+class ScriptedOutOfMemory(MemoryError):
+    """What an allocation beyond ``ScriptedBackend.capacity`` raises."""
+
+
 class Block:
     """Scripted memory: freed when the object goes away, like a tensor's storage."""
 
     def __init__(self, backend: ScriptedBackend, size: int) -> None:
-        self.backend, self.size = backend, size
+        self.backend, self.size = backend, 0  # __del__ runs even if allocate raises
         backend.allocate(size)
+        self.size = size
 
     def __del__(self) -> None:
         self.backend.allocate(-self.size)
@@ -37,6 +44,8 @@ class ScriptedBackend(Backend):
         self._allocated = 0
         self._peak = 0
         self.warmups = 0
+        #: total bytes the scripted device holds; None: unlimited
+        self.capacity: int | None = None
         self.persistent: list[Block] = []
 
     @property
@@ -68,6 +77,12 @@ class ScriptedBackend(Backend):
     # -- what the scripted tests call ---------------------------------------------
 
     def allocate(self, size: int) -> None:
+        if self.capacity is not None and self._allocated + size > self.capacity:
+            free = self.capacity - self._allocated
+            raise ScriptedOutOfMemory(
+                f"out of memory. Tried to allocate {size / MiB:.2f} MiB; "
+                f"{free / MiB:.2f} MiB free of {self.capacity / MiB:.2f} MiB"
+            )
         self._allocated += size
         self._peak = max(self._peak, self._allocated)
 
