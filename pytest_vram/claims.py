@@ -41,8 +41,8 @@ def at_most(
     """Claim that ``value`` is no larger than ``limit`` plus ``tolerance`` of ``limit``.
 
     ``subject`` and ``reference`` name the two figures in the message, e.g.
-    ``subject="maximum/train: phase8 peak"``, ``reference="phase7 peak"``. Exactly on the
-    allowed limit holds.
+    ``subject="train: fused attention peak"``, ``reference="eager attention peak"``.
+    Exactly on the allowed limit holds.
     """
     allowance = tolerance.allowance(limit)
     holds = value <= limit + allowance
