@@ -23,15 +23,6 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def worker_id(config: pytest.Config) -> str | None:
-    """``"gw0"``, ``"gw1"``... inside a worker, None elsewhere.
-
-    The place to map workers to GPUs on a multi-GPU host later (``gwN`` -> ``cuda:N``).
-    """
-    workerinput = getattr(config, "workerinput", None)
-    return None if workerinput is None else str(workerinput.get("workerid"))
-
-
 def send(config: pytest.Config, data: dict[str, Any]) -> None:
     """Hand ``data`` to the controller at the end of this worker's session."""
     config.workeroutput[WORKEROUTPUT_KEY] = data  # type: ignore[attr-defined]
