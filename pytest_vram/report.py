@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pytest_vram.units import format_delta, format_size
+from pytest_vram.verdicts import update_command
 
 #: Name of the ``report.user_properties`` entries that carry a Record.
 PROPERTY = "vram"
@@ -99,11 +99,6 @@ class Outcome:
     #: baseline path -> what differs between the setup it was recorded on and this run's
     setup_changes: dict[str, str] = dataclasses.field(default_factory=dict)
     update: bool = False
-
-
-def update_command(nodeid: str) -> str:
-    # Quoted: parametrised ids contain [] that a shell would glob.
-    return f"pytest --vram-update {shlex.quote(nodeid)}"
 
 
 # --------------------------------------------------------------------------- terminal

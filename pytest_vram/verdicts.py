@@ -124,8 +124,13 @@ class _Context:
 
     @property
     def update_command(self) -> str:
-        # Quoted: parametrised ids contain [] that a shell would glob.
-        return f"pytest --vram-update {shlex.quote(self.nodeid)}"
+        return update_command(self.nodeid)
+
+
+def update_command(nodeid: str) -> str:
+    """The command that records ``nodeid``'s figures as its baseline."""
+    # Quoted: parametrised ids contain [] that a shell would glob.
+    return f"pytest --vram-update {shlex.quote(nodeid)}"
 
 
 def _figure(n: int) -> str:
