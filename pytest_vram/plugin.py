@@ -22,6 +22,7 @@ from pytest_vram.backends import CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
 from pytest_vram.measure import Meter, is_out_of_memory
+from pytest_vram.report import records_from
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 from pytest_vram.verdicts import Verdict, judge, worst
 
@@ -411,7 +412,8 @@ class VramPlugin:
                 baseline_path=path,
                 nodeid=item.nodeid,
             )
-            ordered = [worst(verdicts)] + [v for v in verdicts if v is not worst(verdicts)]
+            first = worst(verdicts)
+            ordered = [first, *(v for v in verdicts if v is not first)]
             records.append(
                 report.Record(
                     key=key,
@@ -466,7 +468,8 @@ class VramPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.worker or report.when != "teardown":
             return
-        self.outcome.records.extend(_records(report))
+        # `report` is the hook argument here, shadowing the module.
+        self.outcome.records.extend(records_from(report.user_properties))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.worker:
@@ -586,10 +589,6 @@ class VramPlugin:
 
 def _verdict_dict(v: Verdict) -> dict[str, Any]:
     return {"kind": v.kind.value, "summary": v.summary, "detail": v.detail, "fails": v.fails}
-
-
-def _records(rep: pytest.TestReport) -> list[report.Record]:
-    return report.records_from(rep.user_properties)
 
 
 def _owner(key: str, owners: dict[str, str]) -> str | None:
