@@ -48,6 +48,7 @@ def measure_cuda(
             f"--vram-json={out}",
             *args,
         )
+        run.last_result = result  # type: ignore[attr-defined]  # for output checks
         if outcomes is not None:
             result.assert_outcomes(**outcomes)
         document = json.loads(out.read_text())

@@ -117,3 +117,40 @@ def test_backend_reports_device_and_profile():
     assert backend.profile().startswith("cuda-") and " " not in backend.profile()
     context = backend.context()
     assert context["backend"] == "cuda" and context["torch"] == torch.__version__
+
+
+def test_out_of_memory_fails_clearly_and_frees_the_gpu(pytester, measure_cuda):
+    # A workload asking for more than the GPU has: the test fails naming the step and the
+    # figures, and the next test measures as if nothing had happened.
+    pytester.makepyfile(
+        test_oom="""
+        import torch
+
+        MiB = 1024**2
+
+        def huge(device):
+            return torch.empty(1 << 50, dtype=torch.uint8, device=device)
+
+        def test_a_too_big(vram):
+            model = vram.build(torch.empty, 64 * MiB // 4, device=vram.device)
+            vram.run(huge, vram.device)
+
+        def test_b_after(vram):
+            x = vram.build(torch.empty, 4 * MiB // 4, device=vram.device)
+            vram.run(lambda: torch.ones(8 * MiB // 4, device=vram.device))
+        """
+    )
+    records = measure_cuda("test_oom.py", outcomes={"passed": 1, "failed": 1})
+    measure_cuda.last_result.stdout.fnmatch_lines(
+        [
+            "*test_oom.py::test_a_too_big: out of memory on cuda:* in vram.run(huge): "
+            "64.0 MiB (67108864 B) were allocated when it started*",
+            "*OutOfMemoryError*",
+        ]
+    )
+    after = records["test_oom.py::test_b_after"]
+    assert (after["model_bytes"], after["peak_bytes"], after["leaked_bytes"]) == (
+        4 * MiB,
+        12 * MiB,
+        0,
+    )
