@@ -21,9 +21,6 @@ the first operators where the two logs disagree and the events around the peak.
     python benchmarks/diagnose_train.py --backend cuda --pairs standard/phase7 --out "$OUT"
     # here
     python benchmarks/diagnose_train.py --backend estimate --pairs standard/phase7 --out diag
-    # replay GPU logs' request sequences through the allocator model, with the real
-    # segment addresses and with each of the model's placements
-    python benchmarks/diagnose_train.py --replay docs/data/diag_train/*-cuda.json.gz
 """
 
 from __future__ import annotations
@@ -205,50 +202,6 @@ def run_estimate(preset: str, phase: str, workload: str) -> dict[str, Any]:
     }
 
 
-# -- replay -------------------------------------------------------------------------------
-def replay(data: dict[str, Any], placement: str) -> tuple[int, int]:
-    """Feed a ``cuda`` log's allocations and frees to the allocator model.
-
-    ``placement`` is ``"real"`` (each new segment gets the address the GPU's next
-    ``segment_alloc`` had) or one of the model's placements. The persistent blocks of the
-    log's start (workspaces) are put in the pool first, as on the GPU. Returns the model's
-    peak (comparable to ``peak_bytes_oplog``) and, for ``"real"``, the number of
-    allocations whose block address differs from the GPU's (0: same choice every time).
-    """
-    from pytest_vram.backends import _allocator as A
-
-    model = A.CachingAllocatorModel("increasing" if placement == "real" else placement)
-    for seg in data["segments_start"]:
-        addr, prev = seg["address"], None
-        for size, _requested, state in seg["blocks"]:
-            block = A.Block(addr, size, seg["pool"] == "small", state != "inactive", prev)
-            if prev is not None:
-                prev.next = block
-            if not block.allocated:
-                model._insert_free(block)
-            prev, addr = block, addr + size
-    if placement == "real":
-        real_segments = iter([e for e in data["trace"] if e[0] == "segment_alloc"])
-
-        def new_segment(size: int, small: bool) -> Any:
-            event = next(real_segments)
-            assert event[2] == A.allocation_size(size), (event, size)
-            model.reserved += event[2]
-            return A.Block(event[1], event[2], small)
-
-        model._new_segment = new_segment  # type: ignore[method-assign]
-    live: dict[int, Any] = {}
-    mismatches = 0
-    for action, addr, size, _stream in data["trace"]:
-        if action == "alloc":
-            block = model.malloc(size)
-            mismatches += placement == "real" and block.addr != addr
-            live[addr] = block
-        elif action == "free_completed":
-            model.free(live.pop(addr))
-    return model.peak, mismatches
-
-
 def _name(pair: str, workload: str, backend: str) -> str:
     return f"diag-{pair.replace('/', '-')}-{workload}-{backend}.json.gz"
 
@@ -259,21 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", default="standard/phase7")
     parser.add_argument("--workload", default="train", choices=tuple(WORKLOADS))
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--replay", nargs="+", metavar="LOG", help="replay cuda logs")
     args = parser.parse_args(argv)
-    if args.replay:
-        from pytest_vram.backends._allocator import PLACEMENTS
-
-        for path in args.replay:
-            with gzip.open(path, "rt") as f:
-                data = json.load(f)
-            line = f"{data['pair']}: real peak {data['peak_bytes_oplog']:,}"
-            for placement in ("real", *PLACEMENTS):
-                peak, mismatches = replay(data, placement)
-                extra = f" ({mismatches} other blocks)" if placement == "real" else ""
-                line += f"; {placement} {peak:,}{extra}"
-            print(line, flush=True)
-        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = run_cuda if args.backend == "cuda" else run_estimate

@@ -12,8 +12,20 @@ BUILTIN = {
     "estimate": "pytest_vram.backends.estimate:EstimateBackend",
 }
 CHOICES = ("auto", *BUILTIN)
+#: ``--vram-allocator`` values: which allocator figure the built-in backends measure.
+#: "expandable" (default) is history-independent; "default" is the raw default-settings
+#: figure, which depends on what ran before in the process (docs/architecture.md).
+ALLOCATOR_MODES = ("expandable", "default")
 
-__all__ = ["Backend", "BackendUnavailable", "BUILTIN", "CHOICES", "create", "resolve_name"]
+__all__ = [
+    "ALLOCATOR_MODES",
+    "BUILTIN",
+    "CHOICES",
+    "Backend",
+    "BackendUnavailable",
+    "create",
+    "resolve_name",
+]
 
 
 def resolve_name(name: str) -> str:
@@ -25,8 +37,16 @@ def resolve_name(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "estimate"
 
 
-def create(name: str) -> Backend:
-    """Instantiate the backend called ``name`` (``auto``, a built-in, or ``module:Class``)."""
+def create(name: str, allocator: str = "expandable") -> Backend:
+    """Instantiate the backend called ``name`` (``auto``, a built-in, or ``module:Class``).
+
+    ``allocator`` (one of ``ALLOCATOR_MODES``) is passed to the built-in backends; a custom
+    backend defines its own figure.
+    """
+    if allocator not in ALLOCATOR_MODES:
+        raise ValueError(
+            f"unknown allocator mode {allocator!r}: choose one of {', '.join(ALLOCATOR_MODES)}"
+        )
     name = resolve_name(name)
     target = BUILTIN.get(name, name)
     if ":" not in target:
@@ -41,4 +61,4 @@ def create(name: str) -> Backend:
         raise ValueError(f"vram backend {name!r}: cannot import {target!r}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ValueError(f"vram backend {target!r} is not a pytest_vram Backend subclass")
-    return cls()
+    return cls(allocator=allocator) if name in BUILTIN else cls()

@@ -1,46 +1,63 @@
 """A model of PyTorch's CUDA caching allocator, for one device and one stream.
 
-``torch.cuda.memory_allocated`` counts *blocks*, not requested bytes, and which block a
-request gets depends on what was allocated and freed before: a cached free block is reused
-whole when splitting it would leave too small a remainder. To predict the counter to the
-byte, the estimator replays every allocation and free through this model of
-``c10/cuda/CUDACachingAllocator.cpp`` (default settings: no ``max_split_size_mb``, no
-expandable segments, no garbage-collection threshold):
+The figure pytest-vram gates on is ``torch.cuda.max_memory_allocated`` measured with the
+allocator's ``expandable_segments`` setting on (see docs/architecture.md, "The gated
+figure"). With it, ``should_split`` in ``c10/cuda/CUDACachingAllocator.cpp`` splits every
+block whenever at least 512 B would remain, in both pools, so a request of ``n`` bytes is
+always counted as exactly ``round_size(n)`` (a positive multiple of 512) and the allocated
+counter is the sum of ``round_size`` over the live requests: a function of the request
+sequence alone. That is the ``"expandable"`` mode here, and all the estimator needs for
+``allocated``/``peak``.
 
-* a request of ``n`` bytes is rounded up to a multiple of 512 (``round_size``);
+The ``"default"`` mode keeps the rules of the allocator's default settings, where the
+counted bytes depend on which cached block a request gets (and so on segment addresses,
+which come from the driver and from the process's history):
+
 * requests of at most 1 MiB are served from the small pool, others from the large pool;
-* a request first looks for the best-fitting cached free block of its pool (smallest size
-  that fits, then lowest address);
+* a request takes the best-fitting cached free block of its pool (smallest size that fits,
+  then lowest address);
 * failing that, a new segment is "cudaMalloc-ed": 2 MiB for small requests, 20 MiB for
   large requests under 10 MiB, otherwise the request rounded up to 2 MiB
-  (``get_allocation_size``);
+  (``get_allocation_size``); its address comes from ``segment_address`` (by default
+  increasing), the part of the history this model cannot know;
 * the chosen block is split when the remainder is at least 512 B (small pool) or more than
-  1 MiB (large pool); otherwise the whole block is handed out and counted;
-* a freed block merges with free neighbours of the same segment and goes back to its pool.
+  1 MiB (large pool); otherwise the whole block is handed out and counted.
 
-Segments are never released (the estimator has no memory limit, so the allocator's
-free-and-retry path never runs); ``reset()`` is the ``empty_cache()`` at a test's start.
+It is kept to show (tests/estimate/test_allocator.py) that the default figure changes with
+the address layout while the expandable one does not, and for ``--vram-allocator=default``.
 
-Pure Python and torch-free, so it can be tested and reasoned about on its own.
+Reserved memory (``reserved``/``peak_reserved``, informational):
+
+* ``"expandable"``: each pool is one virtual segment whose physical pages are mapped on
+  demand, 2 MiB pages in the small pool and 20 MiB in the large one; a request that no free
+  mapped block fits extends the segment at its end (merging with a free block there), by
+  whole pages. Nothing is unmapped within a test (only ``empty_cache`` does that).
+* ``"default"``: the sum of the segments ever reserved (no memory limit, so the allocator's
+  free-and-retry path never runs).
+
+A freed block merges with free neighbours of the same segment and goes back to its pool.
+``reset()`` is the ``empty_cache()`` at a test's start. Pure Python and torch-free.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: Version of this model; part of the estimator's context so baselines record it.
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
 
 MIN_BLOCK_SIZE = 512  # kMinBlockSize: every block is a multiple of this
 SMALL_SIZE = 1 << 20  # kSmallSize: largest request served from the small pool
-SMALL_BUFFER = 2 << 20  # kSmallBuffer: segment size of the small pool
+SMALL_BUFFER = 2 << 20  # kSmallBuffer: segment size (expandable: page size) of the small pool
 LARGE_BUFFER = 20 << 20  # kLargeBuffer: segment size for large requests < MIN_LARGE_ALLOC
 MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
 ROUND_LARGE = 2 << 20  # kRoundLarge: larger segments are rounded up to this
-VA_CHUNK = 32 << 20  # the driver reserves fresh address ranges in multiples of this
-VA_TOP = 1 << 47  # where the "driver" placement's address space starts (it grows down)
-PLACEMENTS = ("increasing", "driver")
+MODES = ("expandable", "default")
+
+#: (segment index, segment size) -> address of a new default-mode segment
+SegmentAddress = Callable[[int, int], int]
 
 
 def round_size(size: int) -> int:
@@ -51,12 +68,17 @@ def round_size(size: int) -> int:
 
 
 def allocation_size(size: int) -> int:
-    """Size of the segment the allocator reserves when no cached block fits ``size``."""
+    """Size of the segment the default allocator reserves when no cached block fits."""
     if size <= SMALL_SIZE:
         return SMALL_BUFFER
     if size < MIN_LARGE_ALLOC:
         return LARGE_BUFFER
     return -(-size // ROUND_LARGE) * ROUND_LARGE
+
+
+def page_size(small: bool) -> int:
+    """Mapping granularity of an expandable segment of the small or the large pool."""
+    return SMALL_BUFFER if small else LARGE_BUFFER
 
 
 @dataclass(eq=False)
@@ -78,28 +100,35 @@ class Block:
 class CachingAllocatorModel:
     """Replays allocations and frees; ``allocated``/``peak`` are the allocator's counters."""
 
-    def __init__(self, placement: str = "increasing") -> None:
-        if placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
-        self.placement = placement
+    def __init__(
+        self, mode: str = "expandable", segment_address: SegmentAddress | None = None
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if segment_address is not None and mode != "default":
+            raise ValueError("segment_address only applies to mode 'default'")
+        self.mode = mode
+        self._segment_address = segment_address
         self.reset()
 
     def reset(self) -> None:
         """Forget every block and segment: an empty pool, as after ``empty_cache()``."""
         self._free: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
         self._by_key: dict[tuple[int, int], Block] = {}
+        self._segments = 0
         self._next_addr = 0
-        # "driver" placement: free virtual-address ranges [start, end) sorted by address,
-        # and the lowest address reserved so far.
-        self._holes: list[tuple[int, int]] = []
-        self._va_low = VA_TOP
+        # expandable mode: the block at the mapped end of each pool's segment, and that end
+        self._tail: dict[bool, Block | None] = {True: None, False: None}
+        self._mapped: dict[bool, int] = {True: 0, False: 0}
         self.allocated = 0
         self.peak = 0
         self.reserved = 0
+        self.peak_reserved = 0
 
     def reset_peak(self) -> None:
-        """Restart peak tracking from the current allocation."""
+        """Restart peak tracking (allocated and reserved) from the current values."""
         self.peak = self.allocated
+        self.peak_reserved = self.reserved
 
     # -- allocation -----------------------------------------------------------------------
     def malloc(self, nbytes: int) -> Block | None:
@@ -110,20 +139,27 @@ class CachingAllocatorModel:
         small = size <= SMALL_SIZE
         block = self._take_free(size, small)
         if block is None:
-            block = self._new_segment(size, small)
-        remaining = block.size - size
-        if (remaining >= MIN_BLOCK_SIZE) if small else (remaining > SMALL_SIZE):
-            rest = Block(block.addr + size, remaining, small, prev=block, next=block.next)
+            expandable = self.mode == "expandable"
+            block = self._grow(size, small) if expandable else self._new_segment(size, small)
+        if self._should_split(block, size):
+            rest = Block(block.addr + size, block.size - size, small, prev=block, next=block.next)
             if block.next is not None:
                 block.next.prev = rest
+            elif self._tail[small] is block:
+                self._tail[small] = rest
             block.next = rest
             block.size = size
             self._insert_free(rest)
         block.allocated = True
         self.allocated += block.size
-        if self.allocated > self.peak:
-            self.peak = self.allocated
+        self.peak = max(self.peak, self.allocated)
         return block
+
+    def _should_split(self, block: Block, size: int) -> bool:
+        remaining = block.size - size
+        if block.small or self.mode == "expandable":
+            return remaining >= MIN_BLOCK_SIZE
+        return remaining > SMALL_SIZE
 
     def free(self, block: Block | None) -> None:
         """Return ``block`` to its pool, merging it with free neighbours."""
@@ -136,19 +172,24 @@ class CachingAllocatorModel:
         nxt = block.next
         if nxt is not None and not nxt.allocated:
             self._remove_free(nxt)
-            block.size += nxt.size
-            block.next = nxt.next
-            if nxt.next is not None:
-                nxt.next.prev = block
+            self._absorb_next(block)
         prv = block.prev
         if prv is not None and not prv.allocated:
             self._remove_free(prv)
-            prv.size += block.size
-            prv.next = block.next
-            if block.next is not None:
-                block.next.prev = prv
+            self._absorb_next(prv)
             block = prv
         self._insert_free(block)
+
+    def _absorb_next(self, block: Block) -> None:
+        """Merge ``block.next`` (free) into ``block``."""
+        nxt = block.next
+        assert nxt is not None
+        block.size += nxt.size
+        block.next = nxt.next
+        if nxt.next is not None:
+            nxt.next.prev = block
+        if self._tail[block.small] is nxt:
+            self._tail[block.small] = block
 
     # -- free lists -----------------------------------------------------------------------
     def _take_free(self, size: int, small: bool) -> Block | None:
@@ -167,42 +208,44 @@ class CachingAllocatorModel:
     def _remove_free(self, block: Block) -> None:
         key = block.key()
         keys = self._free[block.small]
-        i = bisect.bisect_left(keys, key)
-        del keys[i]
+        del keys[bisect.bisect_left(keys, key)]
         del self._by_key[key]
 
+    # -- reserving memory -----------------------------------------------------------------
+    def _reserve(self, nbytes: int) -> None:
+        self.reserved += nbytes
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+
+    def _grow(self, size: int, small: bool) -> Block:
+        """Expandable mode: map whole pages at the end of the pool's segment for ``size``."""
+        tail = self._tail[small]
+        have = tail.size if tail is not None and not tail.allocated else 0
+        page = page_size(small)
+        grow = -(-(size - have) // page) * page
+        self._reserve(grow)
+        if have:
+            assert tail is not None
+            self._remove_free(tail)
+            tail.size += grow
+            self._mapped[small] += grow
+            return tail
+        # Each pool's segment lives in its own address range: only the order matters.
+        base = 0 if small else 1 << 62
+        block = Block(base + self._mapped[small], grow, small, prev=tail)
+        if tail is not None:
+            tail.next = block
+        self._tail[small] = block
+        self._mapped[small] += grow
+        return block
+
     def _new_segment(self, size: int, small: bool) -> Block:
+        """Default mode: a new segment at the address the layout gives it."""
         seg = allocation_size(size)
-        if self.placement == "driver":
-            addr = self._driver_address(seg)
+        if self._segment_address is not None:
+            addr = self._segment_address(self._segments, seg)
         else:
-            # New segments get increasing addresses; only the order matters, to break ties
-            # between equally sized free blocks.
             addr = self._next_addr
             self._next_addr += seg
-        self.reserved += seg
+        self._segments += 1
+        self._reserve(seg)
         return Block(addr, seg, small)
-
-    def _driver_address(self, seg: int) -> int:
-        """Where the CUDA driver puts a new segment, as measured on an H200 (13.0 driver).
-
-        The lowest free address range that fits takes the segment at its bottom; failing
-        that, a fresh range of ``seg`` rounded up to 32 MiB is reserved directly below
-        everything reserved so far (the address space grows downwards) and its unused top
-        stays free for later, smaller segments. Segments are never released here, so free
-        ranges never need merging. See docs/estimator.md ("Address order").
-        """
-        holes = self._holes
-        for i, (start, end) in enumerate(holes):
-            if end - start >= seg:
-                if end - start == seg:
-                    del holes[i]
-                else:
-                    holes[i] = (start + seg, end)
-                return start
-        reserve = -(-seg // VA_CHUNK) * VA_CHUNK
-        self._va_low -= reserve
-        if reserve > seg:
-            # Below every existing range, so the list stays sorted by address.
-            holes.insert(0, (self._va_low + seg, self._va_low + reserve))
-        return self._va_low

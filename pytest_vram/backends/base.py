@@ -21,6 +21,14 @@ Contract (see docs/architecture.md):
   (``torch.cuda.memory_allocated``: block sizes after the allocator's rounding).
 * ``reset_peak()`` makes ``peak()`` start again from ``allocated()``.
 * ``peak()`` is the highest ``allocated()`` seen since the last ``reset_peak()``.
+* ``reserved()`` / ``peak_reserved()`` (optional, None where unknown): the bytes the
+  allocator holds from the driver now, and the highest since ``reset_peak()``;
+  informational (fragmentation and page granularity included), gated only by a budget
+  that asks for it.
+
+The gated figure: ``allocated()`` must count what the CUDA caching allocator counts with
+``expandable_segments:True`` (every block split, so each live request counts exactly its
+512-byte-rounded size), unless the backend was created with ``allocator="default"``.
 
 All counters are absolute; ``measure`` subtracts the value at the start of the test.
 """
@@ -30,6 +38,17 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterator
+
+#: ``recorded_with: metric`` of each allocator mode: one definition for every backend.
+METRICS = {
+    "expandable": "peak allocated, expandable segments (sum of 512-B-rounded live requests)",
+    "default": "peak allocated, default allocator settings (depends on allocation history)",
+}
+
+
+def metric_name(allocator: str) -> str:
+    """The gated figure's name under ``allocator`` (``"expandable"`` or ``"default"``)."""
+    return METRICS[allocator]
 
 
 class Backend(abc.ABC):
@@ -80,6 +99,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def peak(self) -> int:
         """Highest allocation since the last ``reset_peak``."""
+
+    def reserved(self) -> int | None:
+        """Bytes reserved from the device now, or None if this backend cannot tell."""
+        return None
+
+    def peak_reserved(self) -> int | None:
+        """Highest ``reserved()`` since the last ``reset_peak``, or None."""
+        return None
 
 
 class BackendUnavailable(RuntimeError):

@@ -35,7 +35,7 @@ from pytest_vram.backends._fake_cuda import (
     engine_is_asking,
     install_cuda_guard,
 )
-from pytest_vram.backends.base import Backend, BackendUnavailable
+from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 
 _PRIM_DEVICE = torch.ops.prim.device.default
 _META = torch.device("meta")
@@ -199,7 +199,8 @@ class EstimateBackend(Backend):
 
     name = "estimate"
 
-    def __init__(self) -> None:
+    def __init__(self, allocator: str = "expandable") -> None:
+        self._allocator_mode = allocator
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
         # tensors behave natively and SDPA's real chooser runs.
         self._emulate = not torch.cuda.is_available()
@@ -208,7 +209,7 @@ class EstimateBackend(Backend):
                 "the estimate backend cannot register a CUDA device guard on this torch "
                 f"build ({torch.__version__}); autograd on fake CUDA tensors would abort"
             )
-        self._allocator = _allocator.CachingAllocatorModel()
+        self._allocator = _allocator.CachingAllocatorModel(allocator)
         self._tracker: _StorageTracker | None = None
         self._mode: _EstimatingFakeMode | None = None
 
@@ -229,7 +230,10 @@ class EstimateBackend(Backend):
             "backend": "estimate",
             "device": device,
             "torch": torch.__version__,
-            "allocator": f"caching-allocator model v{_allocator.MODEL_VERSION}",
+            "allocator": (
+                f"caching-allocator model v{_allocator.MODEL_VERSION}, {self._allocator_mode}"
+            ),
+            "metric": metric_name(self._allocator_mode),
         }
 
     # -- per test -----------------------------------------------------------------------
@@ -243,7 +247,7 @@ class EstimateBackend(Backend):
             self.end_test()
 
     def begin_test(self) -> None:
-        self._allocator = _allocator.CachingAllocatorModel()
+        self._allocator = _allocator.CachingAllocatorModel(self._allocator_mode)
         self._tracker = _StorageTracker(self._allocator)
         self._mode = _EstimatingFakeMode(self._tracker, self._emulate)
 
@@ -274,3 +278,9 @@ class EstimateBackend(Backend):
 
     def peak(self) -> int:
         return self._allocator.peak
+
+    def reserved(self) -> int:
+        return self._allocator.reserved
+
+    def peak_reserved(self) -> int:
+        return self._allocator.peak_reserved

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from pytest_vram.backends._allocator import (
@@ -11,6 +13,10 @@ from pytest_vram.backends._allocator import (
 )
 
 MiB = 1 << 20
+
+
+def default_model() -> CachingAllocatorModel:
+    return CachingAllocatorModel("default")
 
 
 @pytest.mark.parametrize(
@@ -35,8 +41,9 @@ def test_segment_sizes(size: int, segment: int) -> None:
     assert allocation_size(size) == segment
 
 
-def test_one_byte_counts_512() -> None:
-    alloc = CachingAllocatorModel()
+@pytest.mark.parametrize("mode", ["expandable", "default"])
+def test_one_byte_counts_512(mode: str) -> None:
+    alloc = CachingAllocatorModel(mode)
     block = alloc.malloc(1)
     assert alloc.allocated == 512
     alloc.free(block)
@@ -50,20 +57,28 @@ def test_empty_storage_allocates_nothing() -> None:
     assert alloc.allocated == 0
 
 
-def test_large_block_split_only_above_one_mib() -> None:
-    alloc = CachingAllocatorModel()
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        CachingAllocatorModel("random")
+
+
+# -- default settings: counted bytes depend on which block a request gets ------------------
+
+
+def test_default_large_block_split_only_above_one_mib() -> None:
+    alloc = default_model()
     # 11 MiB + 1 B -> a 12 MiB segment; the rest (1 MiB - 512 B) is not > 1 MiB: no split,
     # the whole segment is allocated and counted.
     alloc.malloc(11 * MiB + 1)
     assert alloc.allocated == 12 * MiB
     # 2 MiB from a fresh 20 MiB segment: 18 MiB remain, so it is split.
-    alloc2 = CachingAllocatorModel()
+    alloc2 = default_model()
     alloc2.malloc(2 * MiB)
     assert alloc2.allocated == 2 * MiB
 
 
-def test_small_pool_splits_down_to_512() -> None:
-    alloc = CachingAllocatorModel()
+def test_default_small_pool_splits_down_to_512() -> None:
+    alloc = default_model()
     a = alloc.malloc(MiB)  # small pool: a 2 MiB segment
     b = alloc.malloc(MiB - 512)  # leaves exactly 512 B: still split (small-pool rule)
     assert alloc.allocated == 2 * MiB - 512
@@ -74,9 +89,9 @@ def test_small_pool_splits_down_to_512() -> None:
     assert alloc.allocated == 0
 
 
-def test_history_changes_counted_bytes() -> None:
+def test_default_history_changes_counted_bytes() -> None:
     """A cached block whose remainder is too small to split is counted whole."""
-    alloc = CachingAllocatorModel()
+    alloc = default_model()
     big = alloc.malloc(12 * MiB)  # 12 MiB segment, used exactly
     alloc.free(big)
     again = alloc.malloc(11 * MiB + 512)  # fits the cached 12 MiB block; rest < 1 MiB
@@ -84,8 +99,8 @@ def test_history_changes_counted_bytes() -> None:
     alloc.free(again)
 
 
-def test_free_blocks_coalesce() -> None:
-    alloc = CachingAllocatorModel()
+def test_default_free_blocks_coalesce() -> None:
+    alloc = default_model()
     a = alloc.malloc(4 * MiB)
     b = alloc.malloc(4 * MiB)  # both from one 20 MiB segment
     assert alloc.reserved == 20 * MiB
@@ -98,7 +113,7 @@ def test_free_blocks_coalesce() -> None:
 
 
 def test_reset_empties_the_pool() -> None:
-    alloc = CachingAllocatorModel()
+    alloc = default_model()
     alloc.free(alloc.malloc(12 * MiB))
     alloc.reset()
     alloc.malloc(11 * MiB + 512)
@@ -106,54 +121,96 @@ def test_reset_empties_the_pool() -> None:
     assert alloc.reserved == 12 * MiB
 
 
-def test_increasing_placement_is_the_default() -> None:
-    model = CachingAllocatorModel()
-    a, b = model.malloc(30 << 20), model.malloc(30 << 20)
-    assert model.placement == "increasing"
-    assert a is not None and b is not None and a.addr < b.addr
+# -- expandable segments: the gated figure -------------------------------------------------
 
 
-def test_driver_placement_grows_down_in_32_mib_ranges() -> None:
-    """Fresh ranges are reserved below the previous ones, rounded up to 32 MiB."""
-    model = CachingAllocatorModel("driver")
-    a = model.malloc(54 << 20)  # 54 MiB segment in a 64 MiB range
-    b = model.malloc(18 << 20)  # 18 MiB segment in a 32 MiB range, below
-    assert a is not None and b is not None
-    assert a.addr % (32 << 20) == 0 and b.addr % (32 << 20) == 0
-    assert b.addr == a.addr - (32 << 20)
+def test_expandable_counts_exactly_the_rounded_requests() -> None:
+    alloc = CachingAllocatorModel()
+    big = alloc.malloc(12 * MiB)
+    alloc.free(big)
+    again = alloc.malloc(11 * MiB + 512)  # the default allocator would count 12 MiB here
+    assert alloc.allocated == 11 * MiB + 512
+    alloc.free(again)
 
 
-def test_driver_placement_fills_the_lowest_free_range_first() -> None:
-    """A segment that fits into a range's unused top goes to the lowest such range."""
-    model = CachingAllocatorModel("driver")
-    twenty = model.malloc(20 << 20)  # 32 MiB range, 12 MiB free on top
-    eighteen = model.malloc(18 << 20)  # 32 MiB range below it, 14 MiB free on top
-    assert twenty is not None and eighteen is not None
-    small = model.malloc(4096)  # 2 MiB small-pool segment: into the lower free top
-    assert small is not None and small.addr == eighteen.addr + (18 << 20)
-    twelve = model.malloc(11 << 20)  # a 12 MiB segment: still fits there, lowest first
-    assert twelve is not None and twelve.addr == eighteen.addr + (20 << 20)
-    other = model.malloc(11 << 20)  # then the 12 MiB left above the 20 MiB segment
-    assert other is not None and other.addr == twenty.addr + (20 << 20)
-    # Nothing free fits 20 MiB: a fresh range below everything.
-    fresh = model.malloc(20 << 20)
-    assert fresh is not None and fresh.addr == eighteen.addr - (32 << 20)
+def test_expandable_reserves_whole_pages_at_the_end() -> None:
+    alloc = CachingAllocatorModel()
+    a = alloc.malloc(4 * MiB)  # large pool: one 20 MiB page mapped
+    assert alloc.reserved == 20 * MiB
+    b = alloc.malloc(17 * MiB)  # 16 MiB free at the end + one more page
+    assert alloc.reserved == 40 * MiB
+    alloc.free(a)
+    c = alloc.malloc(3 * MiB)  # fits the freed 4 MiB: nothing new mapped
+    assert alloc.reserved == 40 * MiB
+    small = alloc.malloc(4096)  # the small pool maps 2 MiB pages of its own
+    assert alloc.reserved == 42 * MiB
+    for block in (b, c, small):
+        alloc.free(block)
+    assert alloc.allocated == 0
+    assert alloc.peak_reserved == 42 * MiB
 
 
-def test_driver_placement_decides_best_fit_ties() -> None:
-    """Equal free blocks: best fit takes the lowest address, i.e. the newer segment."""
-    for placement, newer_wins in (("increasing", False), ("driver", True)):
-        model = CachingAllocatorModel(placement)
-        first = model.malloc(9 << 20)
-        second = model.malloc(20 << 20)  # no free block fits: a second segment
-        assert first is not None and second is not None
-        model.free(first)
-        model.free(second)
-        again = model.malloc(9 << 20)
-        assert again is not None
-        assert again.addr == (second.addr if newer_wins else first.addr)
+def test_expandable_peak_reserved_restarts_with_reset_peak() -> None:
+    alloc = CachingAllocatorModel()
+    alloc.malloc(30 * MiB)
+    alloc.reset_peak()
+    assert alloc.peak_reserved == alloc.reserved == 40 * MiB
 
 
-def test_unknown_placement_is_refused() -> None:
-    with pytest.raises(ValueError, match="placement"):
-        CachingAllocatorModel("random")
+# -- the reason for the gated figure: one request sequence, two address layouts -------------
+
+
+def _requests(seed: int) -> list[tuple[str, int]]:
+    """A reproducible sequence of allocations ("a", size) and frees ("f", index)."""
+    rng = random.Random(seed)
+    ops: list[tuple[str, int]] = []
+    live: list[int] = []
+    for i in range(400):
+        if live and rng.random() < 0.45:
+            ops.append(("f", live.pop(rng.randrange(len(live)))))
+        else:
+            ops.append(("a", rng.choice([512, 3000, MiB // 2, 3 * MiB, 9 * MiB, 11 * MiB + 1])))
+            live.append(i)
+    return ops
+
+
+def _replay(model: CachingAllocatorModel, ops: list[tuple[str, int]]) -> tuple[int, int]:
+    blocks = {}
+    for i, (op, arg) in enumerate(ops):
+        if op == "a":
+            blocks[i] = model.malloc(arg)
+        else:
+            model.free(blocks.pop(arg))
+    return model.peak, model.allocated
+
+
+def _descending(index: int, size: int) -> int:
+    # Later segments at lower addresses, as the driver often places them.
+    return (1 << 46) - (index + 1) * (64 << 20)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_address_layout_changes_the_default_figure_but_not_the_gated_one(seed: int) -> None:
+    """Which of two equal free blocks best fit takes depends on segment addresses (driver
+    and process history decide them); under the default settings that decides whether a
+    block is split, so the counted bytes change. With expandable segments every block is
+    split, so the figure is the sum of the rounded live requests under any layout."""
+    ops = _requests(seed)
+    increasing = _replay(CachingAllocatorModel("default"), ops)
+    descending = _replay(CachingAllocatorModel("default", segment_address=_descending), ops)
+    assert increasing != descending  # the old figure depends on the layout
+    expandable = _replay(CachingAllocatorModel("expandable"), ops)
+    live_sum = sum(round_size(size) for i, (op, size) in enumerate(ops) if op == "a")
+    freed = sum(round_size(ops[arg][1]) for op, arg in ops if op == "f")
+    assert expandable[1] == live_sum - freed
+    # and the peak is the running maximum of the same sum, whatever the layout
+    running, peak = 0, 0
+    for op, arg in ops:
+        running += round_size(arg) if op == "a" else -round_size(ops[arg][1])
+        peak = max(peak, running)
+    assert expandable[0] == peak
+
+
+def test_segment_address_only_for_default_mode() -> None:
+    with pytest.raises(ValueError, match="default"):
+        CachingAllocatorModel("expandable", segment_address=_descending)

@@ -175,7 +175,7 @@ def test_deterministic_in_any_order_and_process(backend: Any) -> None:
     ("preset", "phase", "work", "model_bytes"),
     [
         ("maximum", "phase8", "inference", 6_163_679_232),
-        ("standard", "phase7", "train_step", 2_376_925_184),
+        ("standard", "phase7", "train_step", 2_375_959_552),
     ],
 )
 def test_real_presets(backend: Any, preset: str, phase: str, work: str, model_bytes: int) -> None:
@@ -189,7 +189,8 @@ def test_real_presets(backend: Any, preset: str, phase: str, work: str, model_by
     del model, result
     assert meter.finish() == 0
     record = meter.measurements[0]
-    assert record.model_bytes == model_bytes  # fp16 parameters, allocator-rounded
+    # fp16 parameters, each counted as its 512-B-rounded size (expandable segments)
+    assert record.model_bytes == model_bytes
     assert record.peak_bytes > record.model_bytes
     if work == "train_step":
         assert record.peak_bytes > 2 * record.model_bytes  # fp16 grads + activations
