@@ -18,13 +18,15 @@ MARKER = "vram"
 
 #: What ``pytest --markers`` shows.
 MARKER_HELP = (
-    "vram(tolerance=None, budget=None, key=None): measure the GPU memory of this test with "
-    "the `vram` fixture and gate it on its baseline. tolerance: allowed growth over the "
-    "baseline ('0.5%', '4MiB', '0.5% + 4MiB'); budget: hard ceiling on the peak ('8GiB'), "
-    "failing whatever the baseline says; key: baseline key instead of the test's node id."
+    "vram(tolerance=None, budget=None, reserved_budget=None, key=None): measure the GPU "
+    "memory of this test with the `vram` fixture and gate it on its baseline. tolerance: "
+    "allowed growth over the baseline ('0.5%', '4MiB', '0.5% + 4MiB'); budget: hard ceiling "
+    "on the peak ('8GiB'), failing whatever the baseline says; reserved_budget: hard ceiling "
+    "on the memory reserved from the device (fragmentation included); key: baseline key "
+    "instead of the test's node id."
 )
 
-OPTIONS = ("budget", "key", "tolerance")
+OPTIONS = ("budget", "key", "reserved_budget", "tolerance")
 
 
 class MarkError(Exception):
@@ -38,6 +40,7 @@ class VramMark:
     tolerance: Tolerance | None = None
     budget: int | None = None
     key: str | None = None
+    reserved_budget: int | None = None
 
 
 def evaluate(item: pytest.Item) -> VramMark | None:
@@ -67,6 +70,7 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
     try:
         tolerance = _optional(options.get("tolerance"), parse_tolerance, "tolerance")
         budget = _optional(options.get("budget"), parse_size, "budget")
+        reserved_budget = _optional(options.get("reserved_budget"), parse_size, "reserved_budget")
     except UnitError as exc:
         raise MarkError(f"{nodeid}: @pytest.mark.vram: {exc}") from exc
     key = options.get("key")
@@ -75,7 +79,7 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
             f"{nodeid}: @pytest.mark.vram(key=...): key must be a non-empty string, "
             f"got {key!r}; leave it out to use the test's node id"
         )
-    return VramMark(tolerance=tolerance, budget=budget, key=key)
+    return VramMark(tolerance=tolerance, budget=budget, key=key, reserved_budget=reserved_budget)
 
 
 def _optional(value: Any, parse: Any, what: str) -> Any:

@@ -36,6 +36,9 @@ class Measurement:
     peak_bytes: int
     context: dict[str, str]
     leaked_bytes: int | None = None
+    #: the most the allocator held from the device during the workload (fragmentation and
+    #: page granularity included), from the same start; None where the backend cannot tell
+    reserved_bytes: int | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -122,12 +125,14 @@ class Meter:
         #: set when a build step or workload ran out of memory
         self.out_of_memory: OutOfMemory | None = None
         self._start: int | None = None
+        self._reserved_start: int | None = None
 
     def start(self) -> None:
         gc.collect()
         self.backend.begin_test()
         self.backend.synchronize()
         self._start = self.backend.allocated()
+        self._reserved_start = self.backend.reserved()
 
     def _held(self) -> int:
         if self._start is None:
@@ -159,9 +164,16 @@ class Meter:
             model_bytes=model_bytes,
             peak_bytes=max(peak, model_bytes),
             context=self.backend.context(),
+            reserved_bytes=self._reserved_peak(),
         )
         self.measurements.append(record)
         return result
+
+    def _reserved_peak(self) -> int | None:
+        peak = self.backend.peak_reserved()
+        if peak is None or self._reserved_start is None:
+            return None
+        return peak - self._reserved_start
 
     def _call(self, step: str, held: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the backend's scope; running out of memory is recorded."""

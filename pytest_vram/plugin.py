@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_vram import __version__, baselines, marks, report, xdist
-from pytest_vram.backends import CHOICES, Backend, BackendUnavailable, create
+from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
 from pytest_vram.measure import Meter, is_out_of_memory
@@ -32,7 +32,7 @@ PROBE_KEY = pytest.StashKey[Vram]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
 
 #: Context fields that change figures when they change (the plugin's version does not).
-SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator")
+SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
 
 _BACKEND_HELP = ", ".join(CHOICES) + ", or a custom backend as 'package.module:ClassName'"
 
@@ -58,6 +58,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="auto",
         metavar="NAME",
         help=f"measuring backend: {_BACKEND_HELP} (default: auto)",
+    )
+    option(
+        "--vram-allocator",
+        ini="vram_allocator",
+        ini_type="string",
+        default="expandable",
+        metavar="MODE",
+        help="which allocator figure to measure: 'expandable' (expandable segments: the sum "
+        "of 512-B-rounded live requests, the same whatever ran before; default) or "
+        "'default' (the allocator's default settings: depends on allocation history and "
+        "can change with test order)",
     )
     option(
         "--vram-update",
@@ -139,6 +150,7 @@ class Settings:
     """The validated ``vram`` options of one run."""
 
     backend: str
+    allocator: str
     update: bool
     prune: bool
     strict: bool
@@ -156,6 +168,12 @@ class Settings:
             raise pytest.UsageError(
                 f"{_source(config, 'vram_backend')}: unknown backend {backend!r}; "
                 f"valid values: {_BACKEND_HELP}"
+            )
+        allocator = str(_value(config, "vram_allocator")).strip()
+        if allocator not in ALLOCATOR_MODES:
+            raise pytest.UsageError(
+                f"{_source(config, 'vram_allocator')}: unknown allocator mode {allocator!r}; "
+                f"valid values: {', '.join(ALLOCATOR_MODES)}"
             )
         try:
             tolerance = parse_tolerance(
@@ -178,6 +196,7 @@ class Settings:
                 raise pytest.UsageError(f"{_source(config, 'vram_profile')}: {exc}") from None
         return cls(
             backend=backend,
+            allocator=allocator,
             update=update,
             prune=prune,
             strict=_ci() if strict is None else bool(strict),
@@ -289,7 +308,7 @@ class VramPlugin:
         """The measuring backend, created and warmed up at the first measurement."""
         if self._backend is None and self._backend_error is None:
             try:
-                backend = create(self.settings.backend)
+                backend = create(self.settings.backend, allocator=self.settings.allocator)
                 backend.warmup()
             except (BackendUnavailable, ValueError, ImportError) as exc:
                 self._backend_error = str(exc)
@@ -407,6 +426,8 @@ class VramPlugin:
                 entry,
                 tolerance=tolerance,
                 budget=budget,
+                reserved=m.reserved_bytes,
+                reserved_budget=mark.reserved_budget if mark else None,
                 strict=self.settings.strict,
                 update=self.settings.update,
                 baseline_path=path,
@@ -424,6 +445,7 @@ class VramPlugin:
                     params=m.params,
                     model_bytes=m.model_bytes,
                     peak_bytes=m.peak_bytes,
+                    reserved_bytes=m.reserved_bytes,
                     context={**m.context, "plugin": __version__},
                     tolerance=str(tolerance),
                     budget=budget,

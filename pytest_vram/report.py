@@ -43,6 +43,8 @@ class Record:
     #: ``{"kind", "summary", "detail", "fails"}`` per verdict, worst first.
     verdicts: list[dict[str, Any]]
     leaked_bytes: int | None = None
+    #: peak memory reserved from the device (informational), None where unknown
+    reserved_bytes: int | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -103,7 +105,7 @@ class Outcome:
 
 # --------------------------------------------------------------------------- terminal
 
-COLUMNS = ("params", "model", "peak", "activation", "baseline", "delta", "verdict")
+COLUMNS = ("params", "model", "peak", "activation", "reserved", "baseline", "delta", "verdict")
 
 
 def _params(n: int | None) -> str:
@@ -122,6 +124,7 @@ def _cells(record: Record) -> list[str]:
         format_size(record.model_bytes),
         format_size(record.peak_bytes),
         format_size(record.activation_bytes),
+        "-" if record.reserved_bytes is None else format_size(record.reserved_bytes),
         "-" if base is None else format_size(base),
         "-" if base is None else format_delta(record.peak_bytes, base),
         record.verdict,

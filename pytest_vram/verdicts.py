@@ -64,6 +64,8 @@ def judge(
     *,
     tolerance: Tolerance,
     budget: int | None = None,
+    reserved: int | None = None,
+    reserved_budget: int | None = None,
     strict: bool = False,
     update: bool = False,
     baseline_path: str = "",
@@ -73,6 +75,9 @@ def judge(
 
     * ``budget`` (bytes): a peak above it is OVER_BUDGET and fails, whatever the baseline
       says and even while updating. Exactly on the budget passes.
+    * ``reserved_budget`` (bytes): the same for ``reserved`` (the memory the allocator held
+      from the device); a backend that cannot tell (``reserved`` None) fails it, since the
+      limit cannot be checked.
     * ``update``: the baseline is being rewritten, so baseline differences never fail:
       NEW without a baseline, UPDATED when the figures changed, PASS when they did not.
     * no baseline: MISSING (fails) when ``strict``, else NEW.
@@ -87,6 +92,8 @@ def judge(
     verdicts: list[Verdict] = []
     if budget is not None and measured.peak_bytes > budget:
         verdicts.append(_over_budget(ctx, measured, budget))
+    if reserved_budget is not None and (reserved is None or reserved > reserved_budget):
+        verdicts.append(_over_reserved_budget(ctx, reserved, reserved_budget))
     note = ""
     if update:
         if baseline is not None and _same_figures(measured, baseline):
@@ -154,6 +161,24 @@ def _over_budget(ctx: _Context, measured: Entry, budget: int) -> Verdict:
         f"limit itself was wrong."
     )
     summary = f"{format_delta(peak, budget)} over budget {format_size(budget)}"
+    return Verdict(Kind.OVER_BUDGET, ctx.key, summary, detail, fails=True)
+
+
+def _over_reserved_budget(ctx: _Context, reserved: int | None, budget: int) -> Verdict:
+    if reserved is None:
+        detail = (
+            f"{ctx.key}: reserved_budget {_figure(budget)} cannot be checked: this backend "
+            f"does not report reserved memory; use the cuda or estimate backend, or drop "
+            f"reserved_budget= from the vram marker."
+        )
+        return Verdict(Kind.OVER_BUDGET, ctx.key, "reserved unknown", detail, fails=True)
+    detail = (
+        f"{ctx.key}: reserved {_figure(reserved)} (what the allocator held from the device, "
+        f"fragmentation included) is over the reserved_budget {_figure(budget)} by "
+        f"{_delta(reserved, budget)}. Reduce the workload's memory or its fragmentation, or "
+        f"raise reserved_budget= on the vram marker if the limit itself was wrong."
+    )
+    summary = f"reserved {format_delta(reserved, budget)} over {format_size(budget)}"
     return Verdict(Kind.OVER_BUDGET, ctx.key, summary, detail, fails=True)
 
 

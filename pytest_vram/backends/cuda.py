@@ -7,7 +7,7 @@ import os
 import re
 from typing import Any
 
-from pytest_vram.backends.base import Backend, BackendUnavailable
+from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 
 # The cuBLAS/cuBLASLt workspaces are per process (per handle and stream), not per backend
 # object: a second session in the same process (pytester, a re-created backend) must not
@@ -16,6 +16,28 @@ _WARMED: set[int] = set()
 
 #: Environment variables through which users configure the caching allocator.
 ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+#: What the backend sets for the gated figure (see docs/architecture.md).
+EXPANDABLE = "expandable_segments:True"
+#: A probe request that the default settings count as a whole 20 MiB segment (its 512 KiB
+#: remainder is not split) and expandable segments as exactly itself.
+_PROBE_BYTES = (19 << 20) + (512 << 10)
+
+
+def user_alloc_conf() -> dict[str, str]:
+    """The user's allocator settings from the environment: ``{"var": "value"}`` if set."""
+    return {var: os.environ[var] for var in ALLOC_CONF_VARS if os.environ.get(var)}
+
+
+def conflicting_setting(conf: dict[str, str]) -> str | None:
+    """The user's setting that makes expandable-segment figures impossible, if any."""
+    for var, value in conf.items():
+        for item in value.split(","):
+            key, _, setting = (part.strip() for part in item.partition(":"))
+            if key == "expandable_segments" and setting.lower() in ("false", "0"):
+                return f"{var}={value} (expandable_segments:{setting})"
+            if key == "backend" and setting == "cudaMallocAsync":
+                return f"{var}={value} (backend:cudaMallocAsync has no caching-allocator figures)"
+    return None
 
 
 def slug(text: str) -> str:
@@ -46,7 +68,7 @@ class CudaBackend(Backend):
 
     name = "cuda"
 
-    def __init__(self, device_index: int | None = None) -> None:
+    def __init__(self, device_index: int | None = None, allocator: str = "expandable") -> None:
         import torch
 
         if not torch.cuda.is_available():
@@ -56,6 +78,9 @@ class CudaBackend(Backend):
                 "GPU memory without a GPU"
             )
         self._torch = torch
+        self.allocator = allocator
+        if allocator == "expandable":
+            _switch_on_expandable_segments(torch)
         if device_index is None:
             device_index = worker_device(
                 os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count()
@@ -74,16 +99,21 @@ class CudaBackend(Backend):
 
     def context(self) -> dict[str, str]:
         torch = self._torch
-        conf = [f"{var}={os.environ[var]}" for var in ALLOC_CONF_VARS if os.environ.get(var)]
+        conf = [f"{var}={value}" for var, value in user_alloc_conf().items()]
+        if self.allocator == "expandable":
+            conf.insert(0, EXPANDABLE)
         return {
             "backend": self.name,
             "device": self._name,
             "torch": str(torch.__version__),
             "cuda": str(torch.version.cuda),
-            "allocator": "; ".join(conf) or "default",
+            "allocator": "; ".join(dict.fromkeys(conf)) or "default",
+            "metric": metric_name(self.allocator),
         }
 
     def warmup(self) -> None:
+        if self.allocator == "expandable":
+            self._check_exact_splitting()
         if self.index in _WARMED:
             return
         with self._torch.cuda.device(self.index):
@@ -114,6 +144,57 @@ class CudaBackend(Backend):
 
     def peak(self) -> int:
         return int(self._torch.cuda.max_memory_allocated(self.index))
+
+    def reserved(self) -> int:
+        return int(self._torch.cuda.memory_reserved(self.index))
+
+    def peak_reserved(self) -> int:
+        return int(self._torch.cuda.max_memory_reserved(self.index))
+
+    def _check_exact_splitting(self) -> None:
+        """Fail unless a request counts exactly its rounded size (expandable segments on)."""
+        torch = self._torch
+        self.synchronize()
+        before = self.allocated()
+        probe = torch.empty(_PROBE_BYTES, dtype=torch.uint8, device=self.device)
+        counted = self.allocated() - before
+        del probe
+        self.synchronize()
+        if counted != _PROBE_BYTES:
+            raise BackendUnavailable(
+                f"vram backend 'cuda': expandable segments are not in effect (a "
+                f"{_PROBE_BYTES} B request counted {counted} B; torch {torch.__version__}), so "
+                f"figures would depend on what ran before in the process. Start pytest with "
+                f"PYTORCH_CUDA_ALLOC_CONF={EXPANDABLE}, or measure raw default-allocator "
+                f"figures with --vram-allocator=default (they can change with test order)"
+            )
+
+
+def _switch_on_expandable_segments(torch: Any) -> None:
+    """Switch the caching allocator to expandable segments for the rest of the process.
+
+    With them ``should_split`` splits every block that leaves at least 512 B, so what a test
+    allocates counts as the sum of its 512-rounded live requests whatever blocks earlier
+    tests left cached. The setting takes effect for every later allocation, also in
+    segments that existed before; ``warmup`` verifies it with a probe.
+    """
+    conflict = conflicting_setting(user_alloc_conf())
+    if conflict is not None:
+        raise BackendUnavailable(
+            f"vram backend 'cuda': {conflict} rules out expandable segments, which pytest-vram "
+            f"measures under so that figures do not depend on what ran before in the process "
+            f"(docs/architecture.md). Remove that setting, or measure raw default-allocator "
+            f"figures with --vram-allocator=default (they can change with test order)"
+        )
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is None:  # torch < 2.9
+        setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+    if setter is None:
+        raise BackendUnavailable(
+            f"vram backend 'cuda': torch {torch.__version__} has no allocator-settings API; "
+            f"start pytest with PYTORCH_CUDA_ALLOC_CONF={EXPANDABLE}"
+        )
+    setter(EXPANDABLE)
 
 
 def _touch_cublas(torch: Any, device: str) -> None:

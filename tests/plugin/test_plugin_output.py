@@ -45,8 +45,9 @@ def test_json_and_markdown_files(vram_pytester, run_vram):
     assert leaky["verdict"] == "new" and leaky["budget"] == 1024 * MiB
     assert leaky["leaked_bytes"] == 5 * MiB
     markdown = (vram_pytester.path / "out" / "vram.md").read_text()
-    assert "| test | params | model | peak | activation | baseline | delta | verdict |" in markdown
-    assert "| `test_o.py::test_clean` | - | 3.0 MiB | 4.0 MiB | 1.0 MiB | 4.0 MiB |" in markdown
+    header = "| test | params | model | peak | activation | reserved | baseline | delta | verdict |"
+    assert header in markdown
+    assert "| `test_o.py::test_clean` | - | 3.0 MiB | 4.0 MiB | 1.0 MiB | - | 4.0 MiB |" in markdown
 
 
 def test_leak_is_reported_with_its_size(vram_pytester, run_vram):
