@@ -68,6 +68,7 @@ def measure(backend_name: str, preset: str, phase: str, workload: str) -> dict[s
         "model_bytes": record.model_bytes,
         "peak_bytes": record.peak_bytes,
         "activation_bytes": record.activation_bytes,
+        "reserved_bytes": record.reserved_bytes,
         "leaked_bytes": leaked,
         "context": record.context,
         "build_s": round(built - started, 3),
@@ -145,8 +146,8 @@ def render(data: dict[str, Any], real_from: dict[str, Any] | None) -> str:
     lines += [
         "",
         "| pair | workload | real model | est. model | real peak | est. peak "
-        "| peak diff (B) | peak diff | est. time |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| peak diff (B) | peak diff | real reserved | est. reserved | est. time |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for key in sorted(data["results"]):
         entry = data["results"][key]
@@ -167,6 +168,9 @@ def render(data: dict[str, Any], real_from: dict[str, Any] | None) -> str:
             cells += [f"{diff:+,}", _pct(est["peak_bytes"], real["peak_bytes"])]
         else:
             cells += ["-", "-"]
+        for src in (real, est):
+            reserved = src.get("reserved_bytes") if src else None
+            cells.append(f"{reserved:,}" if reserved is not None else "-")
         cells.append(f"{est['build_s'] + est['run_s']:.2f} s" if est else "-")
         lines.append("| " + " | ".join(cells) + " |")
     errors = {k: v["errors"] for k, v in data["results"].items() if v.get("errors")}

@@ -3,7 +3,9 @@
 # figures in docs/ were produced). Usage: scripts/gpu_check.sh OUTDIR [steps...]
 # steps: cuda (GPU tests), record (suite with --vram-update), suite (suite, strict, timed),
 #        xdist (suite under -n 2), subset (a few tests alone: another history, same bytes),
-#        accuracy / accuracy-train (estimate vs real), build (build benchmark)
+#        accuracy / accuracy-train (estimate vs real), build (build benchmark),
+#        order (the order-independence proof: 7 fresh runs, strict), overhead (context and
+#        persistent workspaces a device budget must add)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -30,6 +32,9 @@ for step in $steps; do
                       --workloads train --budget-s 150 ;;
     accuracy) run timeout 300 python3 benchmarks/estimate_accuracy.py --out "$out" --budget-s 240 ;;
     build) run timeout 240 python3 benchmarks/bench_build.py --out "$out" ;;
+    order) run timeout 500 env VRAM_ORDER_OUT="$out/order" python3 -m pytest \
+             tests/cuda/test_order_independence.py -p no:cacheprovider -q -rA ;;
+    overhead) run timeout 120 python3 benchmarks/device_overhead.py --out "$out" ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
   esac
 done
