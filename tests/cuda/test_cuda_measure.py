@@ -154,3 +154,51 @@ def test_out_of_memory_fails_clearly_and_frees_the_gpu(pytester, measure_cuda):
         12 * MiB,
         0,
     )
+
+
+ROUNDING = """
+    import torch
+
+    MiB = 1024**2
+
+    def make(device):
+        # 12 MiB freed, then 11.5 MiB: best fit gives the cached 12 MiB block, whose 512 KiB
+        # remainder the default settings do not split (counted: 12 MiB); expandable
+        # segments split it (counted: exactly 11.5 MiB).
+        first = torch.empty(12 * MiB, dtype=torch.uint8, device=device)
+        del first
+        return torch.empty(11 * MiB + MiB // 2, dtype=torch.uint8, device=device)
+
+    def test_split(vram):
+        kept = vram.build(make, vram.device)
+        vram.run(lambda: None)
+"""
+
+
+def test_expandable_segments_count_exactly_the_request(pytester, measure_cuda):
+    pytester.makepyfile(test_r=ROUNDING)
+    record = measure_cuda(outcomes={"passed": 1})["test_r.py::test_split"]
+    assert record["model_bytes"] == 11 * MiB + MiB // 2
+    assert record["context"]["allocator"].startswith("expandable_segments:True")
+    assert record["context"]["metric"].startswith("peak allocated, expandable segments")
+    assert record["reserved_bytes"] is not None and record["reserved_bytes"] >= 0
+
+
+def test_default_allocator_is_an_explicit_opt_in(pytester, measure_cuda):
+    pytester.makepyfile(test_r=ROUNDING)
+    record = measure_cuda("--vram-allocator=default", outcomes={"passed": 1})[
+        "test_r.py::test_split"
+    ]
+    assert record["model_bytes"] == 12 * MiB  # the whole cached block
+    assert "default allocator" in record["context"]["metric"]
+
+
+def test_user_setting_that_rules_out_expandable_segments_is_an_error(
+    pytester, measure_cuda, monkeypatch
+):
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")
+    pytester.makepyfile(test_r=ROUNDING)
+    measure_cuda(outcomes={"errors": 1})
+    measure_cuda.last_result.stdout.fnmatch_lines(
+        ["*PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False*rules out expandable segments*"]
+    )

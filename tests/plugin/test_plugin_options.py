@@ -56,6 +56,11 @@ def test_fixture_docstring_shows(run_vram):
         ),
         (["--vram-tolerance=5 parsecs"], "ERROR: --vram-tolerance: unknown unit 'parsecs'*"),
         (["--vram-prune"], "ERROR: --vram-prune only works together with --vram-update*"),
+        (
+            ["--vram-allocator=expandible"],
+            "ERROR: --vram-allocator: unknown allocator mode 'expandible'; valid values: "
+            "expandable, default",
+        ),
         (["--vram-profile=../x"], "ERROR: --vram-profile: profile name '../x' is not a safe*"),
     ],
 )

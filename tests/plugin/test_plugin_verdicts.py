@@ -151,3 +151,13 @@ def test_ini_tolerance(vram_pytester, run_vram):
     vram_pytester.makeini("[pytest]\nvram_tolerance = 7.15%\n")
     write_baseline(vram_pytester, {KEY: (100 * MiB, 140 * MiB)})
     run_vram().assert_outcomes(passed=1)
+
+
+def test_reserved_budget_on_a_backend_without_reserved_figures_fails_clearly(
+    vram_pytester, run_vram
+):
+    make(vram_pytester, "(reserved_budget='1GiB')")
+    write_baseline(vram_pytester, {KEY: (100 * MiB, 150 * MiB)})
+    result = run_vram()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*reserved_budget 1073741824 B (1024.0 MiB) cannot be checked*"])

@@ -235,3 +235,19 @@ def test_worst_orders_by_severity() -> None:
 def test_failing_kinds_rank_above_non_failing_ones() -> None:
     failing = {Kind.OVER_BUDGET, Kind.REGRESSION, Kind.MISSING}
     assert set(SEVERITY[: len(failing)]) == failing
+
+
+@pytest.mark.parametrize(
+    ("reserved", "fails"),
+    [(2 * GiB, False), (2 * GiB + 1, True), (None, True)],
+)
+def test_reserved_budget_boundary(reserved: int | None, fails: bool) -> None:
+    verdicts = judge(
+        KEY, BASE, BASE, tolerance=HALF_PERCENT, reserved=reserved, reserved_budget=2 * GiB
+    )
+    assert bool(failed(verdicts)) is fails
+    if fails:
+        (verdict,) = failed(verdicts)
+        assert verdict.kind is Kind.OVER_BUDGET
+        expected = "cannot be checked" if reserved is None else "over the reserved_budget"
+        assert expected in verdict.detail
