@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_vram import __version__, baselines, marks, report, xdist
+from pytest_vram import __version__, baselines, claiming, marks, report, xdist
 from pytest_vram.backends import CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
@@ -230,6 +230,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, "vram-session")
     if not xdist.is_worker(config):
         config.pluginmanager.register(xdist.ControllerHooks(plugin.receive), "vram-controller")
+    claim_hooks = claiming.ClaimHooks(
+        config,
+        worker=plugin.worker,
+        strict=plugin.settings.strict,
+        owner=lambda key: _owner(key, plugin.owners),
+        results=plugin.outcome.claims,
+    )
+    config.pluginmanager.register(claim_hooks, "vram-claims")
 
 
 # --------------------------------------------------------------------------- fixture

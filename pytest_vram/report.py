@@ -99,6 +99,8 @@ class Outcome:
     #: baseline path -> what differs between the setup it was recorded on and this run's
     setup_changes: dict[str, str] = dataclasses.field(default_factory=dict)
     update: bool = False
+    #: verdicts of the declared claims (``claims.ClaimVerdict.to_dict()`` plus ``nodeid``)
+    claims: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- terminal
@@ -213,6 +215,7 @@ def to_json(outcome: Outcome) -> str:
         ],
         "errors": outcome.errors,
         "setup_changes": outcome.setup_changes,
+        "claims": outcome.claims,
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
@@ -232,6 +235,9 @@ def to_markdown(outcome: Outcome) -> str:
     notes = note_lines(outcome)
     if notes:
         lines.extend(["", *(f"- {_md(n)}" for n in notes)])
+    from pytest_vram.claiming import markdown_lines  # claiming imports this module
+
+    lines.extend(markdown_lines(outcome.claims))
     return "\n".join(lines) + "\n"
 
 
