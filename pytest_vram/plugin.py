@@ -76,6 +76,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="with --vram-update: delete stale entries that no collected test produces",
     )
     option(
+        "--vram-update-new-only",
+        ini="vram_update_new_only",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="record entries only for measurements without a baseline; existing entries are "
+        "judged as usual and never rewritten",
+    )
+    option(
+        "--vram-stale-warn",
+        ini="vram_stale_warn",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="in strict mode, only list stale baseline entries instead of failing the session",
+    )
+    option(
+        "--vram-fail-improvements",
+        ini="vram_fail_improvements",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="fail a measurement below its baseline minus tolerance until it is recorded",
+    )
+    option(
         "--vram-strict",
         ini="vram_strict",
         ini_type="bool",
@@ -142,6 +167,9 @@ class Settings:
     update: bool
     prune: bool
     strict: bool
+    update_new_only: bool
+    stale_warn: bool
+    fail_improvements: bool
     tolerance: Tolerance
     profile: str | None
     baselines: Path
@@ -169,6 +197,12 @@ class Settings:
                 "--vram-prune only works together with --vram-update: "
                 "run `pytest --vram-update --vram-prune`"
             )
+        update_new_only = bool(_value(config, "vram_update_new_only"))
+        if update_new_only and update:
+            raise pytest.UsageError(
+                "--vram-update-new-only records only missing entries and --vram-update "
+                "rewrites every measured one: use one of them"
+            )
         strict = _value(config, "vram_strict")
         profile = str(_value(config, "vram_profile") or "") or None
         if profile is not None:
@@ -181,6 +215,9 @@ class Settings:
             update=update,
             prune=prune,
             strict=_ci() if strict is None else bool(strict),
+            update_new_only=update_new_only,
+            stale_warn=bool(_value(config, "vram_stale_warn")),
+            fail_improvements=bool(_value(config, "vram_fail_improvements")),
             tolerance=tolerance,
             profile=profile,
             baselines=_path(config, "vram_baselines", config.rootpath),
@@ -285,7 +322,7 @@ class VramPlugin:
         self._backend: Backend | None = None
         self._backend_error: str | None = None
         self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
-        self.outcome = report.Outcome(update=settings.update)
+        self.outcome = report.Outcome(update=settings.update or settings.update_new_only)
         #: test files collected (deselected ones too): only their entries can be stale
         self.collected_files: set[str] = set()
         #: baseline key prefix -> node id of the collected test that produces it
@@ -416,7 +453,8 @@ class VramPlugin:
                 tolerance=tolerance,
                 budget=budget,
                 strict=self.settings.strict,
-                update=self.settings.update,
+                update=self.settings.update or (self.settings.update_new_only and entry is None),
+                fail_improvements=self.settings.fail_improvements,
                 baseline_path=path,
                 nodeid=item.nodeid,
             )
@@ -489,8 +527,9 @@ class VramPlugin:
         self._find_stale()
         if not self.settings.update:  # an update records this run's setup anyway
             self._compare_setup()
-        if self.settings.update:
+        if self.settings.update or self.settings.update_new_only:
             self._update(session)
+        self._fail_on_stale(session)
         if self.settings.json_path:
             report.write_text(self.settings.json_path, report.to_json(self.outcome))
         if self.settings.markdown_path:
@@ -546,9 +585,23 @@ class VramPlugin:
             if stale:
                 self.outcome.stale[shown] = stale
 
+    def _fail_on_stale(self, session: pytest.Session) -> None:
+        """Strict mode: stale entries fail the session (like unused snapshots in syrupy)."""
+        if not self.settings.strict or self.settings.stale_warn or self.settings.update:
+            return
+        for path, keys in sorted(self.outcome.stale.items()):
+            self.outcome.errors.append(
+                f"{path}: {len(keys)} stale entr{'y' if len(keys) == 1 else 'ies'} (listed "
+                f"above) fail the session in strict mode; delete them with `pytest "
+                f"--vram-update --vram-prune`, or only list them with --vram-stale-warn"
+            )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     def _update(self, session: pytest.Session) -> None:
         by_profile: dict[str, list[report.Record]] = {}
         for record in self.outcome.records:
+            if self.settings.update_new_only and record.baseline_peak_bytes is not None:
+                continue  # judged against its entry, which stays as it is
             by_profile.setdefault(record.profile, []).append(record)
         for profile, shown in self._profiles().items():
             records = by_profile.get(profile, [])
@@ -557,6 +610,9 @@ class VramPlugin:
                 continue
             measured = {r.key: Entry(r.model_bytes, r.peak_bytes, params=r.params) for r in records}
             context = records[0].context if records else {"plugin": __version__}
+            existing = self._reread(profile) if self.settings.update_new_only else None
+            if existing is not None:  # the file's figures keep the setup they came from
+                context = existing.recorded_with
             try:
                 result = baselines.update(
                     self.baseline_path(profile),

@@ -94,7 +94,9 @@ def test_missing_figures_never_hold() -> None:
     assert verdict.message == "not evaluated: no figures for b (t.py::b was deselected)"
 
 
-@pytest.mark.parametrize(("exponent", "holds"), [(1.0, True), (1.09, True), (1.11, False), (0.89, False)])
+@pytest.mark.parametrize(
+    ("exponent", "holds"), [(1.0, True), (1.09, True), (1.11, False), (0.89, False)]
+)
 def test_grows_like_fits_the_exponent(exponent: float, holds: bool) -> None:
     claim = Claim.grows_like(
         "c", {1: activation("a"), 4: activation("b")}, exponent=exponent, within=0.1
