@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_vram import __version__, baselines, claiming, marks, report, xdist
+from pytest_vram import __version__, baselines, benchmarking, claiming, marks, report, xdist
 from pytest_vram.backends import CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
@@ -275,6 +275,9 @@ def pytest_configure(config: pytest.Config) -> None:
         results=plugin.outcome.claims,
     )
     config.pluginmanager.register(claim_hooks, "vram-claims")
+    if config.pluginmanager.hasplugin("benchmark"):  # pytest-benchmark is active
+        hooks = benchmarking.BenchmarkHooks(PROBE_KEY, RECORDS_KEY)
+        config.pluginmanager.register(hooks, "vram-benchmark")
 
 
 # --------------------------------------------------------------------------- fixture

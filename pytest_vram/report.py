@@ -43,6 +43,8 @@ class Record:
     #: ``{"kind", "summary", "detail", "fails"}`` per verdict, worst first.
     verdicts: list[dict[str, Any]]
     leaked_bytes: int | None = None
+    #: pytest-benchmark's timing of the same workload (see ``benchmarking.timing``)
+    time: dict[str, Any] | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -106,6 +108,18 @@ class Outcome:
 # --------------------------------------------------------------------------- terminal
 
 COLUMNS = ("params", "model", "peak", "activation", "baseline", "delta", "verdict")
+#: shown after the others when a measurement of the run was also timed (pytest-benchmark)
+TIME_COLUMN = "time"
+
+
+def _columns(records: list[Record]) -> tuple[str, ...]:
+    return (*COLUMNS, TIME_COLUMN) if any(r.time for r in records) else COLUMNS
+
+
+def _time(record: Record) -> str:
+    from pytest_vram.benchmarking import time_cell  # benchmarking imports this module
+
+    return time_cell(record.time)
 
 
 def _params(n: int | None) -> str:
@@ -130,21 +144,27 @@ def _cells(record: Record) -> list[str]:
     ]
 
 
+def _row(record: Record, columns: tuple[str, ...]) -> list[str]:
+    cells = _cells(record)
+    return [*cells, _time(record)] if TIME_COLUMN in columns else cells
+
+
 def table_lines(records: list[Record], width: int = 120) -> list[str]:
     """The measurement table; a key too long for its column gets a line of its own."""
-    rows = [_cells(r) for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(COLUMNS)]
+    columns = _columns(records)
+    rows = [_row(r, columns) for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(columns)]
     figures = sum(widths) + 2 * len(widths)
     key_width = max(20, min(max(len("test"), *(len(r.key) for r in records)), width - figures))
 
     def line(key: str, cells: list[str]) -> str:
         numbers = "  ".join(
-            c.ljust(w) if i == len(cells) - 1 else c.rjust(w)
+            c.ljust(w) if columns[i] in ("verdict", TIME_COLUMN) else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
         return f"{key.ljust(key_width)}  {numbers}".rstrip()
 
-    lines = [line("test", list(COLUMNS))]
+    lines = [line("test", list(columns))]
     for record, cells in zip(records, rows, strict=True):
         if len(record.key) > key_width:
             lines.append(record.key)
@@ -226,11 +246,13 @@ def _md(text: str) -> str:
 
 def to_markdown(outcome: Outcome) -> str:
     """The ``--vram-markdown`` document: the table plus notes, e.g. for a PR comment."""
-    header = ("test", *COLUMNS)
+    columns = _columns(outcome.records)
+    header = ("test", *columns)
     lines = ["## VRAM", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(COLUMNS) - 1) + [" --- "]) + "|")
+    align = [" --- " if c in ("verdict", TIME_COLUMN) else " ---: " for c in columns]
+    lines.append("|" + "|".join([" --- ", *align]) + "|")
     for record in outcome.records:
-        cells = [f"`{record.key}`", *_cells(record)]
+        cells = [f"`{record.key}`", *_row(record, columns)]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     notes = note_lines(outcome)
     if notes:
