@@ -27,7 +27,7 @@ from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 from pytest_vram.verdicts import Verdict, judge, worst
 
 PLUGIN_KEY = pytest.StashKey["VramPlugin"]()
-MARK_KEY = pytest.StashKey["marks.VramMark | None"]()
+MARK_KEY = pytest.StashKey["marks.VramMark | marks.MarkError | None"]()
 PROBE_KEY = pytest.StashKey[Vram]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
 
@@ -390,9 +390,8 @@ class VramPlugin:
             self.collected_files.add(item.nodeid.split("::", 1)[0])
             if item.get_closest_marker(marks.MARKER) is None:
                 continue
-            try:
-                mark = marks.evaluate(item)
-            except marks.MarkError:
+            mark = _evaluated(item)
+            if isinstance(mark, marks.MarkError):
                 mark = None  # reported at setup
             self.owners[(mark.key if mark and mark.key else item.nodeid)] = item.nodeid
 
@@ -405,11 +404,9 @@ class VramPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        try:
-            mark = marks.evaluate(item)
-        except marks.MarkError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        item.stash[MARK_KEY] = mark
+        mark = _evaluated(item)
+        if isinstance(mark, marks.MarkError):
+            pytest.fail(str(mark), pytrace=False)
         # Only a marker on the test itself demands the fixture: a module-wide marker that
         # sets a tolerance must not break the module's other tests.
         own = any(m.name == marks.MARKER for m in getattr(item, "own_markers", ()))
@@ -422,7 +419,7 @@ class VramPlugin:
 
     def open(self, item: pytest.Item) -> Vram:
         """Fixture setup: start counting for ``item``."""
-        mark = item.stash.get(MARK_KEY, None) or marks.VramMark()
+        mark = _valid(item) or marks.VramMark()
         backend = self.backend()
         self.baseline(self.profile())  # a malformed file fails before the workload runs
         meter = Meter(backend)
@@ -433,7 +430,7 @@ class VramPlugin:
 
     def judge(self, item: pytest.Item, probe: Vram) -> list[report.Record]:
         """Verdicts of every measurement of ``item`` against its baseline."""
-        mark = item.stash.get(MARK_KEY, None)
+        mark = _valid(item)
         profile = self.profile()
         baseline = self.baseline(profile)
         path = self.display(self.baseline_path(profile))
@@ -652,6 +649,22 @@ class VramPlugin:
                 terminalreporter.write_line(line)
         for line in report.note_lines(outcome):
             terminalreporter.write_line(line)
+
+
+def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
+    """The item's vram marker, evaluated once (at collection, or at setup for items added
+    later) and kept in ``item.stash``; a bad marker is kept as its error for setup to report."""
+    if MARK_KEY not in item.stash:
+        try:
+            item.stash[MARK_KEY] = marks.evaluate(item)
+        except marks.MarkError as exc:
+            item.stash[MARK_KEY] = exc
+    return item.stash[MARK_KEY]
+
+
+def _valid(item: pytest.Item) -> marks.VramMark | None:
+    mark = item.stash.get(MARK_KEY, None)
+    return None if isinstance(mark, marks.MarkError) else mark
 
 
 def _verdict_dict(v: Verdict) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vram.units import format_delta, format_size
-from pytest_vram.verdicts import update_command
+from pytest_vram.verdicts import Kind, update_command
 
 #: Name of the ``report.user_properties`` entries that carry a Record.
 PROPERTY = "vram"
@@ -54,6 +54,11 @@ class Record:
     def verdict(self) -> str:
         """The worst verdict's kind, e.g. ``"regression"``."""
         return self.verdicts[0]["kind"] if self.verdicts else "pass"
+
+    @property
+    def kind(self) -> Kind:
+        """The worst verdict's kind, read back from its serialised value."""
+        return Kind(self.verdict)
 
     @property
     def fails(self) -> bool:
@@ -178,18 +183,18 @@ def note_lines(outcome: Outcome) -> list[str]:
     """Lines after the table: what to act on (lock in, record, review, delete)."""
     lines: list[str] = []
     for r in outcome.records:
-        if r.verdict == "improvement":
+        if r.kind is Kind.IMPROVEMENT:
             lines.append(
                 f"improvement: {r.key}: {r.verdicts[0]['summary']}; lock it in with "
                 f"`{update_command(r.nodeid)}`"
             )
     for r in outcome.records:
-        if r.verdict == "new" and not outcome.update:
+        if r.kind is Kind.NEW and not outcome.update:
             lines.append(
                 f"new: {r.key}: peak {format_size(r.peak_bytes)}, no baseline in "
                 f"{r.baseline_path}; record it with `{update_command(r.nodeid)}`"
             )
-        elif r.verdict == "new":
+        elif r.kind is Kind.NEW:
             lines.append(f"new: {r.key}: peak {format_size(r.peak_bytes)} recorded")
     for key, old, new in outcome.updated:
         lines.append(
