@@ -170,9 +170,19 @@ def _records(rep: pytest.TestReport) -> list[report.Record]:
 
 
 def summary_lines(results: list[dict[str, Any]], not_evaluated: list[tuple[str, str]]) -> list[str]:
-    """One line per claim: its kind and the message with the figures."""
+    """One line per judged claim (its kind and figures), one per module for the others."""
     lines = [f"{r['kind']}: {r['nodeid']}: {r['message']}" for r in results]
-    lines.extend(f"not evaluated: {nodeid}: {why}" for nodeid, why in not_evaluated)
+    if len(not_evaluated) == 1:
+        lines.append("not evaluated: {}: {}".format(*not_evaluated[0]))
+    elif not_evaluated:
+        modules: dict[str, int] = {}
+        for nodeid, _ in not_evaluated:
+            module = nodeid.rpartition("::")[0]
+            modules[module] = modules.get(module, 0) + 1
+        lines.extend(
+            f"not evaluated: {n} claims of {module}: none of the tests they read ran"
+            for module, n in sorted(modules.items())
+        )
     return lines
 
 

@@ -112,7 +112,7 @@ def test_a_claim_whose_figures_were_deselected_says_so_and_does_not_pass(claims_
     result.assert_outcomes(passed=2, skipped=3, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "not evaluated: test_declared.py::linear: none of its tests ran *",
+            "not evaluated: 2 claims of test_declared.py: none of the tests they read ran",
             "SKIPPED [[]3[]] test_declared.py: not evaluated: no figures for test_m.py::test_big "
             "(test_m.py::test_big was deselected or did not run)",
         ]
