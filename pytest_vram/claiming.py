@@ -219,8 +219,8 @@ def _report(config: pytest.Config, nodeid: str, verdict: ClaimVerdict, *, strict
     hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
     for when, rep_outcome, rep_longrepr, props, kw in (
         ("setup", "passed", None, [], {}),
-        ("call", outcome, longrepr, prop, extra),
-        ("teardown", "passed", None, [], {}),
+        ("call", outcome, longrepr, [], extra),
+        ("teardown", "passed", None, prop, {}),  # where JUnit XML reads properties
     ):
         rep = pytest.TestReport(
             nodeid, location, {name: 1, "vram": 1}, rep_outcome, rep_longrepr, when,

@@ -92,9 +92,14 @@ def test_claims_are_reported_as_items_with_the_measured_figures(claims_dir, run_
         "peak of test_m.py::test_small": 100 * MiB,
     }
     cases = ET.parse(claims_dir.path / "junit.xml").getroot().iter("testcase")
-    junit = {c.get("name"): [child.tag for child in c] for c in cases}
-    assert junit["big_within_1pct"] == [] and junit["big_exactly"] == ["failure"]
-    assert junit["big_known"] == ["skipped"]
+    junit = {c.get("name"): sorted(child.tag for child in c) for c in cases}
+    assert junit["big_within_1pct"] == ["properties"]
+    assert junit["big_exactly"] == ["failure", "properties"]  # sorted
+    assert junit["big_known"] == ["properties", "skipped"]
+    cases = ET.parse(claims_dir.path / "junit.xml").getroot().iter("testcase")
+    (case,) = [c for c in cases if c.get("name") == "big_exactly"]
+    (prop,) = case.iter("property")
+    assert prop.get("name") == "vram_claim" and json.loads(prop.get("value"))["kind"] == "broken"
 
 
 def test_claims_are_in_the_markdown_file(claims_dir, run_vram):
@@ -160,3 +165,21 @@ def test_under_xdist_claims_are_judged_once_on_the_controller(claims_dir, run_vr
     keys = [m["key"] for m in document["measurements"]]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == 5  # each measured once
     assert len(document["claims"]) == 7
+
+
+def test_vram_figures_gives_this_process_figures_by_key(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        test_f="""
+        import pytest
+
+        def test_a(vram):
+            vram.run(vram.backend.spike, 3 * 1024**2)
+
+        def test_reads(vram_figures):
+            assert vram_figures["test_f.py::test_a"].peak_bytes == 3 * 1024**2
+            with pytest.raises(KeyError, match="no figures for 'test_f.py::test_z' in this "
+                               "process.*declare the comparison as a claim"):
+                vram_figures["test_f.py::test_z"]
+        """
+    )
+    run_vram().assert_outcomes(passed=2)
