@@ -158,7 +158,8 @@ class ClaimHooks:
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.worker or not (self.results or self.not_evaluated):
+        # A run that measured nothing (`pytest -m "not vram"`) has nothing to say on claims.
+        if self.worker or not (self.results or (self.not_evaluated and self.figures)):
             return
         terminalreporter.section("VRAM claims")
         for line in summary_lines(self.results, self.not_evaluated):
