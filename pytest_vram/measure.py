@@ -175,6 +175,14 @@ class Meter:
             return None
         return peak - self._reserved_start
 
+    def repeat(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a workload again in the backend's scope without recording it: a timing round
+        of pytest-benchmark. It waits for the device, so a round's time includes its work."""
+        with self.backend.scope():
+            result = fn(*args, **kwargs)
+        self.backend.synchronize()
+        return result
+
     def _call(self, step: str, held: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the backend's scope; running out of memory is recorded."""
         try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_vram import __version__, baselines, marks, report, xdist
+from pytest_vram import __version__, baselines, benchmarking, claiming, marks, report, xdist
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
@@ -27,7 +27,7 @@ from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 from pytest_vram.verdicts import Verdict, judge, worst
 
 PLUGIN_KEY = pytest.StashKey["VramPlugin"]()
-MARK_KEY = pytest.StashKey["marks.VramMark | None"]()
+MARK_KEY = pytest.StashKey["marks.VramMark | marks.MarkError | None"]()
 PROBE_KEY = pytest.StashKey[Vram]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
 
@@ -85,6 +85,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         action="store_true",
         help="with --vram-update: delete stale entries that no collected test produces",
+    )
+    option(
+        "--vram-update-new-only",
+        ini="vram_update_new_only",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="record entries only for measurements without a baseline; existing entries are "
+        "judged as usual and never rewritten",
+    )
+    option(
+        "--vram-stale-warn",
+        ini="vram_stale_warn",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="in strict mode, only list stale baseline entries instead of failing the session",
+    )
+    option(
+        "--vram-fail-improvements",
+        ini="vram_fail_improvements",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="fail a measurement below its baseline minus tolerance until it is recorded",
     )
     option(
         "--vram-strict",
@@ -154,6 +179,9 @@ class Settings:
     update: bool
     prune: bool
     strict: bool
+    update_new_only: bool
+    stale_warn: bool
+    fail_improvements: bool
     tolerance: Tolerance
     profile: str | None
     baselines: Path
@@ -187,6 +215,12 @@ class Settings:
                 "--vram-prune only works together with --vram-update: "
                 "run `pytest --vram-update --vram-prune`"
             )
+        update_new_only = bool(_value(config, "vram_update_new_only"))
+        if update_new_only and update:
+            raise pytest.UsageError(
+                "--vram-update-new-only records only missing entries and --vram-update "
+                "rewrites every measured one: use one of them"
+            )
         strict = _value(config, "vram_strict")
         profile = str(_value(config, "vram_profile") or "") or None
         if profile is not None:
@@ -200,6 +234,9 @@ class Settings:
             update=update,
             prune=prune,
             strict=_ci() if strict is None else bool(strict),
+            update_new_only=update_new_only,
+            stale_warn=bool(_value(config, "vram_stale_warn")),
+            fail_improvements=bool(_value(config, "vram_fail_improvements")),
             tolerance=tolerance,
             profile=profile,
             baselines=_path(config, "vram_baselines", config.rootpath),
@@ -249,6 +286,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(plugin, "vram-session")
     if not xdist.is_worker(config):
         config.pluginmanager.register(xdist.ControllerHooks(plugin.receive), "vram-controller")
+    claim_hooks = claiming.ClaimHooks(
+        config,
+        worker=plugin.worker,
+        strict=plugin.settings.strict,
+        owner=lambda key: _owner(key, plugin.owners),
+        results=plugin.outcome.claims,
+    )
+    config.pluginmanager.register(claim_hooks, "vram-claims")
+    if config.pluginmanager.hasplugin("benchmark"):  # pytest-benchmark is active
+        hooks = benchmarking.BenchmarkHooks(PROBE_KEY, RECORDS_KEY)
+        config.pluginmanager.register(hooks, "vram-benchmark")
 
 
 # --------------------------------------------------------------------------- fixture
@@ -296,7 +344,7 @@ class VramPlugin:
         self._backend: Backend | None = None
         self._backend_error: str | None = None
         self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
-        self.outcome = report.Outcome(update=settings.update)
+        self.outcome = report.Outcome(update=settings.update or settings.update_new_only)
         #: test files collected (deselected ones too): only their entries can be stale
         self.collected_files: set[str] = set()
         #: baseline key prefix -> node id of the collected test that produces it
@@ -361,9 +409,8 @@ class VramPlugin:
             self.collected_files.add(item.nodeid.split("::", 1)[0])
             if item.get_closest_marker(marks.MARKER) is None:
                 continue
-            try:
-                mark = marks.evaluate(item)
-            except marks.MarkError:
+            mark = _evaluated(item)
+            if isinstance(mark, marks.MarkError):
                 mark = None  # reported at setup
             self.owners[(mark.key if mark and mark.key else item.nodeid)] = item.nodeid
 
@@ -376,11 +423,9 @@ class VramPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        try:
-            mark = marks.evaluate(item)
-        except marks.MarkError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        item.stash[MARK_KEY] = mark
+        mark = _evaluated(item)
+        if isinstance(mark, marks.MarkError):
+            pytest.fail(str(mark), pytrace=False)
         # Only a marker on the test itself demands the fixture: a module-wide marker that
         # sets a tolerance must not break the module's other tests.
         own = any(m.name == marks.MARKER for m in getattr(item, "own_markers", ()))
@@ -393,7 +438,7 @@ class VramPlugin:
 
     def open(self, item: pytest.Item) -> Vram:
         """Fixture setup: start counting for ``item``."""
-        mark = item.stash.get(MARK_KEY, None) or marks.VramMark()
+        mark = _valid(item) or marks.VramMark()
         backend = self.backend()
         self.baseline(self.profile())  # a malformed file fails before the workload runs
         meter = Meter(backend)
@@ -404,7 +449,7 @@ class VramPlugin:
 
     def judge(self, item: pytest.Item, probe: Vram) -> list[report.Record]:
         """Verdicts of every measurement of ``item`` against its baseline."""
-        mark = item.stash.get(MARK_KEY, None)
+        mark = _valid(item)
         profile = self.profile()
         baseline = self.baseline(profile)
         path = self.display(self.baseline_path(profile))
@@ -429,7 +474,8 @@ class VramPlugin:
                 reserved=m.reserved_bytes,
                 reserved_budget=mark.reserved_budget if mark else None,
                 strict=self.settings.strict,
-                update=self.settings.update,
+                update=self.settings.update or (self.settings.update_new_only and entry is None),
+                fail_improvements=self.settings.fail_improvements,
                 baseline_path=path,
                 nodeid=item.nodeid,
             )
@@ -503,8 +549,9 @@ class VramPlugin:
         self._find_stale()
         if not self.settings.update:  # an update records this run's setup anyway
             self._compare_setup()
-        if self.settings.update:
+        if self.settings.update or self.settings.update_new_only:
             self._update(session)
+        self._fail_on_stale(session)
         if self.settings.json_path:
             report.write_text(self.settings.json_path, report.to_json(self.outcome))
         if self.settings.markdown_path:
@@ -560,9 +607,23 @@ class VramPlugin:
             if stale:
                 self.outcome.stale[shown] = stale
 
+    def _fail_on_stale(self, session: pytest.Session) -> None:
+        """Strict mode: stale entries fail the session (like unused snapshots in syrupy)."""
+        if not self.settings.strict or self.settings.stale_warn or self.settings.update:
+            return
+        for path, keys in sorted(self.outcome.stale.items()):
+            self.outcome.errors.append(
+                f"{path}: {len(keys)} stale entr{'y' if len(keys) == 1 else 'ies'} (listed "
+                f"above) fail the session in strict mode; delete them with `pytest "
+                f"--vram-update --vram-prune`, or only list them with --vram-stale-warn"
+            )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     def _update(self, session: pytest.Session) -> None:
         by_profile: dict[str, list[report.Record]] = {}
         for record in self.outcome.records:
+            if self.settings.update_new_only and record.baseline_peak_bytes is not None:
+                continue  # judged against its entry, which stays as it is
             by_profile.setdefault(record.profile, []).append(record)
         for profile, shown in self._profiles().items():
             records = by_profile.get(profile, [])
@@ -571,6 +632,9 @@ class VramPlugin:
                 continue
             measured = {r.key: Entry(r.model_bytes, r.peak_bytes, params=r.params) for r in records}
             context = records[0].context if records else {"plugin": __version__}
+            existing = self._reread(profile) if self.settings.update_new_only else None
+            if existing is not None:  # the file's figures keep the setup they came from
+                context = existing.recorded_with
             try:
                 result = baselines.update(
                     self.baseline_path(profile),
@@ -607,6 +671,22 @@ class VramPlugin:
                 terminalreporter.write_line(line)
         for line in report.note_lines(outcome):
             terminalreporter.write_line(line)
+
+
+def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
+    """The item's vram marker, evaluated once (at collection, or at setup for items added
+    later) and kept in ``item.stash``; a bad marker is kept as its error for setup to report."""
+    if MARK_KEY not in item.stash:
+        try:
+            item.stash[MARK_KEY] = marks.evaluate(item)
+        except marks.MarkError as exc:
+            item.stash[MARK_KEY] = exc
+    return item.stash[MARK_KEY]
+
+
+def _valid(item: pytest.Item) -> marks.VramMark | None:
+    mark = item.stash.get(MARK_KEY, None)
+    return None if isinstance(mark, marks.MarkError) else mark
 
 
 def _verdict_dict(v: Verdict) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vram.units import format_delta, format_size
-from pytest_vram.verdicts import update_command
+from pytest_vram.verdicts import Kind, update_command
 
 #: Name of the ``report.user_properties`` entries that carry a Record.
 PROPERTY = "vram"
@@ -45,6 +45,8 @@ class Record:
     leaked_bytes: int | None = None
     #: peak memory reserved from the device (informational), None where unknown
     reserved_bytes: int | None = None
+    #: pytest-benchmark's timing of the same workload (see ``benchmarking.timing``)
+    time: dict[str, Any] | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -54,6 +56,11 @@ class Record:
     def verdict(self) -> str:
         """The worst verdict's kind, e.g. ``"regression"``."""
         return self.verdicts[0]["kind"] if self.verdicts else "pass"
+
+    @property
+    def kind(self) -> Kind:
+        """The worst verdict's kind, read back from its serialised value."""
+        return Kind(self.verdict)
 
     @property
     def fails(self) -> bool:
@@ -101,11 +108,25 @@ class Outcome:
     #: baseline path -> what differs between the setup it was recorded on and this run's
     setup_changes: dict[str, str] = dataclasses.field(default_factory=dict)
     update: bool = False
+    #: verdicts of the declared claims (``claims.ClaimVerdict.to_dict()`` plus ``nodeid``)
+    claims: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- terminal
 
 COLUMNS = ("params", "model", "peak", "activation", "reserved", "baseline", "delta", "verdict")
+#: shown after the others when a measurement of the run was also timed (pytest-benchmark)
+TIME_COLUMN = "time"
+
+
+def _columns(records: list[Record]) -> tuple[str, ...]:
+    return (*COLUMNS, TIME_COLUMN) if any(r.time for r in records) else COLUMNS
+
+
+def _time(record: Record) -> str:
+    from pytest_vram.benchmarking import time_cell  # benchmarking imports this module
+
+    return time_cell(record.time)
 
 
 def _params(n: int | None) -> str:
@@ -131,21 +152,27 @@ def _cells(record: Record) -> list[str]:
     ]
 
 
+def _row(record: Record, columns: tuple[str, ...]) -> list[str]:
+    cells = _cells(record)
+    return [*cells, _time(record)] if TIME_COLUMN in columns else cells
+
+
 def table_lines(records: list[Record], width: int = 120) -> list[str]:
     """The measurement table; a key too long for its column gets a line of its own."""
-    rows = [_cells(r) for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(COLUMNS)]
+    columns = _columns(records)
+    rows = [_row(r, columns) for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(columns)]
     figures = sum(widths) + 2 * len(widths)
     key_width = max(20, min(max(len("test"), *(len(r.key) for r in records)), width - figures))
 
     def line(key: str, cells: list[str]) -> str:
         numbers = "  ".join(
-            c.ljust(w) if i == len(cells) - 1 else c.rjust(w)
+            c.ljust(w) if columns[i] in ("verdict", TIME_COLUMN) else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
         return f"{key.ljust(key_width)}  {numbers}".rstrip()
 
-    lines = [line("test", list(COLUMNS))]
+    lines = [line("test", list(columns))]
     for record, cells in zip(records, rows, strict=True):
         if len(record.key) > key_width:
             lines.append(record.key)
@@ -159,18 +186,18 @@ def note_lines(outcome: Outcome) -> list[str]:
     """Lines after the table: what to act on (lock in, record, review, delete)."""
     lines: list[str] = []
     for r in outcome.records:
-        if r.verdict == "improvement":
+        if r.kind is Kind.IMPROVEMENT:
             lines.append(
                 f"improvement: {r.key}: {r.verdicts[0]['summary']}; lock it in with "
                 f"`{update_command(r.nodeid)}`"
             )
     for r in outcome.records:
-        if r.verdict == "new" and not outcome.update:
+        if r.kind is Kind.NEW and not outcome.update:
             lines.append(
                 f"new: {r.key}: peak {format_size(r.peak_bytes)}, no baseline in "
                 f"{r.baseline_path}; record it with `{update_command(r.nodeid)}`"
             )
-        elif r.verdict == "new":
+        elif r.kind is Kind.NEW:
             lines.append(f"new: {r.key}: peak {format_size(r.peak_bytes)} recorded")
     for key, old, new in outcome.updated:
         lines.append(
@@ -216,6 +243,7 @@ def to_json(outcome: Outcome) -> str:
         ],
         "errors": outcome.errors,
         "setup_changes": outcome.setup_changes,
+        "claims": outcome.claims,
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
@@ -226,15 +254,20 @@ def _md(text: str) -> str:
 
 def to_markdown(outcome: Outcome) -> str:
     """The ``--vram-markdown`` document: the table plus notes, e.g. for a PR comment."""
-    header = ("test", *COLUMNS)
+    columns = _columns(outcome.records)
+    header = ("test", *columns)
     lines = ["## VRAM", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(COLUMNS) - 1) + [" --- "]) + "|")
+    align = [" --- " if c in ("verdict", TIME_COLUMN) else " ---: " for c in columns]
+    lines.append("|" + "|".join([" --- ", *align]) + "|")
     for record in outcome.records:
-        cells = [f"`{record.key}`", *_cells(record)]
+        cells = [f"`{record.key}`", *_row(record, columns)]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     notes = note_lines(outcome)
     if notes:
         lines.extend(["", *(f"- {_md(n)}" for n in notes)])
+    from pytest_vram.claiming import markdown_lines  # claiming imports this module
+
+    lines.extend(markdown_lines(outcome.claims))
     return "\n".join(lines) + "\n"
 
 

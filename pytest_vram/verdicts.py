@@ -68,6 +68,7 @@ def judge(
     reserved_budget: int | None = None,
     strict: bool = False,
     update: bool = False,
+    fail_improvements: bool = False,
     baseline_path: str = "",
     nodeid: str | None = None,
 ) -> list[Verdict]:
@@ -83,7 +84,8 @@ def judge(
     * no baseline: MISSING (fails) when ``strict``, else NEW.
     * otherwise ``peak_bytes`` and ``model_bytes`` are each compared with the baseline
       plus/minus ``tolerance.allowance(baseline)``: above is a REGRESSION (fails), below an
-      IMPROVEMENT (reported so it can be locked in). Exactly on the limit passes.
+      IMPROVEMENT (reported so it can be locked in; it fails with ``fail_improvements``).
+      Exactly on the limit passes.
 
     ``nodeid`` is the test's node id for the suggested ``pytest --vram-update`` command
     (defaults to ``key``; pass it when the key carries a ``::<measurement name>`` suffix).
@@ -103,7 +105,7 @@ def judge(
     elif baseline is None:
         verdicts.append(_missing(ctx, measured, strict))
     else:
-        verdicts.extend(_compare(ctx, measured, baseline, tolerance))
+        verdicts.extend(_compare(ctx, measured, baseline, tolerance, fail_improvements))
     if verdicts:
         return verdicts
     assert baseline is not None  # every path without a baseline added a verdict above
@@ -221,7 +223,7 @@ def _missing(ctx: _Context, measured: Entry, strict: bool) -> Verdict:
 
 
 def _compare(
-    ctx: _Context, measured: Entry, baseline: Entry, tolerance: Tolerance
+    ctx: _Context, measured: Entry, baseline: Entry, tolerance: Tolerance, fail_improvements: bool
 ) -> list[Verdict]:
     over: list[str] = []
     under: list[str] = []
@@ -236,7 +238,7 @@ def _compare(
     if over:
         verdicts.append(_regression(ctx, measured, baseline, tolerance, over))
     if under:
-        verdicts.append(_improvement(ctx, measured, baseline, tolerance, under))
+        verdicts.append(_improvement(ctx, measured, baseline, tolerance, under, fail_improvements))
     return verdicts
 
 
@@ -276,7 +278,12 @@ def _regression(
 
 
 def _improvement(
-    ctx: _Context, measured: Entry, baseline: Entry, tolerance: Tolerance, fields: list[str]
+    ctx: _Context,
+    measured: Entry,
+    baseline: Entry,
+    tolerance: Tolerance,
+    fields: list[str],
+    fails: bool = False,
 ) -> Verdict:
     reports = ". ".join(_field_report(f, measured, baseline, tolerance) for f in fields)
     detail = (
@@ -284,7 +291,9 @@ def _improvement(
         f"Lock the improvement in with `{ctx.update_command}` so that a later regression "
         f"back to the old figure is caught."
     )
-    return Verdict(Kind.IMPROVEMENT, ctx.key, _summary(fields, measured, baseline), detail, False)
+    if fails:
+        detail += " (--vram-fail-improvements: an unrecorded improvement fails the test.)"
+    return Verdict(Kind.IMPROVEMENT, ctx.key, _summary(fields, measured, baseline), detail, fails)
 
 
 def _pass(

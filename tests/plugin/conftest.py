@@ -9,6 +9,19 @@ import pytest
 from vram_testing import HERE, QUIET, REPO, SCRIPTED, plugin_args
 
 
+@pytest.fixture(scope="session")
+def torch():
+    """torch, imported once for the whole session (skips where it is not installed).
+
+    A test must not import torch in its own body while it uses ``pytester``: pytester
+    restores ``sys.modules`` to its snapshot at teardown, which drops torch, and torch's C
+    extension cannot be imported a second time in one process (the next import fails with
+    "SystemError: ... bad call flags"). A session fixture is set up before any function
+    fixture, so torch is already in the snapshot.
+    """
+    return pytest.importorskip("torch")
+
+
 @pytest.fixture
 def vram_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A pytester where the scripted backend is importable and CI is not set."""

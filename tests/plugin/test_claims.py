@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from pytest_vram.claims import at_most
+from pytest_vram.claims import (
+    Claim,
+    ClaimError,
+    ClaimKind,
+    Figure,
+    activation,
+    at_most,
+    evaluate,
+    model,
+    peak,
+)
 from pytest_vram.units import MiB, Tolerance
 
 
@@ -45,3 +57,66 @@ def test_holding_claim_says_so_with_figures() -> None:
     result = at_most(10 * MiB, 12 * MiB, subject="a", reference="b")
     assert result.holds
     assert result.message.startswith("holds: a 10.0 MiB")
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+class _Figures:
+    def __init__(self, model_bytes: int, peak_bytes: int) -> None:
+        self.model_bytes, self.peak_bytes = model_bytes, peak_bytes
+        self.activation_bytes = peak_bytes - model_bytes
+
+
+def test_declared_claim_on_the_limit_holds_and_one_byte_over_breaks() -> None:
+    claim = Claim.at_most("c", peak("a"), peak("b"), within="0.1%")
+    on_limit = {"a": _Figures(0, 1001), "b": _Figures(0, 1000)}
+    over = {"a": _Figures(0, 1002), "b": _Figures(0, 1000)}
+    assert evaluate(claim, on_limit).kind is ClaimKind.HOLDS
+    verdict = evaluate(claim, over)
+    assert verdict.kind is ClaimKind.BROKEN and verdict.fails
+    assert verdict.figures == {"peak of a": 1002, "peak of b": 1000}
+
+
+def test_expected_contradiction_quotes_the_figures_and_is_strict() -> None:
+    claim = Claim.at_most("c", peak("a"), "1KiB", expect_broken="a is too big")
+    broken = evaluate(claim, {"a": _Figures(0, 1025)})
+    assert broken.kind is ClaimKind.BROKEN_AS_EXPECTED and not broken.fails
+    assert broken.message.startswith("a is too big: peak of a 1.0 KiB (1025 B) vs the limit")
+    fixed = evaluate(claim, {"a": _Figures(0, 1024)})
+    assert fixed.kind is ClaimKind.HOLDS_UNEXPECTEDLY and fixed.fails
+
+
+def test_missing_figures_never_hold() -> None:
+    claim = Claim.at_most("c", peak("a"), peak("b"))
+    verdict = evaluate(claim, {"a": _Figures(0, 1)}, {"b": "t.py::b was deselected"})
+    assert verdict.kind is ClaimKind.INCOMPLETE
+    assert verdict.message == "not evaluated: no figures for b (t.py::b was deselected)"
+
+
+@pytest.mark.parametrize(
+    ("exponent", "holds"), [(1.0, True), (1.09, True), (1.11, False), (0.89, False)]
+)
+def test_grows_like_fits_the_exponent(exponent: float, holds: bool) -> None:
+    claim = Claim.grows_like(
+        "c", {1: activation("a"), 4: activation("b")}, exponent=exponent, within=0.1
+    )
+    verdict = evaluate(claim, {"a": _Figures(10, 110), "b": _Figures(10, 410)})
+    assert (verdict.kind is ClaimKind.HOLDS) is holds
+
+
+def test_claims_survive_the_trip_from_a_worker() -> None:
+    declared = [
+        Claim.at_most("a", peak("x"), model("y"), within="0.1% + 1MiB", expect_broken="why"),
+        Claim.at_most("b", peak("x"), "8GiB"),
+        Claim.grows_like("c", {512: activation("x"), 8192: activation("y")}),
+    ]
+    for claim in declared:
+        assert Claim.from_dict(json.loads(json.dumps(claim.to_dict()))) == claim
+
+
+def test_bad_declarations_say_what_is_wrong() -> None:
+    with pytest.raises(ClaimError, match="unknown field; valid fields are peak_bytes"):
+        Figure("k", "peak")
+    with pytest.raises(ClaimError, match="at least two points"):
+        Claim.grows_like("c", {512: activation("x")})

@@ -245,8 +245,7 @@ def test_torch_is_not_imported_without_vram_tests(vram_pytester, run_vram_subpro
     result.assert_outcomes(passed=1)
 
 
-def test_cuda_backend_without_gpu_points_to_the_estimator(vram_pytester, run_vram):
-    torch = pytest.importorskip("torch")
+def test_cuda_backend_without_gpu_points_to_the_estimator(torch, vram_pytester, run_vram):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     vram_pytester.makepyfile(

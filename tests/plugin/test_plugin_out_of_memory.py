@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pytest_vram.measure import is_out_of_memory
 
 OUT_OF_MEMORY = """
@@ -63,8 +61,7 @@ def test_out_of_memory_fails_the_test_with_figures_and_the_fix(vram_pytester, ru
     result.stdout.no_fnmatch_line("leak: *")
 
 
-def test_torch_out_of_memory_error_is_recognised_without_importing_torch_for_it():
-    torch = pytest.importorskip("torch")
+def test_torch_out_of_memory_error_is_recognised_without_importing_torch_for_it(torch):
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(MemoryError())

@@ -1,10 +1,9 @@
-"""What the memory suite shares: the zoo's workloads and one cache of measured figures.
+"""What the memory suite shares: the zoo's workloads, the measured pairs and their keys.
 
 The measuring tests (``test_zoo.py``) each measure one (preset, phase, workload) through
-the ``vram`` fixture and leave the figures here; the claim and budget tests
-(``test_zoo_claims.py``) compare them. A claim test whose figures were not measured in this
-process (``-k claim``, or another xdist worker measured them) measures them itself on the
-same backend. Measurements are byte-reproducible, so both routes give the same verdict.
+the ``vram`` fixture; the claims (``test_zoo_claims.py``) are declarations over those
+figures by key, which the plugin evaluates once per session when every figure is in
+(on the xdist controller too), never measuring again.
 """
 
 from __future__ import annotations
@@ -14,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import model_zoo
-from pytest_vram.backends.base import Backend
-from pytest_vram.measure import Measurement, Meter
+from pytest_vram.measure import Measurement
+
+#: the file whose tests measure the pairs; baseline keys are relative to the rootdir
+ZOO_TESTS = "tests/vram/test_zoo.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,36 +41,14 @@ PAIRS = [(preset, phase) for preset in model_zoo.REAL_PRESETS for phase in model
 PAIR_IDS = [f"{preset}-{phase}" for preset, phase in PAIRS]
 
 
-def measure(meter: Any, preset: str, phase: str, workload: str) -> Measurement:
-    """Build ``phase`` of ``preset`` and run ``workload`` on ``meter`` (a Meter or ``vram``)."""
+def key(workload: str, preset: str, phase: str) -> str:
+    """The baseline key (node id) of the test that measures one pair's workload."""
+    return f"{ZOO_TESTS}::test_{workload}[{preset}-{phase}]"
+
+
+def measure(vram: Any, preset: str, phase: str, workload: str) -> Measurement:
+    """Build ``phase`` of ``preset`` and run ``workload`` with the ``vram`` fixture."""
     work = WORKLOADS[workload]
-    model = meter.build(model_zoo.build_model, preset, phase, device=meter_device(meter))
-    meter.run(work.fn, model, **work.kwargs)
-    return meter.measurements[-1]
-
-
-def meter_device(meter: Any) -> str:
-    return meter.device if hasattr(meter, "device") else meter.backend.device
-
-
-class ZooFigures:
-    """Figures measured in this process, keyed by (preset, phase, workload)."""
-
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
-        self._figures: dict[tuple[str, str, str], Measurement] = {}
-
-    def record(self, preset: str, phase: str, workload: str, figures: Measurement) -> None:
-        self._figures[preset, phase, workload] = figures
-
-    def get(self, preset: str, phase: str, workload: str) -> Measurement:
-        """The figures of one pair, measured now if no test of this process measured them."""
-        key = (preset, phase, workload)
-        if key not in self._figures:
-            meter = Meter(self._backend)
-            meter.start()
-            try:
-                self._figures[key] = measure(meter, preset, phase, workload)
-            finally:
-                meter.finish()
-        return self._figures[key]
+    model = vram.build(model_zoo.build_model, preset, phase, device=vram.device)
+    vram.run(work.fn, model, **work.kwargs)
+    return vram.measurements[-1]

@@ -1,0 +1,231 @@
+"""Claims as plugin feature: find ``vram_claims`` declarations, judge them once, report them.
+
+A test module declares ``vram_claims = [Claim.at_most(...), ...]`` (see ``claims``). The
+module is imported where it is collected (on xdist: on the workers, which send the
+declarations to the controller as plain data). The controller, or the single process,
+gathers every measurement from the test reports, and when the test loop is over judges
+each claim exactly once on those figures, never measuring again. Each result is reported
+through ``pytest_runtest_logreport`` as a test item of its own,
+``<module>::<claim name>``, so that the terminal, ``--junitxml``, ``--vram-json``,
+``--vram-markdown`` and the exit status see it as they see a test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Generator
+from typing import Any
+
+import pytest
+
+from pytest_vram import claims, report
+from pytest_vram.claims import Claim, ClaimKind, ClaimVerdict
+from pytest_vram.figures import Figures
+
+#: Module attribute that holds a module's claim declarations.
+ATTRIBUTE = "vram_claims"
+#: ``config.workeroutput`` key of a worker's declarations.
+WORKEROUTPUT_KEY = "vram_claims"
+#: Name of the ``user_properties`` entry that carries a claim's verdict.
+PROPERTY = "vram_claim"
+
+
+class ClaimHooks:
+    """Collects declarations and figures; on the controller, judges and reports the claims.
+
+    ``owner`` maps a baseline key to the collected test that produces it (None: no
+    collected test does); ``strict`` makes a claim with missing figures fail, not skip.
+    """
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        *,
+        worker: bool,
+        strict: bool,
+        owner: Callable[[str], str | None],
+        results: list[dict[str, Any]],
+    ) -> None:
+        self.config = config
+        self.worker = worker
+        self.strict = strict
+        self.owner = owner
+        #: the session's verdicts as JSON-able dicts (the ``--vram-json`` ``claims`` list)
+        self.results = results
+        self.figures = Figures()
+        #: node id of the declaring module's item -> claim
+        self.declared: dict[str, Claim] = {}
+        #: node id -> outcome of the tests that ran ("passed", "failed", "skipped")
+        self.ran: dict[str, str] = {}
+        self.not_evaluated: list[tuple[str, str]] = []
+
+    # -- declarations ----------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        rep = yield
+        if isinstance(collector, pytest.Module) and rep.passed:
+            declared = getattr(collector.obj, ATTRIBUTE, None)
+            if declared is not None:
+                try:
+                    self._declare(collector.nodeid, declared)
+                except claims.ClaimError as exc:
+                    rep.outcome = "failed"
+                    rep.longrepr = f"{collector.nodeid}: {ATTRIBUTE}: {exc}"
+        return rep
+
+    def _declare(self, module: str, declared: Any) -> None:
+        if not isinstance(declared, (list, tuple)):
+            raise claims.ClaimError(
+                f"must be a list of pytest_vram.claims.Claim, got {type(declared).__name__}"
+            )
+        for item in declared:
+            if not isinstance(item, Claim):
+                raise claims.ClaimError(
+                    f"{item!r} is not a Claim; declare claims with Claim.at_most(...) or "
+                    f"Claim.grows_like(...)"
+                )
+            nodeid = f"{module}::{item.name}"
+            if nodeid in self.declared:
+                raise claims.ClaimError(f"claim name {item.name!r} is declared twice")
+            self.declared[nodeid] = item
+
+    # -- figures ---------------------------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or report.outcome != "passed":  # a setup error counts too
+            self.ran[report.nodeid] = report.outcome
+        if report.when == "teardown":
+            for record in _records(report):
+                self.figures.add(record)
+
+    @pytest.fixture(scope="session")
+    def vram_figures(self) -> Figures:
+        """The figures measured so far in this process, by baseline key:
+        ``vram_figures[key].peak_bytes``. For comparisons across tests, declare a claim
+        (``vram_claims``), which sees every test's figures whatever the order and worker."""
+        return self.figures
+
+    # -- xdist -----------------------------------------------------------------------
+
+    def pytest_sessionfinish(self) -> None:
+        if self.worker:
+            output = self.config.workeroutput  # type: ignore[attr-defined]
+            output[WORKEROUTPUT_KEY] = {k: c.to_dict() for k, c in self.declared.items()}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        data = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY) or {}
+        for nodeid, claim in data.items():
+            self.declared.setdefault(nodeid, Claim.from_dict(claim))
+
+    # -- judging ---------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        result = yield
+        if self.worker or self.config.option.collectonly:
+            return result
+        judged = []
+        for nodeid, claim in sorted(self.declared.items()):
+            owners = {key: self.owner(key) for key in claim.keys}
+            missing = {key: self._why_missing(owner) for key, owner in owners.items()}
+            # A claim is in play when one of its tests ran: `pytest -m "not vram"` or one
+            # unrelated file leaves it out, a partial selection (`-k phase7`) reports it.
+            if any(owner in self.ran for owner in owners.values()):
+                judged.append((nodeid, claims.evaluate(claim, self.figures, missing)))
+            else:
+                reasons = "; ".join(f"{key}: {why}" for key, why in missing.items())
+                self.not_evaluated.append((nodeid, f"none of its tests ran ({reasons})"))
+        # The claims are reported as items of their own: count them for the progress column.
+        session.testscollected += len(judged)
+        for nodeid, verdict in judged:
+            self.results.append({"nodeid": nodeid, **verdict.to_dict()})
+            _report(self.config, nodeid, verdict, strict=self.strict)
+        return result
+
+    def _why_missing(self, owner: str | None) -> str:
+        if owner is None:
+            return "no collected test produces it"
+        outcome = self.ran.get(owner)
+        if outcome is None:
+            return f"{owner} was deselected or did not run"
+        if outcome == "passed":
+            return f"{owner} passed but did not measure it"
+        return f"{owner} {outcome}"
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        # A run that measured nothing (`pytest -m "not vram"`) has nothing to say on claims.
+        if self.worker or not (self.results or (self.not_evaluated and self.figures)):
+            return
+        terminalreporter.section("VRAM claims")
+        for line in summary_lines(self.results, self.not_evaluated):
+            terminalreporter.write_line(line)
+
+
+def _records(rep: pytest.TestReport) -> list[report.Record]:
+    return report.records_from(rep.user_properties)
+
+
+def summary_lines(results: list[dict[str, Any]], not_evaluated: list[tuple[str, str]]) -> list[str]:
+    """One line per judged claim (its kind and figures), one per module for the others."""
+    lines = [f"{r['kind']}: {r['nodeid']}: {r['message']}" for r in results]
+    if len(not_evaluated) == 1:
+        lines.append("not evaluated: {}: {}".format(*not_evaluated[0]))
+    elif not_evaluated:
+        modules: dict[str, int] = {}
+        for nodeid, _ in not_evaluated:
+            module = nodeid.rpartition("::")[0]
+            modules[module] = modules.get(module, 0) + 1
+        lines.extend(
+            f"not evaluated: {n} claims of {module}: none of the tests they read ran"
+            for module, n in sorted(modules.items())
+        )
+    return lines
+
+
+def markdown_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The claims as a Markdown table (empty without claims)."""
+    if not results:
+        return []
+    lines = ["", "### Claims", "", "| claim | result | figures |", "| --- | --- | --- |"]
+    for r in results:
+        message = r["message"].replace("|", "\\|")
+        lines.append(f"| `{r['nodeid']}` | {r['kind']} | {message} |")
+    return lines
+
+
+def _report(config: pytest.Config, nodeid: str, verdict: ClaimVerdict, *, strict: bool) -> None:
+    """Hand the verdict to every reporter as the setup, call and teardown of a test."""
+    path, _, name = nodeid.rpartition("::")
+    location = (path, None, name)
+    extra: dict[str, Any] = {}
+    outcome, longrepr = "passed", None
+    if verdict.kind is ClaimKind.BROKEN_AS_EXPECTED:
+        outcome, extra["wasxfail"] = "skipped", verdict.message
+    elif verdict.kind is ClaimKind.HOLDS_UNEXPECTEDLY:
+        outcome, longrepr = "failed", f"[XPASS(strict)] {nodeid}: {verdict.message}"
+    elif verdict.kind is ClaimKind.BROKEN:
+        outcome, longrepr = "failed", f"{nodeid}: {verdict.message}"
+    elif verdict.kind is ClaimKind.INCOMPLETE and strict:
+        outcome = "failed"
+        longrepr = f"{nodeid}: {verdict.message} (strict mode: every claim must be decided)"
+    elif verdict.kind is ClaimKind.INCOMPLETE:
+        outcome, longrepr = "skipped", (path, None, f"Skipped: {verdict.message}")
+    prop = [(PROPERTY, json.dumps(verdict.to_dict(), sort_keys=True))]
+    hook = config.hook
+    hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+    for when, rep_outcome, rep_longrepr, props, kw in (
+        ("setup", "passed", None, [], {}),
+        ("call", outcome, longrepr, [], extra),
+        ("teardown", "passed", None, prop, {}),  # where JUnit XML reads properties
+    ):
+        rep = pytest.TestReport(
+            nodeid, location, {name: 1, "vram": 1}, rep_outcome, rep_longrepr, when,
+            user_properties=props, **kw,
+        )  # fmt: skip
+        hook.pytest_runtest_logreport(report=rep)
+    hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)

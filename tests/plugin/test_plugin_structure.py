@@ -1,0 +1,68 @@
+"""How the plugin is put together: markers evaluated once, verdicts that keep their kind,
+feature hooks registered only where they are needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_vram import marks
+from pytest_vram.report import Record
+from pytest_vram.verdicts import Kind
+
+
+def test_markers_are_evaluated_once_per_test(vram_pytester, run_vram, monkeypatch):
+    calls: list[str] = []
+    evaluate = marks.evaluate
+
+    def counting(item: pytest.Item) -> marks.VramMark | None:
+        calls.append(item.nodeid)
+        return evaluate(item)
+
+    monkeypatch.setattr(marks, "evaluate", counting)
+    vram_pytester.makepyfile(
+        test_m="""
+        import pytest
+
+        @pytest.mark.vram(budget="1GiB")
+        def test_a(vram):
+            vram.run(vram.backend.spike, 1)
+
+        def test_b(vram):
+            vram.run(vram.backend.spike, 1)
+        """
+    )
+    run_vram().assert_outcomes(passed=2)
+    assert sorted(calls) == ["test_m.py::test_a", "test_m.py::test_b"]
+
+
+def test_a_record_reads_its_verdict_back_as_a_kind():
+    record = Record.from_dict(
+        {
+            "key": "t.py::a", "nodeid": "t.py::a", "name": None, "profile": "p",
+            "baseline_path": "b", "params": None, "model_bytes": 0, "peak_bytes": 1,
+            "context": {}, "tolerance": "0B", "budget": None, "baseline_model_bytes": 0,
+            "baseline_peak_bytes": 2,
+            "verdicts": [{"kind": "over budget", "summary": "", "detail": "", "fails": True}],
+        }
+    )  # fmt: skip
+    assert record.kind is Kind.OVER_BUDGET
+
+
+def test_feature_hooks_are_registered_only_where_needed(vram_pytester):
+    vram_pytester.makeconftest(
+        """
+        def pytest_sessionstart(session):
+            config = session.config
+            names = {"vram-claims", "vram-benchmark"}
+            found = {n for n in names if config.pluginmanager.get_plugin(n) is not None}
+            print("FEATURES", sorted(found))
+        """
+    )
+    vram_pytester.makepyfile(test_x="def test_x(): pass")
+    from vram_testing import QUIET, plugin_args
+
+    without = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "-p", "no:benchmark")
+    without.stdout.fnmatch_lines(["FEATURES ['vram-claims']"])
+    pytest.importorskip("pytest_benchmark")
+    with_benchmark = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
+    with_benchmark.stdout.fnmatch_lines(["FEATURES ['vram-benchmark', 'vram-claims']"])
