@@ -155,14 +155,18 @@ class _Resolver(BaseResolver):
     """
 
 
-for _tag, _regexp, _first in (
-    ("bool", r"^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",
-     "yYnNtTfFoO"),
-    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
-    ("int", rf"^[-+]?[0-9]{{1,{MAX_INT_DIGITS}}}$", "-+0123456789"),
-    ("float", rf"^[-+]?(?:[0-9]{{1,{MAX_INT_DIGITS}}}\.[0-9]{{0,{MAX_INT_DIGITS}}}|\.[0-9]{{1,{MAX_INT_DIGITS}}})$",
-     "-+0123456789."),
-):
+_DIGITS = f"[0-9]{{1,{MAX_INT_DIGITS}}}"
+_IMPLICIT = (
+    (
+        "bool",
+        "^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",
+        "yYnNtTfFoO",
+    ),
+    ("null", "^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("int", f"^[-+]?{_DIGITS}$", "-+0123456789"),
+    ("float", rf"^[-+]?(?:{_DIGITS}\.[0-9]{{0,{MAX_INT_DIGITS}}}|\.{_DIGITS})$", "-+0123456789."),
+)
+for _tag, _regexp, _first in _IMPLICIT:
     _Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp), list(_first))
 
 
@@ -197,8 +201,8 @@ class _BoundedComposer(Composer):
             )
         if getattr(event, "tag", None) is not None:
             raise _Refused(
-                f"tag {_short_tag(event.tag)} is not allowed in a baseline file; remove it (figures are "
-                f"plain integers, tolerances plain strings)",
+                f"tag {_short_tag(event.tag)} is not allowed in a baseline file; remove it "
+                f"(figures are plain integers, tolerances plain strings)",
                 event.start_mark,
             )
         if self._depth >= MAX_DEPTH:

@@ -432,7 +432,7 @@ def test_failed_write_leaves_old_file_and_no_temp_file(
 
     monkeypatch.setattr(baselines.os, failing, boom)
     # An OSError becomes a BaselineError that names the file (the plugin reports it).
-    with pytest.raises(BaselineError, match=r"scripted\.yaml|cannot write the baseline file.*disk full"):
+    with pytest.raises(BaselineError, match=r"cannot write the baseline file \(disk full"):
         write(make_file(path, {"tests/other.py::t": Entry(1, 2)}))
     monkeypatch.undo()
     assert path.read_text() == EXAMPLE
