@@ -24,6 +24,7 @@ class Vram:
         self._base_key = base_key
         self.leaked_bytes: int | None = None
         self._failed_traceback: TracebackType | None = None
+        self._finished = False
 
     @property
     def backend(self) -> Backend:
@@ -46,6 +47,7 @@ class Vram:
         What it leaves allocated counts as model bytes of every later ``run``; an
         ``nn.Module`` result adds its parameter count to the measurement.
         """
+        self._check_open()
         return self._meter.build(fn, *args, **kwargs)
 
     def run(self, fn: Callable[..., T], *args: Any, name: str | None = None, **kwargs: Any) -> T:
@@ -54,6 +56,7 @@ class Vram:
         One ``run`` per test is keyed by the test's node id; several need a distinct
         ``name`` each and are keyed ``f"{nodeid}::{name}"``.
         """
+        self._check_open()
         self._check_name(name)
         return self._meter.run(fn, *args, name=name, **kwargs)
 
@@ -82,8 +85,17 @@ class Vram:
         if self._failed_traceback is not None:
             release_frames(self._failed_traceback)
             self._failed_traceback = None
+        self._finished = True
         self.leaked_bytes = self._meter.finish()
         return self.leaked_bytes
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise VramUsageError(
+                f"this `vram` object belongs to {self._base_key}, which has finished; take "
+                f"the `vram` fixture as an argument of every test that measures (do not keep "
+                f"it in a global or a wider-scoped fixture)"
+            )
 
     def _check_name(self, name: str | None) -> None:
         taken = [m.name for m in self._meter.measurements]
