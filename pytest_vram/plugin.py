@@ -334,6 +334,8 @@ class VramPlugin:
         self.shared_keys: dict[str, list[str]] = {}
         #: node ids whose call phase passed (a test that measured nothing is one of them)
         self.completed: set[str] = set()
+        #: profile -> baseline path shown, of every profile a vram test used
+        self.used_profiles: dict[str, str] = {}
 
     # -- backend and baselines, created on first use --------------------------------
 
@@ -428,6 +430,7 @@ class VramPlugin:
         """Merge a worker's collection into the controller's."""
         self.collected_files.update(data["files"])
         self.owners.update(data["owners"])
+        self.used_profiles.update(data.get("profiles", {}))
 
     # -- one test ---------------------------------------------------------------------
 
@@ -460,7 +463,9 @@ class VramPlugin:
         """Fixture setup: start counting for ``item``."""
         mark = item.stash.get(MARK_KEY, None) or marks.VramMark()
         backend = self.backend()
-        self.baseline(self.profile())  # a malformed file fails before the workload runs
+        profile = self.profile()
+        self.baseline(profile)  # a malformed file fails before the workload runs
+        self.used_profiles[profile] = self.display(self.baseline_path(profile))
         meter = Meter(backend)
         meter.start()
         probe = Vram(meter, mark.key or item.nodeid)
@@ -567,7 +572,8 @@ class VramPlugin:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.worker:
-            xdist.send(self.config, {"files": sorted(self.collected_files), "owners": self.owners})
+            data = {"files": sorted(self.collected_files), "owners": self.owners}
+            xdist.send(self.config, {**data, "profiles": self.used_profiles})
             return
         # Under xdist records arrive in completion order; sorted, the table, the JSON and the
         # Markdown read the same from run to run.
@@ -596,7 +602,11 @@ class VramPlugin:
 
     def _profiles(self) -> dict[str, str]:
         """profile -> baseline path shown to users, for every profile measured or chosen."""
-        profiles = {r.profile: r.baseline_path for r in self.outcome.records}
+        # A profile whose tests all stopped measuring has no record but may have stale entries.
+        profiles = {
+            **self.used_profiles,
+            **{r.profile: r.baseline_path for r in self.outcome.records},
+        }
         if self.settings.profile and self.settings.profile not in profiles:
             with contextlib.suppress(BaselineError):  # reported by every vram test already
                 path = self.baseline_path(self.settings.profile)
