@@ -107,11 +107,22 @@ def test_update_refuses_a_read_only_baseline(vram_pytester, run_vram):
 # --------------------------------------------------------------------------- case 4
 
 
+_NOT_BYTES = "peak_bytes must be a non-negative integer number of bytes, got"
+
+
 @pytest.mark.parametrize(
-    "value",
-    ["2024-13-45", '!!int "abc"', "!!float abc", "!!timestamp x", "9" * 5000, "52:25:48"],
+    ("value", "message"),
+    [
+        ("2024-13-45", f"{_NOT_BYTES} '2024-13-45'"),
+        ('!!int "abc"', "invalid YAML: tag !!int is not allowed*"),
+        ("!!float abc", "invalid YAML: tag !!float is not allowed*"),
+        ("!!timestamp x", "invalid YAML: tag !!timestamp is not allowed*"),
+        ("9" * 5000, f"{_NOT_BYTES} '9999*"),
+        ("52:25:48", f"{_NOT_BYTES} '52:25:48'"),  # not the base-60 number 188748
+    ],
+    ids=["date", "int-tag", "float-tag", "timestamp-tag", "5000-digits", "base-60"],
 )
-def test_bad_yaml_value_names_the_file_also_with_a_profile(vram_pytester, run_vram, value):
+def test_bad_yaml_value_names_the_file_also_with_a_profile(vram_pytester, run_vram, value, message):
     vram_pytester.makepyfile(test_r=ONE_TEST)
     path = vram_pytester.path / "baselines" / "scripted.yaml"
     path.parent.mkdir()
@@ -120,7 +131,7 @@ def test_bad_yaml_value_names_the_file_also_with_a_profile(vram_pytester, run_vr
     )
     result = run_vram("--vram-profile=scripted", "--vram-json=out.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*baselines/scripted.yaml*"])
+    result.stdout.fnmatch_lines([f"*baselines/scripted.yaml*: {message}*"])
     assert (vram_pytester.path / "out.json").exists()  # session finish completed
     no_traceback(result)
 
