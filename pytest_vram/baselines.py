@@ -72,6 +72,30 @@ class BaselineFile:
     #: The text it was parsed from (None if built in memory): lets an update under the lock
     #: see that the file did not change since and skip parsing it again.
     source: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: The comments people wrote in the file, kept across ``--vram-update``.
+    comments: Comments | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+#: Where a comment sits: the keys leading to the line it belongs to, e.g.
+#: ``("entries", "tests/a.py::test_x", "peak_bytes")``.
+KeyPath = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Comments:
+    """Comments of a baseline file, attached to keys so that they move with their entry.
+
+    A comment line belongs to the key on the next line (``before``), a comment at the end
+    of a line to that line's key (``inline``); comments after the last key are ``trailing``.
+    Blank lines are not kept: the file is rewritten in its canonical form.
+    """
+
+    before: dict[KeyPath, list[str]]
+    inline: dict[KeyPath, str]
+    trailing: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.before or self.inline or self.trailing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,13 +326,20 @@ def parse(text: str, path: Path) -> BaselineFile:
     path = Path(path)
     if len(text) > MAX_FILE_BYTES:
         raise BaselineError(f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB")
-    data = _load_yaml(text, path)
-    return dataclasses.replace(_validate_file(data, path), source=text)
+    data, node = _load_yaml(text, path)
+    comments = _comments(text, node) if "#" in text else None
+    return dataclasses.replace(_validate_file(data, path), source=text, comments=comments)
 
 
-def _load_yaml(text: str, path: Path) -> Any:
+def _load_yaml(text: str, path: Path) -> tuple[Any, Node | None]:
+    """The document's data and its node tree (which knows the line of every key)."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader-level loader
+        loader = _StrictLoader(text)
+        try:
+            node = loader.get_single_node()
+            return (None if node is None else loader.construct_document(node)), node
+        finally:
+            loader.dispose()
     except _DuplicateKey as dup:
         raise BaselineError(_duplicate_message(path, dup)) from None
     except _Refused as exc:
@@ -325,6 +356,52 @@ def _load_yaml(text: str, path: Path) -> Any:
         raise BaselineError(
             f"{path}: invalid YAML value: {type(exc).__name__}: {exc}"[:500]
         ) from None
+
+
+def _comments(text: str, root: Node | None) -> Comments:
+    """Find the comments of ``text`` and the key each belongs to (see :class:`Comments`)."""
+    lines = text.splitlines()
+    keys: dict[int, KeyPath] = {}  # line -> the first key on it
+    inline_from: dict[int, int] = {}  # line -> column after which a comment may follow
+    inside: set[int] = set()  # lines within a multi-line scalar: a '#' there is text
+
+    def walk(node: Node, where: KeyPath) -> None:
+        if isinstance(node, ScalarNode) and node.end_mark.line > node.start_mark.line:
+            inside.update(range(node.start_mark.line + 1, node.end_mark.line + 1))
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                path = (*where, str(key_node.value))
+                line = key_node.start_mark.line
+                keys.setdefault(line, path)
+                end = value_node if isinstance(value_node, ScalarNode) else key_node
+                if end.end_mark.line == line:
+                    inline_from.setdefault(line, end.end_mark.column)
+                walk(key_node, where)
+                walk(value_node, path)
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*where, str(index)))
+
+    if root is not None:
+        walk(root, ())
+    before: dict[KeyPath, list[str]] = {}
+    inline: dict[KeyPath, str] = {}
+    pending: list[str] = []
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if number in inside:
+            continue
+        if stripped.startswith("#"):
+            pending.append(stripped)
+            continue
+        if number in keys:
+            if pending:
+                before.setdefault(keys[number], []).extend(pending)
+                pending = []
+            rest = line[inline_from.get(number, len(line)) :].lstrip().lstrip(":").strip()
+            if rest.startswith("#"):
+                inline[keys[number]] = rest
+    return Comments(before, inline, pending)
 
 
 def _where(mark: Any) -> str:
@@ -522,6 +599,11 @@ def dump(baseline: BaselineFile) -> str:
     document["entries"] = {
         key: _entry_document(baseline.entries[key]) for key in sorted(baseline.entries)
     }
+    text = _canonical(document)
+    return _with_comments(text, document, baseline.comments) if baseline.comments else text
+
+
+def _canonical(document: dict[str, Any]) -> str:
     return yaml.dump(
         document,
         Dumper=_Dumper,
@@ -531,6 +613,35 @@ def dump(baseline: BaselineFile) -> str:
         width=10**9,  # never fold a long test id over two lines
         explicit_end=False,
     )
+
+
+def _with_comments(text: str, document: dict[str, Any], comments: Comments) -> str:
+    """``text`` (the canonical dump of ``document``) with ``comments`` put back at their keys.
+
+    Comments whose key is gone (a pruned entry) go with it.
+    """
+    lines = text.splitlines()
+    paths = list(_key_paths(document, ()))
+    out: list[str] = []
+    if len(paths) != len(lines):  # a key PyYAML wrote on two lines: keep the notes at the end
+        flat = [c for group in comments.before.values() for c in group]
+        flat += list(comments.inline.values()) + comments.trailing
+        return text + "".join(f"{c}\n" for c in flat)
+    for line, path in zip(lines, paths, strict=True):
+        indent = line[: len(line) - len(line.lstrip(" "))]
+        out.extend(f"{indent}{c}" for c in comments.before.get(path, ()))
+        note = comments.inline.get(path)
+        out.append(f"{line}  {note}" if note else line)
+    out.extend(comments.trailing)
+    return "\n".join(out) + "\n"
+
+
+def _key_paths(mapping: dict[str, Any], where: KeyPath) -> Iterator[KeyPath]:
+    # One line per key in the canonical block style; a non-empty mapping's keys follow it.
+    for key, value in mapping.items():
+        yield (*where, key)
+        if isinstance(value, dict) and value:
+            yield from _key_paths(value, (*where, key))
 
 
 def _entry_document(entry: Entry) -> dict[str, Any]:
@@ -749,6 +860,7 @@ def _merge(
                 # changes nothing leaves the file (and its provenance) alone.
                 recorded_with=dict(recorded_with),
                 tolerance=existing.tolerance if existing else None,
+                comments=existing.comments if existing else None,
             )
         )
     return UpdateResult(path, added, changed, unchanged, removed, written)
