@@ -757,6 +757,9 @@ def locked(path: Path) -> Iterator[None]:
     lock_file = lock_path(path)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
+        # filelock retries a lock file it cannot open until the timeout, as if another
+        # process held it; opening it first turns a read-only directory into an error now.
+        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
         lock = filelock.FileLock(lock_file, timeout=LOCK_TIMEOUT_S)
         lock.acquire()
     except filelock.Timeout:

@@ -18,7 +18,7 @@ import pytest
 from vram_testing import QUIET, SCRIPTED, load, plugin_args
 
 from pytest_vram import baselines
-from pytest_vram.baselines import Entry
+from pytest_vram.baselines import BaselineError, Entry
 
 PAIRS = 20
 RECORDED = {"backend": "scripted"}
@@ -84,7 +84,7 @@ def test_conflict_is_said_in_the_session_output(vram_pytester, run_vram):
         test_r="""
         from pathlib import Path
         from pytest_vram import baselines
-        from pytest_vram.baselines import Entry
+        from pytest_vram.baselines import BaselineError, Entry
 
         def test_a(vram):
             vram.run(vram.backend.spike, 4096)
@@ -159,3 +159,13 @@ def test_lock_file_lies_beside_the_baseline(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
     baselines.update(path, "scripted", {"k": Entry(0, 1)}, recorded_with=RECORDED)
     assert baselines.lock_path(path) == tmp_path / ".scripted.yaml.lock"
+
+
+def test_unopenable_lock_file_is_an_error_at_once(tmp_path: Path) -> None:
+    # What a read-only baselines directory gives: filelock alone would wait out its timeout
+    # (120 s) and then blame another run.
+    path = tmp_path / "scripted.yaml"
+    baselines.lock_path(path).mkdir()  # a directory cannot be opened as the lock file
+    with pytest.raises(BaselineError, match=r"cannot write the baseline file \(Is a directory"):
+        baselines.update(path, "scripted", {"k": Entry(0, 1)}, recorded_with=RECORDED)
+    assert not path.exists()
