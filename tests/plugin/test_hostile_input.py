@@ -247,3 +247,15 @@ def test_fuzz_size_and_tolerance_values_give_a_value_or_a_unit_error(value: obje
             parse(value, what="--vram-x")  # type: ignore[arg-type]
         except UnitError as exc:
             assert "--vram-x" in str(exc) or "Tolerance" in str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=40), _values))
+def test_fuzz_profile_names_give_a_path_or_a_baseline_error(name: object) -> None:
+    # --vram-profile, ini vram_profile and a backend's profile() all go through this check.
+    try:
+        path = baselines.profile_path(Path("baselines"), name)  # type: ignore[arg-type]
+    except BaselineError as exc:
+        assert "is not a safe file name" in str(exc)
+    else:
+        assert path.parent == Path("baselines") and path.name == f"{name}.yaml"
