@@ -362,20 +362,18 @@ def _comments(text: str, root: Node | None) -> Comments:
     """Find the comments of ``text`` and the key each belongs to (see :class:`Comments`)."""
     lines = text.splitlines()
     keys: dict[int, KeyPath] = {}  # line -> the first key on it
-    inline_from: dict[int, int] = {}  # line -> column after which a comment may follow
+    ends: dict[int, int] = {}  # line -> column where its last node ends: a comment follows
     inside: set[int] = set()  # lines within a multi-line scalar: a '#' there is text
 
     def walk(node: Node, where: KeyPath) -> None:
-        if isinstance(node, ScalarNode) and node.end_mark.line > node.start_mark.line:
-            inside.update(range(node.start_mark.line + 1, node.end_mark.line + 1))
+        line = node.end_mark.line
+        ends[line] = max(ends.get(line, 0), node.end_mark.column)
+        if isinstance(node, ScalarNode) and line > node.start_mark.line:
+            inside.update(range(node.start_mark.line + 1, line + 1))
         if isinstance(node, MappingNode):
             for key_node, value_node in node.value:
                 path = (*where, str(key_node.value))
-                line = key_node.start_mark.line
-                keys.setdefault(line, path)
-                end = value_node if isinstance(value_node, ScalarNode) else key_node
-                if end.end_mark.line == line:
-                    inline_from.setdefault(line, end.end_mark.column)
+                keys.setdefault(key_node.start_mark.line, path)
                 walk(key_node, where)
                 walk(value_node, path)
         elif isinstance(node, SequenceNode):
@@ -398,7 +396,7 @@ def _comments(text: str, root: Node | None) -> Comments:
             if pending:
                 before.setdefault(keys[number], []).extend(pending)
                 pending = []
-            rest = line[inline_from.get(number, len(line)) :].lstrip().lstrip(":").strip()
+            rest = line[ends.get(number, len(line)) :].lstrip().lstrip(":").strip()
             if rest.startswith("#"):
                 inline[keys[number]] = rest
     return Comments(before, inline, pending)

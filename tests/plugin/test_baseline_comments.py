@@ -83,6 +83,19 @@ def test_comments_are_put_at_their_key_in_canonical_order(tmp_path: Path) -> Non
     )
 
 
+def test_comment_after_a_flow_style_entry_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "scripted.yaml"
+    path.write_text(
+        "profile: scripted\nentries:\n"
+        "  a.py::t: {model_bytes: 0, peak_bytes: 1}  # hand-written, flow style\n"
+    )
+    baselines.update(path, "scripted", {"a.py::t": Entry(0, 2)}, recorded_with={})
+    assert path.read_text() == (
+        "profile: scripted\nentries:\n  a.py::t:  # hand-written, flow style\n"
+        "    model_bytes: 0\n    peak_bytes: 2\n    activation_bytes: 2\n"
+    )
+
+
 def test_unchanged_commented_file_keeps_its_bytes(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
     path.write_text(COMMENTED)
