@@ -8,17 +8,26 @@ baseline change reads as a clean diff in review. See ``docs/baselines.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import filelock
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
 from yaml.emitter import ScalarEvent
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import BaseResolver
+from yaml.scanner import Scanner
 
 from pytest_vram.units import Tolerance, UnitError, parse_size, parse_tolerance
 
@@ -60,6 +69,33 @@ class BaselineFile:
     recorded_with: dict[str, str]
     #: File-wide default tolerance (entries and markers may override it).
     tolerance: Tolerance | None = None
+    #: The text it was parsed from (None if built in memory): lets an update under the lock
+    #: see that the file did not change since and skip parsing it again.
+    source: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: The comments people wrote in the file, kept across ``--vram-update``.
+    comments: Comments | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+#: Where a comment sits: the keys leading to the line it belongs to, e.g.
+#: ``("entries", "tests/a.py::test_x", "peak_bytes")``.
+KeyPath = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Comments:
+    """Comments of a baseline file, attached to keys so that they move with their entry.
+
+    A comment line belongs to the key on the next line (``before``), a comment at the end
+    of a line to that line's key (``inline``); comments after the last key are ``trailing``.
+    Blank lines are not kept: the file is rewritten in its canonical form.
+    """
+
+    before: dict[KeyPath, list[str]]
+    inline: dict[KeyPath, str]
+    trailing: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.before or self.inline or self.trailing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +117,9 @@ class UpdateResult:
     unchanged: list[str]
     removed: list[Change]
     written: bool
+    #: measured entries another run changed after this one read the file: ``old`` is that
+    #: run's figures, ``new`` this run's, which replaced them (last writer wins)
+    conflicts: list[Change] = dataclasses.field(default_factory=list)
 
     @property
     def touched(self) -> bool:
@@ -106,26 +145,129 @@ def check_profile_name(profile: str) -> None:
 # --------------------------------------------------------------------------- loading
 
 
+#: Input bounds. A real baseline nests four levels deep (file, entries, entry, field) and
+#: holds a few hundred bytes per entry; anything far beyond is a mistake or an attack, and is
+#: refused with a message instead of exhausting the stack, the memory or the CPU.
+MAX_FILE_BYTES = 64 * 1024**2
+MAX_DEPTH = 16
+#: Digits of an integer YAML reads as a number; longer ones stay strings and fail validation.
+MAX_INT_DIGITS = 20
+#: Largest figure a baseline may hold (16 EiB): larger sizes are typos, not memory.
+MAX_COUNT = 2**64
+
+
 class _DuplicateKey(Exception):
     def __init__(self, where: tuple[str, ...], key: str, first_line: int, line: int) -> None:
         super().__init__(key)
         self.where, self.key, self.first_line, self.line = where, key, first_line, line
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys.
+class _Refused(Exception):
+    """YAML that is valid but never needed in a baseline file (alias, tag, deep nesting)."""
 
-    PyYAML silently keeps the last of two equal keys; in a baseline file that would hide
-    one of two recorded figures (typically after a bad merge), so it is an error here.
-    The check runs on the composed node tree, where the path to the mapping is known and
-    the message can name the entry.
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+class _Resolver(BaseResolver):
+    """Plain scalars read as null, booleans, decimal integers and decimal floats only.
+
+    YAML 1.1 also reads ``2024-13-45`` as a date, ``52:25:48`` as the base-60 number 188748
+    and ``0x1F`` as hex; in a baseline those are typos, so they stay strings here and fail
+    validation with a message that shows them.
     """
+
+
+_DIGITS = f"[0-9]{{1,{MAX_INT_DIGITS}}}"
+_IMPLICIT = (
+    (
+        "bool",
+        "^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",
+        "yYnNtTfFoO",
+    ),
+    ("null", "^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("int", f"^[-+]?{_DIGITS}$", "-+0123456789"),
+    ("float", rf"^[-+]?(?:{_DIGITS}\.[0-9]{{0,{MAX_INT_DIGITS}}}|\.{_DIGITS})$", "-+0123456789."),
+)
+for _tag, _regexp, _first in _IMPLICIT:
+    _Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp), list(_first))
+
+
+class _BoundedComposer(Composer):
+    """Composer that refuses aliases, anchors, explicit tags, deep nesting, duplicate keys.
+
+    Baselines never need aliases or tags; refusing them keeps a 500-byte alias bomb from
+    expanding into gigabytes and ``!!timestamp x`` from reaching a constructor that raises.
+    Duplicate keys are refused because PyYAML silently keeps the last one, which would hide
+    one of two recorded figures after a bad merge.
+    """
+
+    _depth = 0
 
     def compose_document(self) -> Node | None:  # type: ignore[override]
         node = super().compose_document()
         if node is not None:
             _check_duplicates(node, ())
         return node
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            raise _Refused(
+                f"alias *{event.anchor} is not allowed in a baseline file; write the value out",
+                event.start_mark,
+            )
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                f"anchor &{event.anchor} is not allowed in a baseline file; remove it",
+                event.start_mark,
+            )
+        if getattr(event, "tag", None) is not None:
+            raise _Refused(
+                f"tag {_short_tag(event.tag)} is not allowed in a baseline file; remove it "
+                f"(figures are plain integers, tolerances plain strings)",
+                event.start_mark,
+            )
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                f"nested deeper than {MAX_DEPTH} levels; a baseline file needs 4 "
+                f"(file, entries, entry, field)",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len("tag:yaml.org,2002:") :] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+class _PyLoader(Reader, Scanner, Parser, _BoundedComposer, SafeConstructor, _Resolver):
+    def __init__(self, stream: str) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _BoundedComposer.__init__(self)
+        SafeConstructor.__init__(self)
+        _Resolver.__init__(self)
+
+
+_StrictLoader: type = _PyLoader
+if getattr(yaml, "__with_libyaml__", False):
+    # libyaml's parser reads about three times faster than the pure Python one; composing
+    # stays in Python (first in the MRO) so that the bounds above apply either way.
+    class _CLoader(_BoundedComposer, yaml._yaml.CParser, SafeConstructor, _Resolver):  # type: ignore[misc, name-defined]
+        def __init__(self, stream: str) -> None:
+            yaml._yaml.CParser.__init__(self, stream)  # type: ignore[attr-defined]
+            _BoundedComposer.__init__(self)
+            SafeConstructor.__init__(self)
+            _Resolver.__init__(self)
+
+    _StrictLoader = _CLoader
 
 
 def _check_duplicates(node: Node, where: tuple[str, ...]) -> None:
@@ -149,38 +291,119 @@ def load(path: Path) -> BaselineFile | None:
     """Read and validate a baseline file; None if it does not exist.
 
     Raises BaselineError for YAML syntax errors (with the line), duplicate keys, wrong
-    types, unknown keys, a profile that does not match the file name, or an
-    ``activation_bytes`` that disagrees with ``peak_bytes - model_bytes``.
+    types, unknown keys, a profile that does not match the file name, an
+    ``activation_bytes`` that disagrees with ``peak_bytes - model_bytes``, or input beyond
+    the bounds (size, depth, aliases, tags).
     """
     path = Path(path)
+    text = read_text(path)
+    return None if text is None else parse(text, path)
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text, None if it does not exist; BaselineError if unreadable or too big."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise BaselineError(f"{path}: cannot read baseline file: {exc}") from exc
-    return parse(text, path)
+    if len(data) > MAX_FILE_BYTES:
+        raise BaselineError(
+            f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB; a baseline file holds a few "
+            f"hundred bytes per measurement: split the suite into several profiles"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BaselineError(f"{path}: cannot read baseline file: {exc}") from exc
 
 
 def parse(text: str, path: Path) -> BaselineFile:
     """Validate baseline ``text`` as if read from ``path`` (which names it in errors)."""
     path = Path(path)
-    data = _load_yaml(text, path)
-    return _validate_file(data, path)
+    if len(text) > MAX_FILE_BYTES:
+        raise BaselineError(f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB")
+    data, node = _load_yaml(text, path)
+    comments = _comments(text, node) if "#" in text else None
+    return dataclasses.replace(_validate_file(data, path), source=text, comments=comments)
 
 
-def _load_yaml(text: str, path: Path) -> Any:
+def _load_yaml(text: str, path: Path) -> tuple[Any, Node | None]:
+    """The document's data and its node tree (which knows the line of every key)."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _StrictLoader(text)
+        try:
+            node = loader.get_single_node()
+            return (None if node is None else loader.construct_document(node)), node
+        finally:
+            loader.dispose()
     except _DuplicateKey as dup:
         raise BaselineError(_duplicate_message(path, dup)) from None
+    except _Refused as exc:
+        raise BaselineError(f"{path}{_where(exc.mark)}: invalid YAML: {exc.message}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise BaselineError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise BaselineError(f"{path}{_where(mark)}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise BaselineError(f"{path}: invalid YAML: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        # The bounds above should leave no constructor error; if one gets through, it is
+        # still reported against the file, never as a traceback.
+        raise BaselineError(
+            f"{path}: invalid YAML value: {type(exc).__name__}: {exc}"[:500]
+        ) from None
+
+
+def _comments(text: str, root: Node | None) -> Comments:
+    """Find the comments of ``text`` and the key each belongs to (see :class:`Comments`)."""
+    lines = text.splitlines()
+    keys: dict[int, KeyPath] = {}  # line -> the first key on it
+    ends: dict[int, int] = {}  # line -> column where its last node ends: a comment follows
+    inside: set[int] = set()  # lines within a multi-line scalar: a '#' there is text
+
+    def walk(node: Node, where: KeyPath) -> None:
+        line = node.end_mark.line
+        ends[line] = max(ends.get(line, 0), node.end_mark.column)
+        if isinstance(node, ScalarNode) and line > node.start_mark.line:
+            inside.update(range(node.start_mark.line + 1, line + 1))
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                path = (*where, str(key_node.value))
+                keys.setdefault(key_node.start_mark.line, path)
+                walk(key_node, where)
+                walk(value_node, path)
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*where, str(index)))
+
+    if root is not None:
+        walk(root, ())
+    before: dict[KeyPath, list[str]] = {}
+    inline: dict[KeyPath, str] = {}
+    pending: list[str] = []
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if number in inside:
+            continue
+        if stripped.startswith("#"):
+            pending.append(stripped)
+            continue
+        if number in keys:
+            if pending:
+                before.setdefault(keys[number], []).extend(pending)
+                pending = []
+            rest = line[ends.get(number, len(line)) :].lstrip().lstrip(":").strip()
+            if rest.startswith("#"):
+                inline[keys[number]] = rest
+    return Comments(before, inline, pending)
+
+
+def _where(mark: Any) -> str:
+    return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def _duplicate_message(path: Path, dup: _DuplicateKey) -> str:
@@ -310,9 +533,12 @@ _BYTES = "a non-negative integer number of bytes"
 
 def _count(value: Any, where: str, field: str, expected: str) -> int:
     # bool is an int subclass: "peak_bytes: yes" must not read as 1 byte.
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
         return value
-    raise BaselineError(f"{where}: {field} must be {expected}, got {value!r}{_hint(value)}")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= MAX_COUNT:
+        expected += " below 2**64"
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:60] + "..."
+    raise BaselineError(f"{where}: {field} must be {expected}, got {shown}{_hint(value)}")
 
 
 def _hint(value: Any) -> str:
@@ -371,6 +597,11 @@ def dump(baseline: BaselineFile) -> str:
     document["entries"] = {
         key: _entry_document(baseline.entries[key]) for key in sorted(baseline.entries)
     }
+    text = _canonical(document)
+    return _with_comments(text, document, baseline.comments) if baseline.comments else text
+
+
+def _canonical(document: dict[str, Any]) -> str:
     return yaml.dump(
         document,
         Dumper=_Dumper,
@@ -380,6 +611,35 @@ def dump(baseline: BaselineFile) -> str:
         width=10**9,  # never fold a long test id over two lines
         explicit_end=False,
     )
+
+
+def _with_comments(text: str, document: dict[str, Any], comments: Comments) -> str:
+    """``text`` (the canonical dump of ``document``) with ``comments`` put back at their keys.
+
+    Comments whose key is gone (a pruned entry) go with it.
+    """
+    lines = text.splitlines()
+    paths = list(_key_paths(document, ()))
+    out: list[str] = []
+    if len(paths) != len(lines):  # a key PyYAML wrote on two lines: keep the notes at the end
+        flat = [c for group in comments.before.values() for c in group]
+        flat += list(comments.inline.values()) + comments.trailing
+        return text + "".join(f"{c}\n" for c in flat)
+    for line, path in zip(lines, paths, strict=True):
+        indent = line[: len(line) - len(line.lstrip(" "))]
+        out.extend(f"{indent}{c}" for c in comments.before.get(path, ()))
+        note = comments.inline.get(path)
+        out.append(f"{line}  {note}" if note else line)
+    out.extend(comments.trailing)
+    return "\n".join(out) + "\n"
+
+
+def _key_paths(mapping: dict[str, Any], where: KeyPath) -> Iterator[KeyPath]:
+    # One line per key in the canonical block style; a non-empty mapping's keys follow it.
+    for key, value in mapping.items():
+        yield (*where, key)
+        if isinstance(value, dict) and value:
+            yield from _key_paths(value, (*where, key))
 
 
 def _entry_document(entry: Entry) -> dict[str, Any]:
@@ -398,15 +658,19 @@ def write(baseline: BaselineFile) -> None:
     """Write ``baseline`` atomically: readers see the old file or the new one, never half.
 
     The text goes to a temporary file in the same directory (so ``os.replace`` is a rename
-    within one file system), is flushed to disk, then replaces the target.
+    within one file system), is flushed to disk, then replaces the target. A symlinked
+    baseline is written through to its target (the link stays); a read-only one is refused.
+    Any file-system error raises BaselineError naming the file; the old file stays intact.
     """
-    path = Path(baseline.path)
+    path = real_path(baseline.path)
     data = dump(baseline).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(path)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as for any file the user creates
-    # (tempfile.mkstemp would leave a 0600 baseline behind).
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_temp(temp)
+    except OSError as exc:
+        raise BaselineError(_write_error(baseline.path, exc)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -415,10 +679,47 @@ def write(baseline: BaselineFile) -> None:
         if path.exists():
             os.chmod(temp, path.stat().st_mode & 0o7777)
         os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise BaselineError(_write_error(baseline.path, exc)) from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def real_path(path: Path) -> Path:
+    """``path`` with symlinks resolved: where a write must land to update what is read."""
+    return Path(os.path.realpath(path))
+
+
+def _open_temp(temp: Path) -> int:
+    # os.open with 0o666 lets the umask decide the mode, as for any file the user creates
+    # (tempfile.mkstemp would leave a 0600 baseline behind).
+    return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+
+
+def _check_writable(path: Path) -> None:
+    # Checked on the mode bits, not with os.access: as root every file is writable, and a
+    # baseline someone made read-only (chmod 0444) is meant to stay as it is.
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not mode & 0o222:
+        raise BaselineError(
+            f"{path}: the baseline file is read-only (mode {mode & 0o777:04o}); make it "
+            f"writable (chmod u+w {path}) to update it, or run without --vram-update"
+        )
+
+
+def _write_error(path: Path, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    where = exc.filename or path
+    return (
+        f"{path}: cannot write the baseline file ({reason}: {where}); make its directory "
+        f"writable and free some space, then rerun with --vram-update"
+    )
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -438,6 +739,40 @@ def _fsync_directory(directory: Path) -> None:
 # --------------------------------------------------------------------------- updating
 
 
+#: How long an update waits for another process's update of the same file.
+LOCK_TIMEOUT_S = 120.0
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file that serialises updates of ``path``: ``.<name>.lock`` beside it."""
+    target = real_path(path)
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the per-file lock of baseline ``path`` (other processes updating it wait)."""
+    lock_file = lock_path(path)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        # filelock retries a lock file it cannot open until the timeout, as if another
+        # process held it; opening it first turns a read-only directory into an error now.
+        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
+        lock = filelock.FileLock(lock_file, timeout=LOCK_TIMEOUT_S)
+        lock.acquire()
+    except filelock.Timeout:
+        raise BaselineError(
+            f"{path}: another run has held the lock {lock_file} for {LOCK_TIMEOUT_S:.0f} s; "
+            f"wait for it to finish (or delete the lock file if no pytest is running)"
+        ) from None
+    except OSError as exc:
+        raise BaselineError(_write_error(path, exc)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def update(
     path: Path,
     profile: str,
@@ -445,6 +780,8 @@ def update(
     *,
     recorded_with: dict[str, str],
     prune: Iterable[str] = (),
+    seen: BaselineFile | None = None,
+    read_before: bool = False,
 ) -> UpdateResult:
     """Merge ``measured`` into the baseline file at ``path``, creating it if missing.
 
@@ -453,12 +790,45 @@ def update(
     removed, every other entry is kept. The file is rewritten only when an entry was added,
     changed or removed; otherwise its bytes stay as they are. A malformed existing file
     raises BaselineError and is left untouched.
+
+    The file is re-read and merged under a per-file lock, so that concurrent updates of
+    different entries all survive. With ``read_before``, ``seen`` is the file as this run
+    read it earlier (None: it did not exist): an entry that another run changed since is
+    still replaced (last writer wins) and listed in ``UpdateResult.conflicts``. If the file
+    is unchanged since ``seen``, it is not parsed again.
     """
     path = Path(path)
     check_profile_name(profile)
     if path.stem != profile:
         raise BaselineError(f"{path}: cannot hold profile {profile!r}; use {profile}.yaml")
-    existing = load(path)
+    with locked(path):
+        text = read_text(path)
+        if text is None:
+            existing = None
+        elif seen is not None and seen.source == text:
+            existing = seen
+        else:
+            existing = parse(text, path)
+        result = _merge(path, profile, existing, measured, recorded_with, prune)
+    if read_before:
+        before = seen.entries if seen is not None else {}
+        now = existing.entries if existing is not None else {}
+        result.conflicts.extend(
+            Change(key, now[key], measured[key])
+            for key in sorted(measured)
+            if key in now and now[key] != before.get(key)
+        )
+    return result
+
+
+def _merge(
+    path: Path,
+    profile: str,
+    existing: BaselineFile | None,
+    measured: Mapping[str, Entry],
+    recorded_with: dict[str, str],
+    prune: Iterable[str],
+) -> UpdateResult:
     entries = dict(existing.entries) if existing else {}
     added: list[Change] = []
     changed: list[Change] = []
@@ -491,6 +861,7 @@ def update(
                 # changes nothing leaves the file (and its provenance) alone.
                 recorded_with=dict(recorded_with),
                 tolerance=existing.tolerance if existing else None,
+                comments=existing.comments if existing else None,
             )
         )
     return UpdateResult(path, added, changed, unchanged, removed, written)

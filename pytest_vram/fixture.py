@@ -27,6 +27,7 @@ class Vram:
         #: set when the test also uses pytest-benchmark's ``benchmark``: a ``run`` repeated
         #: under the same name is a timing round, not a second measurement
         self.timing_rounds = False
+        self._finished = False
 
     @property
     def backend(self) -> Backend:
@@ -49,6 +50,7 @@ class Vram:
         What it leaves allocated counts as model bytes of every later ``run``; an
         ``nn.Module`` result adds its parameter count to the measurement.
         """
+        self._check_open()
         return self._meter.build(fn, *args, **kwargs)
 
     def run(self, fn: Callable[..., T], *args: Any, name: str | None = None, **kwargs: Any) -> T:
@@ -59,6 +61,7 @@ class Vram:
         pytest-benchmark, ``benchmark(vram.run, fn, ...)`` measures the first call and
         times the others (see ``benchmarking``).
         """
+        self._check_open()
         if self.timing_rounds and name in [m.name for m in self._meter.measurements]:
             return self._meter.repeat(fn, *args, **kwargs)
         self._check_name(name)
@@ -89,8 +92,17 @@ class Vram:
         if self._failed_traceback is not None:
             release_frames(self._failed_traceback)
             self._failed_traceback = None
+        self._finished = True
         self.leaked_bytes = self._meter.finish()
         return self.leaked_bytes
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise VramUsageError(
+                f"this `vram` object belongs to {self._base_key}, which has finished; take "
+                f"the `vram` fixture as an argument of every test that measures (do not keep "
+                f"it in a global or a wider-scoped fixture)"
+            )
 
     def _check_name(self, name: str | None) -> None:
         taken = [m.name for m in self._meter.measurements]

@@ -60,7 +60,31 @@ def evaluate(item: pytest.Item) -> VramMark | None:
                 f"positional {mark.args!r}; write e.g. @pytest.mark.vram(budget='8GiB')"
             )
         options.update(mark.kwargs)
+    _check_stacked(item)
     return _parse(item.nodeid, options)
+
+
+def _check_stacked(item: pytest.Item) -> None:
+    # Two markers on the test itself that set one option differently: pytest would let the
+    # lower decorator win without a word. (A module or class marker is meant to be
+    # overridden by the test's own and is not checked here.)
+    own = [m for m in getattr(item, "own_markers", ()) if m.name == MARKER]
+    given: dict[str, Any] = {}
+    for mark in own:
+        for name, value in mark.kwargs.items():
+            if name in given and not _same(given[name], value):
+                raise MarkError(
+                    f"{item.nodeid}: two @pytest.mark.vram markers set {name} differently "
+                    f"({given[name]!r} and {value!r}); keep one marker with one {name}"
+                )
+            given[name] = value
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # a value whose == raises is not the same as anything
+        return False
 
 
 def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:

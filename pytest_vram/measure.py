@@ -13,7 +13,6 @@ freed at once rather than kept alive by the traceback for the rest of the sessio
 from __future__ import annotations
 
 import dataclasses
-import gc
 import sys
 import traceback
 from collections.abc import Callable
@@ -126,9 +125,12 @@ class Meter:
         self.out_of_memory: OutOfMemory | None = None
         self._start: int | None = None
         self._reserved_start: int | None = None
+        # One slot per workload running now (nested vram.run): the highest peak it saw before
+        # an inner step reset the backend's peak counter, which would otherwise lose it.
+        self._carried: list[int] = []
 
     def start(self) -> None:
-        gc.collect()
+        self.backend.collect_garbage()
         self.backend.begin_test()
         self.backend.synchronize()
         self._start = self.backend.allocated()
@@ -143,7 +145,7 @@ class Meter:
     def build(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a setup step (a model build) in the backend's scope; count its parameters."""
         held = self._held()
-        self.backend.reset_peak()  # so that running out of memory reports this step's peak
+        self._reset_peak()  # so that running out of memory reports this step's peak
         result = self._call(f"vram.build({_name(fn)})", held, fn, args, kwargs)
         params = count_params(result)
         if params is not None:
@@ -153,11 +155,17 @@ class Meter:
     def run(self, fn: Callable[..., T], *args: Any, name: str | None = None, **kwargs: Any) -> T:
         """Run a workload in the backend's scope and record its peak."""
         model_bytes = self._held()
-        self.backend.reset_peak()
+        self._reset_peak()
         step = f"vram.run({_name(fn)}" + ("" if name is None else f", name={name!r}") + ")"
-        result = self._call(step, model_bytes, fn, args, kwargs)
+        self._carried.append(0)
+        try:
+            result = self._call(step, model_bytes, fn, args, kwargs)
+        finally:
+            carried = self._carried.pop()
+            if self._carried:  # an enclosing workload saw everything this one saw
+                self._carried[-1] = max(self._carried[-1], carried)
         self.backend.synchronize()
-        peak = self.backend.peak() - self._start  # type: ignore[operator]
+        peak = max(self.backend.peak(), carried) - self._start  # type: ignore[operator]
         record = Measurement(
             name=name,
             params=self.params,
@@ -170,6 +178,8 @@ class Meter:
         return result
 
     def _reserved_peak(self) -> int | None:
+        # Nothing is unmapped within a test (only empty_cache does that), so reserved memory
+        # never falls and a nested step's reset cannot hide an earlier reserved peak.
         peak = self.backend.peak_reserved()
         if peak is None or self._reserved_start is None:
             return None
@@ -182,6 +192,11 @@ class Meter:
             result = fn(*args, **kwargs)
         self.backend.synchronize()
         return result
+
+    def _reset_peak(self) -> None:
+        if self._carried:  # inside a workload: keep the peak it reached so far
+            self._carried[-1] = max(self._carried[-1], self.backend.peak())
+        self.backend.reset_peak()
 
     def _call(self, step: str, held: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the backend's scope; running out of memory is recorded."""
@@ -201,7 +216,7 @@ class Meter:
 
     def finish(self) -> int:
         """Release what the test left, report what is still held, and end the test."""
-        gc.collect()
+        self.backend.collect_garbage()
         leaked = self._held()
         self.backend.end_test()
         self.measurements = [dataclasses.replace(m, leaked_bytes=leaked) for m in self.measurements]

@@ -228,7 +228,12 @@ class Settings:
                 baselines.check_profile_name(profile)
             except BaselineError as exc:
                 raise pytest.UsageError(f"{_source(config, 'vram_profile')}: {exc}") from None
-        return cls(
+        if not str(_value(config, "vram_baselines")).strip():
+            raise pytest.UsageError(
+                f"{_source(config, 'vram_baselines')} is empty, which would mean the rootdir "
+                f"itself; give the directory of the baseline files, e.g. 'baselines'"
+            )
+        settings = cls(
             backend=backend,
             allocator=allocator,
             update=update,
@@ -243,11 +248,30 @@ class Settings:
             json_path=_optional_path(config, "vram_json"),
             markdown_path=_optional_path(config, "vram_markdown"),
         )
+        _check_report_paths(config, settings)
+        return settings
 
 
 def _value(config: pytest.Config, name: str) -> Any:
     value = config.getoption(name)
-    return config.getini(name) if value is None else value
+    if value is not None:
+        return value
+    try:
+        value = config.getini(name)
+    except ValueError as exc:  # an ini bool such as `vram_update = maybe`
+        raise pytest.UsageError(
+            f"{name} (ini): {exc}; write true or false (or leave the key out)"
+        ) from None
+    return _unquote(value) if isinstance(value, str) else value
+
+
+def _unquote(value: str) -> str:
+    # An ini file keeps quotes as part of the value: `vram_tolerance = '0.5%'` would read
+    # as the 6-character string "'0.5%'". Nothing here ever means the quotes.
+    text = value.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return value
 
 
 def _source(config: pytest.Config, name: str) -> str:
@@ -255,6 +279,30 @@ def _source(config: pytest.Config, name: str) -> str:
     if config.getoption(name) is not None:
         return "--" + name.replace("_", "-")
     return f"{name} (ini)"
+
+
+def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
+    """Refuse report files that would overwrite a baseline file or each other."""
+    baseline_dir = baselines.real_path(settings.baselines)
+    seen: dict[Path, str] = {}
+    for name, path in (
+        ("vram_json", settings.json_path),
+        ("vram_markdown", settings.markdown_path),
+    ):
+        if path is None:
+            continue
+        real = baselines.real_path(path)
+        if real.parent == baseline_dir and real.suffix.lower() in (".yaml", ".yml"):
+            raise pytest.UsageError(
+                f"{_source(config, name)}={path} would overwrite a baseline file in "
+                f"{settings.baselines}; write the report elsewhere (e.g. vram-report.json)"
+            )
+        if real in seen:
+            raise pytest.UsageError(
+                f"{_source(config, name)} and {seen[real]} both name {path}; give each "
+                f"report its own file"
+            )
+        seen[real] = _source(config, name)
 
 
 def _looks_like_target(name: str) -> bool:
@@ -349,6 +397,12 @@ class VramPlugin:
         self.collected_files: set[str] = set()
         #: baseline key prefix -> node id of the collected test that produces it
         self.owners: dict[str, str] = {}
+        #: baseline key -> node ids of the collected tests that all claim it (key=...)
+        self.shared_keys: dict[str, list[str]] = {}
+        #: node ids whose call phase passed (a test that measured nothing is one of them)
+        self.completed: set[str] = set()
+        #: profile -> baseline path shown, of every profile a vram test used
+        self.used_profiles: dict[str, str] = {}
 
     # -- backend and baselines, created on first use --------------------------------
 
@@ -360,6 +414,8 @@ class VramPlugin:
                 backend.warmup()
             except (BackendUnavailable, ValueError, ImportError) as exc:
                 self._backend_error = str(exc)
+            except Exception as exc:  # a broken driver, a SyntaxError in a custom backend
+                self._backend_error = _backend_failure(exc)
             else:
                 self._backend = backend
         if self._backend is None:
@@ -368,7 +424,13 @@ class VramPlugin:
         return self._backend
 
     def profile(self) -> str:
-        return self.settings.profile or self.backend().profile()
+        if self.settings.profile:
+            return self.settings.profile
+        try:
+            return self.backend().profile()
+        except Exception as exc:  # pytest.fail's exception is a BaseException: not caught
+            message = f"--vram-backend={self.settings.backend}: profile() {_backend_failure(exc)}"
+            pytest.fail(message, pytrace=False)
 
     def baseline_path(self, profile: str) -> Path:
         return baselines.profile_path(self.settings.baselines, profile)
@@ -378,16 +440,26 @@ class VramPlugin:
         try:
             path = self.baseline_path(profile)
         except BaselineError as exc:
-            pytest.fail(f"--vram-profile: {exc}", pytrace=False)
+            # Name what chose the profile: the option, or the backend when none was given.
+            source = (
+                _source(self.config, "vram_profile")
+                if self.settings.profile
+                else f"--vram-backend={self.settings.backend}: its profile()"
+            )
+            pytest.fail(f"{source}: {exc}", pytrace=False)
+        loaded = self._load(path)
+        if isinstance(loaded, BaselineError):
+            pytest.fail(f"{loaded}\n(the file is left untouched; fix it and rerun)", pytrace=False)
+        return loaded
+
+    def _load(self, path: Path) -> BaselineFile | None | BaselineError:
+        """The file at ``path``, parsed once per process (or the error it gave)."""
         if path not in self._baselines:
             try:
                 self._baselines[path] = baselines.load(path)
             except BaselineError as exc:
                 self._baselines[path] = exc
-        loaded = self._baselines[path]
-        if isinstance(loaded, BaselineError):
-            pytest.fail(f"{loaded}\n(the file is left untouched; fix it and rerun)", pytrace=False)
-        return loaded
+        return self._baselines[path]
 
     def display(self, path: Path) -> str:
         """``path`` relative to the rootdir when it lies inside it, for messages."""
@@ -412,12 +484,19 @@ class VramPlugin:
             mark = _evaluated(item)
             if isinstance(mark, marks.MarkError):
                 mark = None  # reported at setup
-            self.owners[(mark.key if mark and mark.key else item.nodeid)] = item.nodeid
+            key = mark.key if mark and mark.key else item.nodeid
+            other = self.owners.get(key)
+            if other is not None and other != item.nodeid:
+                self.shared_keys.setdefault(key, []).extend(
+                    n for n in (other, item.nodeid) if n not in self.shared_keys.get(key, [])
+                )
+            self.owners[key] = item.nodeid
 
     def receive(self, data: dict[str, Any]) -> None:
         """Merge a worker's collection into the controller's."""
         self.collected_files.update(data["files"])
         self.owners.update(data["owners"])
+        self.used_profiles.update(data.get("profiles", {}))
 
     # -- one test ---------------------------------------------------------------------
 
@@ -426,6 +505,14 @@ class VramPlugin:
         mark = _evaluated(item)
         if isinstance(mark, marks.MarkError):
             pytest.fail(str(mark), pytrace=False)
+        key = mark.key if mark and mark.key else item.nodeid
+        if item.nodeid in self.shared_keys.get(key, ()):
+            others = ", ".join(n for n in self.shared_keys[key] if n != item.nodeid)
+            pytest.fail(
+                f"{item.nodeid}: baseline key {key!r} is also used by {others}; only one "
+                f"figure per key can be kept: give each test its own key=",
+                pytrace=False,
+            )
         # Only a marker on the test itself demands the fixture: a module-wide marker that
         # sets a tolerance must not break the module's other tests.
         own = any(m.name == marks.MARKER for m in getattr(item, "own_markers", ()))
@@ -440,7 +527,9 @@ class VramPlugin:
         """Fixture setup: start counting for ``item``."""
         mark = _valid(item) or marks.VramMark()
         backend = self.backend()
-        self.baseline(self.profile())  # a malformed file fails before the workload runs
+        profile = self.profile()
+        self.baseline(profile)  # a malformed file fails before the workload runs
+        self.used_profiles[profile] = self.display(self.baseline_path(profile))
         meter = Meter(backend)
         meter.start()
         probe = Vram(meter, mark.key or item.nodeid)
@@ -515,9 +604,15 @@ class VramPlugin:
             records = self.judge(item, probe)
             item.stash[RECORDS_KEY] = records
             failing = [v["detail"] for r in records for v in r.verdicts if v["fails"]]
+            if not records and self.settings.strict:
+                failing.append(_NOTHING_MEASURED.format(nodeid=item.nodeid))
             if failing:
                 rep.outcome = "failed"
                 rep.longrepr = "\n\n".join(failing)
+                # An xfail test whose body passed but whose memory fails is not the failure
+                # it expected: without this pytest counts it as xfailed and exits 0.
+                with contextlib.suppress(AttributeError):
+                    del rep.wasxfail
         elif call.when == "call" and call.excinfo and call.excinfo.errisinstance(VramUsageError):
             rep.longrepr = f"{item.nodeid}: {call.excinfo.value}"
         elif call.when == "call" and call.excinfo and probe.out_of_memory is not None:
@@ -534,14 +629,19 @@ class VramPlugin:
     # -- aggregation (controller or single process) -----------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.worker or report.when != "teardown":
+        if self.worker:
+            return
+        if report.when == "call" and report.passed:
+            self.completed.add(report.nodeid)
+        if report.when != "teardown":
             return
         # `report` is the hook argument here, shadowing the module.
         self.outcome.records.extend(records_from(report.user_properties))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.worker:
-            xdist.send(self.config, {"files": sorted(self.collected_files), "owners": self.owners})
+            data = {"files": sorted(self.collected_files), "owners": self.owners}
+            xdist.send(self.config, {**data, "profiles": self.used_profiles})
             return
         # Under xdist records arrive in completion order; sorted, the table, the JSON and the
         # Markdown read the same from run to run.
@@ -552,14 +652,30 @@ class VramPlugin:
         if self.settings.update or self.settings.update_new_only:
             self._update(session)
         self._fail_on_stale(session)
-        if self.settings.json_path:
-            report.write_text(self.settings.json_path, report.to_json(self.outcome))
-        if self.settings.markdown_path:
-            report.write_text(self.settings.markdown_path, report.to_markdown(self.outcome))
+        for option, path, render in (
+            ("--vram-json", self.settings.json_path, report.to_json),
+            ("--vram-markdown", self.settings.markdown_path, report.to_markdown),
+        ):
+            if path is not None:
+                self._write_report(session, option, path, render)
+
+    def _write_report(self, session: pytest.Session, option: str, path: Path, render: Any) -> None:
+        try:
+            report.write_text(path, render(self.outcome))
+        except OSError as exc:
+            self.outcome.errors.append(
+                f"{option}={self.display(path)}: cannot write the report "
+                f"({exc.strerror or exc}); give a writable file path"
+            )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _profiles(self) -> dict[str, str]:
         """profile -> baseline path shown to users, for every profile measured or chosen."""
-        profiles = {r.profile: r.baseline_path for r in self.outcome.records}
+        # A profile whose tests all stopped measuring has no record but may have stale entries.
+        profiles = {
+            **self.used_profiles,
+            **{r.profile: r.baseline_path for r in self.outcome.records},
+        }
         if self.settings.profile and self.settings.profile not in profiles:
             with contextlib.suppress(BaselineError):  # reported by every vram test already
                 path = self.baseline_path(self.settings.profile)
@@ -567,14 +683,15 @@ class VramPlugin:
         return profiles
 
     def _reread(self, profile: str) -> BaselineFile | None:
-        """The profile's file as it is on disk now, or None if missing or malformed.
+        """The profile's file (read once per process), or None if missing or malformed.
 
         A malformed file was already reported by every vram test that used it.
         """
         try:
-            return baselines.load(self.baseline_path(profile))
+            loaded = self._load(self.baseline_path(profile))
         except BaselineError:
             return None
+        return None if isinstance(loaded, BaselineError) else loaded
 
     def _compare_setup(self) -> None:
         """Note where a baseline was recorded on another setup (torch, device, allocator)."""
@@ -594,7 +711,7 @@ class VramPlugin:
 
     def _find_stale(self) -> None:
         produced = {r.key for r in self.outcome.records}
-        completed = {r.nodeid for r in self.outcome.records}
+        completed = {r.nodeid for r in self.outcome.records} | self.completed
         for profile, shown in self._profiles().items():
             baseline = self._reread(profile)
             if baseline is None:
@@ -635,13 +752,17 @@ class VramPlugin:
             existing = self._reread(profile) if self.settings.update_new_only else None
             if existing is not None:  # the file's figures keep the setup they came from
                 context = existing.recorded_with
+            path = self.baseline_path(profile)
+            seen = self._baselines.get(path)
             try:
                 result = baselines.update(
-                    self.baseline_path(profile),
+                    path,
                     profile,
                     measured,
                     recorded_with=context,
                     prune=prune,
+                    seen=None if isinstance(seen, BaselineError) else seen,
+                    read_before=path in self._baselines and not isinstance(seen, BaselineError),
                 )
             except BaselineError as exc:
                 self.outcome.errors.append(f"{exc} (not updated; the file was left untouched)")
@@ -657,6 +778,12 @@ class VramPlugin:
                 self.outcome.stale.pop(shown, None)
             if result.written:
                 self.outcome.written.append(shown)
+            self.outcome.conflicts.extend(
+                f"{c.key} in {shown} was changed by another run since this one read it "
+                f"(peak {c.old.peak_bytes} B); this run's figure replaced it (last writer wins)"
+                for c in result.conflicts
+                if c.old is not None and c.new is not None
+            )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         outcome = self.outcome
@@ -687,6 +814,22 @@ def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
 def _valid(item: pytest.Item) -> marks.VramMark | None:
     mark = item.stash.get(MARK_KEY, None)
     return None if isinstance(mark, marks.MarkError) else mark
+
+
+_NOTHING_MEASURED = (
+    "{nodeid}: is a vram test but measured nothing (--vram-strict): call "
+    "vram.run(workload, ...) and let the workload's exceptions propagate, or drop the "
+    "marker and the `vram` fixture"
+)
+
+
+def _backend_failure(exc: BaseException) -> str:
+    """A backend that could not be created or warmed up, said without a traceback."""
+    return (
+        f"the backend failed with {type(exc).__name__}: {exc}; check the backend's class "
+        f"(it must be a concrete pytest_vram Backend that takes no arguments) and, for cuda, "
+        f"the driver (nvidia-smi), or choose another with --vram-backend"
+    )
 
 
 def _verdict_dict(v: Verdict) -> dict[str, Any]:

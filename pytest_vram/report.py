@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ class Outcome:
     #: baseline paths written by --vram-update
     written: list[str] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
+    #: same-entry conflicts between concurrent updates (last writer won), one line each
+    conflicts: list[str] = dataclasses.field(default_factory=list)
     #: baseline path -> what differs between the setup it was recorded on and this run's
     setup_changes: dict[str, str] = dataclasses.field(default_factory=dict)
     update: bool = False
@@ -206,6 +209,7 @@ def note_lines(outcome: Outcome) -> list[str]:
         )
     for path in outcome.written:
         lines.append(f"written: {path}")
+    lines.extend(f"conflict: {c}" for c in outcome.conflicts)
     for path, keys in sorted(outcome.stale.items()):
         for key in keys:
             lines.append(
@@ -272,5 +276,15 @@ def to_markdown(outcome: Outcome) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write a report file whole or not at all (temporary file, then rename); OSError on
+    failure, with the old file (if any) intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

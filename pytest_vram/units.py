@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 KiB = 1024
 MiB = 1024**2
@@ -47,9 +47,16 @@ _AMBIGUOUS: dict[str, str] = {
     "tera": "T",
 }
 
-# A number (no exponent: "1e9" is easy to misread next to a unit) followed by a unit.
-_SIZE_RE = re.compile(r"^(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?P<unit>[A-Za-z]*)$")
-_NUMBER_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+# A number (no exponent: "1e9" is easy to misread next to a unit) followed by a unit. ASCII
+# digits only: re's \d also matches fullwidth and Arabic-Indic digits ('８GiB').
+_SIZE_RE = re.compile(
+    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))[ \t]*(?P<unit>[A-Za-z]*)$"
+)
+_NUMBER_RE = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
+#: Largest size accepted (16 EiB): anything larger is a typo, and printing it would fail.
+MAX_SIZE = 2**64
+# Digits a number may have: enough for any size below MAX_SIZE with a few decimals.
+_MAX_DIGITS = 40
 _NONFINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
 _UNIT_HELP = "B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)"
@@ -73,6 +80,8 @@ def parse_size(value: str | int, *, what: str = "size") -> int:
     if isinstance(value, int):
         if value < 0:
             raise UnitError(f"{what} must not be negative, got {value}")
+        if value >= MAX_SIZE:
+            raise UnitError(_too_large(what, value))
         return value
     if isinstance(value, float):
         raise UnitError(
@@ -97,6 +106,8 @@ def _parse_size_text(value: str, what: str) -> int:
             f"or '512 MiB' (units: {_UNIT_HELP})"
         )
     number_text, unit_text = match.group("number"), match.group("unit")
+    if len(number_text) > _MAX_DIGITS:
+        raise UnitError(_too_large(what, value))
     if not unit_text:
         raise UnitError(
             f"{what}: {value!r} has no unit; add one, e.g. '{number_text}B' for bytes "
@@ -106,13 +117,22 @@ def _parse_size_text(value: str, what: str) -> int:
     number = Decimal(number_text)
     if number < 0:
         raise UnitError(f"{what} must not be negative, got {value!r}")
-    size = number * factor
+    with localcontext() as context:
+        context.prec = 2 * _MAX_DIGITS  # exact: no rounding of the product
+        size = number * factor
+    if size >= MAX_SIZE:
+        raise UnitError(_too_large(what, value))
     if size != size.to_integral_value():
         raise UnitError(
             f"{what}: {value!r} is not a whole number of bytes ({size} B); "
             f"use a smaller unit or fewer decimals"
         )
     return int(size)
+
+
+def _too_large(what: str, value: object) -> str:
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:30] + "..."
+    return f"{what}: {shown} is larger than 16 EiB (2**64 bytes); check for a typo"
 
 
 def _unit_factor(unit_text: str, number_text: str, value: str, what: str) -> int:
@@ -242,8 +262,14 @@ def parse_tolerance(value: str | int | float | Tolerance, *, what: str = "tolera
     if isinstance(value, bool):
         raise UnitError(f"{what} must be like '0.5%', '4MiB' or '0.5% + 4MiB', got {value!r}")
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UnitError(
+                f"{what} must be a finite tolerance such as '0.5%' or '4MiB', got {value!r}"
+            )
         if value == 0:
             return Tolerance()
+        if abs(value) >= MAX_SIZE:
+            raise UnitError(_too_large(what, value))
         raise UnitError(_bare_number_message(what, repr(value)))
     if not isinstance(value, str):
         raise UnitError(
@@ -290,6 +316,8 @@ def _parse_percent(part: str, value: str, what: str) -> float:
 
 
 def _parse_tolerance_size(part: str, value: str, what: str) -> int:
+    if len(part) > _MAX_DIGITS + 8:
+        raise UnitError(_too_large(what, value))
     if _NUMBER_RE.match(part):
         if Decimal(part) == 0:
             return 0  # "0" is unambiguous: no tolerance at all.

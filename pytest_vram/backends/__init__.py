@@ -57,8 +57,27 @@ def create(name: str, allocator: str = "expandable") -> Backend:
     module_name, _, class_name = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"vram backend {name!r}: cannot import {target!r}: {exc}") from exc
+    except Exception as exc:  # ImportError, AttributeError, but also a SyntaxError in it
+        raise ValueError(
+            f"vram backend {name!r}: cannot import {target!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ValueError(f"vram backend {target!r} is not a pytest_vram Backend subclass")
-    return cls(allocator=allocator) if name in BUILTIN else cls()
+    abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+    if abstract:
+        raise ValueError(
+            f"vram backend {target!r} is abstract: implement {', '.join(abstract)} in a subclass"
+        )
+    try:
+        return cls(allocator=allocator) if name in BUILTIN else cls()
+    except BackendUnavailable:
+        raise  # its own message says why and what to use instead
+    except TypeError as exc:
+        raise ValueError(
+            f"vram backend {target!r} cannot be created without arguments: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise ValueError(
+            f"vram backend {target!r} failed when created: {type(exc).__name__}: {exc}"
+        ) from exc

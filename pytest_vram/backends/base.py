@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import gc
 from collections.abc import Iterator
 
 #: ``recorded_with: metric`` of each allocator mode: one definition for every backend.
@@ -72,6 +73,16 @@ class Backend(abc.ABC):
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Allocate lazily created persistent state once per process."""
+
+    def collect_garbage(self) -> None:
+        """Free unreachable objects before the counters are read (start and end of a test).
+
+        Tensors caught in reference cycles stay allocated until the cycle collector runs, so
+        the default runs ``gc.collect()``: exact figures on a real device need it. A backend
+        whose memory is never held by such cycles may skip it (a full collection costs
+        milliseconds per test in a large process).
+        """
+        gc.collect()
 
     def begin_test(self) -> None:  # noqa: B027 - optional hook
         """Prepare for a new test (release cached memory, fresh per-test state)."""

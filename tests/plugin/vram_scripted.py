@@ -47,6 +47,8 @@ class ScriptedBackend(Backend):
         #: total bytes the scripted device holds; None: unlimited
         self.capacity: int | None = None
         self.persistent: list[Block] = []
+        #: whether tests hold scripted memory in reference cycles (then gc runs per test)
+        self.cycles = False
 
     @property
     def device(self) -> str:
@@ -61,6 +63,12 @@ class ScriptedBackend(Backend):
     def warmup(self) -> None:
         self.warmups += 1
         self.persistent.append(Block(self, WARMUP_BYTES))
+
+    def collect_garbage(self) -> None:
+        # Blocks are freed by reference counting; a test that builds a cycle says so with
+        # vram.backend.cycles = True.
+        if self.cycles:
+            super().collect_garbage()
 
     def synchronize(self) -> None:
         pass
