@@ -92,7 +92,7 @@ def test_unimportable_custom_backend_fails_the_vram_tests(vram_pytester, run_vra
         (
             "tolerence='1%'",
             "unknown option 'tolerence' (did you mean 'tolerance'?); "
-            "valid options are budget, key, tolerance",
+            "valid options are budget, key, tolerance, world_size",
         ),
         ("budget='8 gigs'", "budget: '8 gigs' is ambiguous; write '8GiB'*"),
         ("budget=8.5", "budget must be a whole number of bytes*"),
