@@ -25,7 +25,8 @@ while its scope is active (everything is restored on exit):
    scope ``_get_device_handle("cuda")`` returns :class:`_EmulatedCudaHandle` (one device,
    streams and events that order nothing: fake kernels run synchronously), and
    ``torch._C._get_accelerator`` answers CUDA, so the default mesh of ``fully_shard()`` is
-   a CUDA mesh as on a GPU machine.
+   a CUDA mesh as on a GPU machine (``torch.accelerator.current_stream`` answers the
+   emulated stream too).
 
 Collectives on the fake process group allocate nothing themselves, as NCCL's do not
 from the caching allocator's point of view (NCCL's own buffers live outside it).
@@ -179,15 +180,17 @@ def _resize_hooks(tracker: Any) -> list[tuple[object, str, object]]:
     original_alloc = _fsdp_param.alloc_storage
     original_free = _fsdp_param.free_storage
 
-    def alloc_storage(tensor: torch.Tensor) -> None:
-        original_alloc(tensor)
-        if _on_cuda(tensor):
-            tracker.resized(tensor.untyped_storage())
+    def counted(original: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+        def resize(tensor: torch.Tensor) -> None:
+            before = tensor.untyped_storage().nbytes()
+            original(tensor)
+            storage = tensor.untyped_storage()
+            if storage.nbytes() != before and _on_cuda(tensor):
+                tracker.resized(storage)
 
-    def free_storage(tensor: torch.Tensor) -> None:
-        original_free(tensor)
-        if _on_cuda(tensor):
-            tracker.resized(tensor.untyped_storage())
+        return resize
+
+    alloc_storage, free_storage = counted(original_alloc), counted(original_free)
 
     patches: list[tuple[object, str, object]] = [
         (_fsdp_param, "alloc_storage", alloc_storage),
@@ -289,6 +292,7 @@ def _cuda_hooks() -> list[tuple[object, str, object]]:
             original = module._get_device_handle
             patches.append((module, "_get_device_handle", _handle_for(original)))
     patches.append((torch._C, "_get_accelerator", _cuda_accelerator))
+    patches.append((torch.accelerator, "current_stream", _HANDLE.current_stream))
     return patches
 
 
