@@ -403,6 +403,8 @@ class VramPlugin:
         mark = item.stash.get(MARK_KEY, None)
         if world.launched_ranks(mark.world_size if mark else None) is None:
             return
+        if getattr(probe.backend, "simulates_ranks", False):
+            return  # each launched rank simulated its own world: nothing to gather
         figures = [(m.model_bytes, m.peak_bytes) for m in probe.measurements]
         gathered = world.gather_figures(rep.passed, figures)
         failed = [rank for rank, (passed, _f) in enumerate(gathered) if not passed]

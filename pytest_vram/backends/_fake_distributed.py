@@ -16,9 +16,8 @@ while its scope is active (everything is restored on exit):
 2. **The device mesh is host data.** ``init_device_mesh`` builds its rank map with
    ``torch.arange`` on the CPU and reads it back with ``tolist()``, which a fake tensor
    cannot answer (``DataDependentOutputException: aten._local_scalar_dense``).
-   ``DeviceMesh.__init__`` runs with the fake mode suspended; a rank map that
-   ``init_device_mesh`` made under the fake mode is the identity by construction and is
-   rebuilt as such.
+   ``DeviceMesh.__init__`` runs with the fake mode suspended; a rank tensor that
+   ``init_device_mesh`` made under the fake mode (``torch.arange``) is rebuilt on the host.
 3. **CUDA availability** (only where no GPU is usable). FSDP2 and DeviceMesh ask the
    device module (``torch.cuda``) for the current device, the device count, streams and
    events; a CPU-only torch asserts "Torch not compiled with CUDA enabled". Inside the
@@ -211,25 +210,29 @@ def _mesh_hook() -> list[tuple[object, str, object]]:
     factory_code = device_mesh.init_device_mesh.__code__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        rank_map = kwargs.get("_rank_map")
-        if isinstance(rank_map, FakeTensor):
-            if sys._getframe(1).f_code is not factory_code:
-                raise RuntimeError(
-                    "a DeviceMesh built from a fake tensor inside vram.build/vram.run has "
-                    "unknown ranks; build it with init_device_mesh(...), or before the "
-                    "measured step"
-                )
-            with unset_fake_temporarily():
-                kwargs["_rank_map"] = torch.arange(rank_map.numel(), dtype=rank_map.dtype)
-        mesh = kwargs.get("mesh", args[1] if len(args) > 1 else None)
-        if isinstance(mesh, FakeTensor):
-            raise RuntimeError(
-                "DeviceMesh(mesh=<tensor made inside vram.build/vram.run>) has unknown "
-                "ranks under the estimator; pass the ranks as a list, or build the mesh "
-                "before the measured step"
-            )
+        # The rank tensor is ``_rank_map`` (torch >= 2.10) or ``mesh`` (earlier; also the
+        # second positional argument).
+        from_factory = sys._getframe(1).f_code is factory_code
+        args = list(args)
+        for name in ("_rank_map", "mesh"):
+            if isinstance(kwargs.get(name), FakeTensor):
+                kwargs[name] = _host_ranks(kwargs[name], from_factory)
+        if len(args) > 1 and isinstance(args[1], FakeTensor):
+            args[1] = _host_ranks(args[1], from_factory)
         with unset_fake_temporarily():
             original_init(self, *args, **kwargs)
+
+    def _host_ranks(ranks: Any, from_factory: bool) -> torch.Tensor:
+        if not from_factory:
+            raise RuntimeError(
+                "a DeviceMesh built from a tensor made inside vram.build/vram.run has "
+                "unknown ranks under the estimator (fake tensors hold no values); use "
+                "init_device_mesh(...), pass the ranks as a list, or build the mesh before "
+                "the measured step"
+            )
+        # init_device_mesh's rank tensor is torch.arange(...) by construction.
+        with unset_fake_temporarily():
+            return torch.arange(ranks.numel(), dtype=ranks.dtype).view(tuple(ranks.shape))
 
     return [(mesh_class, "__init__", __init__)]
 
@@ -309,8 +312,12 @@ def _route_dtensor_rng(mode_class: type) -> None:
     """
     if mode_class in _REDIRECTED:
         return
-    from torch._higher_order_ops.utils import redirect_to_mode
-    from torch._prims.rng_prims import run_dtensor_rng_op
+    try:
+        from torch._higher_order_ops.utils import redirect_to_mode
+        from torch._prims.rng_prims import run_dtensor_rng_op
+    except ImportError:  # a torch without the operator: DTensor init needs no routing
+        _REDIRECTED.add(mode_class)
+        return
 
     if mode_class not in run_dtensor_rng_op.python_key_table:
         redirect_to_mode(run_dtensor_rng_op, mode_class)

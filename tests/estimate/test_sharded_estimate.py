@@ -167,6 +167,17 @@ def test_explicit_device_mesh_inside_the_scope(backend: Any, ranks: int) -> None
 
 
 @pytest.mark.parametrize("ranks", [4], indirect=True)
+def test_a_mesh_of_unknown_ranks_is_refused_with_the_fix(backend: Any, ranks: int) -> None:
+    from torch.distributed.device_mesh import DeviceMesh
+
+    def build() -> Any:
+        return DeviceMesh("cuda", torch.arange(ranks))  # a fake tensor: no values
+
+    with pytest.raises(RuntimeError, match="unknown ranks.*use init_device_mesh"):
+        measure(backend, build, lambda mesh: None)
+
+
+@pytest.mark.parametrize("ranks", [4], indirect=True)
 def test_ddp_keeps_a_gradient_bucket_as_large_as_the_parameters(backend: Any, ranks: int) -> None:
     weights = 2 * ROWS * COLS * FP16
 
