@@ -18,15 +18,16 @@ MARKER = "vram"
 
 #: What ``pytest --markers`` shows.
 MARKER_HELP = (
-    "vram(tolerance=None, budget=None, reserved_budget=None, key=None): measure the GPU "
-    "memory of this test with the `vram` fixture and gate it on its baseline. tolerance: "
-    "allowed growth over the baseline ('0.5%', '4MiB', '0.5% + 4MiB'); budget: hard ceiling "
-    "on the peak ('8GiB'), failing whatever the baseline says; reserved_budget: hard ceiling "
-    "on the memory reserved from the device (fragmentation included); key: baseline key "
-    "instead of the test's node id."
+    "vram(tolerance=None, budget=None, reserved_budget=None, key=None, world_size=None): "
+    "measure the GPU memory of this test with the `vram` fixture and gate it on its "
+    "baseline. tolerance: allowed growth over the baseline ('0.5%', '4MiB', '0.5% + 4MiB'); "
+    "budget: hard ceiling on the peak ('8GiB'), failing whatever the baseline says; "
+    "reserved_budget: hard ceiling on the memory reserved from the device (fragmentation "
+    "included); key: baseline key instead of the test's node id; world_size: number of "
+    "ranks of the sharded (torch.distributed) run to measure one rank of."
 )
 
-OPTIONS = ("budget", "key", "reserved_budget", "tolerance")
+OPTIONS = ("budget", "key", "reserved_budget", "tolerance", "world_size")
 
 
 class MarkError(Exception):
@@ -41,6 +42,12 @@ class VramMark:
     budget: int | None = None
     key: str | None = None
     reserved_budget: int | None = None
+    world_size: int | None = None
+
+    def base_key(self, nodeid: str) -> str:
+        """The baseline key of the test's (unnamed) measurement; it carries the world size."""
+        key = self.key or nodeid
+        return key if self.world_size is None else f"{key}@world_size={self.world_size}"
 
 
 def evaluate(item: pytest.Item) -> VramMark | None:
@@ -103,7 +110,21 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
             f"{nodeid}: @pytest.mark.vram(key=...): key must be a non-empty string, "
             f"got {key!r}; leave it out to use the test's node id"
         )
-    return VramMark(tolerance=tolerance, budget=budget, key=key, reserved_budget=reserved_budget)
+    world_size = options.get("world_size")
+    if world_size is not None and (
+        isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1
+    ):
+        raise MarkError(
+            f"{nodeid}: @pytest.mark.vram(world_size=...): world_size must be a positive int "
+            f"(the number of ranks), got {world_size!r}"
+        )
+    return VramMark(
+        tolerance=tolerance,
+        budget=budget,
+        key=key,
+        reserved_budget=reserved_budget,
+        world_size=world_size,
+    )
 
 
 def _optional(value: Any, parse: Any, what: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_vram import __version__, baselines, benchmarking, claiming, marks, report, xdist
+from pytest_vram import __version__, baselines, benchmarking, claiming, marks, report, world, xdist
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
@@ -30,6 +30,8 @@ PLUGIN_KEY = pytest.StashKey["VramPlugin"]()
 MARK_KEY = pytest.StashKey["marks.VramMark | marks.MarkError | None"]()
 PROBE_KEY = pytest.StashKey[Vram]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
+#: every rank's (passed, figures) of a test in a launched world (world.gather_figures)
+RANKS_KEY = pytest.StashKey[list[tuple[bool, list[tuple[int, int]]]]]()
 
 #: Context fields that change figures when they change (the plugin's version does not).
 SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
@@ -365,8 +367,10 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     Also: ``vram.measurements``, ``vram.device`` (e.g. ``"cuda:0"``), ``vram.backend``.
     """
     plugin = request.config.stash[PLUGIN_KEY]
-    probe = plugin.open(request.node)
-    yield probe
+    with plugin.world(request.node):
+        probe = plugin.open(request.node)
+        yield probe
+    # After the world (process group) ends: it keeps the tensors of its last collectives.
     probe.finish()
 
 
@@ -389,6 +393,8 @@ class VramPlugin:
         self.config = config
         self.settings = settings
         self.worker = xdist.is_worker(config)
+        #: a launched rank other than 0 measures and judges, but rank 0 reports and writes
+        self.secondary_rank = world.is_secondary_rank()
         self._backend: Backend | None = None
         self._backend_error: str | None = None
         self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
@@ -410,6 +416,7 @@ class VramPlugin:
         """The measuring backend, created and warmed up at the first measurement."""
         if self._backend is None and self._backend_error is None:
             try:
+                world.select_local_device()
                 backend = create(self.settings.backend, allocator=self.settings.allocator)
                 backend.warmup()
             except (BackendUnavailable, ValueError, ImportError) as exc:
@@ -484,7 +491,7 @@ class VramPlugin:
             mark = _evaluated(item)
             if isinstance(mark, marks.MarkError):
                 mark = None  # reported at setup
-            key = mark.key if mark and mark.key else item.nodeid
+            key = mark.base_key(item.nodeid) if mark else item.nodeid
             other = self.owners.get(key)
             if other is not None and other != item.nodeid:
                 self.shared_keys.setdefault(key, []).extend(
@@ -505,7 +512,7 @@ class VramPlugin:
         mark = _evaluated(item)
         if isinstance(mark, marks.MarkError):
             pytest.fail(str(mark), pytrace=False)
-        key = mark.key if mark and mark.key else item.nodeid
+        key = mark.base_key(item.nodeid) if mark else item.nodeid
         if item.nodeid in self.shared_keys.get(key, ()):
             others = ", ".join(n for n in self.shared_keys[key] if n != item.nodeid)
             pytest.fail(
@@ -532,9 +539,33 @@ class VramPlugin:
         self.used_profiles[profile] = self.display(self.baseline_path(profile))
         meter = Meter(backend)
         meter.start()
-        probe = Vram(meter, mark.key or item.nodeid)
+        probe = Vram(meter, mark.base_key(item.nodeid))
         item.stash[PROBE_KEY] = probe
         return probe
+
+    def world(self, item: pytest.Item) -> Any:
+        """The process group of a test marked ``world_size=N`` (see :mod:`.world`)."""
+        mark = _valid(item)
+        if mark is None or mark.world_size is None:
+            return contextlib.nullcontext()
+        simulates = bool(getattr(self.backend(), "simulates_ranks", False))
+        return _world_or_fail(world.open_world(mark.world_size, simulates, item.nodeid))
+
+    def _gather_ranks(self, item: pytest.Item, probe: Vram, rep: pytest.TestReport) -> None:
+        """In a launched world, collect every rank's figures; a rank that failed fails all."""
+        mark = _valid(item)
+        if world.launched_ranks(mark.world_size if mark else None) is None:
+            return
+        if getattr(probe.backend, "simulates_ranks", False):
+            return  # each launched rank simulated its own world: nothing to gather
+        figures = [(m.model_bytes, m.peak_bytes) for m in probe.measurements]
+        gathered = world.gather_figures(rep.passed, figures)
+        failed = [rank for rank, (passed, _f) in enumerate(gathered) if not passed]
+        if failed and rep.passed:
+            rep.outcome = "failed"
+            rep.longrepr = f"{item.nodeid}: failed on rank(s) {failed}; see their output"
+        elif not failed:
+            item.stash[RANKS_KEY] = gathered
 
     def judge(self, item: pytest.Item, probe: Vram) -> list[report.Record]:
         """Verdicts of every measurement of ``item`` against its baseline."""
@@ -543,9 +574,15 @@ class VramPlugin:
         baseline = self.baseline(profile)
         path = self.display(self.baseline_path(profile))
         records = []
-        for m in probe.measurements:
+        gathered = item.stash.get(RANKS_KEY, None)
+        for index, m in enumerate(probe.measurements):
             key = probe.key(m)
             measured = Entry(m.model_bytes, m.peak_bytes, params=m.params)
+            context = {**m.context, "plugin": __version__}
+            if gathered is not None:
+                model_bytes, peak_bytes, peaks = world.worst_rank(gathered, index)
+                measured = Entry(model_bytes, peak_bytes, params=m.params)
+                context["ranks"] = f"{len(peaks)} launched, peak per rank: {peaks}"
             entry = baseline.entries.get(key) if baseline else None
             tolerance = marks.effective_tolerance(
                 mark,
@@ -578,10 +615,10 @@ class VramPlugin:
                     profile=profile,
                     baseline_path=path,
                     params=m.params,
-                    model_bytes=m.model_bytes,
-                    peak_bytes=m.peak_bytes,
+                    model_bytes=measured.model_bytes,
+                    peak_bytes=measured.peak_bytes,
                     reserved_bytes=m.reserved_bytes,
-                    context={**m.context, "plugin": __version__},
+                    context=context,
                     tolerance=str(tolerance),
                     budget=budget,
                     baseline_model_bytes=entry.model_bytes if entry else None,
@@ -599,6 +636,8 @@ class VramPlugin:
         probe = item.stash.get(PROBE_KEY, None)
         if probe is None:
             return rep
+        if call.when == "call":
+            self._gather_ranks(item, probe, rep)
         if call.when == "call" and rep.passed:
             # Only a workload that ran to completion is judged (and may become a baseline).
             records = self.judge(item, probe)
@@ -629,7 +668,7 @@ class VramPlugin:
     # -- aggregation (controller or single process) -----------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.worker:
+        if self.worker or self.secondary_rank:
             return
         if report.when == "call" and report.passed:
             self.completed.add(report.nodeid)
@@ -642,6 +681,8 @@ class VramPlugin:
         if self.worker:
             data = {"files": sorted(self.collected_files), "owners": self.owners}
             xdist.send(self.config, {**data, "profiles": self.used_profiles})
+            return
+        if self.secondary_rank:
             return
         # Under xdist records arrive in completion order; sorted, the table, the JSON and the
         # Markdown read the same from run to run.
@@ -788,7 +829,7 @@ class VramPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         outcome = self.outcome
         anything = outcome.records or outcome.stale or outcome.pruned or outcome.errors
-        if self.worker or not anything:
+        if self.worker or self.secondary_rank or not anything:
             return
         terminalreporter.ensure_newline()  # else a blank line follows the header
         terminalreporter.section("VRAM")
@@ -834,6 +875,22 @@ def _backend_failure(exc: BaseException) -> str:
 
 def _verdict_dict(v: Verdict) -> dict[str, Any]:
     return {"kind": v.kind.value, "summary": v.summary, "detail": v.detail, "fails": v.fails}
+
+
+@contextlib.contextmanager
+def _world_or_fail(manager: Any) -> Iterator[None]:
+    """Enter a world; one that cannot be set up fails the test with its own message."""
+    try:
+        manager.__enter__()
+    except world.WorldError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield
+    except BaseException as exc:
+        if not manager.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        manager.__exit__(None, None, None)
 
 
 def _owner(key: str, owners: dict[str, str]) -> str | None:

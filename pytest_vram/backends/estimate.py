@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from pytest_vram.backends import _allocator, _fake_kernels
+from pytest_vram.backends import _allocator, _fake_distributed, _fake_kernels
 from pytest_vram.backends._fake_cuda import (
     emulated_cuda_runtime,
     engine_is_asking,
@@ -86,6 +87,15 @@ class _StorageTracker:
         if entry is not None:
             self.allocator.free(entry[1])
 
+    def resized(self, storage: Any) -> None:
+        """Re-count a live storage whose size changed in place (``storage.resize_``)."""
+        key = storage._cdata
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self.allocator.free(entry[1])
+        block = self.allocator.malloc(storage.nbytes()) if storage.nbytes() else None
+        self._live[key] = (weakref.ref(storage, functools.partial(self._release, key)), block)
+
     def transient(self, sizes: list[int]) -> None:
         """Allocate and immediately free buffers a kernel uses internally (peak only)."""
         blocks = [self.allocator.malloc(n) for n in sizes]
@@ -98,7 +108,13 @@ def _is_meta_device(device: object) -> bool:
 
 
 def _is_plain_meta(t: object) -> bool:
-    return isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor) and t.is_meta
+    # A wrapper subclass (a DTensor of FSDP2) dispatches itself, onto its plain local tensor.
+    return (
+        isinstance(t, torch.Tensor)
+        and not isinstance(t, FakeTensor)
+        and not is_traceable_wrapper_subclass(t)
+        and t.is_meta
+    )
 
 
 def _is_real_meta_call(args: Any, kwargs: dict[str, Any]) -> bool:
@@ -198,6 +214,8 @@ class EstimateBackend(Backend):
     """Peak CUDA memory predicted on fake tensors: no GPU, no real memory."""
 
     name = "estimate"
+    #: a test marked world_size=N runs on a fake process group of N ranks (rank 0 measured)
+    simulates_ranks = True
 
     def __init__(self, allocator: str = "expandable") -> None:
         self._allocator_mode = allocator
@@ -264,6 +282,7 @@ class EstimateBackend(Backend):
             if self._emulate:
                 stack.enter_context(emulated_cuda_runtime())
             stack.enter_context(self._mode)
+            stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
             yield
 
     # -- counters -----------------------------------------------------------------------

@@ -33,7 +33,9 @@ def test_help_lists_every_option_and_ini_key(run_vram):
 def test_marker_is_registered(run_vram):
     result = run_vram("--markers")
     result.stdout.fnmatch_lines(
-        ["@pytest.mark.vram(tolerance=None, budget=None, reserved_budget=None, key=None): *"]
+        [
+            "@pytest.mark.vram(tolerance=None, budget=None, reserved_budget=None, key=None, world_size=None): *"
+        ]
     )
 
 
@@ -99,7 +101,7 @@ def test_unimportable_custom_backend_fails_the_vram_tests(vram_pytester, run_vra
         (
             "tolerence='1%'",
             "unknown option 'tolerence' (did you mean 'tolerance'?); "
-            "valid options are budget, key, reserved_budget, tolerance",
+            "valid options are budget, key, reserved_budget, tolerance, world_size",
         ),
         ("budget='8 gigs'", "budget: '8 gigs' is ambiguous; write '8GiB'*"),
         ("budget=8.5", "budget must be a whole number of bytes*"),
