@@ -34,7 +34,8 @@ def test_marker_is_registered(run_vram):
     result = run_vram("--markers")
     result.stdout.fnmatch_lines(
         [
-            "@pytest.mark.vram(tolerance=None, budget=None, reserved_budget=None, key=None, world_size=None): *"
+            "@pytest.mark.vram(tolerance=None, budget=None, reserved_budget=None, key=None, "
+            "world_size=None): *"
         ]
     )
 
