@@ -21,10 +21,12 @@ MARKER_HELP = (
     "vram(tolerance=None, budget=None, key=None): measure the GPU memory of this test with "
     "the `vram` fixture and gate it on its baseline. tolerance: allowed growth over the "
     "baseline ('0.5%', '4MiB', '0.5% + 4MiB'); budget: hard ceiling on the peak ('8GiB'), "
-    "failing whatever the baseline says; key: baseline key instead of the test's node id."
+    "failing whatever the baseline says; key: baseline key instead of the test's node id; "
+    "skip_estimate: a reason to skip the test on the estimate backend (a workload whose "
+    "memory depends on tensor values)."
 )
 
-OPTIONS = ("budget", "key", "tolerance")
+OPTIONS = ("budget", "key", "skip_estimate", "tolerance")
 
 
 class MarkError(Exception):
@@ -38,6 +40,7 @@ class VramMark:
     tolerance: Tolerance | None = None
     budget: int | None = None
     key: str | None = None
+    skip_estimate: str | None = None
 
 
 def evaluate(item: pytest.Item) -> VramMark | None:
@@ -75,7 +78,15 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
             f"{nodeid}: @pytest.mark.vram(key=...): key must be a non-empty string, "
             f"got {key!r}; leave it out to use the test's node id"
         )
-    return VramMark(tolerance=tolerance, budget=budget, key=key)
+    skip_estimate = options.get("skip_estimate")
+    if skip_estimate is not None and (
+        not isinstance(skip_estimate, str) or not skip_estimate.strip()
+    ):
+        raise MarkError(
+            f"{nodeid}: @pytest.mark.vram(skip_estimate=...): give the reason as a non-empty "
+            f"string, e.g. skip_estimate='boolean indexing', got {skip_estimate!r}"
+        )
+    return VramMark(tolerance=tolerance, budget=budget, key=key, skip_estimate=skip_estimate)
 
 
 def _optional(value: Any, parse: Any, what: str) -> Any:

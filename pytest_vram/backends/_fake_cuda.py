@@ -22,7 +22,8 @@ estimator's scope is active (everything is restored on exit):
 4. **SDPA takes the math path** (the CUDA kernel chooser is not compiled in), which
    materialises an O(L^2) attention matrix. :func:`scaled_dot_product_attention` applies the
    Hopper choice (cuDNN on torch >= 2.10, then flash, memory-efficient, math) and calls the
-   fused op, whose outputs and backward are the real ones.
+   fused op, whose outputs and backward are the real ones. A torch-function mode routes
+   every call to it, however the function was imported.
 
 On a machine with a real GPU none of this is installed: fake CUDA tensors already work
 there and SDPA's own chooser runs.
@@ -294,9 +295,37 @@ def _patches() -> list[tuple[object, str, object]]:
         (torch.cuda, "set_rng_state_all", _noop),
         (torch.cuda, "manual_seed", _noop),
         (torch.cuda, "manual_seed_all", _noop),
+        # The attribute patches reach calls the torch-function mode does not: the mode is
+        # thread-local, and a checkpoint's recomputation runs inside the backward engine.
         (F, "scaled_dot_product_attention", scaled_dot_product_attention),
         (torch._C._nn, "scaled_dot_product_attention", scaled_dot_product_attention),
+        (torch.cuda, "get_device_capability", lambda *a, **k: EMULATED_CAPABILITY),
+        (torch.cuda, "get_device_name", lambda *a, **k: EMULATED_NAME),
     ]
+
+
+#: What the emulated GPU reports: an H200 (Hopper, sm90). Libraries pick kernels by it
+#: (transformers' mixture-of-experts layers use ``_grouped_mm`` from sm80 on).
+EMULATED_CAPABILITY = (9, 0)
+EMULATED_NAME = "NVIDIA H200 (emulated by pytest-vram)"
+
+
+class _SdpaMode(torch.overrides.TorchFunctionMode):
+    """Routes every call of ``scaled_dot_product_attention`` to the emulation (point 4).
+
+    The torch-function layer sees the call in C++, whatever Python name it was reached by
+    (``F.scaled_dot_product_attention``, ``from torch.nn.functional import ...``, a saved
+    reference); rebinding a module attribute would miss the imported names.
+    """
+
+    def __torch_function__(  # type: ignore[override]
+        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is _original_sdpa:
+            # The mode is off while its handler runs: the math fallback does not recurse.
+            return scaled_dot_product_attention(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 @contextmanager
@@ -307,7 +336,8 @@ def emulated_cuda_runtime() -> Iterator[None]:
         for owner, name, value in _patches():
             saved.append((owner, name, getattr(owner, name)))
             setattr(owner, name, value)
-        yield
+        with _SdpaMode():
+            yield
     finally:
         for owner, name, value in reversed(saved):
             setattr(owner, name, value)

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter, FakeTensorMode
 
-from pytest_vram.backends import _allocator, _fake_kernels
+from pytest_vram.backends import _allocator, _fake_kernels, _torch_compat
 from pytest_vram.backends._fake_cuda import (
     emulated_cuda_runtime,
     engine_is_asking,
@@ -42,6 +43,8 @@ _META = torch.device("meta")
 _CUDA = torch.device("cuda", 0)
 _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
+_TO = torch.ops.aten.to
+_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _StorageTracker:
@@ -113,14 +116,96 @@ def _is_real_meta_call(args: Any, kwargs: dict[str, Any]) -> bool:
     return False
 
 
+class EstimateUnsupported(RuntimeError):
+    """An operation whose result (and so the memory after it) depends on tensor values."""
+
+
+#: Source files whose value-dependent scalar reads decide *values*, never memory, and the
+#: answer given there (by the type of the scalar read: float, int, bool).
+#:
+#: * weight initialisation: ``trunc_normal_`` redraws out-of-range samples until none is
+#:   left; "nothing to redraw" (no CUDA memory is measured during a build anyway);
+#: * ``torch.optim``: step counts and hyperparameters kept in tensors (``_get_value``,
+#:   Adafactor's norms, ASGD's ``mu``) scale the update; the first step's value, 1;
+#: * ``torch.amp.GradScaler``: ``found_inf`` decides whether the optimizer step runs; the
+#:   estimate assumes finite gradients (0 infs), i.e. the step runs and creates its state.
+_VALUE_FREE_CALLERS: tuple[tuple[str, tuple[float, int, bool]], ...] = (
+    (os.path.join(_TORCH_DIR, "nn", "init.py"), (0.0, 0, False)),
+    (os.path.join(_TORCH_DIR, "optim", ""), (1.0, 1, False)),
+    (os.path.join(_TORCH_DIR, "amp", "grad_scaler.py"), (0.0, 0, False)),
+)
+
+
+def _value_free_answer(filename: str, dtype: torch.dtype) -> float | int | bool | None:
+    for prefix, (real, integer, boolean) in _VALUE_FREE_CALLERS:
+        if filename.startswith(prefix):
+            if dtype == torch.bool:
+                return boolean
+            return real if dtype.is_floating_point else integer
+    return None
+
+
+def _value_dependent(func: Any, args: Any) -> Any:
+    """Answer a value-dependent query where memory cannot depend on it, else explain.
+
+    Fake tensors have no values: ``.item()``, ``bool(t)``, ``nonzero``, boolean indexing
+    cannot be computed. Where the answer only decides values (see ``_VALUE_FREE_CALLERS``)
+    a fixed answer is given; anywhere else the figure would depend on data the estimator
+    does not have, so the test fails, naming the user's line.
+    """
+    frames = _torch_compat.user_frames()
+    if func is torch.ops.aten._local_scalar_dense.default and frames:
+        answer = _value_free_answer(frames[0].filename, args[0].dtype)
+        if answer is not None:
+            return answer
+    where = next((f for f in frames if not f.filename.startswith(_TORCH_DIR)), None)
+    line = f"{where.filename}:{where.lineno} ({where.line})" if where else "an unknown line"
+    if frames and where is not frames[0]:
+        line += f", inside {frames[0].filename}:{frames[0].lineno}"
+    raise EstimateUnsupported(
+        f"the estimate backend cannot run {func} at {line}: its result depends on tensor "
+        "values, which fake tensors do not have (e.g. .item(), nonzero, boolean indexing, "
+        "data-dependent control flow). Measure this test with --vram-backend=cuda, or mark "
+        "it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
+    ) from None
+
+
+class _UnmemoizedConverter(FakeTensorConverter):
+    """Wraps an operator's fresh meta outputs without keeping a weak reference to them.
+
+    ``FakeTensorConverter`` memoises every wrapped output in a weak-value dictionary, so
+    each fake tensor has a weak reference, and ``torch.utils.swap_tensors`` (which
+    ``Module._apply`` uses for every fake parameter: ``.to()``, ``.cuda()``, ``.half()``)
+    refuses tensors with weak references ("Couldn't swap Linear.weight"). A fresh output's
+    meta tensor is never wrapped twice, so the memo buys nothing here. Real tensors
+    (``from_real_tensor``) keep their memo: the same CPU tensor must map to one fake.
+    """
+
+    def from_meta_and_device(  # type: ignore[override]
+        self,
+        fake_mode: FakeTensorMode,
+        t: torch.Tensor,
+        device: torch.device,
+        pytype: type[torch.Tensor] | None = None,
+        dispatch_keys: Any = None,
+    ) -> FakeTensor:
+        return FakeTensor(fake_mode, t, device, pytype=pytype, dispatch_keys=dispatch_keys)
+
+
 class _EstimatingFakeMode(FakeTensorMode):
     """``FakeTensorMode`` that feeds the allocator model and emulates CUDA for autograd."""
 
     def __init__(self, tracker: _StorageTracker, emulate: bool) -> None:
         super().__init__(allow_non_fake_inputs=True)
+        self.fake_tensor_converter = _UnmemoizedConverter()
         self._tracker = tracker
         self._emulate = emulate
         self._nesting = threading.local()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _EstimatingFakeMode:
+        # ``copy.deepcopy`` of a module copies each fake tensor's ``__dict__``, which holds
+        # its mode: the copy must live in the same mode (and the same allocator model).
+        return self
 
     def cpp_meta_supports_symint(self, func: Any) -> bool:
         """Prefer an operator's C++ meta kernel to a Python decomposition.
@@ -167,6 +252,13 @@ class _EstimatingFakeMode(FakeTensorMode):
             out = self.fake_tensor_converter.from_meta_and_device(self, meta, device)
             self._tracker.track(out)
             return out
+        if func in _fake_kernels.NO_ALLOCATION_INPLACE:
+            return None
+        if func.overloadpacket is _TO:
+            # Under inference mode ``Tensor.to`` reaches the mode undecomposed, and fake
+            # constant propagation then runs it for real on a CUDA device this torch lacks;
+            # its decomposition (``_to_copy`` or the input itself) is what CUDA runs.
+            return func.decompose(*args, **kwargs)
         if _is_real_meta_call(args, kwargs):
             # Meta stays meta: a model built on the meta device inside the scope must be
             # made of plain meta tensors (as outside), or ``to_empty`` cannot swap them.
@@ -179,6 +271,11 @@ class _EstimatingFakeMode(FakeTensorMode):
         self._nesting.depth = depth + 1
         try:
             out = super().__torch_dispatch__(func, types, args, kwargs)
+        except _torch_compat.VALUE_DEPENDENT_ERRORS:
+            if depth:
+                raise
+            __tracebackhide__ = True
+            out = _value_dependent(func, args)
         finally:
             self._nesting.depth = depth
         if depth:
@@ -203,6 +300,13 @@ class EstimateBackend(Backend):
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
         # tensors behave natively and SDPA's real chooser runs.
         self._emulate = not torch.cuda.is_available()
+        gone = _torch_compat.missing(cpu_only=self._emulate and not torch.backends.cuda.is_built())
+        if gone:
+            raise BackendUnavailable(
+                f"the estimate backend needs torch internals that torch {torch.__version__} "
+                f"lacks: {', '.join(gone)}; use a tested torch (2.11 to 2.13, see README.md) "
+                "or --vram-backend=cuda"
+            )
         if self._emulate and not torch.backends.cuda.is_built() and not install_cuda_guard():
             raise BackendUnavailable(
                 "the estimate backend cannot register a CUDA device guard on this torch "
