@@ -25,7 +25,9 @@ What is used, and why:
   fused op with autocast off, as the AutocastCUDA kernel does;
 * the fused SDPA operators and the positions of their arguments and outputs
   (``_fake_kernels``): ``compute_log_sumexp`` is argument 4 of the cuDNN and efficient
-  forward, philox seed/offset are outputs 6 and 7 of the cuDNN forward.
+  forward, philox seed/offset are outputs 6 and 7 of the cuDNN forward;
+* ``torch._dynamo.exc.BackendCompilerFailed``: recognising a ``torch.compile`` failure, to
+  replace it with an error that says what to do.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def _value_dependent_errors() -> tuple[type[BaseException], ...]:
 VALUE_DEPENDENT_ERRORS = _value_dependent_errors()
 
 
+def is_compile_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch.compile's compiler failing (``BackendCompilerFailed``)."""
+    dynamo_exc = sys.modules.get("torch._dynamo.exc")  # never imported just for this
+    failed = getattr(dynamo_exc, "BackendCompilerFailed", None)
+    return failed is not None and isinstance(exc, failed)
+
+
 def user_frames() -> list[traceback.FrameSummary]:
     """The calling stack, innermost first, without torch's dispatch machinery and ours."""
     frames = traceback.extract_stack(sys._getframe(1))
@@ -104,6 +113,7 @@ REQUIRED = (
     "torch.autograd.graph._engine_run_backward",
     "torch.cuda.amp.common.amp_definitely_not_available",
     "torch.overrides.TorchFunctionMode",
+    "torch._dynamo.exc.BackendCompilerFailed",
     "torch.ops.aten._scaled_dot_product_cudnn_attention.default",
     "torch.ops.aten._scaled_dot_product_cudnn_attention_backward.default",
     "torch.ops.aten._scaled_dot_product_flash_attention.default",

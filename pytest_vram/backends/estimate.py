@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import threading
+import traceback
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -168,6 +169,21 @@ def _value_dependent(func: Any, args: Any) -> Any:
         "data-dependent control flow). Measure this test with --vram-backend=cuda, or mark "
         "it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
     ) from None
+
+
+def _compile_message(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    user = [f for f in frames if not f.filename.startswith((_TORCH_DIR, mine))]
+    line = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else "?"
+    return (
+        f"the estimate backend cannot run a torch.compile'd function, called at {line}: "
+        "the compiled kernels' memory (fusion, Inductor's buffer reuse) is not what the "
+        "eager operators allocate, and the compiler needs a real GPU. Measure this test "
+        "with --vram-backend=cuda, call the uncompiled module (e.g. the "
+        "OptimizedModule's ._orig_mod) for the estimate, or mark the test "
+        "@pytest.mark.vram(skip_estimate='torch.compile')."
+    )
 
 
 class _UnmemoizedConverter(FakeTensorConverter):
@@ -364,7 +380,12 @@ class EstimateBackend(Backend):
             if self._emulate:
                 stack.enter_context(emulated_cuda_runtime())
             stack.enter_context(self._mode)
-            yield
+            try:
+                yield
+            except Exception as exc:
+                if _torch_compat.is_compile_failure(exc):
+                    raise EstimateUnsupported(_compile_message(exc)) from None
+                raise
 
     # -- counters -----------------------------------------------------------------------
     def synchronize(self) -> None:

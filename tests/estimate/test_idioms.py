@@ -156,3 +156,12 @@ def test_every_private_torch_api_is_present() -> None:
     from pytest_vram.backends import _torch_compat
 
     assert _torch_compat.missing(cpu_only=True) == []
+
+
+def test_compiled_module_is_refused_with_the_fix(backend: Any) -> None:
+    def work(m: Any) -> Any:
+        return m(torch.empty(4, 64, device="cuda"))
+
+    build = lambda: torch.compile(nn.Linear(64, 64, device="cuda"))  # noqa: E731
+    with pytest.raises(RuntimeError, match=r"torch.compile'd function, called at .*test_idioms"):
+        measure(backend, build, work)
