@@ -171,6 +171,33 @@ def _value_dependent(func: Any, args: Any) -> Any:
     ) from None
 
 
+def _shallow_copy(self: FakeTensor) -> torch.Tensor:
+    """``copy.copy`` of a fake tensor: a new tensor on the same storage, as for a CUDA one.
+
+    A real tensor pickles its storage, so ``copy.copy`` shares it; a fake tensor pickles as
+    a storage-less wrapper subclass, which no allocation would ever account for.
+    """
+    out = self.detach()
+    if self.requires_grad:
+        out.requires_grad_(True)
+    for key, value in self.__dict__.items():
+        out.__dict__.setdefault(key, value)
+    return out
+
+
+@contextlib.contextmanager
+def _fake_tensor_copy() -> Iterator[None]:
+    previous = FakeTensor.__dict__.get("__copy__")
+    FakeTensor.__copy__ = _shallow_copy  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if previous is None:
+            del FakeTensor.__copy__  # type: ignore[attr-defined]
+        else:
+            FakeTensor.__copy__ = previous  # type: ignore[attr-defined]
+
+
 def _compile_message(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     mine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -379,6 +406,7 @@ class EstimateBackend(Backend):
         with contextlib.ExitStack() as stack:
             if self._emulate:
                 stack.enter_context(emulated_cuda_runtime())
+            stack.enter_context(_fake_tensor_copy())
             stack.enter_context(self._mode)
             try:
                 yield

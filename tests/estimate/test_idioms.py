@@ -165,3 +165,15 @@ def test_compiled_module_is_refused_with_the_fix(backend: Any) -> None:
     build = lambda: torch.compile(nn.Linear(64, 64, device="cuda"))  # noqa: E731
     with pytest.raises(RuntimeError, match=r"torch.compile'd function, called at .*test_idioms"):
         measure(backend, build, work)
+
+
+def test_shallow_copy_of_a_tensor_shares_its_storage(backend: Any) -> None:
+    def build() -> Any:
+        return copy.copy(torch.empty(1000, device="cuda"))  # the original dies here
+
+    def work(t: Any) -> Any:
+        return copy.copy(t).add_(1)  # in place on the shared storage: nothing new
+
+    record = measure(backend, build, work)
+    assert record.model_bytes == round_size(4000)
+    assert record.activation_bytes == 0
