@@ -199,7 +199,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--backends", default="cuda,estimate")
     parser.add_argument("--only", default="", help="comma-separated workload names")
-    parser.add_argument("--budget-s", type=float, default=100.0, help="per backend")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="per backend")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from corpus_workloads import WORKLOADS

@@ -177,3 +177,14 @@ def test_shallow_copy_of_a_tensor_shares_its_storage(backend: Any) -> None:
     record = measure(backend, build, work)
     assert record.model_bytes == round_size(4000)
     assert record.activation_bytes == 0
+
+
+def test_missing_torch_internals_make_the_backend_unavailable(monkeypatch: Any) -> None:
+    from pytest_vram.backends import _torch_compat
+    from pytest_vram.backends.base import BackendUnavailable
+
+    monkeypatch.setattr(
+        _torch_compat, "REQUIRED", (*_torch_compat.REQUIRED, "torch._C._no_such_internal")
+    )
+    with pytest.raises(BackendUnavailable, match=r"lacks: torch\._C\._no_such_internal;"):
+        create("estimate")
