@@ -334,6 +334,37 @@ class _EstimatingFakeMode(FakeTensorMode):
         return out
 
 
+class _Scope:
+    """The estimator's scope: the CUDA emulation (if any) and the fake mode.
+
+    A class rather than a generator so that an :class:`EstimateUnsupported` reaches the
+    test from a frame pytest hides, with its message (which names the user's line) and
+    without torch's and the estimator's frames.
+    """
+
+    def __init__(self, mode: _EstimatingFakeMode, emulate: bool) -> None:
+        self._mode = mode
+        self._emulate = emulate
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> None:
+        with contextlib.ExitStack() as stack:
+            if self._emulate:
+                stack.enter_context(emulated_cuda_runtime())
+            stack.enter_context(_fake_tensor_copy())
+            stack.enter_context(self._mode)
+            self._stack = stack.pop_all()
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        self._stack.__exit__(typ, exc, tb)
+        if isinstance(exc, EstimateUnsupported):
+            raise EstimateUnsupported(str(exc)) from None
+        if exc is not None and _torch_compat.is_compile_failure(exc):
+            raise EstimateUnsupported(_compile_message(exc)) from None
+        return False
+
+
 class EstimateBackend(Backend):
     """Peak CUDA memory predicted on fake tensors: no GPU, no real memory."""
 
@@ -398,22 +429,11 @@ class EstimateBackend(Backend):
         self._mode = None
         self._tracker = None
 
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
+    def scope(self) -> contextlib.AbstractContextManager[None]:
         if self._mode is None:
             self.begin_test()
         assert self._mode is not None
-        with contextlib.ExitStack() as stack:
-            if self._emulate:
-                stack.enter_context(emulated_cuda_runtime())
-            stack.enter_context(_fake_tensor_copy())
-            stack.enter_context(self._mode)
-            try:
-                yield
-            except Exception as exc:
-                if _torch_compat.is_compile_failure(exc):
-                    raise EstimateUnsupported(_compile_message(exc)) from None
-                raise
+        return _Scope(self._mode, self._emulate)
 
     # -- counters -----------------------------------------------------------------------
     def synchronize(self) -> None:
