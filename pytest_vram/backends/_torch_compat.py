@@ -21,8 +21,9 @@ What is used, and why:
 * ``torch.autograd.graph._engine_run_backward``: the frame that identifies queries from
   the autograd engine;
 * ``torch.cuda.amp.common.amp_definitely_not_available``: autocast's availability check;
-* ``torch._C._ExcludeDispatchKeyGuard`` and ``DispatchKey.AutocastCUDA``: running SDPA's
-  fused op with autocast off, as the AutocastCUDA kernel does;
+* ``aten::_scaled_dot_product_attention_math``, on whose AutogradCUDA key the SDPA
+  emulation is registered (``torch.library``): on a CPU-only build every SDPA call on CUDA
+  tensors reaches it;
 * the fused SDPA operators and the positions of their arguments and outputs
   (``_fake_kernels``): ``compute_log_sumexp`` is argument 4 of the cuDNN and efficient
   forward, philox seed/offset are outputs 6 and 7 of the cuDNN forward;
@@ -108,11 +109,10 @@ REQUIRED = (
     "torch._subclasses.fake_tensor.DataDependentOutputException",
     "torch._subclasses.fake_tensor.DynamicOutputShapeException",
     "torch._C._dispatch_has_kernel_for_dispatch_key",
-    "torch._C._ExcludeDispatchKeyGuard",
-    "torch._C.DispatchKey.AutocastCUDA",
     "torch.autograd.graph._engine_run_backward",
     "torch.cuda.amp.common.amp_definitely_not_available",
-    "torch.overrides.TorchFunctionMode",
+    "torch.library.Library",
+    "torch.ops.aten._scaled_dot_product_attention_math.default",
     "torch._dynamo.exc.BackendCompilerFailed",
     "torch.ops.aten._scaled_dot_product_cudnn_attention.default",
     "torch.ops.aten._scaled_dot_product_cudnn_attention_backward.default",

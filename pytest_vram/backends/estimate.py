@@ -36,6 +36,7 @@ from pytest_vram.backends._fake_cuda import (
     emulated_cuda_runtime,
     engine_is_asking,
     install_cuda_guard,
+    install_sdpa_kernel,
 )
 from pytest_vram.backends.base import Backend, BackendUnavailable
 
@@ -386,6 +387,8 @@ class EstimateBackend(Backend):
                 "the estimate backend cannot register a CUDA device guard on this torch "
                 f"build ({torch.__version__}); autograd on fake CUDA tensors would abort"
             )
+        if self._emulate:
+            install_sdpa_kernel()
         self._allocator = _allocator.CachingAllocatorModel()
         self._tracker: _StorageTracker | None = None
         self._mode: _EstimatingFakeMode | None = None
