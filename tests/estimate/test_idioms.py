@@ -188,3 +188,22 @@ def test_missing_torch_internals_make_the_backend_unavailable(monkeypatch: Any) 
     )
     with pytest.raises(BackendUnavailable, match=r"lacks: torch\._C\._no_such_internal;"):
         create("estimate")
+
+
+def test_sdpa_imported_by_name_is_fused_in_a_checkpoint_recomputation(backend: Any) -> None:
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+    from torch.utils.checkpoint import checkpoint
+
+    L = 4096
+
+    def build() -> Any:
+        return torch.empty(1, 4, L, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+
+    def work(q: Any) -> None:
+        out = checkpoint(lambda t: sdpa(t, t, t, is_causal=True), q, use_reentrant=False)
+        out.float().sum().backward()  # recomputes on the backward engine's side
+
+    record = measure(backend, build, work)
+    # the math path would hold (1, 4, L, L) fp16 scores and their softmax: 128 MiB each;
+    # a different kernel in the recomputation would fail the checkpoint's check instead
+    assert record.activation_bytes < 64 * 1024 * 1024
