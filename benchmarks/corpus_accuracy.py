@@ -168,20 +168,21 @@ def render(data: dict[str, Any]) -> str:
     cuda = runs.get("cuda", {})
     est = runs.get("estimate", {})
     lines = [
-        "| workload | params | cuda model | estimate model | cuda peak | estimate peak | "
-        "peak difference |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| workload | params | cuda model | estimate model | model difference | cuda peak | "
+        "estimate peak | peak difference |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in data["names"]:
         r = cuda.get("results", {}).get(name, {})
         e = est.get("results", {}).get(name, {})
         if "error" in r or "error" in e:
             why = (r.get("error") or e.get("error") or "")[:120].replace("|", "/")
-            lines.append(f"| {name} | | | | | | failed: {why} |")
+            lines.append(f"| {name} | | | | | | | failed: {why} |")
             continue
         lines.append(
             f"| {name} | {e.get('params') or r.get('params') or ''} | "
             f"{r.get('model_bytes', '')} | {e.get('model_bytes', '')} | "
+            f"{_diff(e.get('model_bytes'), r.get('model_bytes'))} | "
             f"{r.get('peak_bytes', '')} | {e.get('peak_bytes', '')} | "
             f"{_diff(e.get('peak_bytes'), r.get('peak_bytes'))} |"
         )
