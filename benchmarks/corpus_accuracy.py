@@ -163,6 +163,13 @@ def _diff(est: Any, real: Any) -> str:
     return f"{est - real:+,} B ({(est - real) / real * 100:+.4f}%)"
 
 
+def _result(run: dict[str, Any], name: str, backend: str) -> dict[str, Any]:
+    """One workload's figures; a backend whose whole run failed reports that per row."""
+    if "error" in run:
+        return {"error": f"{backend} run: {run['error']}"}
+    return run.get("results", {}).get(name, {})
+
+
 def render(data: dict[str, Any]) -> str:
     runs = data["runs"]
     cuda = runs.get("cuda", {})
@@ -173,8 +180,8 @@ def render(data: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in data["names"]:
-        r = cuda.get("results", {}).get(name, {})
-        e = est.get("results", {}).get(name, {})
+        r = _result(cuda, name, "cuda")
+        e = _result(est, name, "estimate")
         if "error" in r or "error" in e:
             why = (r.get("error") or e.get("error") or "")[:120].replace("|", "/")
             lines.append(f"| {name} | | | | | | | failed: {why} |")
