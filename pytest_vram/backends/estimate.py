@@ -24,6 +24,7 @@ import functools
 import os
 import threading
 import traceback
+import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -186,17 +187,32 @@ def _shallow_copy(self: FakeTensor) -> torch.Tensor:
     return out
 
 
+def _deep_copy(self: FakeTensor, memo: dict[int, Any]) -> torch.Tensor:
+    """``copy.deepcopy`` of a fake tensor: torch's own, without its data-pointer warning.
+
+    ``Tensor.__deepcopy__`` asks a subclass for ``data_ptr()`` (0 for a fake tensor: it then
+    clones), which warns; under ``-W error`` a plain ``copy.deepcopy(model)`` would fail.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        return torch.Tensor.__deepcopy__(self, memo)
+
+
 @contextlib.contextmanager
 def _fake_tensor_copy() -> Iterator[None]:
-    previous = FakeTensor.__dict__.get("__copy__")
-    FakeTensor.__copy__ = _shallow_copy  # type: ignore[attr-defined]
+    """``copy.copy`` and ``copy.deepcopy`` of fake tensors as for CUDA tensors (scope only)."""
+    methods = {"__copy__": _shallow_copy, "__deepcopy__": _deep_copy}
+    previous = {name: FakeTensor.__dict__.get(name) for name in methods}
+    for name, method in methods.items():
+        setattr(FakeTensor, name, method)
     try:
         yield
     finally:
-        if previous is None:
-            del FakeTensor.__copy__  # type: ignore[attr-defined]
-        else:
-            FakeTensor.__copy__ = previous  # type: ignore[attr-defined]
+        for name, method in previous.items():
+            if method is None:
+                delattr(FakeTensor, name)
+            else:
+                setattr(FakeTensor, name, method)
 
 
 def _compile_message(exc: BaseException) -> str:
