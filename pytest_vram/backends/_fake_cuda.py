@@ -290,7 +290,9 @@ _library: list[Any] = []  # the registration must live as long as the process
 
 def install_sdpa_kernel() -> bool:
     """Register :func:`_math_kernel` once per process on a CPU-only build (no real CUDA
-    tensor can reach it there); True when it is in place."""
+    tensor can reach it there); True when it is in place, False on a CUDA build."""
+    if torch.backends.cuda.is_built():
+        return False  # see _python_sdpa_patches
     with _install_lock:
         if not _library:
             lib = torch.library.Library("aten", "IMPL")  # noqa: TOR901 - an aten kernel
@@ -324,7 +326,54 @@ def _patches() -> list[tuple[object, str, object]]:
         (torch.cuda, "manual_seed_all", _noop),
         (torch.cuda, "get_device_capability", lambda *a, **k: EMULATED_CAPABILITY),
         (torch.cuda, "get_device_name", lambda *a, **k: EMULATED_NAME),
+        *_python_sdpa_patches(),
     ]
+
+
+_original_sdpa = F.scaled_dot_product_attention
+
+
+def _python_sdpa_patches() -> list[tuple[object, str, object]]:
+    """On a CUDA build without a visible GPU, SDPA's C++ code runs the real CUDA kernel
+    chooser (which needs a device) instead of calling the math operator: there the Python
+    entry points are replaced, as before the dispatcher kernel existed. A name imported
+    before the scope still reaches the chooser; CPU-only builds (CI) have no such gap."""
+    if not torch.backends.cuda.is_built():
+        return []
+    return [
+        (F, "scaled_dot_product_attention", scaled_dot_product_attention),
+        (torch._C._nn, "scaled_dot_product_attention", scaled_dot_product_attention),
+    ]
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` as CUDA runs it (CUDA builds without a GPU)."""
+    args = (query, key, value, attn_mask, dropout_p, is_causal)
+    if torch.is_autocast_enabled("cuda"):
+        # SDPA is on autocast's lower-precision list: the AutocastCUDA kernel casts the
+        # floating inputs first (fp64 stays), then runs the op with autocast off.
+        low = torch.get_autocast_dtype("cuda")
+        query, key, value = (
+            t.to(low) if t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in (query, key, value)
+        )
+        args = (query, key, value, attn_mask, dropout_p, is_causal)
+    with torch._C._ExcludeDispatchKeyGuard(
+        torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
+    ):
+        choice = sdp_choice(query, key, value, attn_mask, is_causal, enable_gqa)
+        if choice == "math":
+            return _original_sdpa(*args, scale=scale, enable_gqa=enable_gqa)
+        return _fused_attention(choice, *args, scale)
 
 
 #: What the emulated GPU reports: an H200 (Hopper, sm90). Libraries pick kernels by it
@@ -356,5 +405,6 @@ __all__ = [
     "engine_is_asking",
     "install_cuda_guard",
     "install_sdpa_kernel",
+    "scaled_dot_product_attention",
     "sdp_choice",
 ]

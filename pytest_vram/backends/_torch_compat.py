@@ -23,7 +23,9 @@ What is used, and why:
 * ``torch.cuda.amp.common.amp_definitely_not_available``: autocast's availability check;
 * ``aten::_scaled_dot_product_attention_math``, on whose AutogradCUDA key the SDPA
   emulation is registered (``torch.library``): on a CPU-only build every SDPA call on CUDA
-  tensors reaches it;
+  tensors reaches it; on a CUDA build without a GPU the Python entry points are patched
+  instead, and ``torch._C._ExcludeDispatchKeyGuard`` / ``DispatchKey.AutocastCUDA`` run the
+  fused op with autocast off, as the AutocastCUDA kernel does;
 * the fused SDPA operators and the positions of their arguments and outputs
   (``_fake_kernels``): ``compute_log_sumexp`` is argument 4 of the cuDNN and efficient
   forward, philox seed/offset are outputs 6 and 7 of the cuDNN forward;
@@ -112,6 +114,8 @@ REQUIRED = (
     "torch.autograd.graph._engine_run_backward",
     "torch.cuda.amp.common.amp_definitely_not_available",
     "torch.library.Library",
+    "torch._C._ExcludeDispatchKeyGuard",
+    "torch._C.DispatchKey.AutocastCUDA",
     "torch.ops.aten._scaled_dot_product_attention_math.default",
     "torch._dynamo.exc.BackendCompilerFailed",
     "torch.ops.aten._scaled_dot_product_cudnn_attention.default",
