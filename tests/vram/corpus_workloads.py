@@ -78,7 +78,9 @@ def gpt2_train_bf16(model: Any, size: str, device: str) -> None:
 
 def gpt2_train_gradscaler(model: Any, size: str, device: str) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda")
+    # A moderate initial scale, so that the GPU's first step does not overflow and skip the
+    # optimizer step: the estimator assumes finite gradients (docs/estimator.md).
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
     ids = _tokens(size, device, model.config.vocab_size)
     with torch.autocast("cuda", dtype=torch.float16):
         loss = model(ids, labels=ids).loss
