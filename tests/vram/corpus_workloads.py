@@ -140,7 +140,10 @@ def llama_kv_cache_decode(model: Any, size: str, device: str) -> Any:
     its value-dependent stopping checks)."""
     T = _tf()
     ids = _tokens(size, device, model.config.vocab_size, 1, 16 if size == "small" else 512)
-    cache = T.DynamicCache(config=model.config)
+    try:
+        cache = T.DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56 builds its cache layers lazily
+        cache = T.DynamicCache()
     with torch.no_grad():
         for _ in range(4):
             out = model(ids, past_key_values=cache, use_cache=True)
