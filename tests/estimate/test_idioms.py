@@ -207,3 +207,33 @@ def test_sdpa_imported_by_name_is_fused_in_a_checkpoint_recomputation(backend: A
     # the math path would hold (1, 4, L, L) fp16 scores and their softmax: 128 MiB each;
     # a different kernel in the recomputation would fail the checkpoint's check instead
     assert record.activation_bytes < 64 * 1024 * 1024
+
+
+USER_TEST = """
+import pytest
+import torch
+
+
+def test_boolean_index(vram):
+    t = vram.build(lambda: torch.empty(100, device=vram.device))
+    vram.run(lambda t: t[t > 0], t)
+
+
+@pytest.mark.vram(skip_estimate="boolean indexing")
+def test_skipped(vram):
+    t = vram.build(lambda: torch.empty(100, device=vram.device))
+    vram.run(lambda t: t[t > 0], t)
+"""
+
+
+def test_a_user_sees_the_reason_and_the_fix_not_internals(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest_subprocess(
+        "--vram-backend=estimate", "-p", "no:cacheprovider", "-rs"
+    )
+    result.assert_outcomes(failed=1, skipped=1)
+    out = result.stdout.str()
+    assert "test_user.py:7 (vram.run(lambda t: t[t > 0], t))" in out
+    assert "--vram-backend=cuda" in out and "skip_estimate=" in out
+    assert "not measurable on the estimate backend: boolean indexing" in out
+    assert "fake_tensor.py" not in out and "backends/estimate.py" not in out
