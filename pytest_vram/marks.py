@@ -18,16 +18,18 @@ MARKER = "vram"
 
 #: What ``pytest --markers`` shows.
 MARKER_HELP = (
-    "vram(tolerance=None, budget=None, reserved_budget=None, key=None, world_size=None): "
-    "measure the GPU memory of this test with the `vram` fixture and gate it on its "
-    "baseline. tolerance: allowed growth over the baseline ('0.5%', '4MiB', '0.5% + 4MiB'); "
-    "budget: hard ceiling on the peak ('8GiB'), failing whatever the baseline says; "
-    "reserved_budget: hard ceiling on the memory reserved from the device (fragmentation "
-    "included); key: baseline key instead of the test's node id; world_size: number of "
-    "ranks of the sharded (torch.distributed) run to measure one rank of."
+    "vram(tolerance=None, budget=None, reserved_budget=None, key=None, world_size=None, "
+    "skip_estimate=None): measure the GPU memory of this test with the `vram` fixture and "
+    "gate it on its baseline. tolerance: allowed growth over the baseline ('0.5%', '4MiB', "
+    "'0.5% + 4MiB'); budget: hard ceiling on the peak ('8GiB'), failing whatever the "
+    "baseline says; reserved_budget: hard ceiling on the memory reserved from the device "
+    "(fragmentation included); key: baseline key instead of the test's node id; "
+    "world_size: number of ranks of the sharded (torch.distributed) run to measure one "
+    "rank of; skip_estimate: a reason to skip the test on the estimate backend (a workload "
+    "whose memory depends on tensor values)."
 )
 
-OPTIONS = ("budget", "key", "reserved_budget", "tolerance", "world_size")
+OPTIONS = ("budget", "key", "reserved_budget", "skip_estimate", "tolerance", "world_size")
 
 
 class MarkError(Exception):
@@ -43,6 +45,7 @@ class VramMark:
     key: str | None = None
     reserved_budget: int | None = None
     world_size: int | None = None
+    skip_estimate: str | None = None
 
     def base_key(self, nodeid: str) -> str:
         """The baseline key of the test's (unnamed) measurement; it carries the world size."""
@@ -110,6 +113,14 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
             f"{nodeid}: @pytest.mark.vram(key=...): key must be a non-empty string, "
             f"got {key!r}; leave it out to use the test's node id"
         )
+    skip_estimate = options.get("skip_estimate")
+    if skip_estimate is not None and (
+        not isinstance(skip_estimate, str) or not skip_estimate.strip()
+    ):
+        raise MarkError(
+            f"{nodeid}: @pytest.mark.vram(skip_estimate=...): give the reason as a non-empty "
+            f"string, e.g. skip_estimate='boolean indexing', got {skip_estimate!r}"
+        )
     world_size = options.get("world_size")
     if world_size is not None and (
         isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1
@@ -124,6 +135,7 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
         key=key,
         reserved_budget=reserved_budget,
         world_size=world_size,
+        skip_estimate=skip_estimate,
     )
 
 

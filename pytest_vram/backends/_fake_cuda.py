@@ -20,9 +20,12 @@ estimator's scope is active (everything is restored on exit):
    unavailable. The availability check is patched, so the real C++ ``AutocastCUDA`` kernels
    run (fp16 casts for matmuls, fp32 for norms and softmax, the weight-cast cache).
 4. **SDPA takes the math path** (the CUDA kernel chooser is not compiled in), which
-   materialises an O(L^2) attention matrix. :func:`scaled_dot_product_attention` applies the
-   Hopper choice (cuDNN on torch >= 2.10, then flash, memory-efficient, math) and calls the
-   fused op, whose outputs and backward are the real ones.
+   materialises an O(L^2) attention matrix. :func:`install_sdpa_kernel` registers a kernel
+   for ``aten::_scaled_dot_product_attention_math`` on the AutogradCUDA key, which every
+   SDPA call on CUDA tensors reaches (however the function was imported, on any thread);
+   inside the scope it applies the Hopper choice (cuDNN on torch >= 2.10, then flash,
+   memory-efficient, math) and calls the fused op, whose outputs and backward are the real
+   ones.
 
 On a machine with a real GPU none of this is installed: fake CUDA tensors already work
 there and SDPA's own chooser runs.
@@ -127,12 +130,7 @@ def engine_is_asking(depth: int = 2) -> bool:
 
 
 # -- 4. SDPA backend choice -----------------------------------------------------------------
-_original_sdpa = F.scaled_dot_product_attention
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _is_fake_cuda(t: object) -> bool:
-    return isinstance(t, torch.Tensor) and getattr(t, "fake_device", t.device).type == "cuda"
 
 
 def prefers_cudnn_attention() -> bool:
@@ -219,56 +217,88 @@ def sdp_choice(
     return "math"
 
 
-def scaled_dot_product_attention(
+def _fused_attention(
+    choice: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
+    """The fused SDPA operator ``choice`` names, called as ``attention.cu`` calls it."""
+    needs_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    if choice == "cudnn":
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(
+            query, key, value, None, needs_lse, dropout_p, is_causal, False, scale=scale
+        )[0]
+    if choice == "flash":
+        head = query.size(-1)
+        scale = 1.0 / math.sqrt(head) if scale is None else scale
+        pad = (-head) % 8
+        if pad:  # the CUDA path pads the head dim to a multiple of 8, then slices
+            query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
+        out = torch.ops.aten._scaled_dot_product_flash_attention(
+            query, key, value, dropout_p, is_causal, False, scale=scale
+        )[0]
+        return out[..., :head] if pad else out
+    return torch.ops.aten._scaled_dot_product_efficient_attention(
+        query, key, value, attn_mask, needs_lse, dropout_p, is_causal, scale=scale
+    )[0]
+
+
+_MATH = torch.ops.aten._scaled_dot_product_attention_math.default
+_scopes = [0]  # emulated scopes entered in the process (the backward engine has own threads)
+
+
+def _math_kernel(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attn_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     is_causal: bool = False,
+    dropout_mask: torch.Tensor | None = None,
+    *,
     scale: float | None = None,
     enable_gqa: bool = False,
-) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` as CUDA runs it, for fake CUDA tensors."""
-    if not (_is_fake_cuda(query) and _is_fake_cuda(key) and _is_fake_cuda(value)):
-        return _original_sdpa(
-            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-        )
-    if torch.is_autocast_enabled("cuda"):
-        # SDPA is on autocast's lower-precision list: the AutocastCUDA kernel casts the
-        # floating inputs first (fp64 stays), then runs the op with autocast off.
-        low = torch.get_autocast_dtype("cuda")
-        query, key, value = (
-            t.to(low) if t.is_floating_point() and t.dtype != torch.float64 else t
-            for t in (query, key, value)
-        )
-    guard = torch._C._ExcludeDispatchKeyGuard(
-        torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
-    )
-    with guard:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``aten::_scaled_dot_product_attention_math`` for (fake) CUDA tensors (point 4).
+
+    On a CPU-only build ``scaled_dot_product_attention``'s C++ code finds no CUDA kernel
+    chooser and always calls the math operator. Registered for the AutogradCUDA key, this
+    kernel sees every such call, however SDPA was reached (``F.``, an imported name, the
+    autograd engine's thread recomputing a checkpoint), after the C++ code has applied
+    autocast and converted a boolean mask, as on a GPU. Where the emulated sm90 chooser
+    picks a fused kernel it runs that; otherwise the math decomposition itself.
+    """
+    args = (query, key, value, attn_mask, dropout_p, is_causal, dropout_mask)
+    if _scopes[0] and dropout_mask is None:
         choice = sdp_choice(query, key, value, attn_mask, is_causal, enable_gqa)
-        needs_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        if choice == "cudnn":
-            return torch.ops.aten._scaled_dot_product_cudnn_attention(
-                query, key, value, None, needs_lse, dropout_p, is_causal, False, scale=scale
-            )[0]
-        if choice == "flash":
-            head = query.size(-1)
-            scale = 1.0 / math.sqrt(head) if scale is None else scale
-            pad = (-head) % 8
-            if pad:  # the CUDA path pads the head dim to a multiple of 8, then slices
-                query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
-            out = torch.ops.aten._scaled_dot_product_flash_attention(
-                query, key, value, dropout_p, is_causal, False, scale=scale
-            )[0]
-            return out[..., :head] if pad else out
-        if choice == "efficient":
-            return torch.ops.aten._scaled_dot_product_efficient_attention(
-                query, key, value, attn_mask, needs_lse, dropout_p, is_causal, scale=scale
-            )[0]
-        return _original_sdpa(
-            query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-        )
+        if choice != "math":
+            out = _fused_attention(
+                choice, query, key, value, attn_mask, dropout_p, is_causal, scale
+            )
+            # The math operator's second output (the attention weights) is dropped by SDPA.
+            return out, query.new_empty(0)
+    return _MATH.decompose(*args, scale=scale, enable_gqa=enable_gqa)
+
+
+_library: list[Any] = []  # the registration must live as long as the process
+
+
+def install_sdpa_kernel() -> bool:
+    """Register :func:`_math_kernel` once per process on a CPU-only build (no real CUDA
+    tensor can reach it there); True when it is in place, False on a CUDA build."""
+    if torch.backends.cuda.is_built():
+        return False  # see _python_sdpa_patches
+    with _install_lock:
+        if not _library:
+            lib = torch.library.Library("aten", "IMPL")  # noqa: TOR901 - an aten kernel
+            lib.impl("_scaled_dot_product_attention_math", _math_kernel, "AutogradCUDA")
+            _library.append(lib)
+        return True
 
 
 # -- 3 and the rest: patches active inside the scope ----------------------------------------
@@ -294,9 +324,62 @@ def _patches() -> list[tuple[object, str, object]]:
         (torch.cuda, "set_rng_state_all", _noop),
         (torch.cuda, "manual_seed", _noop),
         (torch.cuda, "manual_seed_all", _noop),
+        (torch.cuda, "get_device_capability", lambda *a, **k: EMULATED_CAPABILITY),
+        (torch.cuda, "get_device_name", lambda *a, **k: EMULATED_NAME),
+        *_python_sdpa_patches(),
+    ]
+
+
+_original_sdpa = F.scaled_dot_product_attention
+
+
+def _python_sdpa_patches() -> list[tuple[object, str, object]]:
+    """On a CUDA build without a visible GPU, SDPA's C++ code runs the real CUDA kernel
+    chooser (which needs a device) instead of calling the math operator: there the Python
+    entry points are replaced, as before the dispatcher kernel existed. A name imported
+    before the scope still reaches the chooser; CPU-only builds (CI) have no such gap."""
+    if not torch.backends.cuda.is_built():
+        return []
+    return [
         (F, "scaled_dot_product_attention", scaled_dot_product_attention),
         (torch._C._nn, "scaled_dot_product_attention", scaled_dot_product_attention),
     ]
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` as CUDA runs it (CUDA builds without a GPU)."""
+    args = (query, key, value, attn_mask, dropout_p, is_causal)
+    if torch.is_autocast_enabled("cuda"):
+        # SDPA is on autocast's lower-precision list: the AutocastCUDA kernel casts the
+        # floating inputs first (fp64 stays), then runs the op with autocast off.
+        low = torch.get_autocast_dtype("cuda")
+        query, key, value = (
+            t.to(low) if t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in (query, key, value)
+        )
+        args = (query, key, value, attn_mask, dropout_p, is_causal)
+    with torch._C._ExcludeDispatchKeyGuard(
+        torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA)
+    ):
+        choice = sdp_choice(query, key, value, attn_mask, is_causal, enable_gqa)
+        if choice == "math":
+            return _original_sdpa(*args, scale=scale, enable_gqa=enable_gqa)
+        return _fused_attention(choice, *args, scale)
+
+
+#: What the emulated GPU reports: an H200 (Hopper, sm90). Libraries pick kernels by it
+#: (transformers' mixture-of-experts layers use ``_grouped_mm`` from sm80 on).
+EMULATED_CAPABILITY = (9, 0)
+EMULATED_NAME = "NVIDIA H200 (emulated by pytest-vram)"
 
 
 @contextmanager
@@ -307,7 +390,11 @@ def emulated_cuda_runtime() -> Iterator[None]:
         for owner, name, value in _patches():
             saved.append((owner, name, getattr(owner, name)))
             setattr(owner, name, value)
-        yield
+        _scopes[0] += 1
+        try:
+            yield
+        finally:
+            _scopes[0] -= 1
     finally:
         for owner, name, value in reversed(saved):
             setattr(owner, name, value)
@@ -317,6 +404,7 @@ __all__ = [
     "emulated_cuda_runtime",
     "engine_is_asking",
     "install_cuda_guard",
+    "install_sdpa_kernel",
     "scaled_dot_product_attention",
     "sdp_choice",
 ]

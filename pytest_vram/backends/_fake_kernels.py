@@ -47,6 +47,17 @@ INTERNAL_BUFFERS: dict[Any, Callable[[Any, Any, Any], list[int]]] = {}
 #: operator overload -> (args, kwargs, outputs) -> the outputs CUDA allocates, in order
 OUTPUT_PLAN: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {}
 
+#: In-place operators without outputs and without a meta kernel on some torch versions
+#: (the fused SGD/Adagrad optimizer steps, the tensor-lr fused Adam/AdamW): their CUDA
+#: kernels update their inputs through ``multi_tensor_apply`` and allocate nothing, so the
+#: fake mode skips them (the tensors they mutate are already counted).
+NO_ALLOCATION_INPLACE = frozenset(
+    overload
+    for name in ("_fused_sgd_", "_fused_adagrad_", "_fused_adam_", "_fused_adamw_")
+    if hasattr(_aten, name)
+    for overload in (getattr(getattr(_aten, name), o) for o in getattr(_aten, name).overloads())
+)
+
 CUDNN_SDPA_FWD_WORKSPACE = 256
 CUDNN_SDPA_BWD_EXTRA = 256
 

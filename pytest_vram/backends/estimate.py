@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
+import traceback
+import warnings
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter, FakeTensorMode
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from pytest_vram.backends import _allocator, _fake_distributed, _fake_kernels
+from pytest_vram.backends import _allocator, _fake_distributed, _fake_kernels, _torch_compat
 from pytest_vram.backends._fake_cuda import (
     emulated_cuda_runtime,
     engine_is_asking,
     install_cuda_guard,
+    install_sdpa_kernel,
 )
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 
@@ -43,6 +47,8 @@ _META = torch.device("meta")
 _CUDA = torch.device("cuda", 0)
 _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
+_TO = torch.ops.aten.to
+_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class _StorageTracker:
@@ -129,14 +135,153 @@ def _is_real_meta_call(args: Any, kwargs: dict[str, Any]) -> bool:
     return False
 
 
+class EstimateUnsupported(RuntimeError):
+    """An operation whose result (and so the memory after it) depends on tensor values."""
+
+
+#: Source files whose value-dependent scalar reads decide *values*, never memory, and the
+#: answer given there (by the type of the scalar read: float, int, bool).
+#:
+#: * weight initialisation: ``trunc_normal_`` redraws out-of-range samples until none is
+#:   left; "nothing to redraw" (no CUDA memory is measured during a build anyway);
+#: * ``torch.optim``: step counts and hyperparameters kept in tensors (``_get_value``,
+#:   Adafactor's norms, ASGD's ``mu``) scale the update; the first step's value, 1;
+#: * ``torch.amp.GradScaler``: ``found_inf`` decides whether the optimizer step runs; the
+#:   estimate assumes finite gradients (0 infs), i.e. the step runs and creates its state.
+_VALUE_FREE_CALLERS: tuple[tuple[str, tuple[float, int, bool]], ...] = (
+    (os.path.join(_TORCH_DIR, "nn", "init.py"), (0.0, 0, False)),
+    (os.path.join(_TORCH_DIR, "optim", ""), (1.0, 1, False)),
+    (os.path.join(_TORCH_DIR, "amp", "grad_scaler.py"), (0.0, 0, False)),
+)
+
+
+def _value_free_answer(filename: str, dtype: torch.dtype) -> float | int | bool | None:
+    for prefix, (real, integer, boolean) in _VALUE_FREE_CALLERS:
+        if filename.startswith(prefix):
+            if dtype == torch.bool:
+                return boolean
+            return real if dtype.is_floating_point else integer
+    return None
+
+
+def _value_dependent(func: Any, args: Any) -> Any:
+    """Answer a value-dependent query where memory cannot depend on it, else explain.
+
+    Fake tensors have no values: ``.item()``, ``bool(t)``, ``nonzero``, boolean indexing
+    cannot be computed. Where the answer only decides values (see ``_VALUE_FREE_CALLERS``)
+    a fixed answer is given; anywhere else the figure would depend on data the estimator
+    does not have, so the test fails, naming the user's line.
+    """
+    frames = _torch_compat.user_frames()
+    if func is torch.ops.aten._local_scalar_dense.default and frames:
+        answer = _value_free_answer(frames[0].filename, args[0].dtype)
+        if answer is not None:
+            return answer
+    where = next((f for f in frames if not f.filename.startswith(_TORCH_DIR)), None)
+    line = f"{where.filename}:{where.lineno} ({where.line})" if where else "an unknown line"
+    if frames and where is not frames[0]:
+        line += f", inside {frames[0].filename}:{frames[0].lineno}"
+    raise EstimateUnsupported(
+        f"the estimate backend cannot run {func} at {line}: its result depends on tensor "
+        "values, which fake tensors do not have (e.g. .item(), nonzero, boolean indexing, "
+        "data-dependent control flow). Measure this test with --vram-backend=cuda, or mark "
+        "it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
+    ) from None
+
+
+def _shallow_copy(self: FakeTensor) -> torch.Tensor:
+    """``copy.copy`` of a fake tensor: a new tensor on the same storage, as for a CUDA one.
+
+    A real tensor pickles its storage, so ``copy.copy`` shares it; a fake tensor pickles as
+    a storage-less wrapper subclass, which no allocation would ever account for.
+    """
+    out = self.detach()
+    if self.requires_grad:
+        out.requires_grad_(True)
+    for key, value in self.__dict__.items():
+        out.__dict__.setdefault(key, value)
+    return out
+
+
+def _deep_copy(self: FakeTensor, memo: dict[int, Any]) -> torch.Tensor:
+    """``copy.deepcopy`` of a fake tensor: torch's own, without its data-pointer warning.
+
+    ``Tensor.__deepcopy__`` asks a subclass for ``data_ptr()`` (0 for a fake tensor: it then
+    clones), which warns; under ``-W error`` a plain ``copy.deepcopy(model)`` would fail.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        return torch.Tensor.__deepcopy__(self, memo)
+
+
+@contextlib.contextmanager
+def _fake_tensor_copy() -> Iterator[None]:
+    """``copy.copy`` and ``copy.deepcopy`` of fake tensors as for CUDA tensors (scope only)."""
+    methods = {"__copy__": _shallow_copy, "__deepcopy__": _deep_copy}
+    previous = {name: FakeTensor.__dict__.get(name) for name in methods}
+    for name, method in methods.items():
+        setattr(FakeTensor, name, method)
+    try:
+        yield
+    finally:
+        for name, method in previous.items():
+            if method is None:
+                delattr(FakeTensor, name)
+            else:
+                setattr(FakeTensor, name, method)
+
+
+def _compile_message(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    user = [f for f in frames if not f.filename.startswith((_TORCH_DIR, mine))]
+    line = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else "?"
+    return (
+        f"the estimate backend cannot run a torch.compile'd function, called at {line}: "
+        "the compiled kernels' memory (fusion, Inductor's buffer reuse) is not what the "
+        "eager operators allocate, and the compiler needs a real GPU. Measure this test "
+        "with --vram-backend=cuda, call the uncompiled module (e.g. the "
+        "OptimizedModule's ._orig_mod) for the estimate, or mark the test "
+        "@pytest.mark.vram(skip_estimate='torch.compile')."
+    )
+
+
+class _UnmemoizedConverter(FakeTensorConverter):
+    """Wraps an operator's fresh meta outputs without keeping a weak reference to them.
+
+    ``FakeTensorConverter`` memoises every wrapped output in a weak-value dictionary, so
+    each fake tensor has a weak reference, and ``torch.utils.swap_tensors`` (which
+    ``Module._apply`` uses for every fake parameter: ``.to()``, ``.cuda()``, ``.half()``)
+    refuses tensors with weak references ("Couldn't swap Linear.weight"). A fresh output's
+    meta tensor is never wrapped twice, so the memo buys nothing here. Real tensors
+    (``from_real_tensor``) keep their memo: the same CPU tensor must map to one fake.
+    """
+
+    def from_meta_and_device(  # type: ignore[override]
+        self,
+        fake_mode: FakeTensorMode,
+        t: torch.Tensor,
+        device: torch.device,
+        pytype: type[torch.Tensor] | None = None,
+        dispatch_keys: Any = None,
+    ) -> FakeTensor:
+        return FakeTensor(fake_mode, t, device, pytype=pytype, dispatch_keys=dispatch_keys)
+
+
 class _EstimatingFakeMode(FakeTensorMode):
     """``FakeTensorMode`` that feeds the allocator model and emulates CUDA for autograd."""
 
     def __init__(self, tracker: _StorageTracker, emulate: bool) -> None:
         super().__init__(allow_non_fake_inputs=True)
+        self.fake_tensor_converter = _UnmemoizedConverter()
         self._tracker = tracker
         self._emulate = emulate
         self._nesting = threading.local()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _EstimatingFakeMode:
+        # ``copy.deepcopy`` of a module copies each fake tensor's ``__dict__``, which holds
+        # its mode: the copy must live in the same mode (and the same allocator model).
+        return self
 
     def cpp_meta_supports_symint(self, func: Any) -> bool:
         """Prefer an operator's C++ meta kernel to a Python decomposition.
@@ -183,6 +328,13 @@ class _EstimatingFakeMode(FakeTensorMode):
             out = self.fake_tensor_converter.from_meta_and_device(self, meta, device)
             self._tracker.track(out)
             return out
+        if func in _fake_kernels.NO_ALLOCATION_INPLACE:
+            return None
+        if func.overloadpacket is _TO:
+            # Under inference mode ``Tensor.to`` reaches the mode undecomposed, and fake
+            # constant propagation then runs it for real on a CUDA device this torch lacks;
+            # its decomposition (``_to_copy`` or the input itself) is what CUDA runs.
+            return func.decompose(*args, **kwargs)
         if _is_real_meta_call(args, kwargs):
             # Meta stays meta: a model built on the meta device inside the scope must be
             # made of plain meta tensors (as outside), or ``to_empty`` cannot swap them.
@@ -195,6 +347,11 @@ class _EstimatingFakeMode(FakeTensorMode):
         self._nesting.depth = depth + 1
         try:
             out = super().__torch_dispatch__(func, types, args, kwargs)
+        except _torch_compat.VALUE_DEPENDENT_ERRORS:
+            if depth:
+                raise
+            __tracebackhide__ = True
+            out = _value_dependent(func, args)
         finally:
             self._nesting.depth = depth
         if depth:
@@ -210,6 +367,39 @@ class _EstimatingFakeMode(FakeTensorMode):
         return out
 
 
+class _Scope:
+    """The estimator's scope: the CUDA emulation (if any) and the fake mode.
+
+    A class rather than a generator so that an :class:`EstimateUnsupported` reaches the
+    test from a frame pytest hides, with its message (which names the user's line) and
+    without torch's and the estimator's frames.
+    """
+
+    def __init__(self, mode: _EstimatingFakeMode, emulate: bool, tracker: _StorageTracker) -> None:
+        self._mode = mode
+        self._emulate = emulate
+        self._tracker = tracker
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> None:
+        with contextlib.ExitStack() as stack:
+            if self._emulate:
+                stack.enter_context(emulated_cuda_runtime())
+            stack.enter_context(_fake_tensor_copy())
+            stack.enter_context(self._mode)
+            stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
+            self._stack = stack.pop_all()
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        self._stack.__exit__(typ, exc, tb)
+        if isinstance(exc, EstimateUnsupported):
+            raise EstimateUnsupported(str(exc)) from None
+        if exc is not None and _torch_compat.is_compile_failure(exc):
+            raise EstimateUnsupported(_compile_message(exc)) from None
+        return False
+
+
 class EstimateBackend(Backend):
     """Peak CUDA memory predicted on fake tensors: no GPU, no real memory."""
 
@@ -222,11 +412,20 @@ class EstimateBackend(Backend):
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
         # tensors behave natively and SDPA's real chooser runs.
         self._emulate = not torch.cuda.is_available()
+        gone = _torch_compat.missing(cpu_only=self._emulate and not torch.backends.cuda.is_built())
+        if gone:
+            raise BackendUnavailable(
+                f"the estimate backend needs torch internals that torch {torch.__version__} "
+                f"lacks: {', '.join(gone)}; use a tested torch (2.11 to 2.13, see README.md) "
+                "or --vram-backend=cuda"
+            )
         if self._emulate and not torch.backends.cuda.is_built() and not install_cuda_guard():
             raise BackendUnavailable(
                 "the estimate backend cannot register a CUDA device guard on this torch "
                 f"build ({torch.__version__}); autograd on fake CUDA tensors would abort"
             )
+        if self._emulate:
+            install_sdpa_kernel()
         self._allocator = _allocator.CachingAllocatorModel(allocator)
         self._tracker: _StorageTracker | None = None
         self._mode: _EstimatingFakeMode | None = None
@@ -273,17 +472,11 @@ class EstimateBackend(Backend):
         self._mode = None
         self._tracker = None
 
-    @contextlib.contextmanager
-    def scope(self) -> Iterator[None]:
+    def scope(self) -> contextlib.AbstractContextManager[None]:
         if self._mode is None:
             self.begin_test()
         assert self._mode is not None
-        with contextlib.ExitStack() as stack:
-            if self._emulate:
-                stack.enter_context(emulated_cuda_runtime())
-            stack.enter_context(self._mode)
-            stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
-            yield
+        return _Scope(self._mode, self._emulate, self._tracker)
 
     # -- counters -----------------------------------------------------------------------
     def synchronize(self) -> None:

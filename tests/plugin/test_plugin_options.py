@@ -35,7 +35,7 @@ def test_marker_is_registered(run_vram):
     result.stdout.fnmatch_lines(
         [
             "@pytest.mark.vram(tolerance=None, budget=None, reserved_budget=None, key=None, "
-            "world_size=None): *"
+            "world_size=None, skip_estimate=None): *"
         ]
     )
 
@@ -102,8 +102,9 @@ def test_unimportable_custom_backend_fails_the_vram_tests(vram_pytester, run_vra
         (
             "tolerence='1%'",
             "unknown option 'tolerence' (did you mean 'tolerance'?); "
-            "valid options are budget, key, reserved_budget, tolerance, world_size",
+            "valid options are budget, key, reserved_budget, skip_estimate, tolerance, world_size",
         ),
+        ("skip_estimate=True", "skip_estimate=...): give the reason as a non-empty string*"),
         ("budget='8 gigs'", "budget: '8 gigs' is ambiguous; write '8GiB'*"),
         ("budget=8.5", "budget must be a whole number of bytes*"),
         ("tolerance='2 %'", "*"),
@@ -130,6 +131,38 @@ def test_marker_options_are_validated_at_setup(vram_pytester, run_vram, options,
     result.stdout.fnmatch_lines(
         [f"*_validated_at_setup.py::test_marked: @pytest.mark.vram*{message}"]
     )
+
+
+SKIP_ESTIMATE_TEST = """
+import pytest
+
+@pytest.mark.vram(skip_estimate="boolean indexing of the batch")
+def test_masked(vram):
+    vram.run(lambda: None)
+"""
+
+
+def test_skip_estimate_skips_on_the_estimator_with_the_reason(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        estimate_named="""
+        from vram_scripted import ScriptedBackend
+
+        class EstimateNamed(ScriptedBackend):
+            name = "estimate"
+        """
+    )
+    vram_pytester.makepyfile(SKIP_ESTIMATE_TEST)
+    result = run_vram("-rs", backend="--vram-backend=estimate_named:EstimateNamed")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*not measurable on the estimate backend: boolean indexing of the batch*"]
+    )
+
+
+def test_skip_estimate_still_measures_on_other_backends(vram_pytester, run_vram):
+    vram_pytester.makepyfile(SKIP_ESTIMATE_TEST)
+    result = run_vram()
+    result.assert_outcomes(passed=1)
 
 
 def test_marker_without_fixture_is_an_error_with_the_fix(vram_pytester, run_vram):

@@ -1,0 +1,239 @@
+"""Ordinary PyTorch idioms inside the estimator's scope, with the bytes a CUDA run allocates
+(every request rounded up to 512 B), and value-dependent code failing with the fix."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from pytest_vram.backends import create  # noqa: E402
+from pytest_vram.backends._allocator import round_size  # noqa: E402
+from pytest_vram.measure import Meter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def backend() -> Any:
+    b = create("estimate")
+    b.warmup()
+    return b
+
+
+def measure(backend: Any, build: Callable[[], Any], work: Callable[[Any], Any] = len) -> Any:
+    meter = Meter(backend)
+    meter.start()
+    obj = meter.build(build)
+    out = meter.run(lambda o: work(o), obj)
+    del obj, out
+    meter.finish()
+    return meter.measurements[0]
+
+
+def linear_bytes(n_in: int, n_out: int, itemsize: int) -> int:
+    return round_size(n_in * n_out * itemsize) + round_size(n_out * itemsize)
+
+
+def _built_on_cpu_then_moved() -> Any:
+    return nn.Linear(1000, 1000).to("cuda")
+
+
+def _cuda_method() -> Any:
+    return nn.Linear(1000, 1000).cuda()
+
+
+def _device_context() -> Any:
+    with torch.device("cuda"):
+        return nn.Linear(1000, 1000)
+
+
+def _deepcopy() -> Any:
+    return copy.deepcopy(nn.Linear(1000, 1000, device="cuda"))
+
+
+def _load_state_dict_from_cpu() -> Any:
+    with torch.device("meta"):
+        layer = nn.Linear(1000, 1000)
+    layer.to_empty(device="cuda")
+    state = {"weight": torch.zeros(1000, 1000), "bias": torch.zeros(1000)}
+    layer.load_state_dict(state)
+    return layer
+
+
+@pytest.mark.parametrize(
+    "build",
+    [_built_on_cpu_then_moved, _cuda_method, _device_context, _deepcopy, _load_state_dict_from_cpu],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_fp32_linear_holds_its_parameters_once(backend: Any, build: Callable[[], Any]) -> None:
+    record = measure(backend, build, lambda m: None)
+    assert record.model_bytes == linear_bytes(1000, 1000, 4)
+    assert record.params == 1000 * 1000 + 1000
+
+
+@pytest.mark.parametrize(
+    ("convert", "itemsize"),
+    [
+        (lambda m: m.to(torch.bfloat16), 2),
+        (lambda m: m.half(), 2),
+        (lambda m: m.bfloat16(), 2),
+        (lambda m: m.half().float(), 4),
+        (lambda m: m.to(device="cuda", dtype=torch.float16), 2),
+    ],
+    ids=["to-bf16", "half", "bfloat16", "half-float", "to-device-dtype"],
+)
+def test_dtype_conversion_frees_the_old_parameters(backend: Any, convert: Any, itemsize: int):
+    record = measure(backend, lambda: convert(nn.Linear(100, 100, device="cuda")), lambda m: None)
+    assert record.model_bytes == linear_bytes(100, 100, itemsize)
+
+
+def test_sdpa_imported_by_name_takes_the_fused_kernel(backend: Any) -> None:
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    def build() -> Any:
+        return torch.empty(4, 1, 4096, 64, device="cuda", dtype=torch.float16)  # 2 MiB
+
+    record = measure(backend, build, lambda q: sdpa(q, q, q))
+    # cuDNN attention: philox seed and offset (one int64 each), the fp16 output like q
+    # (2 MiB) and a 256 B workspace; the math path would hold a (4, 1, 4096, 4096) fp16
+    # matrix (128 MiB) and its softmax
+    assert record.activation_bytes == 2 * round_size(8) + 2 * 1024 * 1024 + round_size(256)
+
+
+def test_module_state_survives_inference_mode(backend: Any) -> None:
+    def work(m: Any) -> Any:
+        with torch.inference_mode():
+            return m(torch.empty(8, 100, device="cuda", dtype=torch.float16)).to(torch.float32)
+
+    record = measure(backend, lambda: nn.Linear(100, 100, device="cuda").half(), work)
+    # the input (1600 B) dies when the call returns; then the fp16 output (1600 B) and its
+    # fp32 copy (3200 B) are alive together
+    assert record.activation_bytes == round_size(1600) + round_size(3200)
+
+
+def test_lazy_optimizer_state_counts(backend: Any) -> None:
+    def work(m: Any) -> None:
+        opt = torch.optim.Adam(m.parameters(), fused=True)
+        m(torch.empty(1, 1000, device="cuda")).sum().backward()
+        opt.step()
+
+    record = measure(backend, lambda: nn.Linear(1000, 1000, device="cuda"), work)
+    params = linear_bytes(1000, 1000, 4)
+    # gradients, exp_avg and exp_avg_sq: three more copies of the parameters, at least
+    assert record.peak_bytes >= 4 * params
+
+
+def test_value_dependent_code_names_the_line_and_the_fix(backend: Any) -> None:
+    def work(t: Any) -> Any:
+        return t[t > 0]  # boolean indexing: the output size depends on the values
+
+    with pytest.raises(RuntimeError) as info:
+        measure(backend, lambda: torch.empty(100, device="cuda"), work)
+    message = str(info.value)
+    assert "test_idioms.py" in message and "t[t > 0]" in message
+    assert "--vram-backend=cuda" in message and "skip_estimate=" in message
+
+
+def test_item_outside_torch_is_refused(backend: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"_local_scalar_dense.*float\(t.sum\(\)\)"):
+        measure(backend, lambda: torch.empty(100, device="cuda"), lambda t: float(t.sum()))
+
+
+def test_weight_init_with_rejection_sampling_builds(backend: Any) -> None:
+    def build() -> Any:
+        layer = nn.Linear(100, 100, device="cuda")
+        nn.init.trunc_normal_(layer.weight, std=0.02)  # redraws while samples are out of range
+        return layer
+
+    assert measure(backend, build, lambda m: None).model_bytes == linear_bytes(100, 100, 4)
+
+
+def test_every_private_torch_api_is_present() -> None:
+    from pytest_vram.backends import _torch_compat
+
+    assert _torch_compat.missing(cpu_only=True) == []
+
+
+def test_compiled_module_is_refused_with_the_fix(backend: Any) -> None:
+    def work(m: Any) -> Any:
+        return m(torch.empty(4, 64, device="cuda"))
+
+    build = lambda: torch.compile(nn.Linear(64, 64, device="cuda"))  # noqa: E731
+    with pytest.raises(RuntimeError, match=r"torch.compile'd function, called at .*test_idioms"):
+        measure(backend, build, work)
+
+
+def test_shallow_copy_of_a_tensor_shares_its_storage(backend: Any) -> None:
+    def build() -> Any:
+        return copy.copy(torch.empty(1000, device="cuda"))  # the original dies here
+
+    def work(t: Any) -> Any:
+        return copy.copy(t).add_(1)  # in place on the shared storage: nothing new
+
+    record = measure(backend, build, work)
+    assert record.model_bytes == round_size(4000)
+    assert record.activation_bytes == 0
+
+
+def test_missing_torch_internals_make_the_backend_unavailable(monkeypatch: Any) -> None:
+    from pytest_vram.backends import _torch_compat
+    from pytest_vram.backends.base import BackendUnavailable
+
+    monkeypatch.setattr(
+        _torch_compat, "REQUIRED", (*_torch_compat.REQUIRED, "torch._C._no_such_internal")
+    )
+    with pytest.raises(BackendUnavailable, match=r"lacks: torch\._C\._no_such_internal;"):
+        create("estimate")
+
+
+def test_sdpa_imported_by_name_is_fused_in_a_checkpoint_recomputation(backend: Any) -> None:
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+    from torch.utils.checkpoint import checkpoint
+
+    L = 4096
+
+    def build() -> Any:
+        return torch.empty(1, 4, L, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+
+    def work(q: Any) -> None:
+        out = checkpoint(lambda t: sdpa(t, t, t, is_causal=True), q, use_reentrant=False)
+        out.float().sum().backward()  # recomputes on the backward engine's side
+
+    record = measure(backend, build, work)
+    # the math path would hold (1, 4, L, L) fp16 scores and their softmax: 128 MiB each;
+    # a different kernel in the recomputation would fail the checkpoint's check instead
+    assert record.activation_bytes < 64 * 1024 * 1024
+
+
+USER_TEST = """
+import pytest
+import torch
+
+
+def test_boolean_index(vram):
+    t = vram.build(lambda: torch.empty(100, device=vram.device))
+    vram.run(lambda t: t[t > 0], t)
+
+
+@pytest.mark.vram(skip_estimate="boolean indexing")
+def test_skipped(vram):
+    t = vram.build(lambda: torch.empty(100, device=vram.device))
+    vram.run(lambda t: t[t > 0], t)
+"""
+
+
+def test_a_user_sees_the_reason_and_the_fix_not_internals(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest_subprocess(
+        "--vram-backend=estimate", "-p", "no:cacheprovider", "-rs"
+    )
+    result.assert_outcomes(failed=1, skipped=1)
+    out = result.stdout.str()
+    assert "test_user.py:7 (vram.run(lambda t: t[t > 0], t))" in out
+    assert "--vram-backend=cuda" in out and "skip_estimate=" in out
+    assert "not measurable on the estimate backend: boolean indexing" in out
+    assert "fake_tensor.py" not in out and "backends/estimate.py" not in out
