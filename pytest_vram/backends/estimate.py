@@ -330,7 +330,7 @@ class _EstimatingFakeMode(FakeTensorMode):
             return out
         if func in _fake_kernels.NO_ALLOCATION_INPLACE:
             return None
-        if func.overloadpacket is _TO:
+        if getattr(func, "overloadpacket", None) is _TO:
             # Under inference mode ``Tensor.to`` reaches the mode undecomposed, and fake
             # constant propagation then runs it for real on a CUDA device this torch lacks;
             # its decomposition (``_to_copy`` or the input itself) is what CUDA runs.
