@@ -12,15 +12,19 @@ freed at once rather than kept alive by the traceback for the rest of the sessio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import sys
 import traceback
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_vram.backends.base import Backend
+
+if TYPE_CHECKING:
+    from pytest_vram.attribution import Attribution
 from pytest_vram.units import format_size
 
 T = TypeVar("T")
@@ -36,6 +40,9 @@ class Measurement:
     peak_bytes: int
     context: dict[str, str]
     leaked_bytes: int | None = None
+    #: what was live at the peak by module and category (``pytest_vram.attribution``),
+    #: when attribution is on
+    breakdown: dict[str, Any] | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -56,6 +63,8 @@ class OutOfMemory:
     peak_bytes: int
     #: the exception's own text (torch's names the failed request and the free memory)
     error: str
+    #: what was live at the highest allocation the step reached, when attribution is on
+    breakdown: dict[str, Any] | None = None
 
     def describe(self, nodeid: str, device: str) -> str:
         """The failure text: the test, the step, the figures, and what to do about it."""
@@ -115,8 +124,11 @@ def count_params(obj: Any) -> int | None:
 class Meter:
     """Measures build steps and workloads of one test on one backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, attribution: bool = False) -> None:
         self.backend = backend
+        #: collects what is live by module when ``attribution`` is on (made at ``start``)
+        self.attribution: Attribution | None = None
+        self._attribute = attribution
         self.params: int | None = None
         self.measurements: list[Measurement] = []
         #: set when a build step or workload ran out of memory
@@ -125,6 +137,10 @@ class Meter:
 
     def start(self) -> None:
         gc.collect()
+        if self._attribute:
+            from pytest_vram.attribution import Attribution
+
+            self.attribution = Attribution(self.backend)
         self.backend.begin_test()
         self.backend.synchronize()
         self._start = self.backend.allocated()
@@ -140,6 +156,8 @@ class Meter:
         held = self._held()
         self.backend.reset_peak()  # so that running out of memory reports this step's peak
         result = self._call(f"vram.build({_name(fn)})", held, fn, args, kwargs)
+        if self.attribution is not None:
+            self.attribution.collector.add_model(result)
         params = count_params(result)
         if params is not None:
             self.params = params if self.params is None else self.params + params
@@ -149,6 +167,7 @@ class Meter:
         """Run a workload in the backend's scope and record its peak."""
         model_bytes = self._held()
         self.backend.reset_peak()
+        mark = self.attribution.collector.mark() if self.attribution else 0
         step = f"vram.run({_name(fn)}" + ("" if name is None else f", name={name!r}") + ")"
         result = self._call(step, model_bytes, fn, args, kwargs)
         self.backend.synchronize()
@@ -159,20 +178,31 @@ class Meter:
             model_bytes=model_bytes,
             peak_bytes=max(peak, model_bytes),
             context=self.backend.context(),
+            breakdown=self.attribution.collector.breakdown(mark) if self.attribution else None,
         )
         self.measurements.append(record)
         return result
 
     def _call(self, step: str, held: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the backend's scope; running out of memory is recorded."""
+        following = (
+            self.attribution.following("build" if step.startswith("vram.build") else "run")
+            if self.attribution
+            else contextlib.nullcontext()
+        )
+        mark = self.attribution.collector.mark() if self.attribution else 0
         try:
-            with self.backend.scope():
+            with self.backend.scope(), following:
                 return fn(*args, **kwargs)
         except BaseException as exc:
             if is_out_of_memory(exc):
                 peak = self.backend.peak() - self._start  # type: ignore[operator]
                 self.out_of_memory = OutOfMemory(
-                    step, held, max(peak, held), f"{type(exc).__name__}: {exc}".strip()
+                    step,
+                    held,
+                    max(peak, held),
+                    f"{type(exc).__name__}: {exc}".strip(),
+                    self.attribution.collector.breakdown(mark) if self.attribution else None,
                 )
                 # The step's frames hold every tensor it made for as long as the traceback
                 # lives, and pytest keeps it (sys.last_traceback): free them now.
@@ -184,6 +214,8 @@ class Meter:
         gc.collect()
         leaked = self._held()
         self.backend.end_test()
+        if self.attribution is not None:
+            self.attribution.close()
         self.measurements = [dataclasses.replace(m, leaked_bytes=leaked) for m in self.measurements]
         return leaked
 

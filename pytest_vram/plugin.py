@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_vram import __version__, baselines, marks, report, xdist
+from pytest_vram import __version__, baselines, marks, output, report, xdist
 from pytest_vram.backends import CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
@@ -125,6 +125,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write every measurement and verdict to this JSON file",
     )
     option(
+        "--vram-attribution",
+        ini="vram_attribution",
+        ini_type="string",
+        default="auto",
+        metavar="WHEN",
+        help="collect what is live at each peak by module and category: on, off, or auto "
+        "(on for the estimate backend, off for cuda, where it costs time; see docs/attribution.md)",
+    )
+    option(
+        "--vram-artifacts",
+        ini="vram_artifacts",
+        ini_type="string",
+        default="",
+        metavar="DIR",
+        help="write a breakdown, an image of memory over the run (needs matplotlib: "
+        "pip install 'pytest-vram[plot]') and on cuda a torch memory snapshot for each "
+        "failing test (or each test, with --vram-artifacts-all) into DIR",
+    )
+    option(
+        "--vram-artifacts-all",
+        ini="vram_artifacts_all",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="with --vram-artifacts: write them for every measured test, not only failing ones",
+    )
+    option(
         "--vram-markdown",
         ini="vram_markdown",
         ini_type="string",
@@ -147,6 +174,9 @@ class Settings:
     baselines: Path
     json_path: Path | None
     markdown_path: Path | None
+    attribution: str = "auto"
+    artifacts: Path | None = None
+    artifacts_all: bool = False
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -176,7 +206,16 @@ class Settings:
                 baselines.check_profile_name(profile)
             except BaselineError as exc:
                 raise pytest.UsageError(f"{_source(config, 'vram_profile')}: {exc}") from None
+        attribution = str(_value(config, "vram_attribution")).strip().lower()
+        if attribution not in ("auto", "on", "off"):
+            raise pytest.UsageError(
+                f"{_source(config, 'vram_attribution')}: expected on, off or auto, "
+                f"got {attribution!r}"
+            )
         return cls(
+            attribution=attribution,
+            artifacts=_optional_path(config, "vram_artifacts"),
+            artifacts_all=bool(_value(config, "vram_artifacts_all")),
             backend=backend,
             update=update,
             prune=prune,
@@ -228,6 +267,7 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = VramPlugin(config, Settings.from_config(config))
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "vram-session")
+    config.pluginmanager.register(output.OutputHooks(plugin), "vram-output")
     if not xdist.is_worker(config):
         config.pluginmanager.register(xdist.ControllerHooks(plugin.receive), "vram-controller")
 
@@ -377,7 +417,7 @@ class VramPlugin:
         mark = item.stash.get(MARK_KEY, None) or marks.VramMark()
         backend = self.backend()
         self.baseline(self.profile())  # a malformed file fails before the workload runs
-        meter = Meter(backend)
+        meter = Meter(backend, attribution=output.attribution_on(self.settings, backend))
         meter.start()
         probe = Vram(meter, mark.key or item.nodeid)
         item.stash[PROBE_KEY] = probe
@@ -430,6 +470,7 @@ class VramPlugin:
                     baseline_model_bytes=entry.model_bytes if entry else None,
                     baseline_peak_bytes=entry.peak_bytes if entry else None,
                     verdicts=[_verdict_dict(v) for v in ordered],
+                    breakdown=m.breakdown,
                 )
             )
         return records
@@ -450,6 +491,9 @@ class VramPlugin:
             if failing:
                 rep.outcome = "failed"
                 rep.longrepr = "\n\n".join(failing)
+                explained = output.explain_failures(self, records)
+                if explained:
+                    rep.longrepr = f"{rep.longrepr}\n\n{explained}"
         elif call.when == "call" and call.excinfo and call.excinfo.errisinstance(VramUsageError):
             rep.longrepr = f"{item.nodeid}: {call.excinfo.value}"
         elif call.when == "call" and call.excinfo and probe.out_of_memory is not None:
@@ -577,14 +621,7 @@ class VramPlugin:
         anything = outcome.records or outcome.stale or outcome.pruned or outcome.errors
         if self.worker or not anything:
             return
-        terminalreporter.ensure_newline()  # else a blank line follows the header
-        terminalreporter.section("VRAM")
-        width = min(terminalreporter._tw.fullwidth, 120)
-        if outcome.records:
-            for line in report.table_lines(outcome.records, width):
-                terminalreporter.write_line(line)
-        for line in report.note_lines(outcome):
-            terminalreporter.write_line(line)
+        output.terminal_summary(self, terminalreporter)
 
 
 def _verdict_dict(v: Verdict) -> dict[str, Any]:

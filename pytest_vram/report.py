@@ -43,6 +43,8 @@ class Record:
     #: ``{"kind", "summary", "detail", "fails"}`` per verdict, worst first.
     verdicts: list[dict[str, Any]]
     leaked_bytes: int | None = None
+    #: what was live at the peak (``pytest_vram.attribution``), when attribution is on
+    breakdown: dict[str, Any] | None = None
 
     @property
     def activation_bytes(self) -> int:
