@@ -305,7 +305,7 @@ class Collector:
             if ident is not None and last[key] == made:  # the same storage still lives
                 module, category = ident
             groups[(module, category)] = groups.get((module, category), 0) + nbytes
-            entry = sites.setdefault((op, site, module), [0, 0])
+            entry = sites.setdefault((op, site, pattern(module)), [0, 0])
             entry[0] += nbytes
             entry[1] += 1
         ordered = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))

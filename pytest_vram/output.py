@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vram import attribution, report
-from pytest_vram.units import format_size
+from pytest_vram.units import format_delta, format_size, parse_tolerance
+from pytest_vram.verdicts import update_command
 
 if TYPE_CHECKING:
     from pytest_vram.backends import Backend
@@ -58,6 +59,67 @@ def explain_failures(plugin: VramPlugin, records: list[report.Record]) -> str:
     return "\n\n".join(parts)
 
 
+def failure_text(record: report.Record) -> str:
+    """A failing record's message: short lines, the figures first, then what to do.
+
+    The first line is what pytest's short summary shows after the node id, so it carries
+    the verdict and the change and does not repeat the node id.
+    """
+    parts = []
+    for v in record.verdicts:
+        if not v["fails"]:
+            continue
+        lines = _verdict_lines(record, v["kind"])
+        if record.name:
+            lines[0] = f"{record.name}: {lines[0]}"
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _bytes(n: int) -> str:
+    return f"{format_size(n):>10}  {n:>14,d} B"
+
+
+def _verdict_lines(r: report.Record, kind: str) -> list[str]:
+    fix = f"`{update_command(r.nodeid)}`\n  and commit {r.baseline_path}"
+    peak, base = r.peak_bytes, r.baseline_peak_bytes
+    if kind == "over budget" and r.budget is not None:
+        return [
+            f"over budget: peak {format_delta(peak, r.budget)} over {format_size(r.budget)}",
+            f"  peak      {_bytes(peak)}",
+            f"  budget    {_bytes(r.budget)}",
+            "  a budget is a hard limit, whatever the baseline says: reduce the workload's",
+            "  memory, or raise budget= on the vram marker if the limit itself was wrong",
+        ]
+    if kind == "regression" and base is not None and r.baseline_model_bytes is not None:
+        tolerance = parse_tolerance(r.tolerance, what="tolerance")
+        lines = [f"memory regression: peak {format_delta(peak, base)} against {r.baseline_path}"]
+        for label, value, ref in (
+            ("peak", peak, base),
+            ("model", r.model_bytes, r.baseline_model_bytes),
+        ):
+            allowance = tolerance.allowance(ref)
+            if label == "model" and abs(value - ref) <= allowance:
+                lines.append(f"  model     {_bytes(value)}  within tolerance")
+                continue
+            lines.append(f"  {label:<9} {_bytes(value)}  ({value - ref:+,d} B)")
+            lines.append(f"  baseline  {_bytes(ref)}")
+            limit = "must equal it exactly" if allowance == 0 else f"allows +/-{allowance:,d} B"
+            lines.append(f"  tolerance {r.tolerance}: {limit}")
+        lines.append("  reduce the memory use; if the increase is intended, record it with")
+        lines.append(f"  {fix} with the reason")
+        return lines
+    if kind == "missing":
+        return [
+            f"no baseline (strict mode): peak {format_size(peak)}, "
+            f"model {format_size(r.model_bytes)}",
+            f"  peak      {_bytes(peak)}",
+            f"  model     {_bytes(r.model_bytes)}",
+            f"  record it with {fix}",
+        ]
+    return [next(v["detail"] for v in r.verdicts if v["kind"] == kind)]
+
+
 def header(settings: Settings) -> str:
     """The session header line; nothing here creates the backend (that imports torch)."""
     profile = settings.profile or "the backend's"
@@ -68,16 +130,31 @@ def header(settings: Settings) -> str:
     )
 
 
-def in_force(records: list[report.Record], strict: bool) -> list[str]:
-    """First lines of the VRAM section: the setup the figures were measured and judged on."""
+def in_force(records: list[report.Record], strict: bool, width: int = 80) -> list[str]:
+    """First lines of the VRAM section: the setup the figures were measured and judged on,
+    as few lines as ``width`` allows."""
     seen: dict[tuple[str, str, str, str], None] = {}
     for r in records:
         ctx = r.context
         seen[(ctx.get("backend", "?"), ctx.get("device", "?"), r.profile, r.baseline_path)] = None
-    return [
-        f"backend {b} on {d}; profile {p}; baseline {path}; strict {'on' if strict else 'off'}"
-        for b, d, p, path in seen
-    ] + [f"figures: {METRIC}"]
+    lines: list[str] = []
+    for backend, device, profile, path in seen:
+        parts = [
+            f"backend {backend} on {device}",
+            f"profile {profile}",
+            f"baseline {path}",
+            f"strict {'on' if strict else 'off'}",
+            f"figures: {METRIC}",
+        ]
+        current = ""
+        for part in parts:
+            if current and len(current) + 2 + len(part) > width:
+                lines.append(current)
+                current = part
+            else:
+                current = f"{current}; {part}" if current else part
+        lines.append(current)
+    return lines
 
 
 class OutputHooks:
@@ -182,7 +259,7 @@ def terminal_summary(plugin: VramPlugin, terminalreporter: Any) -> None:
     terminalreporter.section("VRAM")
     width = terminalreporter._tw.fullwidth
     if outcome.records:
-        for line in in_force(outcome.records, plugin.settings.strict):
+        for line in in_force(outcome.records, plugin.settings.strict, width):
             terminalreporter.write_line(line)
         for line in report.table_lines(outcome.records, width):
             terminalreporter.write_line(line)

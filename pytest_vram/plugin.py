@@ -490,7 +490,7 @@ class VramPlugin:
             failing = [v["detail"] for r in records for v in r.verdicts if v["fails"]]
             if failing:
                 rep.outcome = "failed"
-                rep.longrepr = "\n\n".join(failing)
+                rep.longrepr = "\n\n".join(output.failure_text(r) for r in records if r.fails)
                 explained = output.explain_failures(self, records)
                 if explained:
                     rep.longrepr = f"{rep.longrepr}\n\n{explained}"

@@ -130,28 +130,63 @@ def _cells(record: Record) -> list[str]:
     ]
 
 
-def table_lines(records: list[Record], width: int = 120) -> list[str]:
-    """The measurement table; a key too long for its column gets a line of its own."""
+#: Columns dropped first when the terminal is narrow (the key, peak, delta and verdict stay).
+DROP_ORDER = ("activation", "params", "baseline", "model")
+#: The narrowest key column worth showing; below it keys are shortened in the middle.
+MIN_KEY = 24
+
+
+def table_lines(records: list[Record], width: int = 80) -> list[str]:
+    """The measurement table in at most ``width`` columns.
+
+    Keys that share a test file are listed under the file's name; columns are dropped
+    (``DROP_ORDER``) until the keys fit, and a key still too long is shortened in the
+    middle, so that every row is one line.
+    """
     rows = [_cells(r) for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(COLUMNS)]
-    figures = sum(widths) + 2 * len(widths)
-    key_width = max(20, min(max(len("test"), *(len(r.key) for r in records)), width - figures))
+    columns = list(COLUMNS)
+
+    def widths() -> list[int]:
+        return [max(len(h), *(len(row[COLUMNS.index(h)]) for row in rows)) for h in columns]
+
+    def key_room() -> int:
+        return width - sum(widths()) - 2 * len(columns)
+
+    files = {r.key.split("::", 1)[0] for r in records}
+    keys = [r.key for r in records]
+    prefix = ""
+    if max(len(k) for k in keys) > key_room() and len(files) == 1 and "::" in keys[0]:
+        prefix = next(iter(files)) + "::"  # named once, above the table
+        keys = [k[len(prefix) :] for k in keys]
+    longest = max(len("test"), *(len(k) for k in keys))
+
+    for name in DROP_ORDER:
+        if key_room() >= longest:
+            break
+        columns.remove(name)
+    key_width = max(MIN_KEY, min(longest, key_room()))
+    col_widths = widths()
 
     def line(key: str, cells: list[str]) -> str:
         numbers = "  ".join(
             c.ljust(w) if i == len(cells) - 1 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            for i, (c, w) in enumerate(zip(cells, col_widths, strict=True))
         )
-        return f"{key.ljust(key_width)}  {numbers}".rstrip()
+        return f"{_shorten(key, key_width).ljust(key_width)}  {numbers}".rstrip()
 
-    lines = [line("test", list(COLUMNS))]
-    for record, cells in zip(records, rows, strict=True):
-        if len(record.key) > key_width:
-            lines.append(record.key)
-            lines.append(line("", cells))
-        else:
-            lines.append(line(record.key, cells))
+    lines = [f"{prefix[:-2]}:"] if prefix else []
+    lines.append(line("test", columns))
+    for key, cells in zip(keys, rows, strict=True):
+        lines.append(line(key, [cells[COLUMNS.index(h)] for h in columns]))
     return lines
+
+
+def _shorten(text: str, width: int) -> str:
+    """``test_inference[maximum-phase8]`` in 20 columns -> ``test_infe...m-phase8]``."""
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 2
+    return text[:head] + "..." + text[len(text) - (width - 3 - head) :]
 
 
 def note_lines(outcome: Outcome) -> list[str]:

@@ -220,16 +220,13 @@ def regression_lines(key: str, measured: dict[str, Any], baseline: tuple[int, in
     """The figures a regression message must show for ``key``, built from the bytes."""
 
     def line(label: str, value: int, reference: int) -> str:
-        delta = value - reference
-        return (
-            f"{label} {value} B ({format_size(value)}) vs baseline {reference} B "
-            f"({format_size(reference)}): {delta:+d} B (+{format_size(delta)}, "
-        )
+        return f"{label:<9} {format_size(value):>10}  {value:>14,d} B  ({value - reference:+,d} B)"
 
     model, peak = baseline
     return [
-        f"{key}: memory regression against {BASELINE}",
+        f"memory regression: peak {format_delta(measured['peak_bytes'], peak)} against {BASELINE}",
         line("peak", measured["peak_bytes"], peak),
+        f"baseline  {format_size(peak):>10}  {peak:>14,d} B",
         line("model", measured["model_bytes"], model),
         format_delta(measured["peak_bytes"], peak),  # the VRAM table's delta column
     ]
