@@ -23,7 +23,7 @@ from pytest_vram.units import format_size
 #: Points drawn at most; longer runs are sampled (the peak is always kept).
 MAX_POINTS = 4000
 #: Modules coloured in the image; the rest is drawn as one grey band.
-COLOURED = 6
+COLOURED = 8
 
 
 def write(root: Path, nodeid: str, probe: Any, records: list[Any]) -> list[Path]:
@@ -112,7 +112,9 @@ def plot_timeline(collector: Collector, title: str, path: Path) -> bool:
         return False
     xs, by_label, peak_at = timeline(collector)
     at_peak = {k: v[xs.index(peak_at)] for k, v in by_label.items()} if peak_at in xs else {}
-    ranked = sorted(by_label, key=lambda k: -at_peak.get(k, max(by_label[k])))
+    # The groups live at the peak first (what the peak is made of), then the largest
+    # anywhere in the run.
+    ranked = sorted(by_label, key=lambda k: (-at_peak.get(k, 0), -max(by_label[k]), k))
     top = ranked[:COLOURED]
     rest = [sum(by_label[k][i] for k in ranked[COLOURED:]) for i in range(len(xs))]
     mib = 1024**2

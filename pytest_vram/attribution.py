@@ -179,6 +179,9 @@ class Collector:
         self._modules: _Modules | None = None
         self._in_step = 0
         self.phase = "run"
+        #: allocation event index -> (module, category) by identity, kept once known, so
+        #: that a timeline drawn after the test's objects died still names them
+        self._ident_at: dict[int, tuple[str, str]] = {}
 
     # -- what the test built -------------------------------------------------------
     def add_model(self, obj: Any) -> None:
@@ -283,27 +286,36 @@ class Collector:
             best_at = since - 1
         return self._group(best_at)
 
-    def _group(self, upto: int) -> dict[str, Any]:
-        live: dict[int, tuple[int, int, int]] = {}
+    def _refresh_identities(self) -> None:
+        """Name the storages alive now by identity (parameters, gradients, ...)."""
+        known = self._identities()
+        if not known:
+            return
         last: dict[int, int] = {}
-        for i, (key, nbytes, ctx) in enumerate(self.events):
+        for i, (key, _n, _c) in enumerate(self.events):
             last[key] = i
+        for key, ident in known.items():
+            i = last.get(key)
+            # A key released and made again may belong to another storage: only the
+            # allocation that is still alive is this tensor's.
+            if i is not None and self.events[i][1] >= 0:
+                self._ident_at.setdefault(i, ident)
+
+    def _group(self, upto: int) -> dict[str, Any]:
+        self._refresh_identities()
+        live: dict[int, tuple[int, int, int]] = {}
+        for i, (key, nbytes, ctx) in enumerate(self.events):
             if i > upto:
-                continue
+                break
             if nbytes >= 0:
                 live.setdefault(key, (nbytes, ctx, i))
             else:
                 live.pop(key, None)
-        # Tensors still alive now, by identity; a key released after the peak may since
-        # belong to another storage, so identity is used only for those never released.
-        known = self._identities()
         groups: dict[tuple[str, str], int] = {}
         sites: dict[tuple[str, str, str], list[int]] = {}
-        for key, (nbytes, ctx, made) in live.items():
+        for _key, (nbytes, ctx, made) in live.items():
             module, category, op, site = self._context_list[ctx]
-            ident = known.get(key)
-            if ident is not None and last[key] == made:  # the same storage still lives
-                module, category = ident
+            module, category = self._ident_at.get(made, (module, category))
             groups[(module, category)] = groups.get((module, category), 0) + nbytes
             entry = sites.setdefault((op, site, pattern(module)), [0, 0])
             entry[0] += nbytes
@@ -332,18 +344,12 @@ class Collector:
 
     def labels(self) -> dict[int, str]:
         """Event index -> module pattern of every allocation (what a timeline colours)."""
-        last: dict[int, int] = {}
-        for i, (key, _n, _c) in enumerate(self.events):
-            last[key] = i
-        known = self._identities()
+        self._refresh_identities()
         out = {}
-        for i, (key, nbytes, ctx) in enumerate(self.events):
+        for i, (_key, nbytes, ctx) in enumerate(self.events):
             if nbytes < 0:
                 continue
-            module, category = self._context_list[ctx][:2]
-            ident = known.get(key)
-            if ident is not None and last[key] == i:
-                module, category = ident
+            module, category = self._ident_at.get(i) or self._context_list[ctx][:2]
             out[i] = f"{pattern(module)} ({category})"
         return out
 

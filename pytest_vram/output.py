@@ -236,6 +236,11 @@ class OutputHooks:
             artifacts.stop_recording()
         return rep
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if not self.plugin.worker and self.plugin.settings.json_path:
+            self.plugin.outcome.run = report.run_metadata(session.config.rootpath)
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """With ``--vram-update``: store the measured breakdowns next to their baselines."""

@@ -101,6 +101,8 @@ class Outcome:
     #: baseline path -> what differs between the setup it was recorded on and this run's
     setup_changes: dict[str, str] = dataclasses.field(default_factory=dict)
     update: bool = False
+    #: where and when the run happened: commit, branch, time, machine (see run_metadata)
+    run: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- terminal
@@ -250,8 +252,42 @@ def to_json(outcome: Outcome) -> str:
         ],
         "errors": outcome.errors,
         "setup_changes": outcome.setup_changes,
+        "run": outcome.run,
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def run_metadata(root: Path) -> dict[str, Any]:
+    """Commit, branch, UTC time and machine of this run, for comparing runs over time.
+
+    On GitHub Actions the pull request's branch and commit come from its variables (a
+    checkout there is a detached merge commit); elsewhere from ``git`` in ``root``.
+    """
+    import datetime
+    import os
+    import platform
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() or None
+
+    branch = os.environ.get("GITHUB_HEAD_REF") or os.environ.get("GITHUB_REF_NAME")
+    return {
+        "commit": os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD"),
+        "branch": branch or git("rev-parse", "--abbrev-ref", "HEAD"),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+    }
 
 
 def _md(text: str) -> str:
@@ -259,17 +295,11 @@ def _md(text: str) -> str:
 
 
 def to_markdown(outcome: Outcome) -> str:
-    """The ``--vram-markdown`` document: the table plus notes, e.g. for a PR comment."""
-    header = ("test", *COLUMNS)
-    lines = ["## VRAM", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(COLUMNS) - 1) + [" --- "]) + "|")
-    for record in outcome.records:
-        cells = [f"`{record.key}`", *_cells(record)]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
-    notes = note_lines(outcome)
-    if notes:
-        lines.extend(["", *(f"- {_md(n)}" for n in notes)])
-    return "\n".join(lines) + "\n"
+    """The ``--vram-markdown`` document: a PR comment (one-line verdict, failures first with
+    their top modules, every measurement collapsed), see ``pytest_vram.compare.comment``."""
+    from pytest_vram.compare import comment
+
+    return comment([r.to_dict() for r in outcome.records], notes=note_lines(outcome))
 
 
 def write_text(path: Path, text: str) -> None:
