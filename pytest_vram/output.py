@@ -85,7 +85,7 @@ def _verdict_lines(r: report.Record, kind: str) -> list[str]:
     peak, base = r.peak_bytes, r.baseline_peak_bytes
     if kind == "over budget" and r.budget is not None:
         return [
-            f"over budget: peak {format_delta(peak, r.budget)} over {format_size(r.budget)}",
+            f"peak {format_delta(peak, r.budget)} over the budget {format_size(r.budget)}",
             f"  peak      {_bytes(peak)}",
             f"  budget    {_bytes(r.budget)}",
             "  a budget is a hard limit, whatever the baseline says: reduce the workload's",
@@ -93,7 +93,7 @@ def _verdict_lines(r: report.Record, kind: str) -> list[str]:
         ]
     if kind == "regression" and base is not None and r.baseline_model_bytes is not None:
         tolerance = parse_tolerance(r.tolerance, what="tolerance")
-        lines = [f"memory regression: peak {format_delta(peak, base)} against {r.baseline_path}"]
+        lines = [f"peak {format_delta(peak, base)}: memory regression against {r.baseline_path}"]
         for label, value, ref in (
             ("peak", peak, base),
             ("model", r.model_bytes, r.baseline_model_bytes),

@@ -161,7 +161,7 @@ def test_xdist_regression_fails_on_the_worker_and_reaches_the_controller(
     result = run_vram_subprocess(*xdist_args, "-k", "3 or 4")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
-        ["FAILED test_x.py::test_many[[]3[]] - train: memory regression: peak +1.0 MiB (+12.50%)*"]
+        ["FAILED test_x.py::test_many[[]3[]] - train: peak +1.0 MiB (+12.50%): memory regression*"]
     )
 
 

@@ -56,7 +56,7 @@ def test_regression_fails_with_both_figures_and_delta(vram_pytester, run_vram):
     result.stdout.fnmatch_lines(
         [
             # figures first, on short lines; the first one is what the short summary shows
-            "memory regression: peak +10.0 MiB (+7.14%) against baselines/scripted.yaml",
+            "peak +10.0 MiB (+7.14%): memory regression against baselines/scripted.yaml",
             f"  peak * 150.0 MiB * {150 * MiB:,d} B  (+{10 * MiB:,d} B)",
             f"  baseline * 140.0 MiB * {140 * MiB:,d} B",
             "  tolerance 0B: must equal it exactly",
@@ -64,7 +64,7 @@ def test_regression_fails_with_both_figures_and_delta(vram_pytester, run_vram):
             f"  `pytest --vram-update {KEY}`",
             "  and commit baselines/scripted.yaml with the reason",
             f"{KEY} * 150.0 MiB * 140.0 MiB * +10.0 MiB (+7.14%) * regression",
-            f"FAILED {KEY} - memory regression: peak +10.0 MiB (+7.14%) against baselines/*",
+            f"FAILED {KEY} - peak +10.0 MiB (+7.14%): memory regression against baselines/*",
         ]
     )
     longrepr = result.stdout.str().split("_ test_model _")[1].split("= VRAM =")[0]
@@ -130,7 +130,7 @@ def test_budget_boundary_even_with_baseline(vram_pytester, run_vram, budget, out
     if outcome == "failed":
         result.stdout.fnmatch_lines(
             [
-                "over budget: peak +1 B (+0.00%) over 150.0 MiB",
+                "peak +1 B (+0.00%) over the budget 150.0 MiB",
                 f"  peak * 150.0 MiB * {150 * MiB:,d} B",
                 f"  budget * 150.0 MiB * {150 * MiB - 1:,d} B",
             ]

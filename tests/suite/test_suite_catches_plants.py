@@ -224,7 +224,7 @@ def regression_lines(key: str, measured: dict[str, Any], baseline: tuple[int, in
 
     model, peak = baseline
     return [
-        f"memory regression: peak {format_delta(measured['peak_bytes'], peak)} against {BASELINE}",
+        f"peak {format_delta(measured['peak_bytes'], peak)}: memory regression against {BASELINE}",
         line("peak", measured["peak_bytes"], peak),
         f"baseline  {format_size(peak):>10}  {peak:>14,d} B",
         line("model", measured["model_bytes"], model),
