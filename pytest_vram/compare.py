@@ -127,15 +127,23 @@ def table(changes: list[Change], width: int = 80) -> list[str]:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)
     ]
-    key_width = max(20, min(max([4, *(len(c.key) for c in changes)]), width - sum(widths) - 8))
     from pytest_vram.report import _shorten
+
+    keys = [c.key for c in changes]
+    files = {k.split("::", 1)[0] for k in keys}
+    prefix = ""
+    if len(files) == 1 and all("::" in k for k in keys) and max(map(len, keys)) > width - 50:
+        prefix = next(iter(files)) + "::"
+    longest = max([4, *(len(k) - len(prefix) for k in keys)])
+    key_width = max(20, min(longest, width - sum(widths) - 8))
 
     def line(key: str, cells: list[str]) -> str:
         figures = "  ".join(c.rjust(w) for c, w in zip(cells[:3], widths, strict=False))
         return f"{_shorten(key, key_width).ljust(key_width)}  {figures}  {cells[3]}".rstrip()
 
-    lines = [line("test", head)]
-    lines.extend(line(c.key, r) for c, r in zip(changes, rows, strict=True))
+    lines = [f"{prefix[:-2]}:"] if prefix else []
+    lines.append(line("test", head))
+    lines.extend(line(c.key[len(prefix) :], r) for c, r in zip(changes, rows, strict=True))
     counts = {s: sum(c.status == s for c in changes) for s in ("grew", "shrank", "new", "gone")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) + f", of {len(changes)}")
     return lines
@@ -227,7 +235,9 @@ def comment(
         lines.append(figures)
         if r.breakdown:
             stored = (stores or {}).get(r.baseline_path, {}).get(r.key)
-            grown = attribution.growth(r.breakdown, stored) if stored is not None else []
+            grown = r.breakdown.get("grown") or []
+            if stored is not None:
+                grown = attribution.growth(r.breakdown, stored)
             if grown:
                 lines += ["", "| grew | module (category) | was |", "| ---: | --- | ---: |"]
                 for label, old, new in grown[:5]:

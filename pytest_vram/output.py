@@ -54,7 +54,11 @@ def explain_failures(plugin: VramPlugin, records: list[report.Record]) -> str:
         if not record.fails or not record.breakdown:
             continue
         path, stored = _store(plugin, plugin.baseline_path(record.profile))
-        text = attribution.explain(record.breakdown, stored.get(record.key), plugin.display(path))
+        shown = plugin.display(path)
+        text = attribution.explain(record.breakdown, stored.get(record.key), shown)
+        if record.key in stored:  # travels with the record: the PR comment shows it too
+            record.breakdown["grown"] = attribution.growth(record.breakdown, stored[record.key])
+            record.breakdown["compared_with"] = shown
         parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
     return "\n\n".join(parts)
 

@@ -260,6 +260,10 @@ def test_extra_buffer_per_layer_fails_exactly_phase8(suite: ZooSuite) -> None:
         grown = grown_modules(run, key)
         assert next(iter(grown)) == "blocks.*.planted (buffers)", grown
         assert grown["blocks.*.planted (buffers)"] == "+" + format_size(expected), grown
+        # The same travels in --vram-json (and so reaches the PR comment).
+        stored_growth = run.measurements[key]["breakdown"]["grown"][0]
+        assert stored_growth[0] == "blocks.*.planted (buffers)"
+        assert stored_growth[2] - stored_growth[1] == expected
 
 
 def extra_attention_bytes() -> tuple[int, int, int]:
