@@ -224,6 +224,12 @@ class OutputHooks:
             rep.vram_peak = ", ".join(f"peak {format_size(r.peak_bytes)}" for r in records)  # type: ignore[attr-defined]
         probe = item.stash.get(PROBE_KEY, None)
         settings = self.plugin.settings
+        oom = getattr(probe, "out_of_memory", None)
+        if rep.failed and oom is not None and oom.breakdown and isinstance(rep.longrepr, str):
+            lines = attribution.top_lines(oom.breakdown)
+            rep.longrepr += "\n\nlive at the highest allocation the step reached:\n" + "\n".join(
+                lines
+            )
         if probe is not None and settings.artifacts and (rep.failed or settings.artifacts_all):
             from pytest_vram import artifacts
 
