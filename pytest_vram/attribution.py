@@ -85,17 +85,32 @@ def _is_user_file(filename: str) -> bool:
     return not filename.startswith(_skipped_dirs()) and not filename.startswith("<")
 
 
+#: code object -> 0 (library), 1 (user code), 2 (a dispatch mode's handler: has the op)
+_CODE_KIND: dict[Any, int] = {}
+
+
+def _code_kind(code: Any) -> int:
+    kind = _CODE_KIND.get(code)
+    if kind is None:
+        kind = _CODE_KIND[code] = (
+            2 if code.co_name == "__torch_dispatch__" else int(_is_user_file(code.co_filename))
+        )
+    return kind
+
+
 def _call_site() -> tuple[str, str | None]:
     """(``file:line`` of the innermost user frame, operator name if a dispatch frame has one)."""
     frame = sys._getframe(2)
     op = None
     while frame is not None:
-        code = frame.f_code
-        if op is None and code.co_name == "__torch_dispatch__":
+        kind = _CODE_KIND.get(frame.f_code)
+        if kind is None:
+            kind = _code_kind(frame.f_code)
+        if kind == 1:
+            return f"{_short_path(frame.f_code.co_filename)}:{frame.f_lineno}", op
+        if kind == 2 and op is None:
             func = frame.f_locals.get("func")
             op = getattr(func, "__name__", None) or str(func)
-        if _is_user_file(code.co_filename):
-            return f"{_short_path(code.co_filename)}:{frame.f_lineno}", op
         frame = frame.f_back
     return "?", op
 
@@ -387,7 +402,7 @@ class _DispatchTracker:
     """For a backend without its own storage hook (the real GPU): a dispatch mode that
     reports every new CUDA storage an operator returns, and its release, to a collector."""
 
-    def __init__(self, collector: Collector) -> None:
+    def __init__(self, collector: Collector, device_type: str = "cuda") -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         live: dict[int, Any] = {}
@@ -397,7 +412,7 @@ class _DispatchTracker:
                 collector.freed(key)
 
         def track(t: Any, op: str) -> None:
-            if t.device.type != "cuda":
+            if t.device.type != device_type:
                 return
             storage = t.untyped_storage()
             key = storage._cdata

@@ -168,3 +168,26 @@ def test_artifacts_breakdown_and_image(backend: Any, tmp_path: Path) -> None:
     text = written[0].read_text()
     assert "first (parameters)" in text and "by category:" in text
     assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dispatch_tracker_on_real_tensors() -> None:
+    """The GPU's way of collecting (a dispatch mode on real tensors), here on the CPU."""
+    collector = attribution.Collector()
+    tracker = attribution._DispatchTracker(collector, device_type="cpu")
+    with tracker.active(), collector.following("build"):
+        net = Net().to_empty(device="cpu")
+    collector.add_model(net)
+    mark = collector.mark()
+    with tracker.active(), collector.following("run"):
+        x = torch.zeros(256, D)
+        y = net(x)
+        y.sum().backward()
+    found = groups(collector.breakdown(mark))
+    assert found[("first", "parameters")] == D * D * 4
+    assert found[("second", "parameters")] == D * D * 4
+    assert found[("first", "gradients")] == D * D * 4
+    assert found[("(no module)", "inputs/other")] >= 256 * D * 4  # x, y kept by this frame
+    before = len(collector.events)
+    del x, y
+    released = collector.events[before:]
+    assert [n for _key, n, _ctx in released] == [-1, -1]  # x and y: reported released
