@@ -65,3 +65,25 @@ def test_attribution_leaves_the_figures_unchanged(pytester, measure_cuda, monkey
             on[key]["peak_bytes"],
         ), key
         assert on[key]["breakdown"]["peak_bytes"] > 0, key
+
+
+def test_artifacts_of_a_failing_test_include_the_torch_snapshot(pytester, measure_cuda):
+    pytester.makepyfile(
+        test_fail="""
+        import pytest
+        import torch
+
+        @pytest.mark.vram(budget="1MiB")
+        def test_big(vram):
+            vram.run(lambda: torch.ones(4 * 1024**2, device=vram.device))
+        """
+    )
+    measure_cuda("--vram-attribution=on", "--vram-artifacts=art", outcomes={"failed": 1})
+    folder = pytester.path / "art" / "test_fail.py_test_big"
+    names = sorted(p.name for p in folder.iterdir())
+    assert "breakdown.txt" in names and "snapshot.pickle" in names, names
+    import pickle
+
+    snapshot = pickle.loads((folder / "snapshot.pickle").read_bytes())
+    assert "segments" in snapshot and "device_traces" in snapshot
+    assert "(no module) (inputs/other)" in (folder / "breakdown.txt").read_text()
