@@ -124,13 +124,17 @@ def _verdict_lines(r: report.Record, kind: str) -> list[str]:
     return [next(v["detail"] for v in r.verdicts if v["kind"] == kind)]
 
 
-def header(settings: Settings) -> str:
+def header(settings: Settings, rootpath: Path) -> str:
     """The session header line; nothing here creates the backend (that imports torch)."""
     profile = settings.profile or "the backend's"
     strict = "on" if settings.strict else "off"
+    try:
+        baselines = str(settings.baselines.relative_to(rootpath)) or "."
+    except ValueError:
+        baselines = str(settings.baselines)
     return (
-        f"vram: backend {settings.backend}, profile {profile}, baselines {settings.baselines}, "
-        f"strict {strict}, attribution {settings.attribution}, metric: {METRIC}"
+        f"vram: backend {settings.backend}, profile {profile}, baselines {baselines}/, "
+        f"strict {strict}, attribution {settings.attribution}, metric: peak allocated bytes"
     )
 
 
@@ -174,7 +178,7 @@ class OutputHooks:
         self._summarising = True
 
     def pytest_report_header(self, config: pytest.Config) -> str:
-        return header(self.plugin.settings)
+        return header(self.plugin.settings, config.rootpath)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(
