@@ -169,7 +169,10 @@ def test_header_names_backend_profile_baselines_strict_and_metric(vram_pytester,
     vram_pytester.makepyfile(test_o=LEAKY)
     result = run_vram("--vram-strict", "--vram-profile=mine")
     result.stdout.fnmatch_lines(
-        ["vram: backend *, profile mine, baselines baselines/, strict on, * metric: peak allocated bytes"]
+        [
+            "vram: backend *, profile mine, baselines baselines/, strict on, attribution auto, "
+            "metric: peak allocated bytes"
+        ]
     )
 
 
