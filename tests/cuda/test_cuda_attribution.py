@@ -45,7 +45,9 @@ def test_planted_regression_names_the_module(pytester, measure_cuda, monkeypatch
     output = measure_cuda.last_result.stdout.str()
     for test in ("test_inference[tiny-phase8]", "test_train[tiny-phase8]"):
         labels = grown(output, test)
-        assert labels and labels[0] == module, (test, labels)
+        # The planted module comes first (its category may differ where the GPU's peak
+        # falls elsewhere in the step than the estimator's).
+        assert labels and labels[0].split(" (")[0] == module.split(" (")[0], (test, labels)
     for key, m in planted.items():
         if "phase7" in key:  # untouched by the plant
             assert (m["model_bytes"], m["peak_bytes"]) == (
