@@ -128,12 +128,17 @@ def _short_path(filename: str) -> str:
 
 class _Modules:
     """Which module is running, from global forward hooks, named by the module's path in
-    the models the test built. In backward the module is not known (torch's
-    ``ModuleTracker`` knows it through autograd hooks, but these keep every module's
-    autograd graph, and so its saved activations, alive until the hooks are removed, which
-    changes the peak it is meant to explain); the autograd node that runs is named instead.
-    A checkpointed module's recomputation in backward runs its forward again: it is named.
+    the models the test built.
+
+    In backward, the autograd node that runs is looked up: when a module's forward returns,
+    the nodes its forward added to the graph are stamped with its name (``node.metadata``,
+    a string: it keeps no tensor alive). torch's ``ModuleTracker`` knows the module in
+    backward through autograd hooks instead, but those keep every module's graph, and so
+    its saved activations, alive until they are removed, which changes the peak it is
+    meant to explain.
     """
+
+    _KEY = "pytest_vram.module"
 
     def __init__(self, names: weakref.WeakKeyDictionary[Any, str]) -> None:
         self._names = names
@@ -141,25 +146,52 @@ class _Modules:
         self._handles: list[Any] = []
 
     def current(self) -> tuple[str, str | None]:
-        """(innermost running module or ``-``, the autograd node if in backward)."""
+        """(innermost running module or ``(no module)``, the autograd node in backward)."""
         import torch
 
         if self._stack:
             return self._stack[-1], None
         node = torch._C._current_autograd_node()
         if node is not None:
-            return "(backward)", node.name()
+            return node.metadata.get(self._KEY, "(backward)"), node.name()
         return NO_MODULE, None
 
-    def _pre(self, module: Any, _args: Any) -> None:
+    def _pre(self, module: Any, args: Any) -> None:
+        import torch
+
         name = self._names.get(module)
         if name is None:
             name = type(module).__name__
+        if torch.is_grad_enabled():
+            # The graph the inputs came from is the caller's: mark where this one's begins.
+            outer = self._stack[-1] if self._stack else NO_MODULE
+            self._stamp(args if isinstance(args, tuple) else (args,), outer, depth=1)
         self._stack.append(name)
 
-    def _post(self, _module: Any, _args: Any, _out: Any) -> None:
-        if self._stack:
-            self._stack.pop()
+    def _post(self, _module: Any, _args: Any, out: Any) -> None:
+        import torch
+
+        if not self._stack:
+            return
+        name = self._stack.pop()
+        if torch.is_grad_enabled():
+            from torch.utils._pytree import tree_leaves
+
+            self._stamp(tree_leaves(out), name)
+
+    def _stamp(self, tensors: Any, name: str, depth: int | None = None) -> None:
+        """Stamp the unstamped graph behind ``tensors`` (to ``depth`` nodes deep)."""
+        todo = [(getattr(t, "grad_fn", None), 0) for t in tensors]
+        while todo:
+            node, level = todo.pop()
+            # A parameter's AccumulateGrad node lives as long as the parameter: left alone.
+            if node is None or not node.next_functions and node.name().endswith("AccumulateGrad"):
+                continue
+            if self._KEY in node.metadata:
+                continue
+            node.metadata[self._KEY] = name
+            if depth is None or level + 1 < depth:
+                todo.extend((n, level + 1) for n, _ in node.next_functions)
 
     def __enter__(self) -> _Modules:
         from torch.nn.modules.module import (

@@ -191,3 +191,20 @@ def test_dispatch_tracker_on_real_tensors() -> None:
     del x, y
     released = collector.events[before:]
     assert [n for _key, n, _ctx in released] == [-1, -1]  # x and y: reported released
+
+
+def test_backward_nodes_are_named_by_the_module_whose_forward_made_them() -> None:
+    collector = attribution.Collector()
+    net = Net().to_empty(device="cpu")
+    collector.add_model(net)
+    x = torch.zeros(4, D, requires_grad=True)
+    with collector.following("run"):
+        y = net(x)
+        z = y.sum()  # outside any module
+    key = attribution._Modules._KEY
+    assert key not in z.grad_fn.metadata
+    mm_second = y.grad_fn  # second's mm (no bias)
+    assert mm_second.metadata[key] == "second"
+    # Its inputs: first's output (made in first's forward) and second's transposed weight.
+    inner = [n for n, _ in mm_second.next_functions if n is not None and n.next_functions]
+    assert sorted(n.metadata.get(key) for n in inner) == ["first", "second"]
