@@ -51,7 +51,7 @@ def _comment(args: argparse.Namespace) -> int:
     measurements = document.get("measurements", [])
     stores: dict[str, dict[str, dict[str, int]]] = {}
     for path in args.breakdowns or []:
-        baseline = Path(path).name.replace(".breakdown", "")
+        baseline = Path(path).name  # breakdowns/estimate.yaml explains estimate.yaml
         loaded = attribution.load_store(Path(path))
         for m in measurements:
             if Path(m.get("baseline_path", "")).name == baseline:

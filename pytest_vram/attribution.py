@@ -626,9 +626,15 @@ def text_report(key: str, breakdown: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the store
 
 
+#: Folder of the stored breakdowns, inside the baselines folder: apart from the
+#: ``<profile>.yaml`` files, so that whatever reads every ``baselines/*.yaml`` as a
+#: baseline file does not meet them.
+STORE_DIR = "breakdowns"
+
+
 def store_path(baseline: Path) -> Path:
-    """``baselines/estimate.yaml`` -> ``baselines/estimate.breakdown.yaml``."""
-    return baseline.with_name(baseline.stem + ".breakdown" + baseline.suffix)
+    """``baselines/estimate.yaml`` -> ``baselines/breakdowns/estimate.yaml``."""
+    return baseline.parent / STORE_DIR / baseline.name
 
 
 def load_store(path: Path) -> dict[str, dict[str, int]]:

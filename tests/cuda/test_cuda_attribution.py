@@ -38,7 +38,7 @@ def test_planted_regression_names_the_module(pytester, measure_cuda, monkeypatch
     pytester.makepyfile(test_zoo_copy=SUITE.read_text())
     monkeypatch.setenv("ZOO_PLANT", "")
     clean = measure_cuda("--vram-attribution=on", "--vram-update", outcomes={"passed": 4})
-    stores = [p.name for p in (pytester.path / "baselines").glob("*.breakdown.yaml")]
+    stores = [p.name for p in (pytester.path / "baselines" / "breakdowns").glob("*.yaml")]
     assert len(stores) == 1, stores  # next to the profile's baseline file
     monkeypatch.setenv("ZOO_PLANT", plant)
     planted = measure_cuda("--vram-attribution=on", outcomes={"passed": 2, "failed": 2})

@@ -135,7 +135,7 @@ def test_growth_names_a_new_module_and_a_moved_one_is_not_new() -> None:
 
 def test_store_round_trips_and_an_unchanged_update_leaves_the_file(tmp_path: Path) -> None:
     path = attribution.store_path(tmp_path / "estimate.yaml")
-    assert path.name == "estimate.breakdown.yaml"
+    assert path == tmp_path / "breakdowns" / "estimate.yaml"
     breakdown = {"patterns": [["blocks.*", "parameters", 2048], ["lm_head", "activations", 512]]}
     assert attribution.write_store(path, {"t.py::a": breakdown})
     before = path.read_bytes()

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 SUITE_FILE = "test_zoo_copy.py"
 BASELINE = Path("baselines") / "estimate.yaml"
 #: The per-module breakdowns --vram-update stores next to the baseline (docs/attribution.md).
-BREAKDOWN = Path("baselines") / "estimate.breakdown.yaml"
+BREAKDOWN = Path("baselines") / "breakdowns" / "estimate.yaml"
 PRESET = zoo_copy.PRESET
 CONFIG = model_zoo.get_config(PRESET)
 WORKLOADS = ("inference", "train")
@@ -157,8 +157,8 @@ def suite(
         recorded[str(BASELINE)] = record_baselines(zoo)
         recorded[str(BREAKDOWN)] = (pytester.path / BREAKDOWN).read_bytes()
     else:
-        zoo.baseline.parent.mkdir()
         for name, data in recorded.items():
+            (pytester.path / name).parent.mkdir(parents=True, exist_ok=True)
             (pytester.path / name).write_bytes(data)
     yield zoo
 
