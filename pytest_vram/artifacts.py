@@ -112,13 +112,14 @@ def plot_timeline(collector: Collector, title: str, path: Path) -> bool:
         return False
     xs, by_label, peak_at = timeline(collector)
     at_peak = {k: v[xs.index(peak_at)] for k, v in by_label.items()} if peak_at in xs else {}
-    # The groups live at the peak first (what the peak is made of), then the largest
-    # anywhere in the run.
-    ranked = sorted(by_label, key=lambda k: (-at_peak.get(k, 0), -max(by_label[k]), k))
+    # What the peak is made of first, then what holds the most memory over the run.
+    by_peak = sorted(by_label, key=lambda k: (-at_peak.get(k, 0), k))[: COLOURED // 2]
+    by_area = sorted(by_label, key=lambda k: (-sum(by_label[k]), k))
+    ranked = by_peak + [k for k in by_area if k not in by_peak]
     top = ranked[:COLOURED]
     rest = [sum(by_label[k][i] for k in ranked[COLOURED:]) for i in range(len(xs))]
     mib = 1024**2
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
     stacks = [[v / mib for v in by_label[k]] for k in top] + [[v / mib for v in rest]]
     colours = [plt.get_cmap("tab10")(i) for i in range(len(top))] + ["#bbbbbb"]
     ax.stackplot(xs, *stacks, labels=[*top, "other"], colors=colours, step="post")
@@ -134,7 +135,7 @@ def plot_timeline(collector: Collector, title: str, path: Path) -> bool:
     ax.set_xlabel("allocations and releases, in order")
     ax.set_ylabel("allocated (MiB)")
     ax.set_title(title if len(title) < 90 else "..." + title[-87:], fontsize=10)
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.margins(x=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
