@@ -663,11 +663,18 @@ def compact(breakdown: dict[str, Any]) -> dict[str, int]:
     return dict(sorted(rows[:STORED_GROUPS]))
 
 
-def write_store(path: Path, updates: dict[str, dict[str, Any]]) -> bool:
-    """Merge ``key -> breakdown`` into the store at ``path``; True if the file changed."""
+def write_store(
+    path: Path, updates: dict[str, dict[str, Any]], remove: list[str] | tuple[str, ...] = ()
+) -> bool:
+    """Merge ``key -> breakdown`` into the store at ``path`` and drop the ``remove`` keys
+    (pruned from the baseline); True if the file changed."""
     entries = load_store(path)
     for key, breakdown in updates.items():
         entries[key] = compact(breakdown)
+    for key in remove:
+        entries.pop(key, None)
+    if not entries and not path.exists():
+        return False
     text = yaml.safe_dump(
         {
             "about": "live bytes at each measurement's peak by module and category, "

@@ -266,8 +266,12 @@ class OutputHooks:
             if r.breakdown:
                 path = attribution.store_path(plugin.baseline_path(r.profile))
                 by_store.setdefault(path, {})[r.key] = r.breakdown
-        for path, updates in sorted(by_store.items()):
-            if attribution.write_store(path, updates):
+        pruned: dict[Path, list[str]] = {}
+        for shown, keys in plugin.outcome.pruned.items():
+            baseline = Path(shown) if Path(shown).is_absolute() else plugin.config.rootpath / shown
+            pruned[attribution.store_path(baseline)] = keys
+        for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
+            if attribution.write_store(path, by_store.get(path, {}), pruned.get(path, ())):
                 plugin.outcome.written.append(plugin.display(path))
 
 

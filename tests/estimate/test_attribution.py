@@ -208,3 +208,12 @@ def test_backward_nodes_are_named_by_the_module_whose_forward_made_them() -> Non
     # Its inputs: first's output (made in first's forward) and second's transposed weight.
     inner = [n for n, _ in mm_second.next_functions if n is not None and n.next_functions]
     assert sorted(n.metadata.get(key) for n in inner) == ["first", "second"]
+
+
+def test_store_drops_pruned_keys(tmp_path: Path) -> None:
+    path = attribution.store_path(tmp_path / "estimate.yaml")
+    breakdown = {"patterns": [["lm_head", "activations", 512]]}
+    attribution.write_store(path, {"t.py::a": breakdown, "t.py::gone": breakdown})
+    assert attribution.write_store(path, {}, remove=["t.py::gone"])
+    assert set(attribution.load_store(path)) == {"t.py::a"}
+    assert not attribution.write_store(tmp_path / "none" / "x.yaml", {}, remove=["t.py::a"])
