@@ -12,14 +12,18 @@ freed at once rather than kept alive by the traceback for the rest of the sessio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import traceback
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_vram.backends.base import Backend
+
+if TYPE_CHECKING:
+    from pytest_vram.attribution import Attribution
 from pytest_vram.units import format_size
 
 T = TypeVar("T")
@@ -38,6 +42,9 @@ class Measurement:
     #: the most the allocator held from the device during the workload (fragmentation and
     #: page granularity included), from the same start; None where the backend cannot tell
     reserved_bytes: int | None = None
+    #: what was live at the peak by module and category (``pytest_vram.attribution``),
+    #: when attribution is on
+    breakdown: dict[str, Any] | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -58,6 +65,8 @@ class OutOfMemory:
     peak_bytes: int
     #: the exception's own text (torch's names the failed request and the free memory)
     error: str
+    #: what was live at the highest allocation the step reached, when attribution is on
+    breakdown: dict[str, Any] | None = None
 
     def describe(self, nodeid: str, device: str) -> str:
         """The failure text: the test, the step, the figures, and what to do about it."""
@@ -117,8 +126,11 @@ def count_params(obj: Any) -> int | None:
 class Meter:
     """Measures build steps and workloads of one test on one backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, attribution: bool = False) -> None:
         self.backend = backend
+        #: collects what is live by module when ``attribution`` is on (made at ``start``)
+        self.attribution: Attribution | None = None
+        self._attribute = attribution
         self.params: int | None = None
         self.measurements: list[Measurement] = []
         #: set when a build step or workload ran out of memory
@@ -131,6 +143,10 @@ class Meter:
 
     def start(self) -> None:
         self.backend.collect_garbage()
+        if self._attribute:
+            from pytest_vram.attribution import Attribution
+
+            self.attribution = Attribution(self.backend)
         self.backend.begin_test()
         self.backend.synchronize()
         self._start = self.backend.allocated()
@@ -147,6 +163,8 @@ class Meter:
         held = self._held()
         self._reset_peak()  # so that running out of memory reports this step's peak
         result = self._call(f"vram.build({_name(fn)})", held, fn, args, kwargs)
+        if self.attribution is not None:
+            self.attribution.collector.add_model(result)
         params = count_params(result)
         if params is not None:
             self.params = params if self.params is None else self.params + params
@@ -156,6 +174,7 @@ class Meter:
         """Run a workload in the backend's scope and record its peak."""
         model_bytes = self._held()
         self._reset_peak()
+        mark = self.attribution.collector.mark() if self.attribution else 0
         step = f"vram.run({_name(fn)}" + ("" if name is None else f", name={name!r}") + ")"
         self._carried.append(0)
         try:
@@ -173,6 +192,7 @@ class Meter:
             peak_bytes=max(peak, model_bytes),
             context=self.backend.context(),
             reserved_bytes=self._reserved_peak(),
+            breakdown=self.attribution.collector.breakdown(mark) if self.attribution else None,
         )
         self.measurements.append(record)
         return result
@@ -200,14 +220,24 @@ class Meter:
 
     def _call(self, step: str, held: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the backend's scope; running out of memory is recorded."""
+        following = (
+            self.attribution.following("build" if step.startswith("vram.build") else "run")
+            if self.attribution
+            else contextlib.nullcontext()
+        )
+        mark = self.attribution.collector.mark() if self.attribution else 0
         try:
-            with self.backend.scope():
+            with self.backend.scope(), following:
                 return fn(*args, **kwargs)
         except BaseException as exc:
             if is_out_of_memory(exc):
                 peak = self.backend.peak() - self._start  # type: ignore[operator]
                 self.out_of_memory = OutOfMemory(
-                    step, held, max(peak, held), f"{type(exc).__name__}: {exc}".strip()
+                    step,
+                    held,
+                    max(peak, held),
+                    f"{type(exc).__name__}: {exc}".strip(),
+                    self.attribution.collector.breakdown(mark) if self.attribution else None,
                 )
                 # The step's frames hold every tensor it made for as long as the traceback
                 # lives, and pytest keeps it (sys.last_traceback): free them now.
@@ -219,6 +249,8 @@ class Meter:
         self.backend.collect_garbage()
         leaked = self._held()
         self.backend.end_test()
+        if self.attribution is not None:
+            self.attribution.close()
         self.measurements = [dataclasses.replace(m, leaked_bytes=leaked) for m in self.measurements]
         return leaked
 

@@ -17,7 +17,17 @@ from typing import Any
 
 import pytest
 
-from pytest_vram import __version__, baselines, benchmarking, claiming, marks, report, world, xdist
+from pytest_vram import (
+    __version__,
+    baselines,
+    benchmarking,
+    claiming,
+    marks,
+    output,
+    report,
+    world,
+    xdist,
+)
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.fixture import Vram, VramUsageError
@@ -163,6 +173,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write every measurement and verdict to this JSON file",
     )
     option(
+        "--vram-attribution",
+        ini="vram_attribution",
+        ini_type="string",
+        default="auto",
+        metavar="WHEN",
+        help="collect what is live at each peak by module and category: on, off, or auto "
+        "(on for the estimate backend, off for cuda, where it costs time; see docs/attribution.md)",
+    )
+    option(
+        "--vram-artifacts",
+        ini="vram_artifacts",
+        ini_type="string",
+        default="",
+        metavar="DIR",
+        help="write a breakdown, an image of memory over the run (needs matplotlib: "
+        "pip install 'pytest-vram[plot]') and on cuda a torch memory snapshot for each "
+        "failing test (or each test, with --vram-artifacts-all) into DIR",
+    )
+    option(
+        "--vram-artifacts-all",
+        ini="vram_artifacts_all",
+        ini_type="bool",
+        default=False,
+        action="store_true",
+        help="with --vram-artifacts: write them for every measured test, not only failing ones",
+    )
+    option(
         "--vram-markdown",
         ini="vram_markdown",
         ini_type="string",
@@ -189,6 +226,9 @@ class Settings:
     baselines: Path
     json_path: Path | None
     markdown_path: Path | None
+    attribution: str = "auto"
+    artifacts: Path | None = None
+    artifacts_all: bool = False
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -235,7 +275,16 @@ class Settings:
                 f"{_source(config, 'vram_baselines')} is empty, which would mean the rootdir "
                 f"itself; give the directory of the baseline files, e.g. 'baselines'"
             )
+        attribution = str(_value(config, "vram_attribution")).strip().lower()
+        if attribution not in ("auto", "on", "off"):
+            raise pytest.UsageError(
+                f"{_source(config, 'vram_attribution')}: expected on, off or auto, "
+                f"got {attribution!r}"
+            )
         settings = cls(
+            attribution=attribution,
+            artifacts=_optional_path(config, "vram_artifacts"),
+            artifacts_all=bool(_value(config, "vram_artifacts_all")),
             backend=backend,
             allocator=allocator,
             update=update,
@@ -334,6 +383,7 @@ def pytest_configure(config: pytest.Config) -> None:
     plugin = VramPlugin(config, Settings.from_config(config))
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "vram-session")
+    config.pluginmanager.register(output.OutputHooks(plugin), "vram-output")
     if not xdist.is_worker(config):
         config.pluginmanager.register(xdist.ControllerHooks(plugin.receive), "vram-controller")
     claim_hooks = claiming.ClaimHooks(
@@ -539,7 +589,7 @@ class VramPlugin:
         profile = self.profile()
         self.baseline(profile)  # a malformed file fails before the workload runs
         self.used_profiles[profile] = self.display(self.baseline_path(profile))
-        meter = Meter(backend)
+        meter = Meter(backend, attribution=output.attribution_on(self.settings, backend))
         meter.start()
         probe = Vram(meter, mark.base_key(item.nodeid))
         item.stash[PROBE_KEY] = probe
@@ -626,6 +676,7 @@ class VramPlugin:
                     baseline_model_bytes=entry.model_bytes if entry else None,
                     baseline_peak_bytes=entry.peak_bytes if entry else None,
                     verdicts=[_verdict_dict(v) for v in ordered],
+                    breakdown=m.breakdown,
                 )
             )
         return records
@@ -644,12 +695,15 @@ class VramPlugin:
             # Only a workload that ran to completion is judged (and may become a baseline).
             records = self.judge(item, probe)
             item.stash[RECORDS_KEY] = records
-            failing = [v["detail"] for r in records for v in r.verdicts if v["fails"]]
+            failing = [output.failure_text(r) for r in records if r.fails]
             if not records and self.settings.strict:
                 failing.append(_NOTHING_MEASURED.format(nodeid=item.nodeid))
             if failing:
                 rep.outcome = "failed"
                 rep.longrepr = "\n\n".join(failing)
+                explained = output.explain_failures(self, records)
+                if explained:
+                    rep.longrepr = f"{rep.longrepr}\n\n{explained}"
                 # An xfail test whose body passed but whose memory fails is not the failure
                 # it expected: without this pytest counts it as xfailed and exits 0.
                 with contextlib.suppress(AttributeError):
@@ -833,14 +887,7 @@ class VramPlugin:
         anything = outcome.records or outcome.stale or outcome.pruned or outcome.errors
         if self.worker or self.secondary_rank or not anything:
             return
-        terminalreporter.ensure_newline()  # else a blank line follows the header
-        terminalreporter.section("VRAM")
-        width = min(terminalreporter._tw.fullwidth, 120)
-        if outcome.records:
-            for line in report.table_lines(outcome.records, width):
-                terminalreporter.write_line(line)
-        for line in report.note_lines(outcome):
-            terminalreporter.write_line(line)
+        output.terminal_summary(self, terminalreporter)
 
 
 def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:

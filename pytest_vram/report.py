@@ -48,6 +48,8 @@ class Record:
     reserved_bytes: int | None = None
     #: pytest-benchmark's timing of the same workload (see ``benchmarking.timing``)
     time: dict[str, Any] | None = None
+    #: what was live at the peak (``pytest_vram.attribution``), when attribution is on
+    breakdown: dict[str, Any] | None = None
 
     @property
     def activation_bytes(self) -> int:
@@ -113,6 +115,8 @@ class Outcome:
     update: bool = False
     #: verdicts of the declared claims (``claims.ClaimVerdict.to_dict()`` plus ``nodeid``)
     claims: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: where and when the run happened: commit, branch, time, machine (see run_metadata)
+    run: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- terminal
@@ -155,34 +159,72 @@ def _cells(record: Record) -> list[str]:
     ]
 
 
+#: Columns dropped first when the terminal is narrow (the key, peak, delta and verdict stay).
+DROP_ORDER = ("activation", "reserved", "params", "baseline", "model", TIME_COLUMN)
+#: The narrowest key column worth showing; below it keys are shortened in the middle.
+MIN_KEY = 24
+#: Left-aligned columns (words); the others are figures, right-aligned.
+_WORDS = ("verdict", TIME_COLUMN)
+
+
 def _row(record: Record, columns: tuple[str, ...]) -> list[str]:
     cells = _cells(record)
     return [*cells, _time(record)] if TIME_COLUMN in columns else cells
 
 
-def table_lines(records: list[Record], width: int = 120) -> list[str]:
-    """The measurement table; a key too long for its column gets a line of its own."""
-    columns = _columns(records)
-    rows = [_row(r, columns) for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(columns)]
-    figures = sum(widths) + 2 * len(widths)
-    key_width = max(20, min(max(len("test"), *(len(r.key) for r in records)), width - figures))
+def table_lines(records: list[Record], width: int = 80) -> list[str]:
+    """The measurement table in at most ``width`` columns.
+
+    Keys that share a test file are listed under the file's name; columns are dropped
+    (``DROP_ORDER``) until the keys fit, and a key still too long is shortened in the
+    middle, so that every row is one line.
+    """
+    every = _columns(records)
+    rows = [_row(r, every) for r in records]
+    columns = list(every)
+
+    def widths() -> list[int]:
+        return [max(len(h), *(len(row[every.index(h)]) for row in rows)) for h in columns]
+
+    def key_room() -> int:
+        return width - sum(widths()) - 2 * len(columns)
+
+    files = {r.key.split("::", 1)[0] for r in records}
+    keys = [r.key for r in records]
+    prefix = ""
+    if max(len(k) for k in keys) > key_room() and len(files) == 1 and "::" in keys[0]:
+        prefix = next(iter(files)) + "::"  # named once, above the table
+        keys = [k[len(prefix) :] for k in keys]
+    longest = max(len("test"), *(len(k) for k in keys))
+
+    for name in DROP_ORDER:
+        if key_room() >= longest:
+            break
+        if name in columns:
+            columns.remove(name)
+    key_width = max(MIN_KEY, min(longest, key_room()))
+    col_widths = widths()
 
     def line(key: str, cells: list[str]) -> str:
         numbers = "  ".join(
-            c.ljust(w) if columns[i] in ("verdict", TIME_COLUMN) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            c.ljust(w) if columns[i] in _WORDS else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, col_widths, strict=True))
         )
-        return f"{key.ljust(key_width)}  {numbers}".rstrip()
+        return f"{_shorten(key, key_width).ljust(key_width)}  {numbers}".rstrip()
 
-    lines = [line("test", list(columns))]
-    for record, cells in zip(records, rows, strict=True):
-        if len(record.key) > key_width:
-            lines.append(record.key)
-            lines.append(line("", cells))
-        else:
-            lines.append(line(record.key, cells))
+    lines = [f"{prefix[:-2]}:"] if prefix else []
+    lines.append(line("test", columns))
+    for key, cells in zip(keys, rows, strict=True):
+        lines.append(line(key, [cells[every.index(h)] for h in columns]))
     return lines
+
+
+def _shorten(text: str, width: int) -> str:
+    """``test_inference[maximum-phase8]`` in 20 columns -> ``test_infe...m-phase8]``."""
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 2
+    return text[:head] + "..." + text[len(text) - (width - 3 - head) :]
 
 
 def note_lines(outcome: Outcome) -> list[str]:
@@ -248,8 +290,42 @@ def to_json(outcome: Outcome) -> str:
         "errors": outcome.errors,
         "setup_changes": outcome.setup_changes,
         "claims": outcome.claims,
+        "run": outcome.run,
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def run_metadata(root: Path) -> dict[str, Any]:
+    """Commit, branch, UTC time and machine of this run, for comparing runs over time.
+
+    On GitHub Actions the pull request's branch and commit come from its variables (a
+    checkout there is a detached merge commit); elsewhere from ``git`` in ``root``.
+    """
+    import datetime
+    import os
+    import platform
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() or None
+
+    branch = os.environ.get("GITHUB_HEAD_REF") or os.environ.get("GITHUB_REF_NAME")
+    return {
+        "commit": os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD"),
+        "branch": branch or git("rev-parse", "--abbrev-ref", "HEAD"),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+    }
 
 
 def _md(text: str) -> str:
@@ -257,22 +333,15 @@ def _md(text: str) -> str:
 
 
 def to_markdown(outcome: Outcome) -> str:
-    """The ``--vram-markdown`` document: the table plus notes, e.g. for a PR comment."""
-    columns = _columns(outcome.records)
-    header = ("test", *columns)
-    lines = ["## VRAM", "", "| " + " | ".join(header) + " |"]
-    align = [" --- " if c in ("verdict", TIME_COLUMN) else " ---: " for c in columns]
-    lines.append("|" + "|".join([" --- ", *align]) + "|")
-    for record in outcome.records:
-        cells = [f"`{record.key}`", *_row(record, columns)]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
-    notes = note_lines(outcome)
-    if notes:
-        lines.extend(["", *(f"- {_md(n)}" for n in notes)])
+    """The ``--vram-markdown`` document: a PR comment (one-line verdict, failures first with
+    their top modules, every measurement collapsed, then the claims), see
+    ``pytest_vram.compare.comment``."""
     from pytest_vram.claiming import markdown_lines  # claiming imports this module
+    from pytest_vram.compare import comment
 
-    lines.extend(markdown_lines(outcome.claims))
-    return "\n".join(lines) + "\n"
+    text = comment([r.to_dict() for r in outcome.records], notes=note_lines(outcome))
+    claims = markdown_lines(outcome.claims)
+    return text + ("\n".join(claims) + "\n" if claims else "")
 
 
 def write_text(path: Path, text: str) -> None:

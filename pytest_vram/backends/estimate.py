@@ -58,9 +58,12 @@ class _StorageTracker:
     land in that test's (discarded) pool, never in the current one.
     """
 
-    def __init__(self, allocator: _allocator.CachingAllocatorModel) -> None:
+    def __init__(self, allocator: _allocator.CachingAllocatorModel, observer: Any = None) -> None:
         self.allocator = allocator
         self._live: dict[int, tuple[weakref.ref[Any], _allocator.Block | None]] = {}
+        #: optional attribution hook (``pytest_vram.attribution.Collector``): told of every
+        #: storage made and released, and of every transient buffer
+        self.observer = observer
 
     def track(self, out: object) -> None:
         """Account for the storages of an operator's outputs (tensors, tuples, lists)."""
@@ -87,11 +90,15 @@ class _StorageTracker:
             return  # a view, an in-place result or an output seen before
         block = self.allocator.malloc(storage.nbytes())
         self._live[key] = (weakref.ref(storage, functools.partial(self._release, key)), block)
+        if self.observer is not None and block is not None:
+            self.observer.allocated(key, block.size)
 
     def _release(self, key: int, _ref: object) -> None:
         entry = self._live.pop(key, None)
         if entry is not None:
             self.allocator.free(entry[1])
+            if self.observer is not None and entry[1] is not None:
+                self.observer.freed(key)
 
     def resized(self, storage: Any) -> None:
         """Re-count a live storage whose size changed in place (``storage.resize_``)."""
@@ -99,11 +106,17 @@ class _StorageTracker:
         entry = self._live.pop(key, None)
         if entry is not None:
             self.allocator.free(entry[1])
+            if self.observer is not None and entry[1] is not None:
+                self.observer.freed(key)
         block = self.allocator.malloc(storage.nbytes()) if storage.nbytes() else None
         self._live[key] = (weakref.ref(storage, functools.partial(self._release, key)), block)
+        if self.observer is not None and block is not None:
+            self.observer.allocated(key, block.size)
 
     def transient(self, sizes: list[int]) -> None:
         """Allocate and immediately free buffers a kernel uses internally (peak only)."""
+        if self.observer is not None:
+            self.observer.transient([_allocator.round_size(n) for n in sizes])
         blocks = [self.allocator.malloc(n) for n in sizes]
         for block in reversed(blocks):
             self.allocator.free(block)
@@ -429,6 +442,7 @@ class EstimateBackend(Backend):
         self._allocator = _allocator.CachingAllocatorModel(allocator)
         self._tracker: _StorageTracker | None = None
         self._mode: _EstimatingFakeMode | None = None
+        self._observer: Any = None
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -465,7 +479,7 @@ class EstimateBackend(Backend):
 
     def begin_test(self) -> None:
         self._allocator = _allocator.CachingAllocatorModel(self._allocator_mode)
-        self._tracker = _StorageTracker(self._allocator)
+        self._tracker = _StorageTracker(self._allocator, self._observer)
         self._mode = _EstimatingFakeMode(self._tracker, self._emulate)
 
     def end_test(self) -> None:
@@ -477,6 +491,11 @@ class EstimateBackend(Backend):
             self.begin_test()
         assert self._mode is not None
         return _Scope(self._mode, self._emulate, self._tracker)
+
+    def observe(self, observer: Any) -> bool:
+        """Report storages to ``observer`` from the next ``begin_test`` on (None: stop)."""
+        self._observer = observer
+        return True
 
     # -- counters -----------------------------------------------------------------------
     def synchronize(self) -> None:

@@ -66,3 +66,13 @@ def test_torch_out_of_memory_error_is_recognised_without_importing_torch_for_it(
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access"))
+
+
+def test_out_of_memory_writes_the_artifacts(vram_pytester, run_vram):
+    vram_pytester.makepyfile(test_oom=OUT_OF_MEMORY)
+    result = run_vram("-p", "no:randomly", "--vram-artifacts=art")
+    result.assert_outcomes(passed=2, failed=2)
+    written = sorted(p.parent.name for p in (vram_pytester.path / "art").glob("*/breakdown.txt"))
+    # The two that ran out of memory, not the passing ones.
+    assert written == ["test_oom.py_test_a_runs_out", "test_oom.py_test_b_build_runs_out"]
+    result.stdout.fnmatch_lines(["*- vram artifacts -*", "art/test_oom.py_test_a_runs_out/*"])

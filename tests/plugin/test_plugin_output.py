@@ -82,7 +82,34 @@ def test_table_fits_120_columns_with_long_keys(vram_pytester, run_vram):
     result = run_vram()
     table = result.stdout.str().split(" VRAM ")[1].split("\nnew: ")[0]
     assert all(len(line) <= 120 for line in table.splitlines())
-    result.stdout.fnmatch_lines(["test_o.py::test_long[[]a-rather-long*", "* 5947.3 MiB * new"])
+    # The file is named once above the table; each row stays one line.
+    result.stdout.fnmatch_lines(["test_o.py:", "test_long[[]a-rather-long*  5947.3 MiB * new"])
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+def test_table_fits_the_terminal_by_dropping_columns(vram_pytester, run_vram, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    vram_pytester.makepyfile(
+        test_o="""
+        import pytest
+
+        @pytest.mark.parametrize("preset", ["standard", "maximum"])
+        @pytest.mark.parametrize("phase", ["phase7", "phase8"])
+        def test_inference_of_the_model(vram, preset, phase):
+            vram.run(vram.backend.spike, 5947 * 1024**2 + 300 * 1024)
+        """
+    )
+    result = run_vram()
+    table = result.stdout.str().split(" VRAM ")[1].split("\nnew: ")[0].splitlines()[1:]
+    assert all(len(line) <= columns for line in table), table
+    header = next(line for line in table if line.startswith("test "))
+    assert header.split()[-3:] == ["peak", "baseline" if columns == 100 else "delta", "verdict"][
+        -3:
+    ] or header.split()[-3:] == ["baseline", "delta", "verdict"]
+    assert "activation" not in header
+    rows = [line for line in table if "5947.3 MiB" in line]
+    assert "test_o.py:" in table  # named once, the rows carry the rest of the key
+    assert len(rows) == 4 and all(row.startswith("test_inference_of_the_model[") for row in rows)
 
 
 XDIST_TESTS = """
@@ -135,5 +162,33 @@ def test_xdist_regression_fails_on_the_worker_and_reaches_the_controller(
     result = run_vram_subprocess(*xdist_args, "-k", "3 or 4")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
-        ["*test_x.py::test_many[[]3[]]::train: memory regression against baselines/scripted.yaml*"]
+        ["FAILED test_x.py::test_many[[]3[]] - train: peak +1.0 MiB (+12.50%): memory regression*"]
     )
+
+
+def test_header_names_backend_profile_baselines_strict_and_metric(vram_pytester, run_vram):
+    vram_pytester.makepyfile(test_o=LEAKY)
+    result = run_vram("--vram-strict", "--vram-profile=mine")
+    result.stdout.fnmatch_lines(
+        [
+            "vram: backend *, profile mine, baselines baselines/, strict on, attribution auto, "
+            "metric: peak allocated bytes"
+        ]
+    )
+
+
+def test_verbose_shows_each_peak_beside_its_result(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        test_o="""
+        def test_a(vram):
+            vram.run(vram.backend.spike, 3 * 1024**2)
+
+        def test_plain():
+            pass
+        """
+    )
+    result = run_vram("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_o.py::test_a PASSED (peak 3.0 MiB)*"])
+    result.stdout.fnmatch_lines(["test_o.py::test_plain PASSED *"])
+    assert "test_plain PASSED (peak" not in result.stdout.str()

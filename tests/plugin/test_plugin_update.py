@@ -76,7 +76,7 @@ def test_update_with_budget_overrun_still_fails(vram_pytester, run_vram):
     )
     result = run_vram("--vram-update")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*is over the budget*"])
+    result.stdout.fnmatch_lines(["peak +* over the budget 10.0 MiB"])
 
 
 def test_stale_entries_are_listed_not_deleted(vram_pytester, run_vram):

@@ -55,13 +55,20 @@ def test_regression_fails_with_both_figures_and_delta(vram_pytester, run_vram):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            f"*{KEY}: memory regression against baselines/scripted.yaml. "
-            f"peak {150 * MiB} B (150.0 MiB) vs baseline {140 * MiB} B (140.0 MiB): "
-            f"+{10 * MiB} B (+10.0 MiB, +7.14%)*",
+            # figures first, on short lines; the first one is what the short summary shows
+            "peak +10.0 MiB (+7.14%): memory regression against baselines/scripted.yaml",
+            f"  peak * 150.0 MiB * {150 * MiB:,d} B  (+{10 * MiB:,d} B)",
+            f"  baseline * 140.0 MiB * {140 * MiB:,d} B",
+            "  tolerance 0B: must equal it exactly",
+            f"  model * 100.0 MiB * {100 * MiB:,d} B  within tolerance",
+            f"  `pytest --vram-update {KEY}`",
+            "  and commit baselines/scripted.yaml with the reason",
             f"{KEY} * 150.0 MiB * 140.0 MiB * +10.0 MiB (+7.14%) * regression",
-            f"FAILED {KEY}*",
+            f"FAILED {KEY} - peak +10.0 MiB (+7.14%): memory regression against baselines/*",
         ]
     )
+    longrepr = result.stdout.str().split("_ test_model _")[1].split("= VRAM =")[0]
+    assert all(len(line) <= 80 for line in longrepr.splitlines()), longrepr
 
 
 def test_improvement_is_reported_with_lock_in_command(vram_pytester, run_vram):
@@ -89,7 +96,13 @@ def test_strict_fails_on_missing_baseline(vram_pytester, run_vram, monkeypatch, 
             args.append(item)
     result = run_vram(*args)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*{KEY}: no baseline in baselines/scripted.yaml (strict mode*"])
+    result.stdout.fnmatch_lines(
+        [
+            "no baseline (strict mode): peak 150.0 MiB, model 100.0 MiB",
+            f"  record it with `pytest --vram-update {KEY}`",
+            "  and commit baselines/scripted.yaml",
+        ]
+    )
 
 
 @pytest.mark.parametrize("value", ["", "0", "false"])
@@ -115,7 +128,13 @@ def test_budget_boundary_even_with_baseline(vram_pytester, run_vram, budget, out
     result = run_vram()
     result.assert_outcomes(**{outcome: 1})
     if outcome == "failed":
-        result.stdout.fnmatch_lines([f"*{KEY}: peak {150 * MiB} B (150.0 MiB) is over the budget*"])
+        result.stdout.fnmatch_lines(
+            [
+                "peak +1 B (+0.00%) over the budget 150.0 MiB",
+                f"  peak * 150.0 MiB * {150 * MiB:,d} B",
+                f"  budget * 150.0 MiB * {150 * MiB - 1:,d} B",
+            ]
+        )
 
 
 # Baseline 100/140 MiB, measured 100/150 MiB: 10 MiB over. Tolerances of 10 MiB pass,

@@ -43,6 +43,8 @@ from pytest_vram.units import format_delta, format_size
 HERE = Path(__file__).resolve().parent
 SUITE_FILE = "test_zoo_copy.py"
 BASELINE = Path("baselines") / "estimate.yaml"
+#: The per-module breakdowns --vram-update stores next to the baseline (docs/attribution.md).
+BREAKDOWN = Path("baselines") / "breakdowns" / "estimate.yaml"
 PRESET = zoo_copy.PRESET
 CONFIG = model_zoo.get_config(PRESET)
 WORKLOADS = ("inference", "train")
@@ -151,11 +153,13 @@ def suite(
     """The copied suite with its clean baselines in place (step 1, checked when it runs)."""
     monkeypatch.setenv("COLUMNS", "120")  # the width the VRAM table is laid out for
     zoo = ZooSuite(pytester, monkeypatch)
-    if "estimate.yaml" not in recorded:
-        recorded["estimate.yaml"] = record_baselines(zoo)
+    if not recorded:
+        recorded[str(BASELINE)] = record_baselines(zoo)
+        recorded[str(BREAKDOWN)] = (pytester.path / BREAKDOWN).read_bytes()
     else:
-        zoo.baseline.parent.mkdir()
-        zoo.baseline.write_bytes(recorded["estimate.yaml"])
+        for name, data in recorded.items():
+            (pytester.path / name).parent.mkdir(parents=True, exist_ok=True)
+            (pytester.path / name).write_bytes(data)
     yield zoo
 
 
@@ -198,20 +202,31 @@ def run_planted(zoo: ZooSuite, plant: str) -> tuple[SuiteRun, dict[str, tuple[in
     return run, recorded
 
 
+def grown_modules(run: SuiteRun, key: str) -> dict[str, str]:
+    """``module (category) -> growth`` from the "grew against" lines of ``key``'s failure."""
+    section = run.output.split(f"_ {key.split('::')[1]} _", 1)[1].split("\n_", 1)[0]
+    grew = section.split(f"grew against {BREAKDOWN}:\n", 1)
+    assert len(grew) == 2, f"no 'grew against {BREAKDOWN}' in the failure of {key}:\n{section}"
+    found = {}
+    for line in grew[1].splitlines():
+        match = re.match(r"^\s+(\+\S+ \S+)\s+(.+?) \((?:new|was .*)\)$", line)
+        if not match:
+            break
+        found[match.group(2)] = match.group(1)
+    return found
+
+
 def regression_lines(key: str, measured: dict[str, Any], baseline: tuple[int, int]) -> list[str]:
     """The figures a regression message must show for ``key``, built from the bytes."""
 
     def line(label: str, value: int, reference: int) -> str:
-        delta = value - reference
-        return (
-            f"{label} {value} B ({format_size(value)}) vs baseline {reference} B "
-            f"({format_size(reference)}): {delta:+d} B (+{format_size(delta)}, "
-        )
+        return f"{label:<9} {format_size(value):>10}  {value:>14,d} B  ({value - reference:+,d} B)"
 
     model, peak = baseline
     return [
-        f"{key}: memory regression against {BASELINE}",
+        f"peak {format_delta(measured['peak_bytes'], peak)}: memory regression against {BASELINE}",
         line("peak", measured["peak_bytes"], peak),
+        f"baseline  {format_size(peak):>10}  {peak:>14,d} B",
         line("model", measured["model_bytes"], model),
         format_delta(measured["peak_bytes"], peak),  # the VRAM table's delta column
     ]
@@ -241,6 +256,14 @@ def test_extra_buffer_per_layer_fails_exactly_phase8(suite: ZooSuite) -> None:
         assert m["peak_bytes"] - peak == expected, key
         for text in regression_lines(key, m, recorded[key]):
             assert text in run.output, f"{text!r} not in the failure output"
+        # The failure names the planted buffer as what grew, by exactly its bytes.
+        grown = grown_modules(run, key)
+        assert next(iter(grown)) == "blocks.*.planted (buffers)", grown
+        assert grown["blocks.*.planted (buffers)"] == "+" + format_size(expected), grown
+        # The same travels in --vram-json (and so reaches the PR comment).
+        stored_growth = run.measurements[key]["breakdown"]["grown"][0]
+        assert stored_growth[0] == "blocks.*.planted (buffers)"
+        assert stored_growth[2] - stored_growth[1] == expected
 
 
 def extra_attention_bytes() -> tuple[int, int, int]:
@@ -278,6 +301,10 @@ def test_second_attention_per_layer_fails_exactly_phase8(suite: ZooSuite) -> Non
         assert m["peak_bytes"] - peak >= expected, key
         for text in regression_lines(key, m, recorded[key]):
             assert text in run.output, f"{text!r} not in the failure output"
+        # What grew is the planted attention's: its parameters by exactly their bytes.
+        grown = grown_modules(run, key)
+        assert next(iter(grown)) == "blocks.*.attn.extra (parameters)", grown
+        assert grown["blocks.*.attn.extra (parameters)"] == "+" + format_size(expected), grown
 
 
 @pytest.mark.parametrize("plant", ["", "buffer", "attention"], ids=["clean", "buffer", "attention"])

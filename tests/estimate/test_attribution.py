@@ -1,0 +1,219 @@
+"""Attribution on the estimator: what was live at the peak, by module and category, with
+bytes computed here from shapes (fake tensors: no real memory is used)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from pytest_vram import artifacts, attribution  # noqa: E402
+from pytest_vram.backends import create  # noqa: E402
+from pytest_vram.measure import Meter  # noqa: E402
+
+MiB = 1 << 20
+D = 1024  # a (D, D) fp32 weight is 4 MiB: a multiple of the allocator's 512 B
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(D, D, bias=False, device="meta")
+        self.second = nn.Linear(D, D, bias=False, device="meta")
+        self.register_buffer("scale", torch.empty(D, device="meta"))
+
+    def forward(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+
+def build() -> Net:
+    net = Net()
+    net.to_empty(device="cuda")
+    return net
+
+
+@pytest.fixture(scope="module")
+def backend() -> Any:
+    b = create("estimate")
+    b.warmup()
+    return b
+
+
+def measured(backend: Any, work: Any, keep: bool = False) -> tuple[Any, Meter]:
+    meter = Meter(backend, attribution=True)
+    meter.start()
+    net = meter.build(build)
+    meter.run(work, net)
+    record = meter.measurements[0]
+    if not keep:
+        del net
+        meter.finish()
+    return record, meter
+
+
+def groups(breakdown: dict[str, Any]) -> dict[tuple[str, str], int]:
+    return {(m, c): n for m, c, n in breakdown["groups"]}
+
+
+def test_inference_peak_names_parameters_buffers_and_activations(backend: Any) -> None:
+    x_bytes = 256 * D * 4  # (256, D) fp32 per activation: 1 MiB
+
+    def work(net: Net) -> Any:
+        with torch.no_grad():
+            return net(torch.empty(256, D, device="cuda"))
+
+    record, _ = measured(backend, work)
+    found = groups(record.breakdown)
+    assert found[("first", "parameters")] == D * D * 4
+    assert found[("second", "parameters")] == D * D * 4
+    assert found[("scale", "buffers")] == D * 4
+    # At the peak the input, first's output and second's output are live.
+    assert found[("first", "activations")] == x_bytes
+    assert found[("second", "activations")] == x_bytes
+    assert found[("(no module)", "inputs/other")] == x_bytes
+    assert record.breakdown["peak_bytes"] == record.peak_bytes
+    sites = {(s["op"], s["module"]) for s in record.breakdown["sites"]}
+    assert ("mm.default", "first") in sites, sites
+    assert any(s["source"].endswith("test_attribution.py:30") for s in record.breakdown["sites"])
+
+
+def test_gradients_and_optimizer_state_by_identity(backend: Any) -> None:
+    def work(net: Net) -> Any:
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        net(torch.empty(8, D, device="cuda")).sum().backward()
+        optimizer.step()
+        return optimizer  # its state lives on: it is part of the peak at the end
+
+    record, meter = measured(backend, work)
+    found = groups(record.breakdown)
+    assert found[("first", "gradients")] == D * D * 4
+    assert found[("second", "gradients")] == D * D * 4
+    assert found[("first", "optimizer state")] == D * D * 4  # one momentum buffer each
+    assert found[("second", "optimizer state")] == D * D * 4
+
+
+def test_attribution_does_not_change_the_figures(backend: Any) -> None:
+    def work(net: Net) -> Any:
+        net(torch.empty(64, D, device="cuda")).sum().backward()
+
+    figures = []
+    for on in (False, True):
+        meter = Meter(backend, attribution=on)
+        meter.start()
+        net = meter.build(build)
+        meter.run(work, net)
+        del net
+        meter.finish()
+        m = meter.measurements[0]
+        figures.append((m.model_bytes, m.peak_bytes, m.leaked_bytes))
+    assert figures[0] == figures[1]
+
+
+def test_growth_names_a_new_module_and_a_moved_one_is_not_new() -> None:
+    stored = {"blocks.* (parameters)": 100, "blocks.*.attn (parameters)": 50}
+    current = {
+        "patterns": [
+            ["blocks.*", "parameters", 100],
+            ["blocks.*.attn.inner", "parameters", 50],  # moved: same name tail and bytes
+            ["blocks.*.extra", "parameters", 30],
+            ["blocks.*.extra.proj", "parameters", 10],  # inside the new module: counted in it
+        ]
+    }
+    # "attn.inner" has another tail than "attn": only a same-named move is recognised.
+    grown = attribution.growth(current, stored)
+    assert grown[0] == ("blocks.*.attn.inner (parameters)", 0, 50)
+    assert ("blocks.*.extra (parameters)", 0, 40) in grown
+    moved = {
+        "patterns": [["blocks.*.wrap.attn", "parameters", 50], ["blocks.*", "parameters", 100]]
+    }
+    assert attribution.growth(moved, stored) == []
+
+
+def test_store_round_trips_and_an_unchanged_update_leaves_the_file(tmp_path: Path) -> None:
+    path = attribution.store_path(tmp_path / "estimate.yaml")
+    assert path == tmp_path / "breakdowns" / "estimate.yaml"
+    breakdown = {"patterns": [["blocks.*", "parameters", 2048], ["lm_head", "activations", 512]]}
+    assert attribution.write_store(path, {"t.py::a": breakdown})
+    before = path.read_bytes()
+    assert not attribution.write_store(path, {"t.py::a": breakdown})
+    assert path.read_bytes() == before
+    assert attribution.load_store(path) == {
+        "t.py::a": {"blocks.* (parameters)": 2048, "lm_head (activations)": 512}
+    }
+
+
+def test_artifacts_breakdown_and_image(backend: Any, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+
+    def work(net: Net) -> Any:
+        net(torch.empty(64, D, device="cuda")).sum().backward()
+
+    record, meter = measured(backend, work, keep=True)
+
+    class Probe:
+        _meter = meter
+        out_of_memory = None
+
+    class Rec:
+        key = "t.py::test_x"
+        breakdown = record.breakdown
+
+    written = artifacts.write(tmp_path, "t.py::test_x", Probe(), [Rec()])
+    meter.finish()
+    assert [p.name for p in written] == ["breakdown.txt", "memory.png"]
+    text = written[0].read_text()
+    assert "first (parameters)" in text and "by category:" in text
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dispatch_tracker_on_real_tensors() -> None:
+    """The GPU's way of collecting (a dispatch mode on real tensors), here on the CPU."""
+    collector = attribution.Collector()
+    tracker = attribution._DispatchTracker(collector, device_type="cpu")
+    with tracker.active(), collector.following("build"):
+        net = Net().to_empty(device="cpu")
+    collector.add_model(net)
+    mark = collector.mark()
+    with tracker.active(), collector.following("run"):
+        x = torch.zeros(256, D)
+        y = net(x)
+        y.sum().backward()
+    found = groups(collector.breakdown(mark))
+    assert found[("first", "parameters")] == D * D * 4
+    assert found[("second", "parameters")] == D * D * 4
+    assert found[("first", "gradients")] == D * D * 4
+    assert found[("(no module)", "inputs/other")] >= 256 * D * 4  # x, y kept by this frame
+    before = len(collector.events)
+    del x, y
+    released = collector.events[before:]
+    assert [n for _key, n, _ctx in released] == [-1, -1]  # x and y: reported released
+
+
+def test_backward_nodes_are_named_by_the_module_whose_forward_made_them() -> None:
+    collector = attribution.Collector()
+    net = Net().to_empty(device="cpu")
+    collector.add_model(net)
+    x = torch.zeros(4, D, requires_grad=True)
+    with collector.following("run"):
+        y = net(x)
+        z = y.sum()  # outside any module
+    key = attribution._Modules._KEY
+    assert key not in z.grad_fn.metadata
+    mm_second = y.grad_fn  # second's mm (no bias)
+    assert mm_second.metadata[key] == "second"
+    # Its inputs: first's output (made in first's forward) and second's transposed weight.
+    inner = [n for n, _ in mm_second.next_functions if n is not None and n.next_functions]
+    assert sorted(n.metadata.get(key) for n in inner) == ["first", "second"]
+
+
+def test_store_drops_pruned_keys(tmp_path: Path) -> None:
+    path = attribution.store_path(tmp_path / "estimate.yaml")
+    breakdown = {"patterns": [["lm_head", "activations", 512]]}
+    attribution.write_store(path, {"t.py::a": breakdown, "t.py::gone": breakdown})
+    assert attribution.write_store(path, {}, remove=["t.py::gone"])
+    assert set(attribution.load_store(path)) == {"t.py::a"}
+    assert not attribution.write_store(tmp_path / "none" / "x.yaml", {}, remove=["t.py::a"])
