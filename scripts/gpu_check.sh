@@ -5,7 +5,10 @@
 #        xdist (suite under -n 2), subset (a few tests alone: another history, same bytes),
 #        accuracy / accuracy-train (estimate vs real), build (build benchmark),
 #        order (the order-independence proof: 7 fresh runs, strict), overhead (context and
-#        persistent workspaces a device budget must add)
+#        persistent workspaces a device budget must add), corpus (third-party workloads,
+#        estimate vs real), sharded (world-of-1 FSDP2/DDP, estimate vs real), attribution
+#        (its cost on cuda), benchmarks (pytest benchmarks/ --benchmark-only), throughput
+#        (tokens/s beside memory)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -20,8 +23,10 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 run() { echo "== $*" | tee -a "$log"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$log"; echo "== exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$log"; }
 for step in $steps; do
   case $step in
-    cuda) run timeout 400 python3 -m pytest tests/cuda -p no:cacheprovider -q -rA ;;
-    record) run timeout 200 python3 -m pytest -m vram --vram-update -p no:cacheprovider -q
+    cuda) run timeout 400 python3 -m pytest tests/cuda -p no:cacheprovider -q -rA \
+            --deselect tests/cuda/test_order_independence.py ;;
+    record) run timeout 200 python3 -m pytest -m vram --vram-update -p no:cacheprovider -q \
+              --durations=30 --vram-json "$out/record.json"
             cp baselines/cuda-*.yaml "$out/" ;;
     suite) run timeout 200 env CI=true python3 benchmarks/bench_suite.py --out "$out" -- \
              -rx --vram-json "$out/suite.json" ;;
@@ -35,6 +40,16 @@ for step in $steps; do
     order) run timeout 500 env VRAM_ORDER_OUT="$out/order" python3 -m pytest \
              tests/cuda/test_order_independence.py -p no:cacheprovider -q -rA ;;
     overhead) run timeout 120 python3 benchmarks/device_overhead.py --out "$out" ;;
+    corpus) run timeout 240 python3 benchmarks/corpus_accuracy.py --out "$out" ;;
+    sharded) run timeout 170 python3 benchmarks/sharded_accuracy.py --out "$out" --budget-s 120 ;;
+    attribution) run timeout 150 python3 benchmarks/bench_attribution.py --backend cuda \
+                   --repeat 2 --out "$out" ;;
+    benchmarks) run timeout 200 python3 -m pytest benchmarks/ --benchmark-only \
+                  -p no:cacheprovider --benchmark-json="$out/benchmarks.json" ;;
+    throughput) run timeout 150 python3 -m pytest tests/cuda/test_cuda_benchmark.py \
+                  tests/vram/test_zoo_throughput.py -p no:cacheprovider --vram-backend=cuda \
+                  --vram-no-strict -rA --benchmark-json="$out/throughput.json" \
+                  --vram-json="$out/throughput_vram.json" ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
   esac
 done
