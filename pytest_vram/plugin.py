@@ -817,7 +817,8 @@ class VramPlugin:
             # failed) says nothing: count it as produced so that it is not called stale.
             owners = {k: _owner(k, self.owners) for k in baseline.entries}
             unknown = {k for k, owner in owners.items() if owner not in (None, *completed)}
-            stale = baselines.stale_keys(baseline, produced | unknown, self.collected_files)
+            files = self.collected_files - _partly_selected_files(self.config)
+            stale = baselines.stale_keys(baseline, produced | unknown, files)
             if stale:
                 self.outcome.stale[shown] = stale
 
@@ -888,6 +889,25 @@ class VramPlugin:
         if self.worker or self.secondary_rank or not anything:
             return
         output.terminal_summary(self, terminalreporter)
+
+
+def _partly_selected_files(config: pytest.Config) -> set[str]:
+    """Test files (rootdir-relative, as in node ids) of which the command line selected only
+    some tests (``file.py::test_a``): their other entries were never collected, so a run
+    says nothing about them and they cannot be stale."""
+    partly: set[str] = set()
+    whole: set[str] = set()
+    for arg in config.args:
+        path, sep, _ = str(arg).partition("::")
+        try:
+            resolved = (config.invocation_params.dir / path).resolve()
+            relative = resolved.relative_to(config.rootpath).as_posix()
+        except (OSError, ValueError):
+            continue
+        (partly if sep else whole).add(relative)
+    return {
+        f for f in partly if not any(f == w or f.startswith(w.rstrip("/") + "/") for w in whole)
+    }
 
 
 def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:

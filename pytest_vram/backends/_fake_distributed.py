@@ -237,6 +237,30 @@ def _mesh_hook() -> list[tuple[object, str, object]]:
     return [(mesh_class, "__init__", __init__)]
 
 
+def _rng_tracker_hook() -> list[tuple[object, str, object]]:
+    """DTensor's RNG tracker without its start-up state sync.
+
+    ``OffsetBasedRNGTracker(mesh)`` broadcasts rank 0's RNG state and compares it with its
+    own (``all(my_state == state)``), a value read that fake tensors cannot answer (on
+    torch 2.11 with a GPU: "cannot run aten.is_nonzero"). In a simulated world the only
+    rank is rank 0, the fake group's broadcast moves nothing, and the state is no CUDA
+    memory: the sync is skipped (``run_state_sync=False``), nothing else changes.
+    """
+    try:
+        from torch.distributed.tensor import _random
+    except ImportError:
+        return []
+    cls = getattr(_random, "OffsetBasedRNGTracker", None)
+    if cls is None:
+        return []
+    original = cls.__init__
+
+    def init(self: Any, device_mesh: Any, run_state_sync: bool = True) -> None:
+        original(self, device_mesh, run_state_sync=False)
+
+    return [(cls, "__init__", init)]
+
+
 def _ddp_hooks() -> list[tuple[object, str, object]]:
     """DDP's start-up checks that read tensor data, which fake tensors have none of.
 
@@ -347,7 +371,7 @@ def sharded_training(tracker: Any, emulate: bool) -> Iterator[None]:
     import torch.distributed.device_mesh  # noqa: F401  (the modules the hooks patch)
     import torch.distributed.fsdp  # noqa: F401
 
-    patches = _resize_hooks(tracker) + _mesh_hook() + _ddp_hooks()
+    patches = _resize_hooks(tracker) + _mesh_hook() + _rng_tracker_hook() + _ddp_hooks()
     if emulate:
         patches += _cuda_hooks()
     saved: list[tuple[object, str, object]] = []

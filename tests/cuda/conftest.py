@@ -22,6 +22,13 @@ def _plugin_args() -> list[str]:
 
 
 @pytest.fixture
+def plugin_args() -> list[str]:
+    """Arguments that load the plugin in a pytester subprocess (pytester drops
+    PYTEST_ADDOPTS): none where the entry point is installed."""
+    return _plugin_args()
+
+
+@pytest.fixture
 def measure_cuda(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[..., dict[str, dict[str, Any]]]:

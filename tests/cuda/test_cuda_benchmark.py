@@ -44,7 +44,7 @@ def test_benchmark_and_vram_on_cuda(pytester, measure_cuda):
     assert bench["time"]["gpu"] is True and bench["time"]["rounds"] >= 1
     assert alone["time"] is None
     result = measure_cuda.last_result  # type: ignore[attr-defined]
-    result.stdout.fnmatch_lines(["test * verdict  time", "test_bm.py::test_bench * median of *"])
+    result.stdout.fnmatch_lines(["test * verdict  time", "test_bench * median of *"])
     benchmarks = json.loads((pytester.path / "bench.json").read_text())["benchmarks"]
     (info,) = [b["extra_info"]["vram"]["test_bm.py::test_bench"] for b in benchmarks]
     assert info["peak_bytes"] == bench["peak_bytes"] and info["gpu_time"] is True

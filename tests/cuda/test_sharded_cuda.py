@@ -36,17 +36,19 @@ def test_fsdp2_train(vram, preset, phase):
 """
 
 
-def _measure(pytester: pytest.Pytester, backend: str) -> dict[str, dict[str, Any]]:
+def _measure(
+    pytester: pytest.Pytester, backend: str, plugin_args: list[str]
+) -> dict[str, dict[str, Any]]:
     out = pytester.path / f"{backend}.json"
     result = pytester.runpytest_subprocess(
-        f"--vram-backend={backend}", "-p", "no:cacheprovider", f"--vram-json={out}"
+        *plugin_args, f"--vram-backend={backend}", "-p", "no:cacheprovider", f"--vram-json={out}"
     )
     result.assert_outcomes(passed=4)
     return {m["key"]: m for m in json.loads(out.read_text())["measurements"]}
 
 
 def test_world_of_one_estimate_equals_the_real_rank(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, plugin_args: list[str]
 ) -> None:
     import torch
 
@@ -57,8 +59,8 @@ def test_world_of_one_estimate_equals_the_real_rank(
     paths = [str(REPO), str(REPO / "tests" / "vram"), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     pytester.makepyfile(test_world_of_one=SHARDED_TEST)
-    real = _measure(pytester, "cuda")
-    estimated = _measure(pytester, "estimate")
+    real = _measure(pytester, "cuda", plugin_args)
+    estimated = _measure(pytester, "estimate", plugin_args)
     assert sorted(real) == sorted(estimated)
     differ = {
         key: {f: (real[key][f], estimated[key][f]) for f in ("model_bytes", "peak_bytes")}

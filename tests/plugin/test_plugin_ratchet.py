@@ -119,3 +119,17 @@ def test_record_json_rejects_what_is_not_a_vram_json_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "not a --vram-json document of version 1" in out
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_selecting_some_tests_of_a_file_makes_no_entry_stale(ratchet, run_vram):
+    """``pytest file.py::test_a`` never collects the file's other tests: their entries
+    (and those of tests deleted from the file) are not judged, strict or not; the whole
+    file, or its directory, is."""
+    write_baseline(ratchet, {A: (0, 10 * MiB), B: (0, 20 * MiB), "test_r.py::test_gone": (1, 2)})
+    result = run_vram("--vram-strict", A)
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    assert "stale:" not in result.stdout.str()
+    result = run_vram("--vram-strict", A, "test_r.py")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["stale: test_r.py::test_gone in baselines/scripted.yaml*"])

@@ -341,7 +341,9 @@ OPTIMIZERS: dict[str, tuple[str, ...]] = {
     "SGD": ("foreach", "fused"),
     "Adam": ("foreach", "fused"),
     "AdamW": ("foreach", "fused"),
-    "Adagrad": ("foreach", "fused"),
+    # torch's fused Adagrad runs on the CPU only: on CUDA it raises ("`fused=True` requires
+    # ... supported devices: [... no cuda]"), as the H200 showed; so no fused variant here.
+    "Adagrad": ("foreach",),
     "Adadelta": ("foreach",),
     "Adamax": ("foreach",),
     "NAdam": ("foreach",),
