@@ -134,25 +134,26 @@ def header(settings: Settings, rootpath: Path) -> str:
         baselines = str(settings.baselines)
     return (
         f"vram: backend {settings.backend}, profile {profile}, baselines {baselines}/, "
-        f"strict {strict}, attribution {settings.attribution}, metric: peak allocated bytes"
+        f"strict {strict}, attribution {settings.attribution}, allocator {settings.allocator}"
     )
 
 
 def in_force(records: list[report.Record], strict: bool, width: int = 80) -> list[str]:
     """First lines of the VRAM section: the setup the figures were measured and judged on,
     as few lines as ``width`` allows."""
-    seen: dict[tuple[str, str, str, str], None] = {}
+    seen: dict[tuple[str, str, str, str, str], None] = {}
     for r in records:
         ctx = r.context
-        seen[(ctx.get("backend", "?"), ctx.get("device", "?"), r.profile, r.baseline_path)] = None
+        where = (ctx.get("backend", "?"), ctx.get("device", "?"), r.profile, r.baseline_path)
+        seen[(*where, ctx.get("metric", METRIC))] = None
     lines: list[str] = []
-    for backend, device, profile, path in seen:
+    for backend, device, profile, path, metric in seen:
         parts = [
             f"backend {backend} on {device}",
             f"profile {profile}",
             f"baseline {path}",
             f"strict {'on' if strict else 'off'}",
-            f"figures: {METRIC}",
+            f"figures: {metric}",
         ]
         current = ""
         for part in parts:

@@ -172,7 +172,7 @@ def test_header_names_backend_profile_baselines_strict_and_metric(vram_pytester,
     result.stdout.fnmatch_lines(
         [
             "vram: backend *, profile mine, baselines baselines/, strict on, attribution auto, "
-            "metric: peak allocated bytes"
+            "allocator expandable"
         ]
     )
 

@@ -144,7 +144,7 @@ def _excess_reason(preset: str, ranks: int) -> str:
 
 
 #: Where the per-rank figures contradict the claim (on the estimator: every case, by
-#: 0.2% to 0.7%; the reasons quote the committed baselines).
+#: 0.16% to 0.40%; the reasons quote the committed baselines).
 PHASE8_ABOVE_PHASE7 = {(preset, ranks) for preset in PRESETS for ranks in WORLDS}
 
 CLAIM_CASES = [
