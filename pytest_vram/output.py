@@ -1,8 +1,9 @@
 """What the user sees: the header line, the ``VRAM`` section, ``-v`` peaks, what a failure
 says about where the memory went, the stored breakdowns and the ``--vram-artifacts``.
 
-:class:`OutputHooks` is registered next to the plugin's :class:`~pytest_vram.plugin.VramPlugin`
-and reads its settings and outcome; it decides nothing about verdicts.
+:class:`OutputHooks` is registered next to the plugin's other hook classes and reads the
+settings and outcome of the :class:`~pytest_vram.session.VramSession`; it decides nothing
+about verdicts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pytest_vram.verdicts import update_command
 
 if TYPE_CHECKING:
     from pytest_vram.backends import Backend
-    from pytest_vram.plugin import Settings, VramPlugin
+    from pytest_vram.plugin import Settings
+    from pytest_vram.session import VramSession
 
 #: What every figure is: the caching allocator's allocated bytes (not reserved, not nvidia-smi).
 METRIC = "peak allocated bytes (torch.cuda.max_memory_allocated)"
@@ -39,7 +41,7 @@ def attribution_on(settings: Settings, backend: Backend) -> bool:
     return settings.attribution == "on"
 
 
-def _store(plugin: VramPlugin, baseline: Path) -> tuple[Path, dict[str, dict[str, int]]]:
+def _store(plugin: VramSession, baseline: Path) -> tuple[Path, dict[str, dict[str, int]]]:
     cache = _stores.setdefault(plugin, {})
     path = attribution.store_path(baseline)
     if path not in cache:
@@ -47,7 +49,7 @@ def _store(plugin: VramPlugin, baseline: Path) -> tuple[Path, dict[str, dict[str
     return path, cache[path]
 
 
-def explain_failures(plugin: VramPlugin, records: list[report.Record]) -> str:
+def explain_failures(plugin: VramSession, records: list[report.Record]) -> str:
     """Top contributors at the peak and what grew, for each failing record with a breakdown."""
     parts = []
     for record in records:
@@ -169,7 +171,7 @@ def in_force(records: list[report.Record], strict: bool, width: int = 80) -> lis
 class OutputHooks:
     """Hooks for the terminal, the stored breakdowns and the artefacts."""
 
-    def __init__(self, plugin: VramPlugin) -> None:
+    def __init__(self, plugin: VramSession) -> None:
         self.plugin = plugin
         #: the terminal summary has begun: the short summary's FAILED lines must stay plain
         self._summarising = False
@@ -202,7 +204,7 @@ class OutputHooks:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         """With ``--vram-artifacts`` on the cuda backend: record the allocator's history."""
-        backend = self.plugin._backend
+        backend = self.plugin.created_backend
         record = (
             self.plugin.settings.artifacts is not None
             and backend is not None
@@ -269,14 +271,14 @@ class OutputHooks:
                 by_store.setdefault(path, {})[r.key] = r.breakdown
         pruned: dict[Path, list[str]] = {}
         for shown, keys in plugin.outcome.pruned.items():
-            baseline = Path(shown) if Path(shown).is_absolute() else plugin.config.rootpath / shown
+            baseline = Path(shown) if Path(shown).is_absolute() else plugin.rootpath / shown
             pruned[attribution.store_path(baseline)] = keys
         for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
             if attribution.write_store(path, by_store.get(path, {}), pruned.get(path, ())):
                 plugin.outcome.written.append(plugin.display(path))
 
 
-def terminal_summary(plugin: VramPlugin, terminalreporter: Any) -> None:
+def terminal_summary(plugin: VramSession, terminalreporter: Any) -> None:
     """The ``VRAM`` section: what was in force, the table at the terminal's width, notes."""
     outcome = plugin.outcome
     terminalreporter.ensure_newline()  # else a blank line follows the header

@@ -66,3 +66,19 @@ def test_feature_hooks_are_registered_only_where_needed(vram_pytester):
     pytest.importorskip("pytest_benchmark")
     with_benchmark = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
     with_benchmark.stdout.fnmatch_lines(["FEATURES ['vram-benchmark', 'vram-claims']"])
+
+
+def test_the_session_end_hooks_are_the_process_role(vram_pytester):
+    vram_pytester.makeconftest(
+        """
+        def pytest_sessionstart(session):
+            manager = session.config.pluginmanager
+            names = ["vram-session", "vram-aggregate", "vram-worker", "vram-controller"]
+            print("ROLE", [n for n in names if manager.get_plugin(n) is not None])
+        """
+    )
+    vram_pytester.makepyfile(test_x="def test_x(): pass")
+    from vram_testing import QUIET, plugin_args
+
+    result = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
+    result.stdout.fnmatch_lines(["ROLE ['vram-session', 'vram-aggregate', 'vram-controller']"])

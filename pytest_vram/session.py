@@ -1,0 +1,498 @@
+"""The per-run state of pytest-vram, without pytest hooks: :class:`VramSession`.
+
+One backend (created at the first measurement), the baseline files (each read once per
+process), the collection bookkeeping, the records, judging, and the session-end work
+(stale entries, setup notes, ``--vram-update``, the report files) as plain methods. The
+hook classes in :mod:`pytest_vram.plugin` (and ``output``, ``claiming``, ``benchmarking``,
+``xdist``) call it; a unit test builds one from a :class:`~pytest_vram.plugin.Settings`
+and a rootdir, without pytester. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_vram import __version__, baselines, marks, output, report, world
+from pytest_vram.backends import Backend, BackendUnavailable, create
+from pytest_vram.baselines import BaselineError, BaselineFile, Entry
+from pytest_vram.fixture import Vram
+from pytest_vram.measure import Meter
+from pytest_vram.verdicts import Verdict, judge, worst
+
+if TYPE_CHECKING:
+    from pytest_vram.plugin import Settings
+
+#: Context fields that change figures when they change (the plugin's version does not).
+SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
+
+NOTHING_MEASURED = (
+    "{nodeid}: is a vram test but measured nothing (--vram-strict): call "
+    "vram.run(workload, ...) and let the workload's exceptions propagate, or drop the "
+    "marker and the `vram` fixture"
+)
+
+
+class VramSession:
+    """Per-run state: one backend, baseline files read once, results collected.
+
+    ``worker``: an xdist worker (measures and judges; the controller reports and writes);
+    ``secondary_rank``: a launched rank other than 0 (likewise); ``profile_source``: how
+    the user spelled the profile option, for messages.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        rootpath: Path,
+        *,
+        worker: bool = False,
+        secondary_rank: bool = False,
+        profile_source: str = "--vram-profile",
+    ) -> None:
+        self.settings = settings
+        self.rootpath = rootpath
+        self.worker = worker
+        #: a launched rank other than 0 measures and judges, but rank 0 reports and writes
+        self.secondary_rank = secondary_rank
+        self.profile_source = profile_source
+        self._backend: Backend | None = None
+        self._backend_error: str | None = None
+        self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
+        self.outcome = report.Outcome(update=settings.update or settings.update_new_only)
+        #: test files collected (deselected ones too): only their entries can be stale
+        self.collected_files: set[str] = set()
+        #: baseline key prefix -> node id of the collected test that produces it
+        self.owners: dict[str, str] = {}
+        #: baseline key -> node ids of the collected tests that all claim it (key=...)
+        self.shared_keys: dict[str, list[str]] = {}
+        #: node ids whose call phase passed (a test that measured nothing is one of them)
+        self.completed: set[str] = set()
+        #: profile -> baseline path shown, of every profile a vram test used
+        self.used_profiles: dict[str, str] = {}
+
+    # -- backend and baselines, created on first use --------------------------------
+
+    @property
+    def created_backend(self) -> Backend | None:
+        """The backend if a measurement created it already (never creates it)."""
+        return self._backend
+
+    def backend(self) -> Backend:
+        """The measuring backend, created and warmed up at the first measurement."""
+        if self._backend is None and self._backend_error is None:
+            try:
+                world.select_local_device()
+                backend = create(self.settings.backend, allocator=self.settings.allocator)
+                backend.warmup()
+            except (BackendUnavailable, ValueError, ImportError) as exc:
+                self._backend_error = str(exc)
+            except Exception as exc:  # a broken driver, a SyntaxError in a custom backend
+                self._backend_error = backend_failure(exc)
+            else:
+                self._backend = backend
+        if self._backend is None:
+            message = f"--vram-backend={self.settings.backend}: {self._backend_error}"
+            pytest.fail(message, pytrace=False)
+        return self._backend
+
+    def profile(self) -> str:
+        if self.settings.profile:
+            return self.settings.profile
+        try:
+            return self.backend().profile()
+        except Exception as exc:  # pytest.fail's exception is a BaseException: not caught
+            message = f"--vram-backend={self.settings.backend}: profile() {backend_failure(exc)}"
+            pytest.fail(message, pytrace=False)
+
+    def baseline_path(self, profile: str) -> Path:
+        return baselines.profile_path(self.settings.baselines, profile)
+
+    def baseline(self, profile: str) -> BaselineFile | None:
+        """The profile's baseline file, loaded once per process (read-only)."""
+        try:
+            path = self.baseline_path(profile)
+        except BaselineError as exc:
+            # Name what chose the profile: the option, or the backend when none was given.
+            source = (
+                self.profile_source
+                if self.settings.profile
+                else f"--vram-backend={self.settings.backend}: its profile()"
+            )
+            pytest.fail(f"{source}: {exc}", pytrace=False)
+        loaded = self._load(path)
+        if isinstance(loaded, BaselineError):
+            pytest.fail(f"{loaded}\n(the file is left untouched; fix it and rerun)", pytrace=False)
+        return loaded
+
+    def _load(self, path: Path) -> BaselineFile | None | BaselineError:
+        """The file at ``path``, parsed once per process (or the error it gave)."""
+        if path not in self._baselines:
+            try:
+                self._baselines[path] = baselines.load(path)
+            except BaselineError as exc:
+                self._baselines[path] = exc
+        return self._baselines[path]
+
+    def display(self, path: Path) -> str:
+        """``path`` relative to the rootdir when it lies inside it, for messages."""
+        try:
+            return str(path.relative_to(self.rootpath))
+        except ValueError:
+            return str(path)
+
+    # -- collection ------------------------------------------------------------------
+
+    def collect(self, nodeid: str, mark: marks.VramMark | None, *, vram: bool) -> None:
+        """Note a collected test (deselected ones too); ``vram``: it is a vram test, whose
+        baseline key (from ``mark``, or its node id) it owns."""
+        self.collected_files.add(nodeid.split("::", 1)[0])
+        if not vram:
+            return
+        key = mark.base_key(nodeid) if mark else nodeid
+        other = self.owners.get(key)
+        if other is not None and other != nodeid:
+            self.shared_keys.setdefault(key, []).extend(
+                n for n in (other, nodeid) if n not in self.shared_keys.get(key, [])
+            )
+        self.owners[key] = nodeid
+
+    def shared_with(self, nodeid: str, key: str) -> list[str]:
+        """The other tests that use baseline ``key`` if ``nodeid`` shares it, else []."""
+        if nodeid not in self.shared_keys.get(key, ()):
+            return []
+        return [n for n in self.shared_keys[key] if n != nodeid]
+
+    def collection(self) -> dict[str, Any]:
+        """What a worker sends to the controller (see :meth:`receive`)."""
+        data = {"files": sorted(self.collected_files), "owners": self.owners}
+        return {**data, "profiles": self.used_profiles}
+
+    def receive(self, data: dict[str, Any]) -> None:
+        """Merge a worker's collection into the controller's."""
+        self.collected_files.update(data["files"])
+        self.owners.update(data["owners"])
+        self.used_profiles.update(data.get("profiles", {}))
+
+    def owner(self, key: str) -> str | None:
+        """The collected test that produces baseline ``key``."""
+        return owner(key, self.owners)
+
+    # -- one test ---------------------------------------------------------------------
+
+    def open(self, mark: marks.VramMark, nodeid: str) -> Vram:
+        """Fixture setup: start counting for the test ``nodeid``."""
+        backend = self.backend()
+        if mark.skip_estimate is not None and backend.name == "estimate":
+            pytest.skip(f"not measurable on the estimate backend: {mark.skip_estimate}")
+        profile = self.profile()
+        self.baseline(profile)  # a malformed file fails before the workload runs
+        self.used_profiles[profile] = self.display(self.baseline_path(profile))
+        meter = Meter(backend, attribution=output.attribution_on(self.settings, backend))
+        meter.start()
+        return Vram(meter, mark.base_key(nodeid))
+
+    def world(self, mark: marks.VramMark | None, nodeid: str) -> Any:
+        """The process group of a test marked ``world_size=N`` (see :mod:`.world`)."""
+        if mark is None or mark.world_size is None:
+            return contextlib.nullcontext()
+        simulates = bool(getattr(self.backend(), "simulates_ranks", False))
+        return _world_or_fail(world.open_world(mark.world_size, simulates, nodeid))
+
+    def judge(
+        self,
+        nodeid: str,
+        probe: Vram,
+        mark: marks.VramMark | None = None,
+        gathered: list[tuple[bool, list[tuple[int, int]]]] | None = None,
+    ) -> list[report.Record]:
+        """Verdicts of every measurement of the test ``nodeid`` against its baseline;
+        ``gathered``: every launched rank's figures (the worst rank is judged)."""
+        profile = self.profile()
+        baseline = self.baseline(profile)
+        path = self.display(self.baseline_path(profile))
+        records = []
+        for index, m in enumerate(probe.measurements):
+            key = probe.key(m)
+            measured = Entry(m.model_bytes, m.peak_bytes, params=m.params)
+            context = {**m.context, "plugin": __version__}
+            if gathered is not None:
+                model_bytes, peak_bytes, peaks = world.worst_rank(gathered, index)
+                measured = Entry(model_bytes, peak_bytes, params=m.params)
+                context["ranks"] = f"{len(peaks)} launched, peak per rank: {peaks}"
+            entry = baseline.entries.get(key) if baseline else None
+            tolerance = marks.effective_tolerance(
+                mark,
+                entry.tolerance if entry else None,
+                baseline.tolerance if baseline else None,
+                self.settings.tolerance,
+            )
+            budget = mark.budget if mark else None
+            verdicts = judge(
+                key,
+                measured,
+                entry,
+                tolerance=tolerance,
+                budget=budget,
+                reserved=m.reserved_bytes,
+                reserved_budget=mark.reserved_budget if mark else None,
+                strict=self.settings.strict,
+                update=self.settings.update or (self.settings.update_new_only and entry is None),
+                fail_improvements=self.settings.fail_improvements,
+                baseline_path=path,
+                nodeid=nodeid,
+            )
+            first = worst(verdicts)
+            ordered = [first, *(v for v in verdicts if v is not first)]
+            records.append(
+                report.Record(
+                    key=key,
+                    nodeid=nodeid,
+                    name=m.name,
+                    profile=profile,
+                    baseline_path=path,
+                    params=m.params,
+                    model_bytes=measured.model_bytes,
+                    peak_bytes=measured.peak_bytes,
+                    reserved_bytes=m.reserved_bytes,
+                    context=context,
+                    tolerance=str(tolerance),
+                    budget=budget,
+                    baseline_model_bytes=entry.model_bytes if entry else None,
+                    baseline_peak_bytes=entry.peak_bytes if entry else None,
+                    verdicts=[_verdict_dict(v) for v in ordered],
+                    breakdown=m.breakdown,
+                )
+            )
+        return records
+
+    def failures(self, nodeid: str, records: list[report.Record]) -> list[str]:
+        """The failure texts of a judged test (strict: measuring nothing is one)."""
+        failing = [output.failure_text(r) for r in records if r.fails]
+        if not records and self.settings.strict:
+            failing.append(NOTHING_MEASURED.format(nodeid=nodeid))
+        return failing
+
+    # -- aggregation (controller or single process) -----------------------------------
+
+    def add_report(self, nodeid: str, when: str, passed: bool, properties: Any) -> None:
+        """A test report's phase: a passed call completes the test; the teardown carries
+        its records (``user_properties``)."""
+        if when == "call" and passed:
+            self.completed.add(nodeid)
+        if when != "teardown":
+            return
+        self.outcome.records.extend(report.records_from(properties))
+
+    @property
+    def has_summary(self) -> bool:
+        """Whether there is anything for the ``VRAM`` section."""
+        outcome = self.outcome
+        return bool(outcome.records or outcome.stale or outcome.pruned or outcome.errors)
+
+    # -- session end ------------------------------------------------------------------
+
+    def finish(self, partly_selected: set[str] | frozenset[str] = frozenset()) -> bool:
+        """The session-end work of the controller (or single process): stale entries, setup
+        notes, ``--vram-update``, strict stale failures, report files. ``partly_selected``:
+        files of which only some tests were selected. True: the session must fail."""
+        # Under xdist records arrive in completion order; sorted, the table, the JSON and the
+        # Markdown read the same from run to run.
+        self.outcome.records.sort(key=lambda r: r.key)
+        self.find_stale(partly_selected)
+        if not self.settings.update:  # an update records this run's setup anyway
+            self.compare_setup()
+        failed = False
+        if self.settings.update or self.settings.update_new_only:
+            failed |= self.update()
+        failed |= self.fail_on_stale()
+        failed |= self.write_reports()
+        return failed
+
+    def write_reports(self) -> bool:
+        """``--vram-json`` and ``--vram-markdown``; True if one could not be written."""
+        failed = False
+        for option, path, render in (
+            ("--vram-json", self.settings.json_path, report.to_json),
+            ("--vram-markdown", self.settings.markdown_path, report.to_markdown),
+        ):
+            if path is not None:
+                failed |= self._write_report(option, path, render)
+        return failed
+
+    def _write_report(self, option: str, path: Path, render: Callable[..., str]) -> bool:
+        try:
+            report.write_text(path, render(self.outcome))
+        except OSError as exc:
+            self.outcome.errors.append(
+                f"{option}={self.display(path)}: cannot write the report "
+                f"({exc.strerror or exc}); give a writable file path"
+            )
+            return True
+        return False
+
+    def _profiles(self) -> dict[str, str]:
+        """profile -> baseline path shown to users, for every profile measured or chosen."""
+        # A profile whose tests all stopped measuring has no record but may have stale entries.
+        profiles = {
+            **self.used_profiles,
+            **{r.profile: r.baseline_path for r in self.outcome.records},
+        }
+        if self.settings.profile and self.settings.profile not in profiles:
+            with contextlib.suppress(BaselineError):  # reported by every vram test already
+                path = self.baseline_path(self.settings.profile)
+                profiles[self.settings.profile] = self.display(path)
+        return profiles
+
+    def _reread(self, profile: str) -> BaselineFile | None:
+        """The profile's file (read once per process), or None if missing or malformed.
+
+        A malformed file was already reported by every vram test that used it.
+        """
+        try:
+            loaded = self._load(self.baseline_path(profile))
+        except BaselineError:
+            return None
+        return None if isinstance(loaded, BaselineError) else loaded
+
+    def compare_setup(self) -> None:
+        """Note where a baseline was recorded on another setup (torch, device, allocator)."""
+        current = {r.profile: (r.baseline_path, r.context) for r in self.outcome.records}
+        for profile, (shown, context) in sorted(current.items()):
+            baseline = self._reread(profile)
+            if baseline is None:
+                continue
+            recorded = baseline.recorded_with
+            differ = [
+                f"{key} {recorded[key]} (this run: {context[key]})"
+                for key in SETUP_KEYS
+                if key in recorded and key in context and recorded[key] != context[key]
+            ]
+            if differ:
+                self.outcome.setup_changes[shown] = ", ".join(differ)
+
+    def find_stale(self, partly_selected: set[str] | frozenset[str] = frozenset()) -> None:
+        """Entries of the collected files that no completed test produced."""
+        produced = {r.key for r in self.outcome.records}
+        completed = {r.nodeid for r in self.outcome.records} | self.completed
+        for profile, shown in self._profiles().items():
+            baseline = self._reread(profile)
+            if baseline is None:
+                continue
+            # An entry whose test was collected but did not complete (deselected, skipped,
+            # failed) says nothing: count it as produced so that it is not called stale.
+            owners = {k: owner(k, self.owners) for k in baseline.entries}
+            unknown = {k for k, who in owners.items() if who not in (None, *completed)}
+            files = self.collected_files - partly_selected
+            stale = baselines.stale_keys(baseline, produced | unknown, files)
+            if stale:
+                self.outcome.stale[shown] = stale
+
+    def fail_on_stale(self) -> bool:
+        """Strict mode: stale entries fail the session (like unused snapshots in syrupy).
+        True if they do."""
+        if not self.settings.strict or self.settings.stale_warn or self.settings.update:
+            return False
+        failed = False
+        for path, keys in sorted(self.outcome.stale.items()):
+            self.outcome.errors.append(
+                f"{path}: {len(keys)} stale entr{'y' if len(keys) == 1 else 'ies'} (listed "
+                f"above) fail the session in strict mode; delete them with `pytest "
+                f"--vram-update --vram-prune`, or only list them with --vram-stale-warn"
+            )
+            failed = True
+        return failed
+
+    def update(self) -> bool:
+        """``--vram-update`` / ``--vram-update-new-only``: rewrite the measured entries
+        (and with ``--vram-prune`` delete the stale ones). True if a file could not be."""
+        failed = False
+        by_profile: dict[str, list[report.Record]] = {}
+        for record in self.outcome.records:
+            if self.settings.update_new_only and record.baseline_peak_bytes is not None:
+                continue  # judged against its entry, which stays as it is
+            by_profile.setdefault(record.profile, []).append(record)
+        for profile, shown in self._profiles().items():
+            records = by_profile.get(profile, [])
+            prune = self.outcome.stale.get(shown, []) if self.settings.prune else []
+            if not records and not prune:
+                continue
+            measured = {r.key: Entry(r.model_bytes, r.peak_bytes, params=r.params) for r in records}
+            context = records[0].context if records else {"plugin": __version__}
+            existing = self._reread(profile) if self.settings.update_new_only else None
+            if existing is not None:  # the file's figures keep the setup they came from
+                context = existing.recorded_with
+            path = self.baseline_path(profile)
+            seen = self._baselines.get(path)
+            try:
+                result = baselines.update(
+                    path,
+                    profile,
+                    measured,
+                    recorded_with=context,
+                    prune=prune,
+                    seen=None if isinstance(seen, BaselineError) else seen,
+                    read_before=path in self._baselines and not isinstance(seen, BaselineError),
+                )
+            except BaselineError as exc:
+                self.outcome.errors.append(f"{exc} (not updated; the file was left untouched)")
+                failed = True
+                continue
+            self.outcome.updated.extend(
+                (c.key, c.old.peak_bytes, c.new.peak_bytes)
+                for c in result.changed
+                if c.old is not None and c.new is not None
+            )
+            if result.removed:
+                self.outcome.pruned[shown] = [c.key for c in result.removed]
+                self.outcome.stale.pop(shown, None)
+            if result.written:
+                self.outcome.written.append(shown)
+            self.outcome.conflicts.extend(
+                f"{c.key} in {shown} was changed by another run since this one read it "
+                f"(peak {c.old.peak_bytes} B); this run's figure replaced it (last writer wins)"
+                for c in result.conflicts
+                if c.old is not None and c.new is not None
+            )
+        return failed
+
+
+def backend_failure(exc: BaseException) -> str:
+    """A backend that could not be created or warmed up, said without a traceback."""
+    return (
+        f"the backend failed with {type(exc).__name__}: {exc}; check the backend's class "
+        f"(it must be a concrete pytest_vram Backend that takes no arguments) and, for cuda, "
+        f"the driver (nvidia-smi), or choose another with --vram-backend"
+    )
+
+
+def _verdict_dict(v: Verdict) -> dict[str, Any]:
+    return {"kind": v.kind.value, "summary": v.summary, "detail": v.detail, "fails": v.fails}
+
+
+@contextlib.contextmanager
+def _world_or_fail(manager: Any) -> Iterator[None]:
+    """Enter a world; one that cannot be set up fails the test with its own message."""
+    try:
+        manager.__enter__()
+    except world.WorldError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield
+    except BaseException as exc:
+        if not manager.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        manager.__exit__(None, None, None)
+
+
+def owner(key: str, owners: dict[str, str]) -> str | None:
+    """The collected test that produces baseline ``key`` (``<base>`` or ``<base>::<name>``)."""
+    if key in owners:
+        return owners[key]
+    base = key.rsplit("::", 1)[0]
+    return owners.get(base) if base != key else None
