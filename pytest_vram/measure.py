@@ -37,7 +37,8 @@ class Measurement:
     params: int | None
     model_bytes: int
     peak_bytes: int
-    context: dict[str, str]
+    #: what the figures were measured on (backend, device, torch, ...): the *setup*
+    setup: dict[str, str]
     leaked_bytes: int | None = None
     #: the most the allocator held from the device during the workload (fragmentation and
     #: page granularity included), from the same start; None where the backend cannot tell
@@ -45,6 +46,11 @@ class Measurement:
     #: what was live at the peak by module and category (``pytest_vram.attribution``),
     #: when attribution is on
     breakdown: dict[str, Any] | None = None
+
+    @property
+    def context(self) -> dict[str, str]:
+        """The setup under its documented name (``vram.measurements``, ``vram_figures``)."""
+        return self.setup
 
     @property
     def activation_bytes(self) -> int:
@@ -190,7 +196,7 @@ class Meter:
             params=self.params,
             model_bytes=model_bytes,
             peak_bytes=max(peak, model_bytes),
-            context=self.backend.context(),
+            setup=self.backend.context(),  # Backend.context(): the backends' public name
             reserved_bytes=self._reserved_peak(),
             breakdown=self.attribution.collector.breakdown(mark) if self.attribution else None,
         )

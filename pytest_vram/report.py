@@ -36,7 +36,8 @@ class Record:
     params: int | None
     model_bytes: int
     peak_bytes: int
-    context: dict[str, str]
+    #: what the figures were measured on; the JSON key is ``context`` (see to_dict)
+    setup: dict[str, str]
     tolerance: str
     budget: int | None
     baseline_model_bytes: int | None
@@ -50,6 +51,11 @@ class Record:
     time: dict[str, Any] | None = None
     #: what was live at the peak (``pytest_vram.attribution``), when attribution is on
     breakdown: dict[str, Any] | None = None
+
+    @property
+    def context(self) -> dict[str, str]:
+        """The setup under its documented name (``vram.measurements``, ``vram_figures``)."""
+        return self.setup
 
     @property
     def activation_bytes(self) -> int:
@@ -71,6 +77,7 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["context"] = data.pop("setup")  # the setup's key in --vram-json and JUnit
         data["activation_bytes"] = self.activation_bytes
         data["verdict"] = self.verdict
         return data
@@ -78,6 +85,7 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {("setup" if k == "context" else k): v for k, v in data.items()}  # see to_dict
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_property(self) -> tuple[str, str]:
