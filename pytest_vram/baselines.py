@@ -29,6 +29,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import Tolerance, UnitError, parse_size, parse_tolerance
 
 #: Keys of the file's top-level mapping, in the order they are written.
@@ -45,18 +46,17 @@ class BaselineError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Entry:
-    """The recorded figures of one measurement. Sizes in bytes."""
+class Entry(MemoryFigures):
+    """The recorded figures of one measurement (``model_bytes``, ``peak_bytes``, ``params``),
+    with the entry's own tolerance. Sizes in bytes."""
 
-    model_bytes: int
-    peak_bytes: int
-    params: int | None = None
     #: Per-entry tolerance override, kept across ``--vram-update``.
     tolerance: Tolerance | None = None
 
-    @property
-    def activation_bytes(self) -> int:
-        return self.peak_bytes - self.model_bytes
+    @classmethod
+    def of(cls, figures: MemoryFigures) -> Entry:
+        """The entry recording ``figures`` (no tolerance of its own)."""
+        return cls(figures.model_bytes, figures.peak_bytes, params=figures.params)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pytest_vram.backends.base import Backend
 
 if TYPE_CHECKING:
     from pytest_vram.attribution import Attribution
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import format_size
 
 T = TypeVar("T")
@@ -53,8 +54,12 @@ class Measurement:
         return self.setup
 
     @property
+    def figures(self) -> MemoryFigures:
+        return MemoryFigures(self.model_bytes, self.peak_bytes, self.params)
+
+    @property
     def activation_bytes(self) -> int:
-        return self.peak_bytes - self.model_bytes
+        return self.figures.activation_bytes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import format_delta, format_size
 from pytest_vram.verdicts import Kind, update_command
 
@@ -58,8 +59,12 @@ class Record:
         return self.setup
 
     @property
+    def figures(self) -> MemoryFigures:
+        return MemoryFigures(self.model_bytes, self.peak_bytes, self.params)
+
+    @property
     def activation_bytes(self) -> int:
-        return self.peak_bytes - self.model_bytes
+        return self.figures.activation_bytes
 
     @property
     def verdict(self) -> str:

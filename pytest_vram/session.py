@@ -20,6 +20,7 @@ import pytest
 from pytest_vram import __version__, baselines, marks, output, report, world
 from pytest_vram.backends import Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.fixture import Vram
 from pytest_vram.measure import Meter
 from pytest_vram.verdicts import Verdict, judge, worst
@@ -218,11 +219,11 @@ class VramSession:
         records = []
         for index, m in enumerate(probe.measurements):
             key = probe.key(m)
-            measured = Entry(m.model_bytes, m.peak_bytes, params=m.params)
+            measured = m.figures
             setup = {**m.setup, "plugin": __version__}
             if gathered is not None:
                 model_bytes, peak_bytes, peaks = world.worst_rank(gathered, index)
-                measured = Entry(model_bytes, peak_bytes, params=m.params)
+                measured = MemoryFigures(model_bytes, peak_bytes, params=m.params)
                 setup["ranks"] = f"{len(peaks)} launched, peak per rank: {peaks}"
             entry = baseline.entries.get(key) if baseline else None
             tolerance = marks.effective_tolerance(
@@ -421,7 +422,7 @@ class VramSession:
             prune = self.outcome.stale.get(shown, []) if self.settings.prune else []
             if not records and not prune:
                 continue
-            measured = {r.key: Entry(r.model_bytes, r.peak_bytes, params=r.params) for r in records}
+            measured = {r.key: Entry.of(r.figures) for r in records}
             setup = records[0].setup if records else {"plugin": __version__}
             existing = self._reread(profile) if self.settings.update_new_only else None
             if existing is not None:  # the file's figures keep the setup they came from
