@@ -29,6 +29,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import Tolerance, UnitError, parse_size, parse_tolerance
 
 #: Keys of the file's top-level mapping, in the order they are written.
@@ -45,18 +46,17 @@ class BaselineError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Entry:
-    """The recorded figures of one measurement. Sizes in bytes."""
+class Entry(MemoryFigures):
+    """The recorded figures of one measurement (``model_bytes``, ``peak_bytes``, ``params``),
+    with the entry's own tolerance. Sizes in bytes."""
 
-    model_bytes: int
-    peak_bytes: int
-    params: int | None = None
     #: Per-entry tolerance override, kept across ``--vram-update``.
     tolerance: Tolerance | None = None
 
-    @property
-    def activation_bytes(self) -> int:
-        return self.peak_bytes - self.model_bytes
+    @classmethod
+    def of(cls, figures: MemoryFigures) -> Entry:
+        """The entry recording ``figures`` (no tolerance of its own)."""
+        return cls(figures.model_bytes, figures.peak_bytes, params=figures.params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,8 @@ class BaselineFile:
     path: Path
     profile: str
     entries: dict[str, Entry]
-    recorded_with: dict[str, str]
+    #: what the figures were measured on: the file's ``recorded_with`` (see load and dump)
+    setup: dict[str, str]
     #: File-wide default tolerance (entries and markers may override it).
     tolerance: Tolerance | None = None
     #: The text it was parsed from (None if built in memory): lets an update under the lock
@@ -432,7 +433,7 @@ def _validate_file(data: Any, path: Path) -> BaselineFile:
             f"{', '.join(HEADER_KEYS)} (anything else would be lost on the next update)"
         )
     profile = _validate_profile(data, path)
-    recorded_with = _validate_recorded_with(data.get("recorded_with"), path)
+    setup = _validate_setup(data.get("recorded_with"), path)  # the setup's key in the file
     tolerance = None
     if data.get("tolerance") is not None:
         tolerance = _tolerance(data["tolerance"], str(path))
@@ -453,7 +454,7 @@ def _validate_file(data: Any, path: Path) -> BaselineFile:
                 f"(quote it if YAML reads it as another type)"
             )
         entries[key] = _validate_entry(raw, f"{path}: entry {key!r}")
-    return BaselineFile(path, profile, entries, recorded_with, tolerance)
+    return BaselineFile(path, profile, entries, setup, tolerance)
 
 
 def _validate_profile(data: dict[Any, Any], path: Path) -> str:
@@ -473,7 +474,7 @@ def _validate_profile(data: dict[Any, Any], path: Path) -> str:
     return profile
 
 
-def _validate_recorded_with(raw: Any, path: Path) -> dict[str, str]:
+def _validate_setup(raw: Any, path: Path) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -590,8 +591,8 @@ class _Dumper(yaml.SafeDumper):
 def dump(baseline: BaselineFile) -> str:
     """Canonical YAML text of ``baseline``: same content, same bytes, always."""
     document: dict[str, Any] = {"profile": baseline.profile}
-    if baseline.recorded_with:
-        document["recorded_with"] = dict(sorted(baseline.recorded_with.items()))
+    if baseline.setup:  # the setup's key in the file
+        document["recorded_with"] = dict(sorted(baseline.setup.items()))
     if baseline.tolerance is not None:
         document["tolerance"] = str(baseline.tolerance)
     document["entries"] = {
@@ -778,7 +779,7 @@ def update(
     profile: str,
     measured: Mapping[str, Entry],
     *,
-    recorded_with: dict[str, str],
+    setup: dict[str, str],
     prune: Iterable[str] = (),
     seen: BaselineFile | None = None,
     read_before: bool = False,
@@ -809,7 +810,7 @@ def update(
             existing = seen
         else:
             existing = parse(text, path)
-        result = _merge(path, profile, existing, measured, recorded_with, prune)
+        result = _merge(path, profile, existing, measured, setup, prune)
     if read_before:
         before = seen.entries if seen is not None else {}
         now = existing.entries if existing is not None else {}
@@ -826,7 +827,7 @@ def _merge(
     profile: str,
     existing: BaselineFile | None,
     measured: Mapping[str, Entry],
-    recorded_with: dict[str, str],
+    setup: dict[str, str],
     prune: Iterable[str],
 ) -> UpdateResult:
     entries = dict(existing.entries) if existing else {}
@@ -857,9 +858,9 @@ def _merge(
                 path=path,
                 profile=profile,
                 entries=entries,
-                # recorded_with describes the run that last wrote the figures; a run that
+                # the setup is that of the run that last wrote the figures; a run that
                 # changes nothing leaves the file (and its provenance) alone.
-                recorded_with=dict(recorded_with),
+                setup=dict(setup),
                 tolerance=existing.tolerance if existing else None,
                 comments=existing.comments if existing else None,
             )

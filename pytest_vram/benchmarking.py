@@ -61,8 +61,8 @@ def timing(bench: Any, record: Record) -> dict[str, Any] | None:
         "min_s": stats.min,
         "median_s": stats.median,
         "mean_s": stats.mean,
-        "backend": record.context.get("backend"),
-        "gpu": record.context.get("backend") in GPU_BACKENDS,
+        "backend": record.setup.get("backend"),
+        "gpu": record.setup.get("backend") in GPU_BACKENDS,
     }
 
 
@@ -70,7 +70,7 @@ def extra_info(record: Record) -> dict[str, Any]:
     """The figures that go into ``benchmark.extra_info["vram"][key]``."""
     return {
         "profile": record.profile,
-        "backend": record.context.get("backend"),
+        "backend": record.setup.get("backend"),
         "params": record.params,
         "model_bytes": record.model_bytes,
         "peak_bytes": record.peak_bytes,

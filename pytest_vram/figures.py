@@ -1,4 +1,5 @@
-"""The session's measured figures by key: what claims read, and the ``vram_figures`` fixture.
+"""The memory figures of one measurement (``MemoryFigures``), and the session's measured
+figures by key (``Figures``): what claims read, and the ``vram_figures`` fixture.
 
 Every measurement already travels on its test's report (``report.Record`` in
 ``user_properties``), so the figures of a whole session are known wherever the reports
@@ -8,9 +9,29 @@ to fill a gap: a key without figures stays absent, and whoever asks is told why.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
-from pytest_vram.report import Record
+if TYPE_CHECKING:  # report builds on MemoryFigures: no import of it here at run time
+    from pytest_vram.report import Record
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryFigures:
+    """The figures of one measurement, in bytes counted from the start of the test: what the
+    model held (``model_bytes``), the highest allocation (``peak_bytes``) and the parameters
+    counted (``params``, None where unknown). The same type for the measurement
+    (``Measurement.figures``), the baseline entry (``baselines.Entry`` is one) and the report
+    (``Record.figures``); ``verdicts.judge`` compares two of them."""
+
+    model_bytes: int
+    peak_bytes: int
+    params: int | None = None
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.peak_bytes - self.model_bytes
 
 
 class FiguresMissing(KeyError):
@@ -20,7 +41,7 @@ class FiguresMissing(KeyError):
         return str(self.args[0])
 
 
-class Figures(Mapping[str, Record]):
+class Figures(Mapping[str, "Record"]):
     """Measured figures by baseline key (``nodeid`` or ``nodeid::name``), in completion order.
 
     Within a test this holds what this process has measured so far (on an xdist worker, only

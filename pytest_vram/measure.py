@@ -24,6 +24,7 @@ from pytest_vram.backends.base import Backend
 
 if TYPE_CHECKING:
     from pytest_vram.attribution import Attribution
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import format_size
 
 T = TypeVar("T")
@@ -37,7 +38,8 @@ class Measurement:
     params: int | None
     model_bytes: int
     peak_bytes: int
-    context: dict[str, str]
+    #: what the figures were measured on (backend, device, torch, ...): the *setup*
+    setup: dict[str, str]
     leaked_bytes: int | None = None
     #: the most the allocator held from the device during the workload (fragmentation and
     #: page granularity included), from the same start; None where the backend cannot tell
@@ -47,8 +49,17 @@ class Measurement:
     breakdown: dict[str, Any] | None = None
 
     @property
+    def context(self) -> dict[str, str]:
+        """The setup under its documented name (``vram.measurements``, ``vram_figures``)."""
+        return self.setup
+
+    @property
+    def figures(self) -> MemoryFigures:
+        return MemoryFigures(self.model_bytes, self.peak_bytes, self.params)
+
+    @property
     def activation_bytes(self) -> int:
-        return self.peak_bytes - self.model_bytes
+        return self.figures.activation_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +201,7 @@ class Meter:
             params=self.params,
             model_bytes=model_bytes,
             peak_bytes=max(peak, model_bytes),
-            context=self.backend.context(),
+            setup=self.backend.context(),  # Backend.context(): the backends' public name
             reserved_bytes=self._reserved_peak(),
             breakdown=self.attribution.collector.breakdown(mark) if self.attribution else None,
         )

@@ -145,7 +145,7 @@ def in_force(records: list[report.Record], strict: bool, width: int = 80) -> lis
     as few lines as ``width`` allows."""
     seen: dict[tuple[str, str, str, str, str], None] = {}
     for r in records:
-        ctx = r.context
+        ctx = r.setup
         where = (ctx.get("backend", "?"), ctx.get("device", "?"), r.profile, r.baseline_path)
         seen[(*where, ctx.get("metric", METRIC))] = None
     lines: list[str] = []

@@ -60,10 +60,10 @@ def record(
             if not (new_only and m["key"] in entries)
         }
         if new_only and existing is not None:
-            context = existing.recorded_with
-        else:
-            context = {str(k): str(v) for k, v in found[0]["context"].items()}
-        results[profile] = baselines.update(target, profile, measured, recorded_with=context)
+            setup = existing.setup
+        else:  # "context": the setup's key in --vram-json
+            setup = {str(k): str(v) for k, v in found[0]["context"].items()}
+        results[profile] = baselines.update(target, profile, measured, setup=setup)
     return results
 
 

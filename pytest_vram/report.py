@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import format_delta, format_size
 from pytest_vram.verdicts import Kind, update_command
 
@@ -36,7 +37,8 @@ class Record:
     params: int | None
     model_bytes: int
     peak_bytes: int
-    context: dict[str, str]
+    #: what the figures were measured on; the JSON key is ``context`` (see to_dict)
+    setup: dict[str, str]
     tolerance: str
     budget: int | None
     baseline_model_bytes: int | None
@@ -52,8 +54,17 @@ class Record:
     breakdown: dict[str, Any] | None = None
 
     @property
+    def context(self) -> dict[str, str]:
+        """The setup under its documented name (``vram.measurements``, ``vram_figures``)."""
+        return self.setup
+
+    @property
+    def figures(self) -> MemoryFigures:
+        return MemoryFigures(self.model_bytes, self.peak_bytes, self.params)
+
+    @property
     def activation_bytes(self) -> int:
-        return self.peak_bytes - self.model_bytes
+        return self.figures.activation_bytes
 
     @property
     def verdict(self) -> str:
@@ -71,6 +82,7 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["context"] = data.pop("setup")  # the setup's key in --vram-json and JUnit
         data["activation_bytes"] = self.activation_bytes
         data["verdict"] = self.verdict
         return data
@@ -78,6 +90,7 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {("setup" if k == "context" else k): v for k, v in data.items()}  # see to_dict
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_property(self) -> tuple[str, str]:

@@ -20,6 +20,7 @@ import pytest
 from pytest_vram import __version__, baselines, marks, output, report, world
 from pytest_vram.backends import Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.fixture import Vram
 from pytest_vram.measure import Meter
 from pytest_vram.verdicts import Verdict, judge, worst
@@ -218,12 +219,12 @@ class VramSession:
         records = []
         for index, m in enumerate(probe.measurements):
             key = probe.key(m)
-            measured = Entry(m.model_bytes, m.peak_bytes, params=m.params)
-            context = {**m.context, "plugin": __version__}
+            measured = m.figures
+            setup = {**m.setup, "plugin": __version__}
             if gathered is not None:
                 model_bytes, peak_bytes, peaks = world.worst_rank(gathered, index)
-                measured = Entry(model_bytes, peak_bytes, params=m.params)
-                context["ranks"] = f"{len(peaks)} launched, peak per rank: {peaks}"
+                measured = MemoryFigures(model_bytes, peak_bytes, params=m.params)
+                setup["ranks"] = f"{len(peaks)} launched, peak per rank: {peaks}"
             entry = baseline.entries.get(key) if baseline else None
             tolerance = marks.effective_tolerance(
                 mark,
@@ -259,7 +260,7 @@ class VramSession:
                     model_bytes=measured.model_bytes,
                     peak_bytes=measured.peak_bytes,
                     reserved_bytes=m.reserved_bytes,
-                    context=context,
+                    setup=setup,
                     tolerance=str(tolerance),
                     budget=budget,
                     baseline_model_bytes=entry.model_bytes if entry else None,
@@ -361,16 +362,16 @@ class VramSession:
 
     def compare_setup(self) -> None:
         """Note where a baseline was recorded on another setup (torch, device, allocator)."""
-        current = {r.profile: (r.baseline_path, r.context) for r in self.outcome.records}
-        for profile, (shown, context) in sorted(current.items()):
+        current = {r.profile: (r.baseline_path, r.setup) for r in self.outcome.records}
+        for profile, (shown, setup) in sorted(current.items()):
             baseline = self._reread(profile)
             if baseline is None:
                 continue
-            recorded = baseline.recorded_with
+            recorded = baseline.setup
             differ = [
-                f"{key} {recorded[key]} (this run: {context[key]})"
+                f"{key} {recorded[key]} (this run: {setup[key]})"
                 for key in SETUP_KEYS
-                if key in recorded and key in context and recorded[key] != context[key]
+                if key in recorded and key in setup and recorded[key] != setup[key]
             ]
             if differ:
                 self.outcome.setup_changes[shown] = ", ".join(differ)
@@ -421,11 +422,11 @@ class VramSession:
             prune = self.outcome.stale.get(shown, []) if self.settings.prune else []
             if not records and not prune:
                 continue
-            measured = {r.key: Entry(r.model_bytes, r.peak_bytes, params=r.params) for r in records}
-            context = records[0].context if records else {"plugin": __version__}
+            measured = {r.key: Entry.of(r.figures) for r in records}
+            setup = records[0].setup if records else {"plugin": __version__}
             existing = self._reread(profile) if self.settings.update_new_only else None
             if existing is not None:  # the file's figures keep the setup they came from
-                context = existing.recorded_with
+                setup = existing.setup
             path = self.baseline_path(profile)
             seen = self._baselines.get(path)
             try:
@@ -433,7 +434,7 @@ class VramSession:
                     path,
                     profile,
                     measured,
-                    recorded_with=context,
+                    setup=setup,
                     prune=prune,
                     seen=None if isinstance(seen, BaselineError) else seen,
                     read_before=path in self._baselines and not isinstance(seen, BaselineError),

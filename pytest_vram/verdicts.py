@@ -12,7 +12,7 @@ import enum
 import shlex
 from collections.abc import Iterable
 
-from pytest_vram.baselines import Entry
+from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import Tolerance, format_delta, format_size
 
 
@@ -59,8 +59,8 @@ class Verdict:
 
 def judge(
     key: str,
-    measured: Entry,
-    baseline: Entry | None,
+    measured: MemoryFigures,
+    baseline: MemoryFigures | None,
     *,
     tolerance: Tolerance,
     budget: int | None = None,
@@ -154,7 +154,7 @@ def _delta(measured: int, reference: int) -> str:
     return f"{delta:+d} B ({readable}, {percent})"
 
 
-def _over_budget(ctx: _Context, measured: Entry, budget: int) -> Verdict:
+def _over_budget(ctx: _Context, measured: MemoryFigures, budget: int) -> Verdict:
     peak = measured.peak_bytes
     detail = (
         f"{ctx.key}: peak {_figure(peak)} is over the budget {_figure(budget)} by "
@@ -184,7 +184,7 @@ def _over_reserved_budget(ctx: _Context, reserved: int | None, budget: int) -> V
     return Verdict(Kind.OVER_BUDGET, ctx.key, summary, detail, fails=True)
 
 
-def _updated(ctx: _Context, measured: Entry, baseline: Entry | None) -> Verdict:
+def _updated(ctx: _Context, measured: MemoryFigures, baseline: MemoryFigures | None) -> Verdict:
     if baseline is None:
         detail = (
             f"{ctx.key}: recorded peak {_figure(measured.peak_bytes)}, model "
@@ -202,11 +202,11 @@ def _updated(ctx: _Context, measured: Entry, baseline: Entry | None) -> Verdict:
     return Verdict(Kind.UPDATED, ctx.key, summary, detail, fails=False)
 
 
-def _same_figures(measured: Entry, baseline: Entry) -> bool:
+def _same_figures(measured: MemoryFigures, baseline: MemoryFigures) -> bool:
     return all(getattr(measured, f) == getattr(baseline, f) for f, _ in _FIELDS)
 
 
-def _missing(ctx: _Context, measured: Entry, strict: bool) -> Verdict:
+def _missing(ctx: _Context, measured: MemoryFigures, strict: bool) -> Verdict:
     figures = f"peak {_figure(measured.peak_bytes)}, model {_figure(measured.model_bytes)}"
     if strict:
         detail = (
@@ -223,7 +223,11 @@ def _missing(ctx: _Context, measured: Entry, strict: bool) -> Verdict:
 
 
 def _compare(
-    ctx: _Context, measured: Entry, baseline: Entry, tolerance: Tolerance, fail_improvements: bool
+    ctx: _Context,
+    measured: MemoryFigures,
+    baseline: MemoryFigures,
+    tolerance: Tolerance,
+    fail_improvements: bool,
 ) -> list[Verdict]:
     over: list[str] = []
     under: list[str] = []
@@ -242,7 +246,9 @@ def _compare(
     return verdicts
 
 
-def _field_report(field: str, measured: Entry, baseline: Entry, tolerance: Tolerance) -> str:
+def _field_report(
+    field: str, measured: MemoryFigures, baseline: MemoryFigures, tolerance: Tolerance
+) -> str:
     label = dict(_FIELDS)[field]
     value, reference = getattr(measured, field), getattr(baseline, field)
     allowance = tolerance.allowance(reference)
@@ -257,7 +263,7 @@ def _field_report(field: str, measured: Entry, baseline: Entry, tolerance: Toler
     )
 
 
-def _summary(fields: list[str], measured: Entry, baseline: Entry) -> str:
+def _summary(fields: list[str], measured: MemoryFigures, baseline: MemoryFigures) -> str:
     parts = []
     for field in fields:
         text = format_delta(getattr(measured, field), getattr(baseline, field))
@@ -266,7 +272,11 @@ def _summary(fields: list[str], measured: Entry, baseline: Entry) -> str:
 
 
 def _regression(
-    ctx: _Context, measured: Entry, baseline: Entry, tolerance: Tolerance, fields: list[str]
+    ctx: _Context,
+    measured: MemoryFigures,
+    baseline: MemoryFigures,
+    tolerance: Tolerance,
+    fields: list[str],
 ) -> Verdict:
     reports = ". ".join(_field_report(f, measured, baseline, tolerance) for f in fields)
     detail = (
@@ -279,8 +289,8 @@ def _regression(
 
 def _improvement(
     ctx: _Context,
-    measured: Entry,
-    baseline: Entry,
+    measured: MemoryFigures,
+    baseline: MemoryFigures,
     tolerance: Tolerance,
     fields: list[str],
     fails: bool = False,
@@ -297,7 +307,7 @@ def _improvement(
 
 
 def _pass(
-    ctx: _Context, measured: Entry, baseline: Entry, tolerance: Tolerance, note: str
+    ctx: _Context, measured: MemoryFigures, baseline: MemoryFigures, tolerance: Tolerance, note: str
 ) -> Verdict:
     peak, reference = measured.peak_bytes, baseline.peak_bytes
     allowance = tolerance.allowance(reference)

@@ -73,7 +73,7 @@ def test_comments_are_put_at_their_key_in_canonical_order(tmp_path: Path) -> Non
         "  z.py::t:  # last in canonical order\n    model_bytes: 0\n    peak_bytes: 2\n"
         "  # about a\n  a.py::t:\n    model_bytes: 0\n    peak_bytes: 1\n"
     )
-    baselines.update(path, "scripted", {"m.py::t": Entry(0, 3)}, recorded_with={})
+    baselines.update(path, "scripted", {"m.py::t": Entry(0, 3)}, setup={})
     assert path.read_text() == (
         "profile: scripted\nentries:\n"
         "  # about a\n  a.py::t:\n    model_bytes: 0\n    peak_bytes: 1\n    activation_bytes: 1\n"
@@ -89,7 +89,7 @@ def test_comment_after_a_flow_style_entry_is_kept(tmp_path: Path) -> None:
         "profile: scripted\nentries:\n"
         "  a.py::t: {model_bytes: 0, peak_bytes: 1}  # hand-written, flow style\n"
     )
-    baselines.update(path, "scripted", {"a.py::t": Entry(0, 2)}, recorded_with={})
+    baselines.update(path, "scripted", {"a.py::t": Entry(0, 2)}, setup={})
     assert path.read_text() == (
         "profile: scripted\nentries:\n  a.py::t:  # hand-written, flow style\n"
         "    model_bytes: 0\n    peak_bytes: 2\n    activation_bytes: 2\n"
@@ -100,7 +100,7 @@ def test_unchanged_commented_file_keeps_its_bytes(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
     path.write_text(COMMENTED)
     result = baselines.update(
-        path, "scripted", {"test_u.py::test_b": Entry(0, 1024)}, recorded_with={"x": "y"}
+        path, "scripted", {"test_u.py::test_b": Entry(0, 1024)}, setup={"x": "y"}
     )
     assert not result.written and path.read_text() == COMMENTED
 
@@ -118,7 +118,7 @@ def test_committed_baselines_stay_byte_identical_after_a_no_change_update(
         copy,
         loaded.profile,
         loaded.entries,
-        recorded_with={"changed": "yes"},
+        setup={"changed": "yes"},
         seen=loaded,
         read_before=True,
     )

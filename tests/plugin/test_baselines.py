@@ -77,7 +77,7 @@ def test_load_example(path: Path) -> None:
         path=path,
         profile=PROFILE,
         entries={KEY: ENTRY},
-        recorded_with={"device": "NVIDIA H200", "plugin": "0.1.0", "torch": "2.11.0+cu130"},
+        setup={"device": "NVIDIA H200", "plugin": "0.1.0", "torch": "2.11.0+cu130"},
         tolerance=Tolerance(relative=0.005),
     )
     assert baseline.entries[KEY].activation_bytes == 72438784
@@ -100,7 +100,7 @@ def test_load_empty_entries(path: Path, text: str) -> None:
     baseline = load(write_text(path, text))
     assert baseline is not None
     assert baseline.entries == {}
-    assert baseline.recorded_with == {}
+    assert baseline.setup == {}
     assert baseline.tolerance is None
 
 
@@ -278,7 +278,7 @@ def make_file(path: Path, entries: dict[str, Entry], **kwargs: object) -> Baseli
         path=path,
         profile=path.stem,
         entries=entries,
-        recorded_with=kwargs.pop("recorded_with", {"torch": "2.11"}),  # type: ignore[arg-type]
+        setup=kwargs.pop("setup", {"torch": "2.11"}),  # type: ignore[arg-type]
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -288,9 +288,7 @@ def test_dump_is_canonical(path: Path) -> None:
         "tests/b.py::t": Entry(10, 30, params=5, tolerance=Tolerance(0.01, 4 * MiB)),
         "tests/a.py::t": Entry(1, 2),
     }
-    baseline = make_file(
-        path, entries, recorded_with={"torch": "2.11", "device": "H200", "plugin": "0.10"}
-    )
+    baseline = make_file(path, entries, setup={"torch": "2.11", "device": "H200", "plugin": "0.10"})
     assert dump(baseline) == textwrap.dedent(
         f"""\
         profile: {PROFILE}
@@ -324,13 +322,13 @@ def test_dump_is_deterministic_whatever_the_insertion_order(path: Path) -> None:
 def test_dump_has_no_aliases_even_for_shared_objects(path: Path) -> None:
     shared = {"torch": "2.11"}
     entry = Entry(1, 2, tolerance=Tolerance(0.01))
-    text = dump(make_file(path, {"a": entry, "b": entry}, recorded_with=shared))
+    text = dump(make_file(path, {"a": entry, "b": entry}, setup=shared))
     assert "&" not in text and "*" not in text
     assert text.endswith("\n") and not text.endswith("\n\n")
 
 
 def test_dump_of_empty_file_round_trips(path: Path) -> None:
-    baseline = make_file(path, {}, recorded_with={})
+    baseline = make_file(path, {}, setup={})
     assert dump(baseline) == f"profile: {PROFILE}\nentries: {{}}\n"
     assert baselines.parse(dump(baseline), path) == baseline
 
@@ -472,7 +470,7 @@ RECORDED = {"torch": "2.11.0+cu130", "device": "NVIDIA H200", "plugin": "0.1.0"}
 
 
 def test_update_creates_the_file(path: Path) -> None:
-    result = update(path, PROFILE, {KEY: ENTRY}, recorded_with=RECORDED)
+    result = update(path, PROFILE, {KEY: ENTRY}, setup=RECORDED)
     assert result.written
     assert result.added == [Change(KEY, None, ENTRY)]
     assert (result.changed, result.unchanged, result.removed) == ([], [], [])
@@ -480,7 +478,7 @@ def test_update_creates_the_file(path: Path) -> None:
 
 
 def test_update_with_nothing_measured_creates_nothing(path: Path) -> None:
-    result = update(path, PROFILE, {}, recorded_with=RECORDED)
+    result = update(path, PROFILE, {}, setup=RECORDED)
     assert not result.written
     assert not path.exists()
 
@@ -491,9 +489,7 @@ def test_update_rewrites_exactly_the_measured_entries(path: Path) -> None:
     new = Entry(ENTRY.model_bytes, ENTRY.peak_bytes + MiB, params=ENTRY.params)
     added = Entry(1, 2)
 
-    result = update(
-        path, PROFILE, {KEY: new, "tests/new.py::t": added}, recorded_with={"torch": "2.12"}
-    )
+    result = update(path, PROFILE, {KEY: new, "tests/new.py::t": added}, setup={"torch": "2.12"})
 
     assert result.written
     assert result.changed == [Change(KEY, ENTRY, new)]
@@ -510,7 +506,7 @@ def test_update_rewrites_exactly_the_measured_entries(path: Path) -> None:
 def test_update_keeps_an_entry_tolerance_override(path: Path) -> None:
     override = Tolerance(0.02)
     write(make_file(path, {KEY: Entry(1, 2, tolerance=override)}))
-    result = update(path, PROFILE, {KEY: Entry(1, 3)}, recorded_with=RECORDED)
+    result = update(path, PROFILE, {KEY: Entry(1, 3)}, setup=RECORDED)
     assert result.changed == [
         Change(KEY, Entry(1, 2, tolerance=override), Entry(1, 3, tolerance=override))
     ]
@@ -524,7 +520,7 @@ def test_update_with_same_figures_leaves_the_file_byte_identical(path: Path) -> 
     text = "# reviewed in #42\n" + EXAMPLE.replace("tolerance: 0.5%\n", "") + "# end\n"
     write_text(path, text)
     mtime = path.stat().st_mtime_ns
-    result = update(path, PROFILE, {KEY: ENTRY}, recorded_with={"torch": "2.99"})
+    result = update(path, PROFILE, {KEY: ENTRY}, setup={"torch": "2.99"})
     assert not result.written
     assert result.unchanged == [KEY]
     assert (result.added, result.changed, result.removed) == ([], [], [])
@@ -543,7 +539,7 @@ def test_update_with_same_figures_leaves_the_file_byte_identical(path: Path) -> 
 def test_update_refuses_a_malformed_file_and_leaves_it_alone(path: Path, text: str) -> None:
     write_text(path, text)
     with pytest.raises(BaselineError, match=re.escape(str(path))):
-        update(path, PROFILE, {KEY: ENTRY}, recorded_with=RECORDED)
+        update(path, PROFILE, {KEY: ENTRY}, setup=RECORDED)
     assert path.read_text() == text
     # Nothing but the file (and the update's lock file): no temporary file is left over.
     assert [p for p in path.parent.iterdir() if p != baselines.lock_path(path)] == [path]
@@ -551,7 +547,7 @@ def test_update_refuses_a_malformed_file_and_leaves_it_alone(path: Path, text: s
 
 def test_update_refuses_a_profile_that_is_not_the_file_name(path: Path) -> None:
     with pytest.raises(BaselineError, match="cannot hold profile 'estimate'; use estimate.yaml"):
-        update(path, "estimate", {KEY: ENTRY}, recorded_with=RECORDED)
+        update(path, "estimate", {KEY: ENTRY}, setup=RECORDED)
     assert not path.exists()
 
 
@@ -562,7 +558,7 @@ def test_update_prunes(path: Path) -> None:
         path,
         PROFILE,
         {KEY: ENTRY},
-        recorded_with=RECORDED,
+        setup=RECORDED,
         prune=["tests/x.py::gone", "tests/x.py::never-there", KEY],
     )
     assert result.written
@@ -575,16 +571,16 @@ def test_update_prunes(path: Path) -> None:
 
 def test_update_prune_of_absent_keys_changes_nothing(path: Path) -> None:
     write_text(path, EXAMPLE)
-    result = update(path, PROFILE, {}, recorded_with=RECORDED, prune=["tests/x.py::nope"])
+    result = update(path, PROFILE, {}, setup=RECORDED, prune=["tests/x.py::nope"])
     assert not result.written
     assert path.read_text() == EXAMPLE
 
 
 def test_update_then_update_again_is_a_no_op(path: Path) -> None:
     measured = {KEY: ENTRY, "tests/a.py::t": Entry(1, 2)}
-    assert update(path, PROFILE, measured, recorded_with=RECORDED).written
+    assert update(path, PROFILE, measured, setup=RECORDED).written
     first = path.read_bytes()
-    again = update(path, PROFILE, measured, recorded_with=RECORDED)
+    again = update(path, PROFILE, measured, setup=RECORDED)
     assert not again.written
     assert again.unchanged == sorted(measured)
     assert path.read_bytes() == first

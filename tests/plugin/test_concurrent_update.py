@@ -26,7 +26,7 @@ RECORDED = {"backend": "scripted"}
 
 def _update(path: str, key: str, peak: int, barrier: multiprocessing.synchronize.Barrier) -> None:
     barrier.wait()
-    baselines.update(Path(path), "scripted", {key: Entry(0, peak)}, recorded_with=RECORDED)
+    baselines.update(Path(path), "scripted", {key: Entry(0, peak)}, setup=RECORDED)
 
 
 def test_concurrent_pairs_of_updates_keep_every_entry(tmp_path: Path) -> None:
@@ -54,11 +54,11 @@ def test_concurrent_pairs_of_updates_keep_every_entry(tmp_path: Path) -> None:
 def test_same_entry_conflict_is_reported_and_last_writer_wins(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
     key = "test_a.py::test_a"
-    baselines.update(path, "scripted", {key: Entry(0, 100)}, recorded_with=RECORDED)
+    baselines.update(path, "scripted", {key: Entry(0, 100)}, setup=RECORDED)
     seen = load(path)  # what this run judged against
-    baselines.update(path, "scripted", {key: Entry(0, 200)}, recorded_with=RECORDED)  # another
+    baselines.update(path, "scripted", {key: Entry(0, 200)}, setup=RECORDED)  # another
     result = baselines.update(
-        path, "scripted", {key: Entry(0, 300)}, recorded_with=RECORDED, seen=seen, read_before=True
+        path, "scripted", {key: Entry(0, 300)}, setup=RECORDED, seen=seen, read_before=True
     )
     assert [(c.key, c.old.peak_bytes, c.new.peak_bytes) for c in result.conflicts] == [
         (key, 200, 300)
@@ -69,10 +69,10 @@ def test_same_entry_conflict_is_reported_and_last_writer_wins(tmp_path: Path) ->
 def test_no_conflict_when_nobody_else_wrote(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
     key = "test_a.py::test_a"
-    baselines.update(path, "scripted", {key: Entry(0, 100)}, recorded_with=RECORDED)
+    baselines.update(path, "scripted", {key: Entry(0, 100)}, setup=RECORDED)
     seen = load(path)
     result = baselines.update(
-        path, "scripted", {key: Entry(0, 300)}, recorded_with=RECORDED, seen=seen, read_before=True
+        path, "scripted", {key: Entry(0, 300)}, setup=RECORDED, seen=seen, read_before=True
     )
     assert result.conflicts == [] and [c.key for c in result.changed] == [key]
 
@@ -90,7 +90,7 @@ def test_conflict_is_said_in_the_session_output(vram_pytester, run_vram):
             vram.run(vram.backend.spike, 4096)
             baselines.update(
                 Path("baselines/scripted.yaml"), "scripted",
-                {"test_r.py::test_a": Entry(0, 2048)}, recorded_with={},
+                {"test_r.py::test_a": Entry(0, 2048)}, setup={},
             )
         """
     )
@@ -99,7 +99,7 @@ def test_conflict_is_said_in_the_session_output(vram_pytester, run_vram):
         vram_pytester.path / "baselines" / "scripted.yaml",
         "scripted",
         {"test_r.py::test_a": Entry(0, 1024)},
-        recorded_with={},
+        setup={},
     )
     result = run_vram("--vram-update")
     result.assert_outcomes(passed=1)
@@ -157,7 +157,7 @@ def test_two_pytest_processes_updating_one_file_keep_both_entries(vram_pytester)
 @pytest.mark.skipif(sys.platform == "win32", reason="fork")
 def test_lock_file_lies_beside_the_baseline(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
-    baselines.update(path, "scripted", {"k": Entry(0, 1)}, recorded_with=RECORDED)
+    baselines.update(path, "scripted", {"k": Entry(0, 1)}, setup=RECORDED)
     assert baselines.lock_path(path) == tmp_path / ".scripted.yaml.lock"
 
 
@@ -167,5 +167,5 @@ def test_unopenable_lock_file_is_an_error_at_once(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
     baselines.lock_path(path).mkdir()  # a directory cannot be opened as the lock file
     with pytest.raises(BaselineError, match=r"cannot write the baseline file \(Is a directory"):
-        baselines.update(path, "scripted", {"k": Entry(0, 1)}, recorded_with=RECORDED)
+        baselines.update(path, "scripted", {"k": Entry(0, 1)}, setup=RECORDED)
     assert not path.exists()

@@ -79,7 +79,7 @@ def test_update_new_only_records_missing_entries_and_keeps_the_others(ratchet, r
     after = load(path)
     assert after.entries[A] == before.entries[A]  # not rewritten
     assert after.entries[B].peak_bytes == 20 * MiB
-    assert after.recorded_with == before.recorded_with
+    assert after.setup == before.setup
     result.stdout.fnmatch_lines(["improvement: test_r.py::test_a: *", "written: *"])
 
 

@@ -180,7 +180,7 @@ def test_baseline_from_another_setup_is_pointed_out(vram_pytester, run_vram):
     vram_pytester.makepyfile(test_u=TWO_TESTS)
     path = write_baseline(vram_pytester, {A: (100 * MiB, 150 * MiB), B: (0, 8 * MiB)})
     recorded = load(path)
-    baselines.write(dataclasses.replace(recorded, recorded_with={"torch": "2.11.0+cu130"}))
+    baselines.write(dataclasses.replace(recorded, setup={"torch": "2.11.0+cu130"}))
     result = run_vram()
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(

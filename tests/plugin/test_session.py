@@ -45,7 +45,7 @@ def settings(root: Path, **changes: object) -> Settings:
 def write(root: Path, entries: dict[str, tuple[int, int]]) -> Path:
     path = baselines.profile_path(root / "baselines", "scripted")
     entries_ = {k: Entry(model, peak) for k, (model, peak) in entries.items()}
-    baselines.write(BaselineFile(path=path, profile="scripted", entries=entries_, recorded_with={}))
+    baselines.write(BaselineFile(path=path, profile="scripted", entries=entries_, setup={}))
     return path
 
 

@@ -49,7 +49,7 @@ def write_baseline(
                 key: Entry(model, peak, tolerance=_tolerance(per_entry.get(key)))
                 for key, (model, peak) in entries.items()
             },
-            recorded_with={"backend": "scripted"},
+            setup={"backend": "scripted"},
             tolerance=_tolerance(tolerance),
         )
     )
