@@ -34,6 +34,30 @@ class MemoryFigures:
         return self.peak_bytes - self.model_bytes
 
 
+class CarriesFigures:
+    """Mixin for the records that carry one measurement's figures and setup
+    (``measure.Measurement``, ``report.Record``): the shared figures type, the derived
+    activation, and ``context``, the documented name of the setup."""
+
+    model_bytes: int
+    peak_bytes: int
+    params: int | None
+    setup: dict[str, str]
+
+    @property
+    def context(self) -> dict[str, str]:
+        """The setup under its documented name (``vram.measurements``, ``vram_figures``)."""
+        return self.setup
+
+    @property
+    def figures(self) -> MemoryFigures:
+        return MemoryFigures(self.model_bytes, self.peak_bytes, self.params)
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.figures.activation_bytes
+
+
 class FiguresMissing(KeyError):
     """No measurement with this key has completed in this process."""
 

@@ -24,14 +24,14 @@ from pytest_vram.backends.base import Backend
 
 if TYPE_CHECKING:
     from pytest_vram.attribution import Attribution
-from pytest_vram.figures import MemoryFigures
+from pytest_vram.figures import CarriesFigures
 from pytest_vram.units import format_size
 
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
-class Measurement:
+class Measurement(CarriesFigures):
     """One measured workload. All sizes are bytes counted from the start of the test."""
 
     name: str | None
@@ -47,19 +47,6 @@ class Measurement:
     #: what was live at the peak by module and category (``pytest_vram.attribution``),
     #: when attribution is on
     breakdown: dict[str, Any] | None = None
-
-    @property
-    def context(self) -> dict[str, str]:
-        """The setup under its documented name (``vram.measurements``, ``vram_figures``)."""
-        return self.setup
-
-    @property
-    def figures(self) -> MemoryFigures:
-        return MemoryFigures(self.model_bytes, self.peak_bytes, self.params)
-
-    @property
-    def activation_bytes(self) -> int:
-        return self.figures.activation_bytes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pytest_vram.figures import MemoryFigures
+from pytest_vram.figures import CarriesFigures
 from pytest_vram.units import format_delta, format_size
 from pytest_vram.verdicts import Kind, update_command
 
@@ -26,7 +26,7 @@ JSON_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class Record:
+class Record(CarriesFigures):
     """One measurement with its verdicts, as sent from where it ran to where it is reported."""
 
     key: str
@@ -52,19 +52,6 @@ class Record:
     time: dict[str, Any] | None = None
     #: what was live at the peak (``pytest_vram.attribution``), when attribution is on
     breakdown: dict[str, Any] | None = None
-
-    @property
-    def context(self) -> dict[str, str]:
-        """The setup under its documented name (``vram.measurements``, ``vram_figures``)."""
-        return self.setup
-
-    @property
-    def figures(self) -> MemoryFigures:
-        return MemoryFigures(self.model_bytes, self.peak_bytes, self.params)
-
-    @property
-    def activation_bytes(self) -> int:
-        return self.figures.activation_bytes
 
     @property
     def verdict(self) -> str:
