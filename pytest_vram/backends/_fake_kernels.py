@@ -25,6 +25,10 @@ records every allocation of a workload with the operator it happened in):
   (B, H, S_q, 1) *only when log-sum-exp is requested* (training), then a 256-byte cuDNN
   workspace for the duration of the call. The meta kernel makes seed and offset on meta
   and the statistics always.
+* ``aten._scaled_dot_product_efficient_attention`` (fp32 attention, and fp16 with an
+  arbitrary mask) allocates its output and the log-sum-exp; its philox seed and offset are
+  CPU scalars (the meta kernel makes them, on the fake device, as if on the GPU: 2 x 512 B
+  too many per call, measured on ``nn.TransformerEncoder`` in training).
 * ``aten._scaled_dot_product_cudnn_attention_backward`` allocates dq, dk, dv, then a cuDNN
   workspace of ``4*B*H*S_q*(D_qk + 1) + 256`` bytes: an fp32 dQ accumulator
   (B, H, S_q, D_qk), the fp32 row sums of dO*O (B, H, S_q) and 256 bytes. Observed as
@@ -87,7 +91,15 @@ def _cudnn_sdpa_bwd_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
     return [4 * b * h * s_q * (d_qk + 1) + CUDNN_SDPA_BWD_EXTRA]
 
 
+def _efficient_sdpa_outputs(args: Any, kwargs: Any, out: Any) -> list[Any]:
+    # (output, log_sumexp, philox_seed, philox_offset): outside CUDA-graph capture the
+    # kernel makes seed and offset as CPU scalars (at::scalar_tensor / at::empty with no
+    # device), so only the output and the statistics are on the GPU.
+    return [out[0], out[1]]
+
+
 OUTPUT_PLAN[_aten._scaled_dot_product_cudnn_attention.default] = _cudnn_sdpa_outputs
+OUTPUT_PLAN[_aten._scaled_dot_product_efficient_attention.default] = _efficient_sdpa_outputs
 INTERNAL_BUFFERS[_aten._scaled_dot_product_cudnn_attention.default] = _cudnn_sdpa_fwd_buffers
 INTERNAL_BUFFERS[_aten._scaled_dot_product_cudnn_attention_backward.default] = (
     _cudnn_sdpa_bwd_buffers

@@ -29,6 +29,9 @@ What is used, and why:
 * the fused SDPA operators and the positions of their arguments and outputs
   (``_fake_kernels``): ``compute_log_sumexp`` is argument 4 of the cuDNN and efficient
   forward, philox seed/offset are outputs 6 and 7 of the cuDNN forward;
+* ``torch.optim.optimizer._foreach_supported_types``: the exact tensor types for which an
+  optimizer without ``foreach=`` picks its foreach implementation (fake tensors are added
+  inside the scope, so the default is CUDA's);
 * ``torch._dynamo.exc.BackendCompilerFailed``: recognising a ``torch.compile`` failure, to
   replace it with an error that says what to do.
 """
@@ -118,6 +121,7 @@ REQUIRED = (
     "torch._C.DispatchKey.AutocastCUDA",
     "torch.ops.aten._scaled_dot_product_attention_math.default",
     "torch._dynamo.exc.BackendCompilerFailed",
+    "torch.optim.optimizer._foreach_supported_types",
     "torch.ops.aten._scaled_dot_product_cudnn_attention.default",
     "torch.ops.aten._scaled_dot_product_cudnn_attention_backward.default",
     "torch.ops.aten._scaled_dot_product_flash_attention.default",

@@ -244,6 +244,27 @@ def _fake_tensor_copy() -> Iterator[None]:
                 setattr(FakeTensor, name, method)
 
 
+@contextlib.contextmanager
+def _optimizers_take_fake_tensors() -> Iterator[None]:
+    """Let ``torch.optim`` pick its default implementation for fake tensors as for CUDA ones.
+
+    An optimizer built without ``foreach=`` asks ``_default_to_fused_or_foreach`` whether
+    every tensor's exact type is ``Tensor`` or ``Parameter``; a fake tensor's is not, so on
+    the estimator every default optimizer would run its for-loop implementation, which
+    allocates one parameter's temporaries at a time, where CUDA runs the foreach one, which
+    allocates them for all parameters at once (Adam's ``_foreach_sqrt`` of the second
+    moments: one more copy of the parameters at the peak of a step).
+    """
+    import torch.optim.optimizer as module
+
+    previous = module._foreach_supported_types
+    module._foreach_supported_types = [*previous, FakeTensor]
+    try:
+        yield
+    finally:
+        module._foreach_supported_types = previous
+
+
 def _compile_message(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     mine = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -399,6 +420,7 @@ class _Scope:
             if self._emulate:
                 stack.enter_context(emulated_cuda_runtime())
             stack.enter_context(_fake_tensor_copy())
+            stack.enter_context(_optimizers_take_fake_tensors())
             stack.enter_context(self._mode)
             stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
             self._stack = stack.pop_all()
