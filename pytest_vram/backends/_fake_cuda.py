@@ -202,8 +202,12 @@ def sdp_choice(
     ):
         return "flash"
     alignment = 4 if dtype == torch.float32 else 8
+    # check_last_dim_stride_equals_1_dense: on CUDA a mask must be contiguous in its last
+    # dimension too (T5's position bias is a permuted view, stride num_heads: math path).
+    mask_ok = attn_mask is None or attn_mask.stride(-1) == 1
     if (
         backends.mem_efficient_sdp_enabled()
+        and mask_ok
         and dtype in (*_LOW_PRECISION, torch.float32)
         and same_batch
         and not enable_gqa

@@ -207,6 +207,17 @@ def test_sdpa_on_hopper_is_cudnn_unless_deprioritized(monkeypatch: pytest.Monkey
     assert _fake_cuda.sdp_choice(q, q, q, None, False, False) == "flash"
 
 
+def test_sdpa_with_a_mask_strided_in_its_last_dim_takes_the_math_path() -> None:
+    """check_last_dim_stride_equals_1_dense covers the mask: T5's position bias, a permuted
+    view (stride num_heads), sends training to the math path on an H200."""
+    from pytest_vram.backends import _fake_cuda
+
+    q = torch.empty(2, 12, 512, 64, device="meta")
+    bias = torch.empty(512, 512, 12, device="meta").permute(2, 0, 1).unsqueeze(0)
+    assert _fake_cuda.sdp_choice(q, q, q, bias.contiguous(), False, False) == "efficient"
+    assert _fake_cuda.sdp_choice(q, q, q, bias, False, False) == "math"
+
+
 @pytest.mark.parametrize(("heads", "measured"), [(16, 4_227_328), (24, 6_340_864)])
 def test_cudnn_attention_backward_workspace_as_measured(heads: int, measured: int) -> None:
     """The workspace the H200 allocated inside cuDNN's SDPA backward (S=512, D=128)."""
