@@ -20,6 +20,7 @@ import pytest
 
 from pytest_vram import baselines, benchmarking, claiming, marks, output, world, xdist
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend
+from pytest_vram.backends.base import thaw_garbage
 from pytest_vram.baselines import BaselineError
 from pytest_vram.fixture import Vram, VramUsageError
 from pytest_vram.measure import is_out_of_memory
@@ -382,6 +383,7 @@ def pytest_configure(config: pytest.Config) -> None:
     register(session, "vram-session")  # no hooks of its own: found by name, as before
     register(CollectionHooks(session), "vram-collection")
     register(MeasureHooks(session), "vram-measure")
+    register(GarbageHooks(), "vram-garbage")
     # Only the controller (or the single process) and a launched world's rank 0 aggregate,
     # report and write; a worker sends its collection to the controller.
     if worker:
@@ -534,6 +536,18 @@ class MeasureHooks:
                 record = dataclasses.replace(record, leaked_bytes=probe.leaked_bytes)
                 rep.user_properties.append(record.to_property())
         return rep
+
+
+class GarbageHooks:
+    """Thaw what the backends' collections froze once a test module is done (see
+    :func:`pytest_vram.backends.base.collect_garbage`), so that a cycle a module-scoped
+    fixture dropped at its teardown is collected at the next test's start."""
+
+    @pytest.hookimpl(trylast=True)  # after pytest's own teardown of the fixtures
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        module = getattr(item, "module", None)
+        if nextitem is None or getattr(nextitem, "module", None) is not module:
+            thaw_garbage()
 
 
 class AggregateHooks:

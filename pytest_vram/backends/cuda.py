@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 from typing import Any
 
-from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
+from pytest_vram.backends.base import Backend, BackendUnavailable, collect_garbage, metric_name
 
 # The cuBLAS/cuBLASLt workspaces are per process (per handle and stream), not per backend
 # object: a second session in the same process (pytester, a re-created backend) must not
@@ -121,12 +120,12 @@ class CudaBackend(Backend):
             self._torch.cuda.synchronize(self.index)
         # The workspaces stay allocated (they would come back at the next matmul anyway);
         # only the warm-up tensors' cached blocks go, so the first test starts clean.
-        gc.collect()
+        collect_garbage()
         self._torch.cuda.empty_cache()
         _WARMED.add(self.index)
 
     def begin_test(self) -> None:
-        gc.collect()
+        collect_garbage()
         self.synchronize()
         # Free cached blocks of earlier tests: otherwise whether a block is split (and so
         # the rounded allocated bytes) depends on what ran before this test.

@@ -1,0 +1,76 @@
+"""The collections at test boundaries freeze what survives them (speed), and the plugin thaws
+after each test module, so an object a module-scoped fixture drops in a reference cycle is
+still collected before the next measured test (correctness)."""
+
+from __future__ import annotations
+
+import gc
+
+from pytest_vram.backends.base import collect_garbage, thaw_garbage
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cycle collector frees it
+
+
+def test_a_frozen_cycle_outlives_collections_until_thawed() -> None:
+    import weakref
+
+    node = Node()
+    ref = weakref.ref(node)
+    collect_garbage()  # node is alive: frozen with everything else
+    del node
+    try:
+        collect_garbage()
+        assert ref() is not None  # frozen garbage is not visited
+        thaw_garbage()
+        collect_garbage()
+        assert ref() is None
+    finally:
+        thaw_garbage()
+        gc.collect()
+
+
+def test_a_module_fixtures_cycle_is_collected_before_the_next_module_measures(
+    run_vram, vram_pytester
+):
+    vram_pytester.makeconftest(
+        """
+        import weakref
+        import pytest
+
+        REFS = []
+
+        class Node:
+            def __init__(self):
+                self.me = self
+
+        @pytest.fixture(scope="module")
+        def cyclic():
+            node = Node()
+            REFS.append(weakref.ref(node))
+            yield node
+        """
+    )
+    vram_pytester.makepyfile(
+        test_a="""
+        def test_holds(vram, cyclic):
+            vram.backend.cycles = True
+            vram.run(lambda: None)
+
+        def test_holds_still(vram, cyclic):
+            vram.backend.cycles = True
+            vram.run(lambda: None)
+        """,
+        test_b="""
+        from conftest import REFS
+
+        def test_after(vram):
+            vram.backend.cycles = True
+            vram.run(lambda: None)  # the measurement's start collected the dropped cycle
+            assert REFS and REFS[0]() is None
+        """,
+    )
+    result = run_vram("-p", "no:randomly")
+    result.assert_outcomes(passed=3)
