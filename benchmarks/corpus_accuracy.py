@@ -86,7 +86,18 @@ def measure_all(backend_name: str, names: list[str], budget_s: float) -> dict[st
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         print(f"{backend_name:8} {name:45} {results[name]}", file=sys.stderr, flush=True)
-    return {"context": backend.context(), "torch": torch.__version__, "results": results}
+    try:
+        import transformers
+
+        tf_version = transformers.__version__
+    except ImportError:
+        tf_version = None
+    return {
+        "context": backend.context(),
+        "torch": torch.__version__,
+        "transformers": tf_version,
+        "results": results,
+    }
 
 
 def conv_bn_trace(path: Path) -> None:
@@ -132,11 +143,13 @@ def conv_bn_trace(path: Path) -> None:
 
 
 # -- the driver --------------------------------------------------------------------------------
-def _child(backend: str, names: list[str], budget_s: float) -> dict[str, Any]:
+def _child(
+    backend: str, names: list[str], budget_s: float, estimate_sees_gpu: bool = False
+) -> dict[str, Any]:
     env = dict(os.environ)
     if backend == "cuda":
         env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    else:
+    elif not estimate_sees_gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     cmd = [
         sys.executable,
@@ -195,9 +208,11 @@ def render(data: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"cuda: torch {cuda.get('torch')}, {cuda.get('context', {}).get('device')}, "
+        f"cuda: torch {cuda.get('torch')}, transformers {cuda.get('transformers')}, "
+        f"{cuda.get('context', {}).get('device')}, "
         f"PYTORCH_CUDA_ALLOC_CONF={cuda.get('alloc_conf')!r}; estimate: torch "
-        f"{est.get('torch')}, {est.get('context', {}).get('device')}.",
+        f"{est.get('torch')}, transformers {est.get('transformers')}, "
+        f"{est.get('context', {}).get('device')}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -208,6 +223,12 @@ def main() -> int:
     parser.add_argument("--backends", default="cuda,estimate")
     parser.add_argument("--only", default="", help="comma-separated workload names")
     parser.add_argument("--budget-s", type=float, default=150.0, help="per backend")
+    parser.add_argument(
+        "--estimate-sees-gpu",
+        action="store_true",
+        help="run the estimate side with the GPU visible (fake tensors, no CUDA emulation: "
+        "torch's own kernel choices), instead of hidden as on a CPU-only machine",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from corpus_workloads import WORKLOADS
@@ -220,7 +241,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {"names": names, "runs": {}}
     for backend in args.backends.split(","):
-        data["runs"][backend] = _child(backend, names, args.budget_s)
+        data["runs"][backend] = _child(backend, names, args.budget_s, args.estimate_sees_gpu)
         (out / JSON_NAME).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     (out / MD_NAME).write_text(render(data))
     if "cuda" in args.backends:

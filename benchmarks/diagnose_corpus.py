@@ -47,6 +47,23 @@ def _outputs(out: Any) -> str:
     return " ".join(parts)
 
 
+def _inputs(args: Any, kwargs: Any) -> str:
+    """Tensor arguments as dtype[shape]/stride, other arguments as they are (short)."""
+    import torch
+
+    parts = []
+    for a in [*args, *(kwargs or {}).values()]:
+        items = a if isinstance(a, (list, tuple)) and len(a) <= 8 else [a]
+        for t in items:
+            if isinstance(t, torch.Tensor):
+                parts.append(f"{str(t.dtype)[6:]}{list(t.shape)}/{list(t.stride())}")
+            elif isinstance(t, (int, float, bool)) or t is None:
+                parts.append(repr(t))
+            else:
+                parts.append(type(t).__name__)
+    return " ".join(parts)[:400]
+
+
 _BACKENDS: dict[str, Any] = {}
 
 
@@ -78,6 +95,7 @@ def _log(backend_name: str, name: str, size: str) -> dict[str, Any]:
                 torch.cuda.reset_peak_memory_stats()
                 out = func(*args, **(kwargs or {}))
                 ops[-1][1] = _outputs(out)
+                ops[-1].append(_inputs(args, kwargs))
                 return out
 
         logging = OpLog
@@ -109,6 +127,7 @@ def _log(backend_name: str, name: str, size: str) -> dict[str, Any]:
             out = original(self, func, types, args, kwargs)
             if top:
                 row[1] = _outputs(out)
+                row.append(_inputs(args, kwargs))
             return out
 
         dispatch._original = original  # type: ignore[attr-defined]
@@ -160,9 +179,12 @@ def _log(backend_name: str, name: str, size: str) -> dict[str, Any]:
 
 # -- comparing two logs ---------------------------------------------------------------------
 def _net(ops: list[list[Any]]) -> None:
-    """Append each row's net allocation (the next row's start minus its own)."""
+    """Make each row [operator, outputs, start, peak since, net, inputs]: net is the next
+    row's start minus its own."""
     for k, op in enumerate(ops):
-        op.append(ops[k + 1][2] - op[2] if k + 1 < len(ops) else 0)
+        inputs = op[4] if len(op) > 4 else ""
+        del op[4:]
+        op.extend([ops[k + 1][2] - op[2] if k + 1 < len(ops) else 0, inputs])
 
 
 def compare(a_path: str, b_path: str, limit: int = 25) -> str:
