@@ -240,7 +240,7 @@ def compare(a_path: str, b_path: str, limit: int = 25) -> str:
     lines.append("")
     lines.append("matched operators with a different net allocation (first 30):")
     shown = 0
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+    for tag, i1, i2, j1, _j2 in sm.get_opcodes():
         if tag != "equal":
             continue
         for k in range(i2 - i1):
