@@ -197,6 +197,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write the VRAM table to this Markdown file",
     )
+    parser.addini(
+        "vram_testpaths",
+        type="paths",
+        default=[],
+        help="where `pytest -m vram` collects when no paths are given (instead of testpaths), "
+        "so that the memory job does not import the rest of the test tree",
+    )
+
+
+def _narrow_collection(config: pytest.Config) -> None:
+    """``pytest -m vram`` with no paths collects ``vram_testpaths`` instead of testpaths.
+
+    Only when the mark expression selects nothing but vram tests (``vram``, or ``vram and
+    ...``) and the paths came from testpaths: explicit paths are the user's, and another
+    expression may select tests the narrower paths do not hold.
+    """
+    paths = config.getini("vram_testpaths")
+    expression = " ".join(str(config.option.markexpr or "").split())
+    if not paths or config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        return
+    if expression != "vram" and not expression.startswith("vram and "):
+        return
+    config.args[:] = [str(path) for path in paths]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +393,7 @@ def _optional_path(config: pytest.Config, name: str) -> Path | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", marks.MARKER_HELP)
+    _narrow_collection(config)
     worker = xdist.is_worker(config)
     session = VramSession(
         Settings.from_config(config),

@@ -320,3 +320,28 @@ def test_xdist_worker_gets_a_gpu_of_its_own(worker, count, expected):
     from pytest_vram.backends.cuda import worker_device
 
     assert worker_device(worker, count) == expected
+
+
+def test_vram_testpaths_narrow_the_memory_job_only(vram_pytester, run_vram):
+    vram_pytester.makeini(
+        """
+        [pytest]
+        testpaths = tests
+        vram_testpaths = tests/memory
+        """
+    )
+    vram_pytester.mkdir("tests")
+    vram_pytester.mkdir("tests/memory")
+    vram_pytester.mkdir("tests/unit")
+    (vram_pytester.path / "tests/memory/test_mem.py").write_text(
+        "def test_mem(vram):\n    vram.run(vram.backend.spike, 1024)\n"
+    )
+    (vram_pytester.path / "tests/unit/test_unit.py").write_text(
+        "raise RuntimeError('the memory job must not import me')\n"
+    )
+    run_vram("-m", "vram").assert_outcomes(passed=1)  # tests/unit not even imported
+    run_vram("-m", "vram and not slow").assert_outcomes(passed=1)
+    # Any other selection, or explicit paths, collects what it always did.
+    assert "the memory job must not import me" in run_vram("-m", "not vram").stdout.str()
+    explicit = run_vram("-m", "vram", "tests")
+    assert "the memory job must not import me" in explicit.stdout.str()
