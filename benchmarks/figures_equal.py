@@ -17,7 +17,9 @@ def main(paths: list[str]) -> int:
     differ = 0
     for path in paths:
         compared = 0
-        for m in json.load(open(path))["measurements"]:
+        with open(path) as f:
+            measurements = json.load(f)["measurements"]
+        for m in measurements:
             base = (m.get("baseline_model_bytes"), m.get("baseline_peak_bytes"))
             if base[1] is None:
                 continue
