@@ -198,12 +198,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the VRAM table to this Markdown file",
     )
     parser.addini(
+        "vram_numprocesses",
+        type="string",
+        default="",
+        help="run `pytest -m vram` on this many pytest-xdist workers ('auto': one per CPU) "
+        "when -n is not given; figures are the same in any process (default: one process)",
+    )
+    parser.addini(
         "vram_testpaths",
         type="paths",
         default=[],
         help="where `pytest -m vram` collects when no paths are given (instead of testpaths), "
         "so that the memory job does not import the rest of the test tree",
     )
+
+
+def _selects_only_vram(config: pytest.Config) -> bool:
+    expression = " ".join(str(config.option.markexpr or "").split())
+    return expression == "vram" or expression.startswith("vram and ")
+
+
+@pytest.hookimpl(wrapper=True)  # before pytest-xdist's own tryfirst hook reads -n
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, Any, Any]:
+    """``vram_numprocesses``: the memory job on pytest-xdist workers unless ``-n`` is given."""
+    workers = str(config.getini("vram_numprocesses")).strip()
+    if (
+        workers
+        and getattr(config.option, "numprocesses", "missing") is None  # xdist there, no -n
+        and not os.environ.get("PYTEST_XDIST_WORKER")
+        and _selects_only_vram(config)
+    ):
+        if workers not in ("auto", "logical") and not workers.isdigit():
+            raise pytest.UsageError(
+                f"vram_numprocesses = {workers!r}: give a number of workers or 'auto'"
+            )
+        config.option.numprocesses = workers if not workers.isdigit() else int(workers)
+    return (yield)
 
 
 def _narrow_collection(config: pytest.Config) -> None:
@@ -214,10 +244,9 @@ def _narrow_collection(config: pytest.Config) -> None:
     expression may select tests the narrower paths do not hold.
     """
     paths = config.getini("vram_testpaths")
-    expression = " ".join(str(config.option.markexpr or "").split())
     if not paths or config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
         return
-    if expression != "vram" and not expression.startswith("vram and "):
+    if not _selects_only_vram(config):
         return
     config.args[:] = [str(path) for path in paths]
 

@@ -345,3 +345,37 @@ def test_vram_testpaths_narrow_the_memory_job_only(vram_pytester, run_vram):
     assert "the memory job must not import me" in run_vram("-m", "not vram").stdout.str()
     explicit = run_vram("-m", "vram", "tests")
     assert "the memory job must not import me" in explicit.stdout.str()
+
+
+def test_vram_numprocesses_runs_the_memory_job_on_workers(vram_pytester, run_vram_subprocess):
+    pytest.importorskip("xdist")
+    vram_pytester.makeini("[pytest]\nvram_numprocesses = 2\n")
+    vram_pytester.makepyfile(
+        test_mem="""
+        def test_a(vram):
+            vram.run(vram.backend.spike, 1024)
+
+        def test_b(vram):
+            vram.run(vram.backend.spike, 2048)
+
+        def test_plain():
+            pass
+        """
+    )
+    memory_job = run_vram_subprocess("-m", "vram")
+    memory_job.assert_outcomes(passed=2)
+    assert "2 workers [2 items]" in memory_job.stdout.str()
+    # -n given, or another selection: as the user asked
+    assert " workers [" not in run_vram_subprocess("-m", "vram", "-n", "0").stdout.str()
+    everything = run_vram_subprocess()
+    everything.assert_outcomes(passed=3)
+    assert " workers [" not in everything.stdout.str()
+
+
+def test_vram_numprocesses_rejects_a_bad_value(vram_pytester, run_vram_subprocess):
+    pytest.importorskip("xdist")
+    vram_pytester.makeini("[pytest]\nvram_numprocesses = many\n")
+    vram_pytester.makepyfile(test_mem="def test_a(vram):\n    vram.run(len, [])\n")
+    result = run_vram_subprocess("-m", "vram")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "vram_numprocesses = 'many'" in result.stderr.str()
