@@ -56,7 +56,9 @@ def main() -> int:
             if block["state"] != "active_allocated" or block["address"] in before:
                 continue
             print(f"live block {block['size']} B (requested {block['requested_size']}):")
-            for frame in block.get("frames", [])[:25]:
+            frames = block.get("frames", [])
+            python = [f for f in frames if f["filename"].endswith(".py")]
+            for frame in (python or frames)[:25]:
                 print(f"    {frame['filename']}:{frame['line']} {frame['name']}")
     return 0
 
