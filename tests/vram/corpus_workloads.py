@@ -114,8 +114,15 @@ def _llama_config(size: str) -> Any:
 
 
 def llama_build(size: str, device: str) -> Any:
+    # The class and its configuration are looked up before the device context, as a
+    # module-level `from transformers import LlamaForCausalLM` would: transformers imports
+    # its modeling modules lazily, and torchaudio (which modeling_layers imports) makes a
+    # module-level tensor (kaldi's EPSILON) that, created inside `torch.device("cuda")`,
+    # stays on the GPU for the life of the process: 512 B in the first test to do it, in
+    # no other, so the figure depended on which test ran first (seen under -n 4 and -n 8).
+    cls, config = _tf().LlamaForCausalLM, _llama_config(size)
     with torch.device(device):
-        model = _tf().LlamaForCausalLM(_llama_config(size))
+        model = cls(config)
     return model.to(torch.bfloat16)
 
 
