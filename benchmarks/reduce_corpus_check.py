@@ -112,7 +112,8 @@ def check(directory: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(directory.glob("ops-*-cuda.json.gz")):
         workload = path.name[len("ops-") : -len("-cuda.json.gz")]
-        log = json.load(gzip.open(path))
+        with gzip.open(path) as f:
+            log = json.load(f)
         for row in log["ops"]:
             if row[0] not in REDUCTIONS or len(row) < 5:
                 continue
@@ -150,9 +151,7 @@ def main() -> int:
     for (op, inputs, measured, predicted), n in sorted(cases.items()):
         if ns.all or measured != predicted:
             mark = "==" if measured == predicted else "!="
-            print(
-                f"{n:5d} {op:34s} {inputs:55s} measured {measured:>11,} {mark} model {predicted:>11,}"
-            )
+            print(f"{n:5d} {op:34s} {inputs:55s} {measured:>11,} {mark} {predicted:>11,}")
     if ns.json:
         ns.json.write_text(json.dumps(rows, indent=1))
     return 0 if exact == len(rows) else 1
