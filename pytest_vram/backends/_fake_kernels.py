@@ -121,27 +121,62 @@ _DOUBLE = (torch.float64, torch.complex128)
 
 def _reduced_mask(ndim: int, dims: Any) -> list[bool]:
     """``make_dim_mask``: no dimensions (None or []) reduces them all."""
-    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+    if ndim == 0 or dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
         return [True] * ndim
     if isinstance(dims, int):
         dims = [dims]
     mask = [False] * ndim
     for d in dims:
-        mask[int(d) % ndim if ndim else 0] = True
+        mask[int(d) % ndim] = True
     return mask
 
 
-def _dense_strides(t: torch.Tensor) -> list[int]:
-    """Strides of ``t.to(dtype)`` (``preserve_format``): kept if dense, else contiguous."""
-    from torch._prims_common import is_non_overlapping_and_dense, make_contiguous_strides_for
+class _Flat:
+    """``self.reshape(-1)`` of a tensor, as ``_reduce_buffers`` reads it (no tensor made)."""
 
-    if is_non_overlapping_and_dense(t):
-        return [int(s) for s in t.stride()]
-    return list(make_contiguous_strides_for(t.shape))
+    def __init__(self, t: torch.Tensor) -> None:
+        self.dtype = t.dtype
+        self.shape = (t.numel(),)
+        self._offset = int(t.storage_offset()) if t.is_contiguous() else 0
+        self._itemsize = t.element_size()
+
+    def dim(self) -> int:
+        return 1
+
+    def numel(self) -> int:
+        return self.shape[0]
+
+    def stride(self) -> tuple[int, ...]:
+        return (1,)
+
+    def storage_offset(self) -> int:
+        return self._offset
+
+    def element_size(self) -> int:
+        return self._itemsize
+
+
+def _dense_strides(t: Any) -> list[int]:
+    """Strides of ``t.to(dtype)`` (``preserve_format``): kept if dense, else contiguous."""
+    shape, strides = [int(n) for n in t.shape], [int(s) for s in t.stride()]
+    expected = 1
+    for size, stride in sorted(zip(shape, strides, strict=True), key=lambda p: p[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            break
+        expected *= size
+    else:
+        return strides  # non-overlapping and dense
+    contiguous, step = [], 1
+    for size in reversed(shape):
+        contiguous.insert(0, step)
+        step *= max(size, 1)
+    return contiguous
 
 
 def _reduce_buffers(
-    inp: torch.Tensor,
+    inp: Any,
     outs: list[torch.Tensor],
     dims: Any,
     keepdim: bool,
@@ -166,7 +201,7 @@ def _reduce_buffers(
         itemsize = inp.element_size()
     else:
         strides = _dense_strides(inp)
-        itemsize = torch.empty((), dtype=in_dtype, device="meta").element_size()
+        itemsize = in_dtype.itemsize
         sizes.append(inp.numel() * itemsize)
         offset = 0
     out = outs[0]
@@ -194,7 +229,7 @@ def _acc_size(scalar: torch.dtype, out: torch.dtype) -> int:
     """``sizeof(acc_t)`` of sum/mean/prod (``reduce_dispatch``): float for 16-bit inputs."""
     if scalar in _LOWP:
         return 4
-    return torch.empty((), dtype=out, device="meta").element_size()
+    return out.itemsize
 
 
 def _from_out_ty(inp: torch.Tensor, out: torch.Tensor) -> torch.dtype:
@@ -311,9 +346,7 @@ def _arg_reduction_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
     if dim is None:
         if not inp.is_contiguous():
             copy = [inp.numel() * inp.element_size()]  # reshape copies
-            inp = torch.empty(inp.numel(), dtype=inp.dtype, device="meta")
-        else:
-            inp = torch.empty_strided((inp.numel(),), (1,), dtype=inp.dtype, device="meta")
+        inp = _Flat(inp)
         dims, keepdim = [0], False
     else:
         if inp.dim() and int(inp.shape[int(dim) % inp.dim()]) == 1:
