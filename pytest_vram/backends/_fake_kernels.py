@@ -221,7 +221,13 @@ def _reduce_buffers(
         noutputs=len(outs),
     )
     return sizes + _reduce.gpu_reduce_buffers(
-        it, arg_size, itemsize, input_vec_size, can_accumulate_in_output, out.element_size()
+        it,
+        arg_size,
+        itemsize,
+        input_vec_size,
+        can_accumulate_in_output,
+        out.element_size(),
+        max_threads=256 if in_dtype == torch.complex128 else 512,
     )
 
 

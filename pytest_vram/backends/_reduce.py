@@ -400,12 +400,14 @@ def gpu_reduce_buffers(
     input_vec_size: int,
     can_accumulate_in_output: bool,
     out_itemsize: int,
+    max_threads: int = 512,
 ) -> list[int]:
     """Byte sizes ``gpu_reduce_kernel`` allocates for ``it``, in its order, as one call.
 
     The staging buffer and the semaphores of a sub-reduction are freed when it returns, so
     of several 32-bit sub-reductions only the largest pair is live at once; it is listed
-    after the accumulation buffer that spans them all.
+    after the accumulation buffer that spans them all. ``max_threads`` is
+    ``mnt_wrapper<scalar_t>::MAX_NUM_THREADS`` (256 for complex128, else 512).
     """
     if it.numel() == 0:
         return []
@@ -417,7 +419,7 @@ def gpu_reduce_buffers(
         sizes.append(output_memory_size // out_itemsize * arg_size)
     best = (0, 0)
     for sub in _split_32bit(it):
-        config = set_reduce_config(sub, arg_size, scalar_size, input_vec_size)
+        config = set_reduce_config(sub, arg_size, scalar_size, input_vec_size, max_threads)
         pair = (config.global_memory_size(), config.semaphore_size())
         if _rounded(pair) > _rounded(best):
             best = pair
