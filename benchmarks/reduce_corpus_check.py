@@ -8,7 +8,7 @@ device and compares the measured transient (peak - start - the rounded outputs) 
 model's buffers (rounded). Storage offsets are not logged: inputs are taken as starting at
 their allocation.
 
-    python benchmarks/reduce_corpus_check.py /work/data/g2/d [--json out.json] [--all]
+    python benchmarks/reduce_corpus_check.py docs/data/h200_ops [--json out.json] [--all]
 """
 
 from __future__ import annotations
