@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch._subclasses import fake_tensor as _fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter, FakeTensorMode
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
@@ -49,6 +50,10 @@ _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
 _TO = torch.ops.aten.to
 _TORCH_DIR = os.path.dirname(torch.__file__)
+#: metadata queries (``prim.device``, ``aten.size``...) FakeTensorMode answers from the fake
+#: tensor itself, before any caching or kernel: the C++ side asks ``device`` of a fake tensor
+#: through the mode (half of all dispatches of a sharded training step)
+_METADATA_QUERIES = getattr(_fake_tensor, "_DISPATCH_META_HANDLERS", {})
 
 
 class _StorageTracker:
@@ -463,6 +468,9 @@ class _EstimatingFakeMode(FakeTensorMode):
         if func is _PRIM_DEVICE and self._emulate and engine_is_asking(2):
             # Only the autograd engine gets "meta" (see _fake_cuda, point 2).
             return _META
+        query = _METADATA_QUERIES.get(func)
+        if query is not None:
+            return query(args)
         kwargs = kwargs or {}
         if self._emulate and _is_meta_device(kwargs.get("device")) and engine_is_asking(2):
             # A tensor the engine's C++ code makes "like" a gradient it was told is meta.
