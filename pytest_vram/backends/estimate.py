@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch._subclasses import fake_tensor as _fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter, FakeTensorMode
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from pytest_vram.backends import _allocator, _fake_distributed, _fake_kernels, _torch_compat
@@ -307,6 +308,24 @@ class _UnmemoizedConverter(FakeTensorConverter):
         return FakeTensor(fake_mode, t, device, pytype=pytype, dispatch_keys=dispatch_keys)
 
 
+def _for_another_subclass(func: Any, types: Any, args: Any, kwargs: Any) -> bool:
+    """Whether FakeTensorMode would hand the call to a tensor subclass (``NotImplemented``).
+
+    A DTensor (FSDP2's sharded parameters) reaches the mode before its own
+    ``__torch_dispatch__`` unwraps it; FakeTensorMode answers ``NotImplemented`` only after
+    failing to build a cache key and flattening the arguments (every ``init_weights``
+    operator of a sharded build). The same test, made before the cache is tried.
+    """
+    for kind in types:
+        if not issubclass(kind, FakeTensor):
+            break
+    else:
+        return False
+    if func in _fake_tensor._DISPATCH_HANDLE_DIRECTLY:
+        return False
+    return _fake_tensor._check_for_subclass(pytree.arg_tree_leaves(*args, **kwargs))
+
+
 class _TensorKey:
     """Marks a fake tensor's entry in a dispatch-cache key (see ``_prep_args_for_hash``)."""
 
@@ -540,7 +559,10 @@ class _EstimatingFakeMode(FakeTensorMode):
         depth = getattr(self._nesting, "depth", 0)
         self._nesting.depth = depth + 1
         try:
-            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if _for_another_subclass(func, types, args, kwargs):
+                out = NotImplemented
+            else:
+                out = super().__torch_dispatch__(func, types, args, kwargs)
         except _torch_compat.VALUE_DEPENDENT_ERRORS:
             if depth:
                 raise
