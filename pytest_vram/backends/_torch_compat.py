@@ -118,8 +118,6 @@ REQUIRED = (
     "torch._subclasses.fake_tensor._check_for_subclass",
     "torch.utils._pytree.arg_tree_leaves",
     "torch._C._DisableTorchDispatch",
-    "torch._C._PreserveDispatchKeyGuard",
-    "torch._C._set_meta_in_tls_dispatch_include",
     "torch._subclasses.fake_tensor.DataDependentOutputException",
     "torch._subclasses.fake_tensor.DynamicOutputShapeException",
     "torch._C._dispatch_has_kernel_for_dispatch_key",

@@ -439,9 +439,9 @@ class _EstimatingFakeMode(FakeTensorMode):
         """A cache hit's new output tensor, as torch makes it, with less per-call overhead.
 
         Without a shape environment the cached sizes are plain integers (torch's version
-        checks every one for a symbolic stub) and one kernel-invocation scope (the body of
-        torch's ``in_kernel_invocation_manager``) covers both the meta allocation and, for
-        a view, its aliasing of the input's storage. Anything else is torch's own code.
+        checks every one for a symbolic stub), and the meta allocation (for a view: with
+        the input's storage) involves no fake tensor, so it needs Python dispatch off but
+        not torch's kernel-invocation scope. Anything else is torch's own code.
         """
         metadata = entry.metadata
         if self.shape_env is not None or entry.inplace_idx is not None or metadata is None:
@@ -451,32 +451,28 @@ class _EstimatingFakeMode(FakeTensorMode):
         view_of = args[entry.view_idx] if func.is_view else None
         if view_of is not None and not isinstance(view_of, FakeTensor):
             return super()._get_output_tensor_from_cache_entry(state, entry, key, func, args)
-        previous = self.in_kernel_invocation
-        with torch._C._DisableTorchDispatch(), torch._C._PreserveDispatchKeyGuard():
-            self.in_kernel_invocation = True
-            torch._C._set_meta_in_tls_dispatch_include(True)
-            try:
-                empty = torch.empty_strided(
+        # torch's kernel-invocation scope (which makes fake tensors pose as meta ones)
+        # cost twice the allocation itself.
+        with torch._C._DisableTorchDispatch():
+            empty = torch.empty_strided(
+                metadata.shape,
+                metadata.stride,
+                dtype=metadata.dtype,
+                layout=metadata.layout,
+                device=_META,
+                requires_grad=metadata.requires_grad,
+            )
+            if metadata.is_conj:
+                torch._C._set_conj(empty, True)
+            if metadata.is_neg:
+                torch._C._set_neg(empty, True)
+            if view_of is not None:
+                empty.set_(
+                    view_of.untyped_storage(),
+                    metadata.storage_offset,
                     metadata.shape,
                     metadata.stride,
-                    dtype=metadata.dtype,
-                    layout=metadata.layout,
-                    device=_META,
-                    requires_grad=metadata.requires_grad,
                 )
-                if metadata.is_conj:
-                    torch._C._set_conj(empty, True)
-                if metadata.is_neg:
-                    torch._C._set_neg(empty, True)
-                if view_of is not None:
-                    empty.set_(
-                        view_of.untyped_storage(),
-                        metadata.storage_offset,
-                        metadata.shape,
-                        metadata.stride,
-                    )
-            finally:
-                self.in_kernel_invocation = previous
         return self._new_fake(empty, metadata.device)
 
     def _new_fake(self, elem: torch.Tensor, device: torch.device) -> FakeTensor:
