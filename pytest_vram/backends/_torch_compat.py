@@ -15,6 +15,7 @@ What is used, and why:
   (to prefer C++ meta kernels to decompositions), and the exceptions fake kernels raise for
   value-dependent operators;
 * the dispatch cache's hot path, for speed (``docs/estimator.md``, "Speed"):
+  ``FakeTensorMode.dispatch`` (called without ``__torch_dispatch__``'s wrappers),
   ``FakeTensorMode._prep_args_for_hash`` (a fake tensor argument keyed by one tuple) and
   ``_get_output_tensor_from_cache_entry`` (a hit's output made with
   ``torch._C._DisableTorchDispatch`` only, its attributes copied from the first fake tensor
@@ -118,6 +119,7 @@ REQUIRED = (
     "torch._subclasses.fake_tensor.FakeTensor",
     "torch._subclasses.fake_tensor.FakeTensorMode.cpp_meta_supports_symint",
     "torch._subclasses.fake_tensor.FakeTensorConverter.from_meta_and_device",
+    "torch._subclasses.fake_tensor.FakeTensorMode.dispatch",
     "torch._subclasses.fake_tensor.FakeTensorMode._prep_args_for_hash",
     "torch._subclasses.fake_tensor.FakeTensorMode._get_output_tensor_from_cache_entry",
     "torch._subclasses.fake_tensor._DISPATCH_META_HANDLERS",
