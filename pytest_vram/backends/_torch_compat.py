@@ -14,6 +14,14 @@ What is used, and why:
   ``Module._apply`` can swap fake parameters), ``FakeTensorMode.cpp_meta_supports_symint``
   (to prefer C++ meta kernels to decompositions), and the exceptions fake kernels raise for
   value-dependent operators;
+* the dispatch cache's hot path, for speed (``docs/estimator.md``, "Speed"):
+  ``FakeTensorMode.dispatch`` (called without ``__torch_dispatch__``'s wrappers),
+  ``FakeTensorMode._prep_args_for_hash`` (a fake tensor argument keyed by one tuple) and
+  ``_get_output_tensor_from_cache_entry`` (a hit's output made with
+  ``torch._C._DisableTorchDispatch`` only, its attributes copied from the first fake tensor
+  of its device), ``_DISPATCH_META_HANDLERS`` (metadata queries answered first),
+  ``_DISPATCH_HANDLE_DIRECTLY``, ``_check_for_subclass`` and
+  ``torch.utils._pytree.arg_tree_leaves`` (a DTensor call handed back at once);
 * ``torch._C._dispatch_has_kernel_for_dispatch_key``: whether an operator has a C++ meta
   kernel;
 * the c10 device-guard registry symbol (ctypes) and
@@ -111,6 +119,14 @@ REQUIRED = (
     "torch._subclasses.fake_tensor.FakeTensor",
     "torch._subclasses.fake_tensor.FakeTensorMode.cpp_meta_supports_symint",
     "torch._subclasses.fake_tensor.FakeTensorConverter.from_meta_and_device",
+    "torch._subclasses.fake_tensor.FakeTensorMode.dispatch",
+    "torch._subclasses.fake_tensor.FakeTensorMode._prep_args_for_hash",
+    "torch._subclasses.fake_tensor.FakeTensorMode._get_output_tensor_from_cache_entry",
+    "torch._subclasses.fake_tensor._DISPATCH_META_HANDLERS",
+    "torch._subclasses.fake_tensor._DISPATCH_HANDLE_DIRECTLY",
+    "torch._subclasses.fake_tensor._check_for_subclass",
+    "torch.utils._pytree.arg_tree_leaves",
+    "torch._C._DisableTorchDispatch",
     "torch._subclasses.fake_tensor.DataDependentOutputException",
     "torch._subclasses.fake_tensor.DynamicOutputShapeException",
     "torch._C._dispatch_has_kernel_for_dispatch_key",

@@ -30,7 +30,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch._subclasses import fake_tensor as _fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter, FakeTensorMode
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from pytest_vram.backends import _allocator, _fake_distributed, _fake_kernels, _torch_compat
@@ -49,6 +51,10 @@ _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
 _TO = torch.ops.aten.to
 _TORCH_DIR = os.path.dirname(torch.__file__)
+#: metadata queries (``prim.device``, ``aten.size``...) FakeTensorMode answers from the fake
+#: tensor itself, before any caching or kernel: the C++ side asks ``device`` of a fake tensor
+#: through the mode (half of all dispatches of a sharded training step)
+_METADATA_QUERIES = getattr(_fake_tensor, "_DISPATCH_META_HANDLERS", {})
 
 
 class _StorageTracker:
@@ -302,6 +308,57 @@ class _UnmemoizedConverter(FakeTensorConverter):
         return FakeTensor(fake_mode, t, device, pytype=pytype, dispatch_keys=dispatch_keys)
 
 
+def _for_another_subclass(func: Any, types: Any, args: Any, kwargs: Any) -> bool:
+    """Whether FakeTensorMode would hand the call to a tensor subclass (``NotImplemented``).
+
+    A DTensor (FSDP2's sharded parameters) reaches the mode before its own
+    ``__torch_dispatch__`` unwraps it; FakeTensorMode answers ``NotImplemented`` only after
+    failing to build a cache key and flattening the arguments (every ``init_weights``
+    operator of a sharded build). The same test, made before the cache is tried.
+    """
+    for kind in types:
+        if not issubclass(kind, FakeTensor):
+            break
+    else:
+        return False
+    if func in _fake_tensor._DISPATCH_HANDLE_DIRECTLY:
+        return False
+    return _fake_tensor._check_for_subclass(pytree.arg_tree_leaves(*args, **kwargs))
+
+
+class _TensorKey:
+    """Marks a fake tensor's entry in a dispatch-cache key (see ``_prep_args_for_hash``)."""
+
+
+#: argument types whose value (with the type: 1 and 1.0 hash alike) is their cache key
+_PLAIN_ARGS = frozenset(
+    {int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout}
+    | {torch.memory_format}
+)
+
+
+def _tensor_key(t: FakeTensor) -> tuple[object, ...]:
+    """What ``FakeTensorMode`` keys a fake tensor argument by, as one tuple.
+
+    torch's key (``extract_tensor_metadata``) also holds the layout (strided here), the
+    memory format (a function of shape and strides), ``is_quantized`` (of the dtype) and the
+    sparse fields (none here).
+    """
+    return (
+        _TensorKey,
+        t.dtype,
+        t.shape,
+        t.stride(),
+        t.device,
+        t.storage_offset(),
+        t.untyped_storage().nbytes(),
+        t.requires_grad,
+        t.is_conj(),
+        t.is_neg(),
+        t.is_inference(),
+    )
+
+
 class _EstimatingFakeMode(FakeTensorMode):
     """``FakeTensorMode`` that feeds the allocator model and emulates CUDA for autograd."""
 
@@ -311,6 +368,8 @@ class _EstimatingFakeMode(FakeTensorMode):
         self._tracker = tracker
         self._emulate = emulate
         self._nesting = threading.local()
+        #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)
+        self._fake_templates: dict[torch.device, dict[str, Any]] = {}
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _EstimatingFakeMode:
         # ``copy.deepcopy`` of a module copies each fake tensor's ``__dict__``, which holds
@@ -335,6 +394,119 @@ class _EstimatingFakeMode(FakeTensorMode):
             )
         return known
 
+    def _prep_args_for_hash(
+        self,
+        result: list[object],
+        args: Any,
+        state: Any,
+        id_hashed_objects: list[object],
+    ) -> None:
+        """torch's dispatch-cache key of ``args``, with a cheaper key for fake tensors.
+
+        Identical layers repeat identical operators, so most dispatches hit the cache, and
+        building the key was the largest part of a hit (``extract_tensor_metadata`` and its
+        flattening: a third of the estimator's time). A fake tensor of this mode, strided
+        and without a constant, is keyed by one tuple of the same metadata (marked
+        ``_TensorKey``, so no key of a plain ``FakeTensorMode`` can equal it); everything
+        else goes through torch's own code.
+        """
+        if self.shape_env is not None or not isinstance(args, (list, tuple)):
+            super()._prep_args_for_hash(result, args, state, id_hashed_objects)
+            return
+        append = result.append
+        append(type(args))
+        append(f"length_{len(args)}")
+        for arg in args:
+            kind = type(arg)
+            if kind in _PLAIN_ARGS:
+                append(kind)
+                append(arg)
+            elif (
+                isinstance(arg, FakeTensor)
+                and arg.fake_mode is self
+                and arg.constant is None
+                and arg.layout == torch.strided
+            ):
+                append(_tensor_key(arg))
+            elif kind is list or kind is tuple:
+                self._prep_args_for_hash(result, arg, state, id_hashed_objects)
+            else:
+                super()._prep_args_for_hash(result, (arg,), state, id_hashed_objects)
+
+    def _get_output_tensor_from_cache_entry(
+        self, state: Any, entry: Any, key: Any, func: Any, args: Any
+    ) -> Any:
+        """A cache hit's new output tensor, as torch makes it, with less per-call overhead.
+
+        Without a shape environment the cached sizes are plain integers (torch's version
+        checks every one for a symbolic stub), and the meta allocation (for a view: with
+        the input's storage) involves no fake tensor, so it needs Python dispatch off but
+        not torch's kernel-invocation scope. Anything else is torch's own code.
+        """
+        metadata = entry.metadata
+        if self.shape_env is not None or entry.inplace_idx is not None or metadata is None:
+            return super()._get_output_tensor_from_cache_entry(state, entry, key, func, args)
+        if metadata.layout != torch.strided:
+            return super()._get_output_tensor_from_cache_entry(state, entry, key, func, args)
+        view_of = args[entry.view_idx] if func.is_view else None
+        if view_of is not None and not isinstance(view_of, FakeTensor):
+            return super()._get_output_tensor_from_cache_entry(state, entry, key, func, args)
+        # torch's kernel-invocation scope (which makes fake tensors pose as meta ones)
+        # cost twice the allocation itself.
+        with torch._C._DisableTorchDispatch():
+            empty = torch.empty_strided(
+                metadata.shape,
+                metadata.stride,
+                dtype=metadata.dtype,
+                layout=metadata.layout,
+                device=_META,
+                requires_grad=metadata.requires_grad,
+            )
+            if metadata.is_conj:
+                torch._C._set_conj(empty, True)
+            if metadata.is_neg:
+                torch._C._set_neg(empty, True)
+            if view_of is not None:
+                empty.set_(
+                    view_of.untyped_storage(),
+                    metadata.storage_offset,
+                    metadata.shape,
+                    metadata.stride,
+                )
+        return self._new_fake(empty, metadata.device)
+
+    def _new_fake(self, elem: torch.Tensor, device: torch.device) -> FakeTensor:
+        """``FakeTensor(self, elem, device)`` for a fresh meta ``elem``, made faster.
+
+        Every fake tensor starts with the same attributes (its device, this mode, and
+        empty constant and memo slots); ``FakeTensor.__new__`` normalises the device and
+        sets them one by one, a sixth of a cache hit. The first one made for a device is
+        made by torch, and its attributes are the template for the next ones.
+        """
+        template = self._fake_templates.get(device)
+        if template is None:
+            out = FakeTensor(self, elem, device)
+            if not _fake_tensor.FakeTensorConfig.debug:
+                attrs = dict(out.__dict__)
+                if attrs.pop("fake_mode", None) is self:
+                    self._fake_templates[device] = attrs
+            return out
+        out = torch.Tensor._make_subclass(
+            FakeTensor,
+            elem,
+            elem.requires_grad,
+            dispatch_device=True,
+            device_for_backend_keys=device,
+        )
+        if self._allow_unsafe_data_ptr_access:
+            torch._C._set_warn_deprecated_on_mutable_data_ptr(out)
+        else:
+            torch._C._set_throw_on_mutable_data_ptr(out)
+        attrs = out.__dict__
+        attrs.update(template)
+        attrs["fake_mode"] = self
+        return out
+
     def __torch_dispatch__(  # type: ignore[override]
         self,
         func: Any,
@@ -345,6 +517,9 @@ class _EstimatingFakeMode(FakeTensorMode):
         if func is _PRIM_DEVICE and self._emulate and engine_is_asking(2):
             # Only the autograd engine gets "meta" (see _fake_cuda, point 2).
             return _META
+        query = _METADATA_QUERIES.get(func)
+        if query is not None:
+            return query(args)
         kwargs = kwargs or {}
         if self._emulate and _is_meta_device(kwargs.get("device")) and engine_is_asking(2):
             # A tensor the engine's C++ code makes "like" a gradient it was told is meta.
@@ -380,7 +555,12 @@ class _EstimatingFakeMode(FakeTensorMode):
         depth = getattr(self._nesting, "depth", 0)
         self._nesting.depth = depth + 1
         try:
-            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if _for_another_subclass(func, types, args, kwargs):
+                out = NotImplemented
+            else:
+                # FakeTensorMode.__torch_dispatch__ is ``dispatch`` behind a call counter
+                # and a Dynamo-disabling wrapper that this method already has (5% a call).
+                out = self.dispatch(func, types, args, kwargs)
         except _torch_compat.VALUE_DEPENDENT_ERRORS:
             if depth:
                 raise

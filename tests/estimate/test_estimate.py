@@ -246,3 +246,29 @@ def test_cudnn_attention_forward_allocations(backend: Any, grad: bool) -> None:
     # softmax statistics (1, 16, 512, 1) only when backward needs them, a 256 B workspace.
     lse = 16 * 512 * 4 if grad else 0
     assert record.peak_bytes - record.model_bytes == 512 + 512 + 2 * MiB + lse + 512
+
+
+def test_cache_hit_outputs_are_fake_tensors_as_torch_makes_them(backend: Any) -> None:
+    """A dispatch-cache hit's output is made from a template (``_new_fake``); it must carry
+    exactly the attributes torch's own ``FakeTensor`` constructor gives."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    backend.begin_test()
+    try:
+        with backend.scope():
+            x = torch.empty(8, 8, device="cuda", requires_grad=True)
+            x * 2  # a miss or a hit; the next one is a hit
+            hit = x * 2
+            view = hit.t()
+            reference = FakeTensor(hit.fake_mode, torch.empty(8, 8, device="meta"), hit.device)
+            assert type(hit) is FakeTensor and type(view) is FakeTensor
+            assert vars(hit) == vars(reference)
+            assert (hit.device, hit.requires_grad, hit.grad_fn is not None) == (
+                torch.device("cuda", 0),
+                True,
+                True,
+            )
+            assert view.untyped_storage()._cdata == hit.untyped_storage()._cdata
+            assert view.stride() == (1, 8)
+    finally:
+        backend.end_test()
