@@ -1,0 +1,181 @@
+"""What installing pytest-vram costs a test suite without vram tests: a paired benchmark.
+
+Writes a 1,000-test suite (plain asserts, no torch) into a temporary directory and runs it in
+fresh ``pytest`` processes, with the plugin and with ``-p no:vram``, ``--pairs`` times. Each
+pair runs both configurations back to back, in an order that alternates from pair to pair,
+so that a slow stretch of the machine lands on both halves of a pair alike; the figure is
+the median of the per-pair differences (with the plugin minus without), with a
+distribution-free 95% confidence interval of that median (order statistics of the sorted
+differences, as the sign test gives them).
+
+The noise is measured the same way: ``--pairs`` pairs of two runs of the *same*
+configuration (without the plugin). Their differences should centre on 0; their spread is
+what one pair of runs can tell apart on this machine.
+
+    python benchmarks/bench_overhead.py                    # 15 pairs, 15 noise pairs
+    python benchmarks/bench_overhead.py --pairs 25 --json docs/data/cpu/overhead.json
+
+Never used as a timed test: wall time depends on the machine (the same suite also runs as
+``benchmarks/test_speed.py::test_plugin_overhead`` under pytest-benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = 1000
+WITH = "with pytest-vram"
+WITHOUT = "without (-p no:vram)"
+
+
+def plain_tests(n: int = TESTS) -> str:
+    """``n`` trivial tests: no fixture, no marker, no torch."""
+    return "".join(f"def test_{i}():\n    assert {i} == {i}\n\n" for i in range(n))
+
+
+def write_suite(directory: Path, n: int = TESTS) -> None:
+    (directory / "test_plain.py").write_text(plain_tests(n))
+    (directory / "pytest.ini").write_text("[pytest]\n")
+
+
+def command(plugin: bool) -> list[str]:
+    """The pytest command line of one run (xdist and the cache off: one process, no files)."""
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+    return args if plugin else [*args, "-p", "no:vram"]
+
+
+def environment() -> dict[str, str]:
+    """This checkout's pytest_vram first on the path, whatever is installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_once(directory: Path, plugin: bool, n: int = TESTS) -> float:
+    """Wall time of one fresh pytest process over the suite in ``directory``."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        command(plugin), cwd=directory, env=environment(), capture_output=True, text=True
+    )
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0 or f"{n} passed" not in done.stdout:
+        raise SystemExit(f"the suite did not pass ({command(plugin)}):\n{done.stdout[-2000:]}")
+    return elapsed
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the k-th smallest and k-th
+    largest value, k from the binomial(n, 1/2) distribution (the sign test's interval)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    alpha = 1 - confidence
+    k = 0  # the largest k with P(X < k) <= alpha/2 for X ~ Binomial(n, 1/2)
+    cumulative = 0.0
+    for i in range(n):
+        cumulative += math.comb(n, i) / 2**n
+        if cumulative > alpha / 2:
+            break
+        k = i + 1
+    if k == 0:  # too few pairs for this confidence: the whole range
+        return ordered[0], ordered[-1]
+    return ordered[k - 1], ordered[n - k]
+
+
+def paired(directory: Path, pairs: int, first: bool, second: bool) -> list[tuple[float, float]]:
+    """``pairs`` (first, second) wall times, the order inside a pair alternating."""
+    times = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            a = run_once(directory, first)
+            b = run_once(directory, second)
+        else:
+            b = run_once(directory, second)
+            a = run_once(directory, first)
+        times.append((a, b))
+    return times
+
+
+def summary(times: list[tuple[float, float]]) -> dict[str, float]:
+    differences = [a - b for a, b in times]
+    low, high = median_interval(differences)
+    base = statistics.median(b for _, b in times)
+    return {
+        "median_first_s": statistics.median(a for a, _ in times),
+        "median_second_s": base,
+        "median_difference_s": statistics.median(differences),
+        "ci95_low_s": low,
+        "ci95_high_s": high,
+        "median_difference_percent": 100 * statistics.median(differences) / base,
+        "ci95_low_percent": 100 * low / base,
+        "ci95_high_percent": 100 * high / base,
+    }
+
+
+def describe(name: str, s: dict[str, float]) -> str:
+    return (
+        f"{name}: {s['median_first_s']:.3f} s vs {s['median_second_s']:.3f} s; median of "
+        f"the per-pair differences {1000 * s['median_difference_s']:+.1f} ms "
+        f"({s['median_difference_percent']:+.2f}%), 95% CI "
+        f"[{1000 * s['ci95_low_s']:+.1f}, {1000 * s['ci95_high_s']:+.1f}] ms "
+        f"([{s['ci95_low_percent']:+.2f}%, {s['ci95_high_percent']:+.2f}%])"
+    )
+
+
+def machine() -> dict[str, str]:
+    import pytest
+
+    return {
+        "python": platform.python_version(),
+        "pytest": pytest.__version__,
+        "cpus": str(os.cpu_count()),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=15, help="pairs of runs (default 15)")
+    parser.add_argument("--tests", type=int, default=TESTS, help="tests in the suite")
+    parser.add_argument("--no-noise", action="store_true", help="skip the same-config pairs")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="vram-overhead-") as tmp:
+        directory = Path(tmp)
+        write_suite(directory, args.tests)
+        run_once(directory, True, args.tests)  # warm the file cache and the .pyc files
+        run_once(directory, False, args.tests)
+        plugin = paired(directory, args.pairs, True, False)
+        noise = None if args.no_noise else paired(directory, args.pairs, False, False)
+
+    result = {
+        "tests": args.tests,
+        "pairs": args.pairs,
+        "command": " ".join(["python", *command(True)[1:]]) + " [-p no:vram]",
+        "machine": machine(),
+        "plugin": {**summary(plugin), "times_s": plugin},
+    }
+    print(f"{args.tests} plain tests, {args.pairs} pairs, {result['machine']}")
+    print(describe(f"{WITH} vs {WITHOUT}", result["plugin"]))
+    if noise is not None:
+        result["noise"] = {**summary(noise), "times_s": noise}
+        print(describe(f"noise ({WITHOUT} twice)", result["noise"]))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
