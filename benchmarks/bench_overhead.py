@@ -26,12 +26,14 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = 1000
@@ -62,16 +64,25 @@ def environment() -> dict[str, str]:
     return env
 
 
-def run_once(directory: Path, plugin: bool, n: int = TESTS) -> float:
-    """Wall time of one fresh pytest process over the suite in ``directory``."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(directory: Path, plugin: bool, n: int = TESTS) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one fresh pytest process over the suite
+    in ``directory``. The CPU time is what the process itself did: on a machine shared with
+    other work it varies far less than the wall time."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run(
         command(plugin), cwd=directory, env=environment(), capture_output=True, text=True
     )
     elapsed = time.perf_counter() - start
+    cpu = _children_cpu() - cpu
     if done.returncode != 0 or f"{n} passed" not in done.stdout:
         raise SystemExit(f"the suite did not pass ({command(plugin)}):\n{done.stdout[-2000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -92,18 +103,31 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return ordered[k - 1], ordered[n - k]
 
 
-def paired(directory: Path, pairs: int, first: bool, second: bool) -> list[tuple[float, float]]:
-    """``pairs`` (first, second) wall times, the order inside a pair alternating."""
+Pair = tuple[tuple[float, float], tuple[float, float]]
+
+
+def paired(directory: Path, pairs: int, first: bool, second: bool, n: int = TESTS) -> list[Pair]:
+    """``pairs`` ((wall, cpu) of first, (wall, cpu) of second), the order inside a pair
+    alternating."""
     times = []
     for i in range(pairs):
         if i % 2 == 0:
-            a = run_once(directory, first)
-            b = run_once(directory, second)
+            a = run_once(directory, first, n)
+            b = run_once(directory, second, n)
         else:
-            b = run_once(directory, second)
-            a = run_once(directory, first)
+            b = run_once(directory, second, n)
+            a = run_once(directory, first, n)
         times.append((a, b))
     return times
+
+
+def measures(times: list[Pair]) -> dict[str, dict[str, Any]]:
+    """The summary of the wall times and of the CPU times, each with its pairs."""
+    result = {}
+    for index, name in ((0, "wall"), (1, "cpu")):
+        pairs = [(a[index], b[index]) for a, b in times]
+        result[name] = {**summary(pairs), "pairs_s": pairs}
+    return result
 
 
 def summary(times: list[tuple[float, float]]) -> dict[str, float]:
@@ -157,21 +181,23 @@ def main(argv: list[str] | None = None) -> int:
         write_suite(directory, args.tests)
         run_once(directory, True, args.tests)  # warm the file cache and the .pyc files
         run_once(directory, False, args.tests)
-        plugin = paired(directory, args.pairs, True, False)
-        noise = None if args.no_noise else paired(directory, args.pairs, False, False)
+        plugin = paired(directory, args.pairs, True, False, args.tests)
+        noise = None if args.no_noise else paired(directory, args.pairs, False, False, args.tests)
 
-    result = {
+    result: dict[str, Any] = {
         "tests": args.tests,
         "pairs": args.pairs,
         "command": " ".join(["python", *command(True)[1:]]) + " [-p no:vram]",
         "machine": machine(),
-        "plugin": {**summary(plugin), "times_s": plugin},
+        "plugin": measures(plugin),
     }
-    print(f"{args.tests} plain tests, {args.pairs} pairs, {result['machine']}")
-    print(describe(f"{WITH} vs {WITHOUT}", result["plugin"]))
     if noise is not None:
-        result["noise"] = {**summary(noise), "times_s": noise}
-        print(describe(f"noise ({WITHOUT} twice)", result["noise"]))
+        result["noise"] = measures(noise)
+    print(f"{args.tests} plain tests, {args.pairs} pairs, {result['machine']}")
+    for metric in ("wall", "cpu"):
+        print(describe(f"{metric}: {WITH} vs {WITHOUT}", result["plugin"][metric]))
+        if noise is not None:
+            print(describe(f"{metric}: noise ({WITHOUT} twice)", result["noise"][metric]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

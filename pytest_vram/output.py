@@ -1,9 +1,9 @@
 """What the user sees: the header line, the ``VRAM`` section, ``-v`` peaks, what a failure
 says about where the memory went, the stored breakdowns and the ``--vram-artifacts``.
 
-:class:`OutputHooks` is registered next to the plugin's other hook classes and reads the
-settings and outcome of the :class:`~pytest_vram.session.VramSession`; it decides nothing
-about verdicts.
+:class:`OutputHooks` and :class:`MeasuredOutputHooks` are registered next to the plugin's
+other hook classes and read the settings and outcome of the
+:class:`~pytest_vram.session.VramSession`; they decide nothing about verdicts.
 """
 
 from __future__ import annotations
@@ -169,7 +169,44 @@ def in_force(records: list[report.Record], strict: bool, width: int = 80) -> lis
 
 
 class OutputHooks:
-    """Hooks for the terminal, the stored breakdowns and the artefacts."""
+    """Hooks for the terminal and the stored breakdowns (a measured test's own output is
+    :class:`MeasuredOutputHooks`)."""
+
+    def __init__(self, plugin: VramSession) -> None:
+        self.plugin = plugin
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        return header(self.plugin.settings, config.rootpath)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if not self.plugin.worker and self.plugin.settings.json_path:
+            self.plugin.outcome.run = report.run_metadata(session.config.rootpath)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """With ``--vram-update``: store the measured breakdowns next to their baselines."""
+        plugin = self.plugin
+        if plugin.worker or not plugin.settings.update or plugin.outcome.errors:
+            return
+        by_store: dict[Path, dict[str, dict[str, Any]]] = {}
+        for r in plugin.outcome.records:
+            if r.breakdown:
+                path = attribution.store_path(plugin.baseline_path(r.profile))
+                by_store.setdefault(path, {})[r.key] = r.breakdown
+        pruned: dict[Path, list[str]] = {}
+        for shown, keys in plugin.outcome.pruned.items():
+            baseline = Path(shown) if Path(shown).is_absolute() else plugin.rootpath / shown
+            pruned[attribution.store_path(baseline)] = keys
+        for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
+            if attribution.write_store(path, by_store.get(path, {}), pruned.get(path, ())):
+                plugin.outcome.written.append(plugin.display(path))
+
+
+class MeasuredOutputHooks:
+    """What a measured test adds to its report: the ``-v`` peak, the out-of-memory
+    breakdown, the ``--vram-artifacts``. Registered with the plugin's measuring hooks
+    (left out of a run without vram tests)."""
 
     def __init__(self, plugin: VramSession) -> None:
         self.plugin = plugin
@@ -179,9 +216,6 @@ class OutputHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_terminal_summary(self) -> None:
         self._summarising = True
-
-    def pytest_report_header(self, config: pytest.Config) -> str:
-        return header(self.plugin.settings, config.rootpath)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(
@@ -252,30 +286,6 @@ class OutputHooks:
 
             artifacts.stop_recording()
         return rep
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if not self.plugin.worker and self.plugin.settings.json_path:
-            self.plugin.outcome.run = report.run_metadata(session.config.rootpath)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """With ``--vram-update``: store the measured breakdowns next to their baselines."""
-        plugin = self.plugin
-        if plugin.worker or not plugin.settings.update or plugin.outcome.errors:
-            return
-        by_store: dict[Path, dict[str, dict[str, Any]]] = {}
-        for r in plugin.outcome.records:
-            if r.breakdown:
-                path = attribution.store_path(plugin.baseline_path(r.profile))
-                by_store.setdefault(path, {})[r.key] = r.breakdown
-        pruned: dict[Path, list[str]] = {}
-        for shown, keys in plugin.outcome.pruned.items():
-            baseline = Path(shown) if Path(shown).is_absolute() else plugin.rootpath / shown
-            pruned[attribution.store_path(baseline)] = keys
-        for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
-            if attribution.write_store(path, by_store.get(path, {}), pruned.get(path, ())):
-                plugin.outcome.written.append(plugin.display(path))
 
 
 def terminal_summary(plugin: VramSession, terminalreporter: Any) -> None:
