@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import attribution, report
+from pytest_vram import report
 from pytest_vram.units import format_delta, format_size, parse_tolerance
 from pytest_vram.verdicts import update_command
 
@@ -42,6 +42,8 @@ def attribution_on(settings: Settings, backend: Backend) -> bool:
 
 
 def _store(plugin: VramSession, baseline: Path) -> tuple[Path, dict[str, dict[str, int]]]:
+    from pytest_vram import attribution  # on use: a run without vram tests never needs it
+
     cache = _stores.setdefault(plugin, {})
     path = attribution.store_path(baseline)
     if path not in cache:
@@ -51,6 +53,8 @@ def _store(plugin: VramSession, baseline: Path) -> tuple[Path, dict[str, dict[st
 
 def explain_failures(plugin: VramSession, records: list[report.Record]) -> str:
     """Top contributors at the peak and what grew, for each failing record with a breakdown."""
+    from pytest_vram import attribution
+
     parts = []
     for record in records:
         if not record.fails or not record.breakdown:
@@ -189,6 +193,8 @@ class OutputHooks:
         plugin = self.plugin
         if plugin.worker or not plugin.settings.update or plugin.outcome.errors:
             return
+        from pytest_vram import attribution
+
         by_store: dict[Path, dict[str, dict[str, Any]]] = {}
         for r in plugin.outcome.records:
             if r.breakdown:
@@ -267,6 +273,8 @@ class MeasuredOutputHooks:
         settings = self.plugin.settings
         oom = getattr(probe, "out_of_memory", None)
         if rep.failed and oom is not None and oom.breakdown and isinstance(rep.longrepr, str):
+            from pytest_vram import attribution
+
             lines = attribution.top_lines(oom.breakdown)
             rep.longrepr += "\n\nlive at the highest allocation the step reached:\n" + "\n".join(
                 lines

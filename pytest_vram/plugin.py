@@ -14,7 +14,7 @@ import dataclasses
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,14 +22,15 @@ from pytest_vram import baselines, benchmarking, claiming, marks, output, world,
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend
 from pytest_vram.backends.base import thaw_garbage
 from pytest_vram.baselines import BaselineError
-from pytest_vram.fixture import Vram, VramUsageError
-from pytest_vram.measure import is_out_of_memory
 from pytest_vram.session import SETUP_KEYS, VramSession
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 
+if TYPE_CHECKING:
+    from pytest_vram.fixture import Vram
+
 PLUGIN_KEY = pytest.StashKey[VramSession]()
 MARK_KEY = pytest.StashKey["marks.VramMark | marks.MarkError | None"]()
-PROBE_KEY = pytest.StashKey[Vram]()
+PROBE_KEY = pytest.StashKey["Vram"]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
 #: every rank's (passed, figures) of a test in a launched world (world.gather_figures)
 RANKS_KEY = pytest.StashKey[list[tuple[bool, list[tuple[int, int]]]]]()
@@ -602,6 +603,9 @@ class MeasureHooks:
         probe = item.stash.get(PROBE_KEY, None)
         if probe is None:
             return rep
+        from pytest_vram.fixture import VramUsageError
+        from pytest_vram.measure import is_out_of_memory
+
         if call.when == "call":
             _gather_ranks(item, probe, rep)
         if call.when == "call" and rep.passed:
