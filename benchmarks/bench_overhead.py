@@ -22,6 +22,7 @@ Never used as a timed test: wall time depends on the machine (the same suite als
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -57,11 +58,24 @@ def command(plugin: bool) -> list[str]:
     return args if plugin else [*args, "-p", "no:vram"]
 
 
-def environment() -> dict[str, str]:
-    """This checkout's pytest_vram first on the path, whatever is installed."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """Where the suite lies, how many tests it has, which pytest-vram checkout it runs
+    with, and whether Python may cache bytecode (as for an installed package, whose .pyc
+    files are written at install; ``--no-bytecode`` keeps PYTHONDONTWRITEBYTECODE)."""
+
+    directory: Path
+    tests: int = TESTS
+    checkout: Path = REPO
+    keep_bytecode_setting: bool = False
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        path = [str(self.checkout), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+        if not self.keep_bytecode_setting:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+        return env
 
 
 def _children_cpu() -> float:
@@ -69,18 +83,19 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(directory: Path, plugin: bool, n: int = TESTS) -> tuple[float, float]:
+def run_once(suite: Suite, plugin: bool) -> tuple[float, float]:
     """Wall time and CPU time (user + system) of one fresh pytest process over the suite
-    in ``directory``. The CPU time is what the process itself did: on a machine shared with
+    of ``suite``. The CPU time is what the process itself did: on a machine shared with
     other work it varies far less than the wall time."""
     cpu = _children_cpu()
     start = time.perf_counter()
+    env = suite.environment()
     done = subprocess.run(
-        command(plugin), cwd=directory, env=environment(), capture_output=True, text=True
+        command(plugin), cwd=suite.directory, env=env, capture_output=True, text=True
     )
     elapsed = time.perf_counter() - start
     cpu = _children_cpu() - cpu
-    if done.returncode != 0 or f"{n} passed" not in done.stdout:
+    if done.returncode != 0 or f"{suite.tests} passed" not in done.stdout:
         raise SystemExit(f"the suite did not pass ({command(plugin)}):\n{done.stdout[-2000:]}")
     return elapsed, cpu
 
@@ -106,17 +121,17 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 Pair = tuple[tuple[float, float], tuple[float, float]]
 
 
-def paired(directory: Path, pairs: int, first: bool, second: bool, n: int = TESTS) -> list[Pair]:
+def paired(suite: Suite, pairs: int, first: bool, second: bool) -> list[Pair]:
     """``pairs`` ((wall, cpu) of first, (wall, cpu) of second), the order inside a pair
     alternating."""
     times = []
     for i in range(pairs):
         if i % 2 == 0:
-            a = run_once(directory, first, n)
-            b = run_once(directory, second, n)
+            a = run_once(suite, first)
+            b = run_once(suite, second)
         else:
-            b = run_once(directory, second, n)
-            a = run_once(directory, first, n)
+            b = run_once(suite, second)
+            a = run_once(suite, first)
         times.append((a, b))
     return times
 
@@ -174,21 +189,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", type=int, default=TESTS, help="tests in the suite")
     parser.add_argument("--no-noise", action="store_true", help="skip the same-config pairs")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--checkout", type=Path, default=REPO, help="the pytest-vram checkout to measure"
+    )
+    parser.add_argument(
+        "--no-bytecode",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE if set (every run then compiles pytest-vram)",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="vram-overhead-") as tmp:
-        directory = Path(tmp)
-        write_suite(directory, args.tests)
-        run_once(directory, True, args.tests)  # warm the file cache and the .pyc files
-        run_once(directory, False, args.tests)
-        plugin = paired(directory, args.pairs, True, False, args.tests)
-        noise = None if args.no_noise else paired(directory, args.pairs, False, False, args.tests)
+        suite = Suite(Path(tmp), args.tests, args.checkout.resolve(), args.no_bytecode)
+        write_suite(suite.directory, suite.tests)
+        run_once(suite, True)  # warm the file cache and the .pyc files
+        run_once(suite, False)
+        plugin = paired(suite, args.pairs, True, False)
+        noise = None if args.no_noise else paired(suite, args.pairs, False, False)
 
     result: dict[str, Any] = {
         "tests": args.tests,
         "pairs": args.pairs,
         "command": " ".join(["python", *command(True)[1:]]) + " [-p no:vram]",
         "machine": machine(),
+        "checkout": str(args.checkout.resolve()),
+        "bytecode_cached": "PYTHONDONTWRITEBYTECODE" not in suite.environment(),
         "plugin": measures(plugin),
     }
     if noise is not None:

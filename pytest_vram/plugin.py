@@ -540,8 +540,9 @@ class CollectionHooks:
 
     @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: deselected tests are not stale
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        parents: dict[Any, bool] = {}
         for item in items:
-            if item.get_closest_marker(marks.MARKER) is None:
+            if not marks.carries(item, parents):
                 self.session.collect(item.nodeid, None, vram=False)
                 continue
             self.measuring = True
@@ -554,7 +555,8 @@ class CollectionHooks:
         # No test here can measure: drop the per-test hooks of measured tests (see
         # _register_measuring). An item that another plugin marked after our
         # collection_modifyitems (tryfirst) still counts.
-        if self.measuring or any(i.get_closest_marker(marks.MARKER) for i in session.items):
+        parents: dict[Any, bool] = {}
+        if self.measuring or any(marks.carries(i, parents) for i in session.items):
             self.measuring = True
             return
         for name in MEASURING:
