@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -98,6 +99,24 @@ def run_once(suite: Suite, plugin: bool) -> tuple[float, float]:
     if done.returncode != 0 or f"{suite.tests} passed" not in done.stdout:
         raise SystemExit(f"the suite did not pass ({command(plugin)}):\n{done.stdout[-2000:]}")
     return elapsed, cpu
+
+
+def instructions(suite: Suite, plugin: bool) -> int:
+    """Instructions the pytest process executes (valgrind's callgrind, PYTHONHASHSEED=0):
+    unlike a time, hardly moved by other work on the machine, so a difference of 0.1% is
+    visible in one run. About 50 times slower than a plain run."""
+    env = {**suite.environment(), "PYTHONHASHSEED": "0"}
+    valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    done = subprocess.run(
+        [*valgrind, *command(plugin)], cwd=suite.directory, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0 or f"{suite.tests} passed" not in done.stdout:
+        raise SystemExit(f"the suite did not pass under valgrind:\n{done.stdout[-2000:]}")
+    # "==PID== Collected : N" per process; the pytest process is the one valgrind started
+    # (its own children, if a plugin starts any, report under other ids).
+    counts = re.findall(r"==(\d+)== Collected : (\d+)", done.stderr)
+    first = min(int(pid) for pid, _ in counts)
+    return next(int(n) for pid, n in counts if int(pid) == first)
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -193,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         "--checkout", type=Path, default=REPO, help="the pytest-vram checkout to measure"
     )
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the instructions of one run each under valgrind (slow)",
+    )
+    parser.add_argument(
         "--no-bytecode",
         action="store_true",
         help="keep PYTHONDONTWRITEBYTECODE if set (every run then compiles pytest-vram)",
@@ -206,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         run_once(suite, False)
         plugin = paired(suite, args.pairs, True, False)
         noise = None if args.no_noise else paired(suite, args.pairs, False, False)
+        counted = {p: instructions(suite, p) for p in (True, False)} if args.instructions else {}
 
     result: dict[str, Any] = {
         "tests": args.tests,
@@ -223,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(f"{metric}: {WITH} vs {WITHOUT}", result["plugin"][metric]))
         if noise is not None:
             print(describe(f"{metric}: noise ({WITHOUT} twice)", result["noise"][metric]))
+    if counted:
+        extra = counted[True] - counted[False]
+        result["instructions"] = {"with": counted[True], "without": counted[False]}
+        print(
+            f"instructions: {counted[True]:,d} vs {counted[False]:,d}: {extra:+,d} "
+            f"({100 * extra / counted[False]:+.2f}%)"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -104,7 +104,7 @@ class ClaimHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or report.outcome != "passed":  # a setup error counts too
             self.ran[report.nodeid] = report.outcome
-        if report.when == "teardown":
+        if report.when == "teardown" and report.user_properties:
             for record in _records(report):
                 self.figures.add(record)
 

@@ -540,7 +540,7 @@ class CollectionHooks:
 
     @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: deselected tests are not stale
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        parents: dict[Any, bool] = {}
+        parents: dict[int, bool] = {}
         for item in items:
             if not marks.carries(item, parents):
                 self.session.collect(item.nodeid, None, vram=False)
@@ -555,7 +555,7 @@ class CollectionHooks:
         # No test here can measure: drop the per-test hooks of measured tests (see
         # _register_measuring). An item that another plugin marked after our
         # collection_modifyitems (tryfirst) still counts.
-        parents: dict[Any, bool] = {}
+        parents: dict[int, bool] = {}
         if self.measuring or any(marks.carries(i, parents) for i in session.items):
             self.measuring = True
             return

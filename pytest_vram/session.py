@@ -287,9 +287,8 @@ class VramSession:
         its records (``user_properties``)."""
         if when == "call" and passed:
             self.completed.add(nodeid)
-        if when != "teardown":
-            return
-        self.outcome.records.extend(report.records_from(properties))
+        if when == "teardown" and properties:
+            self.outcome.records.extend(report.records_from(properties))
 
     @property
     def has_summary(self) -> bool:
