@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "plugin")
 
 from vram_scripted import ScriptedBackend  # noqa: E402
 
-from pytest_vram import baselines  # noqa: E402
+from pytest_vram import baselines, strict_yaml  # noqa: E402
 from pytest_vram.measure import Meter  # noqa: E402
 
 
@@ -58,12 +58,12 @@ def bench_parse(entries: int, repeats: int) -> dict[str, float]:
     result = {"entries": entries, "megabytes": len(text) / 1e6}
     result["yaml.safe_load_s"] = _median(lambda: yaml.safe_load(text), repeats)
     result["bounded_libyaml_s"] = _median(lambda: baselines.parse(text, path), repeats)
-    original = baselines._StrictLoader
-    baselines._StrictLoader = baselines._PyLoader
+    original = strict_yaml.StrictLoader
+    strict_yaml.StrictLoader = strict_yaml.PyLoader
     try:
         result["bounded_python_s"] = _median(lambda: baselines.parse(text, path), repeats)
     finally:
-        baselines._StrictLoader = original
+        strict_yaml.StrictLoader = original
     return result
 
 

@@ -6,13 +6,11 @@
   ``estimate`` backend) of each real (preset, phase) pair, as a vram test does it;
 * plugin overhead: a fresh ``pytest`` process running 1,000 trivial tests, with the plugin
   loaded and with ``-p no:vram``; the difference is what installing pytest-vram costs a
-  project's ordinary test run.
+  project's ordinary test run (``bench_overhead.py`` measures it paired, with its noise).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -69,20 +67,18 @@ def test_estimate_pair(benchmark, estimator, preset: str, phase: str) -> None:
     benchmark.extra_info["peak_bytes"] = peak
 
 
-PLAIN_TESTS = "".join(f"def test_{i}():\n    assert {i} == {i}\n\n" for i in range(1000))
-
-
 @pytest.mark.parametrize("plugin", ["with pytest-vram", "without (-p no:vram)"])
 def test_plugin_overhead(benchmark, tmp_path: Path, plugin: str) -> None:
-    (tmp_path / "test_plain.py").write_text(PLAIN_TESTS)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-    args += [] if plugin.startswith("with ") else ["-p", "no:vram"]
+    """Unpaired rounds for the speed table; ``python benchmarks/bench_overhead.py`` gives
+    the paired figure (median of per-pair differences, with the noise) that the docs cite."""
+    import bench_overhead
 
-    def run() -> None:
-        done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False)
-        assert done.returncode == 0 and "1000 passed" in done.stdout, done.stdout[-2000:]
+    suite = bench_overhead.Suite(tmp_path)
+    bench_overhead.write_suite(suite.directory, suite.tests)
+    with_plugin = plugin.startswith("with ")
 
     benchmark.group = "1,000 non-vram tests in a fresh process"
-    benchmark.extra_info["tests"] = 1000
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    benchmark.extra_info["tests"] = suite.tests
+    benchmark.pedantic(
+        bench_overhead.run_once, args=(suite, with_plugin), rounds=5, warmup_rounds=1
+    )

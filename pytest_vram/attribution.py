@@ -32,8 +32,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pytest_vram.units import format_size
 
 CATEGORIES = (
@@ -639,6 +637,8 @@ def store_path(baseline: Path) -> Path:
 
 def load_store(path: Path) -> dict[str, dict[str, int]]:
     """The stored breakdowns by baseline key; an unreadable file counts as empty."""
+    import yaml  # only when a breakdown is compared or stored: not at plugin startup
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -668,6 +668,8 @@ def write_store(
 ) -> bool:
     """Merge ``key -> breakdown`` into the store at ``path`` and drop the ``remove`` keys
     (pruned from the baseline); True if the file changed."""
+    import yaml
+
     entries = load_store(path)
     for key, breakdown in updates.items():
         entries[key] = compact(breakdown)

@@ -12,25 +12,19 @@ import contextlib
 import dataclasses
 import os
 import re
-import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import filelock
-import yaml
-from yaml.composer import Composer
-from yaml.constructor import SafeConstructor
-from yaml.emitter import ScalarEvent
-from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.parser import Parser
-from yaml.reader import Reader
-from yaml.resolver import BaseResolver
-from yaml.scanner import Scanner
+from typing import TYPE_CHECKING, Any
 
 from pytest_vram.figures import MemoryFigures
 from pytest_vram.units import Tolerance, UnitError, parse_size, parse_tolerance
+
+# PyYAML (strict_yaml), filelock and secrets are imported where a file is read, written or
+# locked: a run without vram tests needs none of them, and they cost 15 ms at startup.
+if TYPE_CHECKING:
+    from yaml.nodes import Node
+
+    from pytest_vram.strict_yaml import DuplicateKey
 
 #: Keys of the file's top-level mapping, in the order they are written.
 HEADER_KEYS = ("profile", "recorded_with", "tolerance", "entries")
@@ -157,137 +151,6 @@ MAX_INT_DIGITS = 20
 MAX_COUNT = 2**64
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, where: tuple[str, ...], key: str, first_line: int, line: int) -> None:
-        super().__init__(key)
-        self.where, self.key, self.first_line, self.line = where, key, first_line, line
-
-
-class _Refused(Exception):
-    """YAML that is valid but never needed in a baseline file (alias, tag, deep nesting)."""
-
-    def __init__(self, message: str, mark: Any) -> None:
-        super().__init__(message)
-        self.message, self.mark = message, mark
-
-
-class _Resolver(BaseResolver):
-    """Plain scalars read as null, booleans, decimal integers and decimal floats only.
-
-    YAML 1.1 also reads ``2024-13-45`` as a date, ``52:25:48`` as the base-60 number 188748
-    and ``0x1F`` as hex; in a baseline those are typos, so they stay strings here and fail
-    validation with a message that shows them.
-    """
-
-
-_DIGITS = f"[0-9]{{1,{MAX_INT_DIGITS}}}"
-_IMPLICIT = (
-    (
-        "bool",
-        "^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",
-        "yYnNtTfFoO",
-    ),
-    ("null", "^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
-    ("int", f"^[-+]?{_DIGITS}$", "-+0123456789"),
-    ("float", rf"^[-+]?(?:{_DIGITS}\.[0-9]{{0,{MAX_INT_DIGITS}}}|\.{_DIGITS})$", "-+0123456789."),
-)
-for _tag, _regexp, _first in _IMPLICIT:
-    _Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp), list(_first))
-
-
-class _BoundedComposer(Composer):
-    """Composer that refuses aliases, anchors, explicit tags, deep nesting, duplicate keys.
-
-    Baselines never need aliases or tags; refusing them keeps a 500-byte alias bomb from
-    expanding into gigabytes and ``!!timestamp x`` from reaching a constructor that raises.
-    Duplicate keys are refused because PyYAML silently keeps the last one, which would hide
-    one of two recorded figures after a bad merge.
-    """
-
-    _depth = 0
-
-    def compose_document(self) -> Node | None:  # type: ignore[override]
-        node = super().compose_document()
-        if node is not None:
-            _check_duplicates(node, ())
-        return node
-
-    def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
-        event = self.peek_event()
-        if isinstance(event, AliasEvent):
-            raise _Refused(
-                f"alias *{event.anchor} is not allowed in a baseline file; write the value out",
-                event.start_mark,
-            )
-        if getattr(event, "anchor", None) is not None:
-            raise _Refused(
-                f"anchor &{event.anchor} is not allowed in a baseline file; remove it",
-                event.start_mark,
-            )
-        if getattr(event, "tag", None) is not None:
-            raise _Refused(
-                f"tag {_short_tag(event.tag)} is not allowed in a baseline file; remove it "
-                f"(figures are plain integers, tolerances plain strings)",
-                event.start_mark,
-            )
-        if self._depth >= MAX_DEPTH:
-            raise _Refused(
-                f"nested deeper than {MAX_DEPTH} levels; a baseline file needs 4 "
-                f"(file, entries, entry, field)",
-                event.start_mark,
-            )
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _short_tag(tag: str) -> str:
-    return "!!" + tag[len("tag:yaml.org,2002:") :] if tag.startswith("tag:yaml.org,2002:") else tag
-
-
-class _PyLoader(Reader, Scanner, Parser, _BoundedComposer, SafeConstructor, _Resolver):
-    def __init__(self, stream: str) -> None:
-        Reader.__init__(self, stream)
-        Scanner.__init__(self)
-        Parser.__init__(self)
-        _BoundedComposer.__init__(self)
-        SafeConstructor.__init__(self)
-        _Resolver.__init__(self)
-
-
-_StrictLoader: type = _PyLoader
-if getattr(yaml, "__with_libyaml__", False):
-    # libyaml's parser reads about three times faster than the pure Python one; composing
-    # stays in Python (first in the MRO) so that the bounds above apply either way.
-    class _CLoader(_BoundedComposer, yaml._yaml.CParser, SafeConstructor, _Resolver):  # type: ignore[misc, name-defined]
-        def __init__(self, stream: str) -> None:
-            yaml._yaml.CParser.__init__(self, stream)  # type: ignore[attr-defined]
-            _BoundedComposer.__init__(self)
-            SafeConstructor.__init__(self)
-            _Resolver.__init__(self)
-
-    _StrictLoader = _CLoader
-
-
-def _check_duplicates(node: Node, where: tuple[str, ...]) -> None:
-    if isinstance(node, MappingNode):
-        seen: dict[tuple[str, str], int] = {}
-        for key_node, value_node in node.value:
-            key = (key_node.tag, str(key_node.value)) if isinstance(key_node, ScalarNode) else None
-            if key is not None:
-                line = key_node.start_mark.line + 1
-                if key in seen:
-                    raise _DuplicateKey(where, key[1], seen[key], line)
-                seen[key] = line
-            child = str(key_node.value) if isinstance(key_node, ScalarNode) else "?"
-            _check_duplicates(value_node, (*where, child))
-    elif isinstance(node, SequenceNode):
-        for index, item in enumerate(node.value):
-            _check_duplicates(item, (*where, str(index)))
-
-
 def load(path: Path) -> BaselineFile | None:
     """Read and validate a baseline file; None if it does not exist.
 
@@ -334,16 +197,20 @@ def parse(text: str, path: Path) -> BaselineFile:
 
 def _load_yaml(text: str, path: Path) -> tuple[Any, Node | None]:
     """The document's data and its node tree (which knows the line of every key)."""
+    import yaml
+
+    from pytest_vram import strict_yaml
+
     try:
-        loader = _StrictLoader(text)
+        loader = strict_yaml.StrictLoader(text)
         try:
             node = loader.get_single_node()
             return (None if node is None else loader.construct_document(node)), node
         finally:
             loader.dispose()
-    except _DuplicateKey as dup:
+    except strict_yaml.DuplicateKey as dup:
         raise BaselineError(_duplicate_message(path, dup)) from None
-    except _Refused as exc:
+    except strict_yaml.Refused as exc:
         raise BaselineError(f"{path}{_where(exc.mark)}: invalid YAML: {exc.message}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -361,6 +228,8 @@ def _load_yaml(text: str, path: Path) -> tuple[Any, Node | None]:
 
 def _comments(text: str, root: Node | None) -> Comments:
     """Find the comments of ``text`` and the key each belongs to (see :class:`Comments`)."""
+    from pytest_vram.strict_yaml import MappingNode, ScalarNode, SequenceNode
+
     lines = text.splitlines()
     keys: dict[int, KeyPath] = {}  # line -> the first key on it
     ends: dict[int, int] = {}  # line -> column where its last node ends: a comment follows
@@ -407,7 +276,7 @@ def _where(mark: Any) -> str:
     return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
-def _duplicate_message(path: Path, dup: _DuplicateKey) -> str:
+def _duplicate_message(path: Path, dup: DuplicateKey) -> str:
     lines = f"lines {dup.first_line} and {dup.line}"
     keep = "keep one of them (YAML would silently use the last)"
     if dup.where == ("entries",):
@@ -569,25 +438,6 @@ def _kind(value: Any) -> str:
 # --------------------------------------------------------------------------- dumping
 
 
-class _Dumper(yaml.SafeDumper):
-    """Safe dumper: no aliases, and test ids up to YAML's limit stay plain keys."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-    def check_simple_key(self) -> bool:
-        # PyYAML writes keys longer than 128 characters as "? key" (explicit form), which
-        # reads badly in review; parametrised test ids often are that long. YAML allows
-        # plain keys up to 1024 characters, and PyYAML's reader accepts them.
-        if isinstance(self.event, ScalarEvent):
-            if self.analysis is None:
-                self.analysis = self.analyze_scalar(self.event.value)
-            analysis = self.analysis
-            if len(analysis.scalar) < 1000 and not analysis.empty and not analysis.multiline:
-                return True
-        return super().check_simple_key()
-
-
 def dump(baseline: BaselineFile) -> str:
     """Canonical YAML text of ``baseline``: same content, same bytes, always."""
     document: dict[str, Any] = {"profile": baseline.profile}
@@ -598,20 +448,10 @@ def dump(baseline: BaselineFile) -> str:
     document["entries"] = {
         key: _entry_document(baseline.entries[key]) for key in sorted(baseline.entries)
     }
-    text = _canonical(document)
+    from pytest_vram import strict_yaml
+
+    text = strict_yaml.canonical(document)
     return _with_comments(text, document, baseline.comments) if baseline.comments else text
-
-
-def _canonical(document: dict[str, Any]) -> str:
-    return yaml.dump(
-        document,
-        Dumper=_Dumper,
-        sort_keys=False,  # the order above is the canonical one
-        default_flow_style=False,
-        allow_unicode=True,
-        width=10**9,  # never fold a long test id over two lines
-        explicit_end=False,
-    )
 
 
 def _with_comments(text: str, document: dict[str, Any], comments: Comments) -> str:
@@ -663,6 +503,8 @@ def write(baseline: BaselineFile) -> None:
     baseline is written through to its target (the link stays); a read-only one is refused.
     Any file-system error raises BaselineError naming the file; the old file stays intact.
     """
+    import secrets
+
     path = real_path(baseline.path)
     data = dump(baseline).encode("utf-8")
     _check_writable(path)
@@ -753,6 +595,8 @@ def lock_path(path: Path) -> Path:
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold the per-file lock of baseline ``path`` (other processes updating it wait)."""
+    import filelock
+
     lock_file = lock_path(path)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)

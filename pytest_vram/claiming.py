@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import claims, report
-from pytest_vram.claims import Claim, ClaimKind, ClaimVerdict
+from pytest_vram import report
 from pytest_vram.figures import Figures
+
+if TYPE_CHECKING:  # claims is imported where a module declares some (or a worker sent them)
+    from pytest_vram.claims import Claim, ClaimVerdict
 
 #: Module attribute that holds a module's claim declarations.
 ATTRIBUTE = "vram_claims"
@@ -69,6 +71,8 @@ class ClaimHooks:
         if isinstance(collector, pytest.Module) and rep.passed:
             declared = getattr(collector.obj, ATTRIBUTE, None)
             if declared is not None:
+                from pytest_vram import claims
+
                 try:
                     self._declare(collector.nodeid, declared)
                 except claims.ClaimError as exc:
@@ -77,6 +81,9 @@ class ClaimHooks:
         return rep
 
     def _declare(self, module: str, declared: Any) -> None:
+        from pytest_vram import claims
+        from pytest_vram.claims import Claim
+
         if not isinstance(declared, (list, tuple)):
             raise claims.ClaimError(
                 f"must be a list of pytest_vram.claims.Claim, got {type(declared).__name__}"
@@ -97,7 +104,7 @@ class ClaimHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or report.outcome != "passed":  # a setup error counts too
             self.ran[report.nodeid] = report.outcome
-        if report.when == "teardown":
+        if report.when == "teardown" and report.user_properties:
             for record in _records(report):
                 self.figures.add(record)
 
@@ -118,6 +125,8 @@ class ClaimHooks:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         data = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY) or {}
+        from pytest_vram.claims import Claim
+
         for nodeid, claim in data.items():
             self.declared.setdefault(nodeid, Claim.from_dict(claim))
 
@@ -126,8 +135,10 @@ class ClaimHooks:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
         result = yield
-        if self.worker or self.config.option.collectonly:
+        if self.worker or self.config.option.collectonly or not self.declared:
             return result
+        from pytest_vram import claims
+
         judged = []
         for nodeid, claim in sorted(self.declared.items()):
             owners = {key: self.owner(key) for key in claim.keys}
@@ -200,6 +211,8 @@ def markdown_lines(results: list[dict[str, Any]]) -> list[str]:
 
 def _report(config: pytest.Config, nodeid: str, verdict: ClaimVerdict, *, strict: bool) -> None:
     """Hand the verdict to every reporter as the setup, call and teardown of a test."""
+    from pytest_vram.claims import ClaimKind
+
     path, _, name = nodeid.rpartition("::")
     location = (path, None, name)
     extra: dict[str, Any] = {}

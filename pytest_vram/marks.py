@@ -53,6 +53,23 @@ class VramMark:
         return key if self.world_size is None else f"{key}@world_size={self.world_size}"
 
 
+def carries(node: pytest.Item | pytest.Collector, parents: dict[int, bool]) -> bool:
+    """Whether ``node`` or a parent carries the ``vram`` marker: what
+    ``node.get_closest_marker("vram") is not None`` says, with the parents' answers kept in
+    ``parents`` (by ``id``: a node's own hash is a Python call) for the next item of a loop,
+    so that a thousand items of one module look at the module's markers once."""
+    for mark in node.own_markers:
+        if mark.name == MARKER:
+            return True
+    parent = node.parent
+    if parent is None:
+        return False
+    known = parents.get(id(parent))
+    if known is None:
+        known = parents[id(parent)] = carries(parent, parents)
+    return known
+
+
 def evaluate(item: pytest.Item) -> VramMark | None:
     """The test's ``vram`` options, or None when the test carries no ``vram`` marker.
 

@@ -1,9 +1,9 @@
 """What the user sees: the header line, the ``VRAM`` section, ``-v`` peaks, what a failure
 says about where the memory went, the stored breakdowns and the ``--vram-artifacts``.
 
-:class:`OutputHooks` is registered next to the plugin's other hook classes and reads the
-settings and outcome of the :class:`~pytest_vram.session.VramSession`; it decides nothing
-about verdicts.
+:class:`OutputHooks` and :class:`MeasuredOutputHooks` are registered next to the plugin's
+other hook classes and read the settings and outcome of the
+:class:`~pytest_vram.session.VramSession`; they decide nothing about verdicts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import attribution, report
+from pytest_vram import report
 from pytest_vram.units import format_delta, format_size, parse_tolerance
 from pytest_vram.verdicts import update_command
 
@@ -42,6 +42,8 @@ def attribution_on(settings: Settings, backend: Backend) -> bool:
 
 
 def _store(plugin: VramSession, baseline: Path) -> tuple[Path, dict[str, dict[str, int]]]:
+    from pytest_vram import attribution  # on use: a run without vram tests never needs it
+
     cache = _stores.setdefault(plugin, {})
     path = attribution.store_path(baseline)
     if path not in cache:
@@ -51,6 +53,8 @@ def _store(plugin: VramSession, baseline: Path) -> tuple[Path, dict[str, dict[st
 
 def explain_failures(plugin: VramSession, records: list[report.Record]) -> str:
     """Top contributors at the peak and what grew, for each failing record with a breakdown."""
+    from pytest_vram import attribution
+
     parts = []
     for record in records:
         if not record.fails or not record.breakdown:
@@ -169,7 +173,46 @@ def in_force(records: list[report.Record], strict: bool, width: int = 80) -> lis
 
 
 class OutputHooks:
-    """Hooks for the terminal, the stored breakdowns and the artefacts."""
+    """Hooks for the terminal and the stored breakdowns (a measured test's own output is
+    :class:`MeasuredOutputHooks`)."""
+
+    def __init__(self, plugin: VramSession) -> None:
+        self.plugin = plugin
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        return header(self.plugin.settings, config.rootpath)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if not self.plugin.worker and self.plugin.settings.json_path:
+            self.plugin.outcome.run = report.run_metadata(session.config.rootpath)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """With ``--vram-update``: store the measured breakdowns next to their baselines."""
+        plugin = self.plugin
+        if plugin.worker or not plugin.settings.update or plugin.outcome.errors:
+            return
+        from pytest_vram import attribution
+
+        by_store: dict[Path, dict[str, dict[str, Any]]] = {}
+        for r in plugin.outcome.records:
+            if r.breakdown:
+                path = attribution.store_path(plugin.baseline_path(r.profile))
+                by_store.setdefault(path, {})[r.key] = r.breakdown
+        pruned: dict[Path, list[str]] = {}
+        for shown, keys in plugin.outcome.pruned.items():
+            baseline = Path(shown) if Path(shown).is_absolute() else plugin.rootpath / shown
+            pruned[attribution.store_path(baseline)] = keys
+        for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
+            if attribution.write_store(path, by_store.get(path, {}), pruned.get(path, ())):
+                plugin.outcome.written.append(plugin.display(path))
+
+
+class MeasuredOutputHooks:
+    """What a measured test adds to its report: the ``-v`` peak, the out-of-memory
+    breakdown, the ``--vram-artifacts``. Registered with the plugin's measuring hooks
+    (left out of a run without vram tests)."""
 
     def __init__(self, plugin: VramSession) -> None:
         self.plugin = plugin
@@ -179,9 +222,6 @@ class OutputHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_terminal_summary(self) -> None:
         self._summarising = True
-
-    def pytest_report_header(self, config: pytest.Config) -> str:
-        return header(self.plugin.settings, config.rootpath)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(
@@ -233,6 +273,8 @@ class OutputHooks:
         settings = self.plugin.settings
         oom = getattr(probe, "out_of_memory", None)
         if rep.failed and oom is not None and oom.breakdown and isinstance(rep.longrepr, str):
+            from pytest_vram import attribution
+
             lines = attribution.top_lines(oom.breakdown)
             rep.longrepr += "\n\nlive at the highest allocation the step reached:\n" + "\n".join(
                 lines
@@ -252,30 +294,6 @@ class OutputHooks:
 
             artifacts.stop_recording()
         return rep
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if not self.plugin.worker and self.plugin.settings.json_path:
-            self.plugin.outcome.run = report.run_metadata(session.config.rootpath)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """With ``--vram-update``: store the measured breakdowns next to their baselines."""
-        plugin = self.plugin
-        if plugin.worker or not plugin.settings.update or plugin.outcome.errors:
-            return
-        by_store: dict[Path, dict[str, dict[str, Any]]] = {}
-        for r in plugin.outcome.records:
-            if r.breakdown:
-                path = attribution.store_path(plugin.baseline_path(r.profile))
-                by_store.setdefault(path, {})[r.key] = r.breakdown
-        pruned: dict[Path, list[str]] = {}
-        for shown, keys in plugin.outcome.pruned.items():
-            baseline = Path(shown) if Path(shown).is_absolute() else plugin.rootpath / shown
-            pruned[attribution.store_path(baseline)] = keys
-        for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
-            if attribution.write_store(path, by_store.get(path, {}), pruned.get(path, ())):
-                plugin.outcome.written.append(plugin.display(path))
 
 
 def terminal_summary(plugin: VramSession, terminalreporter: Any) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,14 +22,15 @@ from pytest_vram import baselines, benchmarking, claiming, marks, output, world,
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend
 from pytest_vram.backends.base import thaw_garbage
 from pytest_vram.baselines import BaselineError
-from pytest_vram.fixture import Vram, VramUsageError
-from pytest_vram.measure import is_out_of_memory
 from pytest_vram.session import SETUP_KEYS, VramSession
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 
+if TYPE_CHECKING:
+    from pytest_vram.fixture import Vram
+
 PLUGIN_KEY = pytest.StashKey[VramSession]()
 MARK_KEY = pytest.StashKey["marks.VramMark | marks.MarkError | None"]()
-PROBE_KEY = pytest.StashKey[Vram]()
+PROBE_KEY = pytest.StashKey["Vram"]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
 #: every rank's (passed, figures) of a test in a launched world (world.gather_figures)
 RANKS_KEY = pytest.StashKey[list[tuple[bool, list[tuple[int, int]]]]]()
@@ -434,9 +435,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[PLUGIN_KEY] = session
     register = config.pluginmanager.register
     register(session, "vram-session")  # no hooks of its own: found by name, as before
-    register(CollectionHooks(session), "vram-collection")
-    register(MeasureHooks(session), "vram-measure")
-    register(GarbageHooks(), "vram-garbage")
+    register(CollectionHooks(config, session), "vram-collection")
+    _register_measuring(config, session)
     # Only the controller (or the single process) and a launched world's rank 0 aggregate,
     # report and write; a worker sends its collection to the controller.
     if worker:
@@ -454,8 +454,32 @@ def pytest_configure(config: pytest.Config) -> None:
         results=session.outcome.claims,
     )
     register(claim_hooks, "vram-claims")
+
+
+#: The hook classes only a test that measures needs (in the order they are registered).
+MEASURING = ("vram-measure", "vram-garbage", "vram-measured-output", "vram-benchmark")
+
+
+def _register_measuring(config: pytest.Config, session: VramSession) -> None:
+    """Register the hooks that act on a measured test (a ``vram`` fixture's probe).
+
+    At ``pytest_configure``, like the others; a run that collects no vram test drops them
+    again at the end of collection (:meth:`CollectionHooks.pytest_collection_finish`), so
+    that its thousand plain tests do not each pass through them.
+    """
+    register = config.pluginmanager.register
+    register(MeasureHooks(session), "vram-measure")
+    register(GarbageHooks(), "vram-garbage")
+    register(output.MeasuredOutputHooks(session), "vram-measured-output")
     if config.pluginmanager.hasplugin("benchmark"):  # pytest-benchmark is active
         register(benchmarking.BenchmarkHooks(PROBE_KEY, RECORDS_KEY), "vram-benchmark")
+
+
+def _ensure_measuring(config: pytest.Config) -> None:
+    """A measurement in a run whose collection had no vram test (``vram`` requested with
+    ``request.getfixturevalue``, or ``vram_backend`` alone): register the hooks again."""
+    if config.pluginmanager.get_plugin(MEASURING[0]) is None:
+        _register_measuring(config, config.stash[PLUGIN_KEY])
 
 
 # --------------------------------------------------------------------------- fixture
@@ -476,6 +500,7 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     Also: ``vram.measurements``, ``vram.device`` (e.g. ``"cuda:0"``), ``vram.backend``.
     """
     session = request.config.stash[PLUGIN_KEY]
+    _ensure_measuring(request.config)
     item = request.node
     mark = _valid(item)
     with session.world(mark, item.nodeid):
@@ -492,6 +517,7 @@ def vram_backend(pytestconfig: pytest.Config) -> Backend:
     first use; the same object ``vram.backend`` returns. For session-wide helpers that
     need the device or the profile outside a measured test.
     """
+    _ensure_measuring(pytestconfig)  # a backend's collections freeze what GarbageHooks thaws
     return pytestconfig.stash[PLUGIN_KEY].backend()
 
 
@@ -501,8 +527,11 @@ def vram_backend(pytestconfig: pytest.Config) -> Backend:
 class CollectionHooks:
     """Which tests are vram tests, the baseline key each owns, and marker checks at setup."""
 
-    def __init__(self, session: VramSession) -> None:
+    def __init__(self, config: pytest.Config, session: VramSession) -> None:
+        self.config = config
         self.session = session
+        #: a collected test (deselected ones too) carries the marker or uses the fixture
+        self.measuring = False
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         # A test that uses the fixture is a vram test: `pytest -m vram` must select it.
@@ -511,17 +540,34 @@ class CollectionHooks:
 
     @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: deselected tests are not stale
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        parents: dict[int, bool] = {}
         for item in items:
-            if item.get_closest_marker(marks.MARKER) is None:
+            if not marks.carries(item, parents):
                 self.session.collect(item.nodeid, None, vram=False)
                 continue
+            self.measuring = True
             mark = _evaluated(item)
             if isinstance(mark, marks.MarkError):
                 mark = None  # reported at setup
             self.session.collect(item.nodeid, mark, vram=True)
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # No test here can measure: drop the per-test hooks of measured tests (see
+        # _register_measuring). An item that another plugin marked after our
+        # collection_modifyitems (tryfirst) still counts.
+        parents: dict[int, bool] = {}
+        if self.measuring or any(marks.carries(i, parents) for i in session.items):
+            self.measuring = True
+            return
+        for name in MEASURING:
+            plugin = self.config.pluginmanager.get_plugin(name)
+            if plugin is not None:
+                self.config.pluginmanager.unregister(plugin, name)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if not self.measuring:  # no test of this run carries the marker: nothing to check
+            return
         mark = _evaluated(item)
         if isinstance(mark, marks.MarkError):
             pytest.fail(str(mark), pytrace=False)
@@ -559,6 +605,9 @@ class MeasureHooks:
         probe = item.stash.get(PROBE_KEY, None)
         if probe is None:
             return rep
+        from pytest_vram.fixture import VramUsageError
+        from pytest_vram.measure import is_out_of_memory
+
         if call.when == "call":
             _gather_ranks(item, probe, rep)
         if call.when == "call" and rep.passed:

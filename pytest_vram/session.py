@@ -21,11 +21,10 @@ from pytest_vram import __version__, baselines, marks, output, report, world
 from pytest_vram.backends import Backend, BackendUnavailable, create
 from pytest_vram.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.figures import MemoryFigures
-from pytest_vram.fixture import Vram
-from pytest_vram.measure import Meter
 from pytest_vram.verdicts import Verdict, judge, worst
 
 if TYPE_CHECKING:
+    from pytest_vram.fixture import Vram
     from pytest_vram.plugin import Settings
 
 #: Context fields that change figures when they change (the plugin's version does not).
@@ -187,6 +186,9 @@ class VramSession:
 
     def open(self, mark: marks.VramMark, nodeid: str) -> Vram:
         """Fixture setup: start counting for the test ``nodeid``."""
+        from pytest_vram.fixture import Vram
+        from pytest_vram.measure import Meter
+
         backend = self.backend()
         if mark.skip_estimate is not None and backend.name == "estimate":
             pytest.skip(f"not measurable on the estimate backend: {mark.skip_estimate}")
@@ -285,9 +287,8 @@ class VramSession:
         its records (``user_properties``)."""
         if when == "call" and passed:
             self.completed.add(nodeid)
-        if when != "teardown":
-            return
-        self.outcome.records.extend(report.records_from(properties))
+        if when == "teardown" and properties:
+            self.outcome.records.extend(report.records_from(properties))
 
     @property
     def has_summary(self) -> bool:

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_vram import baselines
+from pytest_vram import baselines, strict_yaml
 from pytest_vram.baselines import (
     BaselineError,
     BaselineFile,
@@ -612,6 +612,6 @@ def test_stale_keys(path: Path) -> None:
 def test_yaml_module_is_still_the_safe_one() -> None:
     # Guard against a refactor that swaps the strict loader for a full one: both the libyaml
     # and the pure Python variant construct with SafeConstructor and nothing richer.
-    for loader in (baselines._StrictLoader, baselines._PyLoader):
+    for loader in (strict_yaml.StrictLoader, strict_yaml.PyLoader):
         assert issubclass(loader, yaml.constructor.SafeConstructor)
         assert not issubclass(loader, yaml.constructor.FullConstructor)

@@ -82,3 +82,40 @@ def test_the_session_end_hooks_are_the_process_role(vram_pytester):
 
     result = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
     result.stdout.fnmatch_lines(["ROLE ['vram-session', 'vram-aggregate', 'vram-controller']"])
+
+
+MEASURING_PROBE = """
+def pytest_collection_finish(session):
+    manager = session.config.pluginmanager
+    names = ("vram-measure", "vram-garbage", "vram-measured-output")
+    print("MEASURING", [n for n in names if manager.get_plugin(n) is not None])
+"""
+
+
+def test_a_run_without_vram_tests_drops_the_hooks_of_measured_tests(vram_pytester, run_vram):
+    # The conftest is registered before the plugin's hook classes: its hook runs after theirs.
+    vram_pytester.makeconftest(MEASURING_PROBE)
+    vram_pytester.makepyfile(test_plain="def test_a(): pass\ndef test_b(): pass")
+    run_vram("-s").stdout.fnmatch_lines(["MEASURING []"])
+    vram_pytester.makepyfile(test_model="def test_m(vram): pass")
+    result = run_vram("-s", "--vram-no-strict")
+    result.stdout.fnmatch_lines(
+        ["MEASURING ['vram-measure', 'vram-garbage', 'vram-measured-output']"]
+    )
+
+
+def test_a_measurement_the_collection_did_not_announce_is_still_judged(vram_pytester, run_vram):
+    # The fixture requested at run time: no marker, no `vram` argument at collection.
+    vram_pytester.makepyfile(
+        test_model="""
+        MiB = 1024**2
+
+        def test_model(request):
+            vram = request.getfixturevalue("vram")
+            model = vram.build(vram.backend.alloc, 100 * MiB)
+            vram.run(vram.backend.spike, 50 * MiB)
+        """
+    )
+    result = run_vram("-v", "--vram-json=out.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_model PASSED (peak 150.0 MiB)*", "*= VRAM =*"])
