@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -100,6 +101,61 @@ def install_cuda_guard() -> bool:
         slots[pu1] = previous
         _guard_keepalive.append(guard)
         return bool(slots[cuda])
+
+
+def _python_thread_states() -> int:
+    """How many Python thread states the interpreter has (the stable C API, via ctypes)."""
+    api = ctypes.pythonapi
+    api.PyInterpreterState_Get.restype = ctypes.c_void_p
+    api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+    api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+    api.PyThreadState_Next.restype = ctypes.c_void_p
+    api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
+    count, state = 0, api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Get())
+    while state:
+        count += 1
+        state = api.PyThreadState_Next(state)
+    return count
+
+
+def _autograd_device_threads() -> int:
+    """The autograd engine's device threads (named ``pt_autograd_<n>``), on Linux."""
+    count = 0
+    for comm in glob.glob("/proc/self/task/*/comm"):
+        try:
+            with open(comm) as f:
+                count += f.read().startswith("pt_autograd_")
+        except OSError:
+            pass
+    return count
+
+
+_engine_threads_settled = [False]
+
+
+def settle_engine_threads(timeout: float = 10.0) -> None:
+    """Wait until the autograd engine's device threads have their Python thread state.
+
+    The no-op CUDA guard reports one device, so the first backward of the process starts
+    one engine device thread, whose first act is to take the GIL (``PythonEngine::
+    thread_init``). On a loaded machine that can be delayed past the end of the program:
+    a thread taking the GIL while the interpreter finalizes is made to exit by
+    ``pthread_exit`` through C++ frames that cannot unwind, and the process aborts
+    ("terminate called without an active exception", exit 134) after every test passed.
+    So, once per process, after a scope in which such a thread exists, wait (releasing the
+    GIL) until every thread the engine started has its thread state.
+    """
+    if _engine_threads_settled[0]:
+        return
+    engine = _autograd_device_threads()
+    if not engine:
+        return
+    deadline = time.monotonic() + timeout
+    while _python_thread_states() < threading.active_count() + engine:
+        if time.monotonic() > deadline:
+            return  # best effort: try again after the next scope
+        time.sleep(0.001)
+    _engine_threads_settled[0] = True
 
 
 # -- 2. the autograd engine sees meta tensors ----------------------------------------------
@@ -411,4 +467,5 @@ __all__ = [
     "install_sdpa_kernel",
     "scaled_dot_product_attention",
     "sdp_choice",
+    "settle_engine_threads",
 ]

@@ -41,6 +41,7 @@ from pytest_vram.backends._fake_cuda import (
     engine_is_asking,
     install_cuda_guard,
     install_sdpa_kernel,
+    settle_engine_threads,
 )
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 
@@ -599,6 +600,10 @@ class _Scope:
         with contextlib.ExitStack() as stack:
             if self._emulate:
                 stack.enter_context(emulated_cuda_runtime())
+                # Every backward on the calling thread: the engine's device thread (which
+                # the emulated CUDA guard makes it start) then never holds a task's state,
+                # whose Python objects it would release while the interpreter finalizes.
+                stack.enter_context(torch.autograd.set_multithreading_enabled(False))
             stack.enter_context(_fake_tensor_copy())
             stack.enter_context(_optimizers_take_fake_tensors())
             stack.enter_context(self._mode)
@@ -608,6 +613,8 @@ class _Scope:
     def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
         __tracebackhide__ = True
         self._stack.__exit__(typ, exc, tb)
+        if self._emulate:
+            settle_engine_threads()
         if isinstance(exc, EstimateUnsupported):
             raise EstimateUnsupported(str(exc)) from None
         if exc is not None and _torch_compat.is_compile_failure(exc):
