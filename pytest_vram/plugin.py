@@ -421,8 +421,52 @@ def _optional_path(config: pytest.Config, name: str) -> Path | None:
     return _path(config, name, config.rootpath) if _value(config, name) else None
 
 
+def _check_rootdir(config: pytest.Config) -> None:
+    """Refuse a rootdir that pytest chose from a ``--vram-*`` value given as its own word.
+
+    pytest finds the rootdir and the ini file before it loads plugins, so in
+    ``--vram-json /tmp/run.json`` it takes ``/tmp/run.json``, if that file exists (a report
+    of an earlier run), for a test path: the rootdir moves, the project's configuration
+    (testpaths, baselines) is not read, and every measurement is "without a baseline".
+    ``--vram-json=/tmp/run.json`` is unambiguous. Found by asking pytest's own rootdir
+    finder with and without those words; skipped if that internal API changes.
+    """
+    args = [str(a) for a in config.invocation_params.args or ()]
+    ours = [
+        i + 1
+        for i, (option, value) in enumerate(zip(args, args[1:], strict=False))
+        if option.startswith("--vram-") and "=" not in option and not value.startswith("-")
+    ]
+    if not ours:
+        return
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        def rootdir(words: list[str]) -> Path:
+            return determine_setup(
+                inifile=config.option.inifilename,
+                override_ini=config.option.override_ini,
+                args=words,
+                rootdir_cmd_arg=config.option.rootdir,
+                invocation_dir=Path(config.invocation_params.dir),
+            )[0]
+
+        without = [a for i, a in enumerate(args) if i not in ours]
+        moved = rootdir(args) != rootdir(without)
+    except Exception:  # noqa: BLE001 - pytest's internals moved: no check rather than a crash
+        return
+    if moved:
+        option, value = args[ours[0] - 1], args[ours[0]]
+        raise pytest.UsageError(
+            f"{option} {value}: pytest chose the rootdir ({config.rootpath}) from this value, "
+            f"before it knew that {option} takes one, so the project's configuration was not "
+            f"read; write {option}={value}"
+        )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", marks.MARKER_HELP)
+    _check_rootdir(config)
     _narrow_collection(config)
     worker = xdist.is_worker(config)
     session = VramSession(

@@ -26,10 +26,10 @@ for step in $steps; do
     cuda) run timeout 400 python3 -m pytest tests/cuda -p no:cacheprovider -q -rA \
             --deselect tests/cuda/test_order_independence.py ;;
     record) run timeout 200 python3 -m pytest -m vram --vram-update -p no:cacheprovider -q \
-              --durations=30 --vram-json "$out/record.json"
+              --durations=30 --vram-json="$out/record.json"
             cp baselines/cuda-*.yaml "$out/" ;;
     suite) run timeout 200 env CI=true python3 benchmarks/bench_suite.py --out "$out" -- \
-             -rx --vram-json "$out/suite.json" ;;
+             -rx --vram-json="$out/suite.json" ;;
     xdist) run timeout 200 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q -n 2 -rx ;;
     subset) run timeout 120 env CI=true python3 -m pytest -m vram -p no:cacheprovider -q -rx \
               -k "test_train and (large or maximum)" ;;

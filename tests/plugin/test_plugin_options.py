@@ -379,3 +379,21 @@ def test_vram_numprocesses_rejects_a_bad_value(vram_pytester, run_vram_subproces
     result = run_vram_subprocess("-m", "vram")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "vram_numprocesses = 'many'" in result.stderr.str()
+
+
+def test_a_report_path_as_its_own_word_that_moved_the_rootdir_is_refused(
+    vram_pytester, run_vram_subprocess
+):
+    """pytest picks the rootdir before plugins add their options: in `--vram-json PATH`
+    an existing PATH outside the project became the rootdir, the project's ini was not
+    read and every measurement lacked its baseline."""
+    vram_pytester.makeini("[pytest]\nvram_baselines = baselines\n")
+    vram_pytester.makepyfile(test_mem="def test_a(vram):\n    vram.run(len, [])\n")
+    outside = vram_pytester.path.parent / "reports"
+    outside.mkdir(exist_ok=True)
+    report = outside / "run.json"
+    report.write_text("{}")  # a report from an earlier run: now an existing path
+    refused = run_vram_subprocess("--vram-json", str(report))
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"write --vram-json={report}" in refused.stderr.str()
+    run_vram_subprocess(f"--vram-json={report}").assert_outcomes(passed=1)
