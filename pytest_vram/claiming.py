@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import report
 from pytest_vram.figures import Figures
 
 if TYPE_CHECKING:  # claims is imported where a module declares some (or a worker sent them)
+    from pytest_vram import report
     from pytest_vram.claims import Claim, ClaimVerdict
 
 #: Module attribute that holds a module's claim declarations.
@@ -101,7 +101,8 @@ class ClaimHooks:
 
     # -- figures ---------------------------------------------------------------------
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    def add_report(self, report: pytest.TestReport) -> None:
+        """A test report's phase (see :class:`ClaimReportHooks`): what ran, its figures."""
         if report.when == "call" or report.outcome != "passed":  # a setup error counts too
             self.ran[report.nodeid] = report.outcome
         if report.when == "teardown" and report.user_properties:
@@ -177,7 +178,20 @@ class ClaimHooks:
             terminalreporter.write_line(line)
 
 
+class ClaimReportHooks:
+    """Hands every test report to :class:`ClaimHooks`; a registered plugin of its own, so
+    that a process where nothing measures and no module declared a claim drops it."""
+
+    def __init__(self, claims: ClaimHooks) -> None:
+        self.claims = claims
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.claims.add_report(report)
+
+
 def _records(rep: pytest.TestReport) -> list[report.Record]:
+    from pytest_vram import report
+
     return report.records_from(rep.user_properties)
 
 

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import baselines, benchmarking, claiming, marks, output, world, xdist
+from pytest_vram import claiming, marks, output, world, xdist
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend
 from pytest_vram.backends.base import thaw_garbage
-from pytest_vram.baselines import BaselineError
 from pytest_vram.session import SETUP_KEYS, VramSession
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 
@@ -309,6 +308,9 @@ class Settings:
         strict = _value(config, "vram_strict")
         profile = str(_value(config, "vram_profile") or "") or None
         if profile is not None:
+            from pytest_vram import baselines
+            from pytest_vram.baselines import BaselineError
+
             try:
                 baselines.check_profile_name(profile)
             except BaselineError as exc:
@@ -377,6 +379,10 @@ def _source(config: pytest.Config, name: str) -> str:
 
 def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
     """Refuse report files that would overwrite a baseline file or each other."""
+    if settings.json_path is None and settings.markdown_path is None:
+        return
+    from pytest_vram import baselines
+
     baseline_dir = baselines.real_path(settings.baselines)
     seen: dict[Path, str] = {}
     for name, path in (
@@ -443,6 +449,7 @@ def pytest_configure(config: pytest.Config) -> None:
         register(WorkerHooks(config, session), "vram-worker")
     elif not session.secondary_rank:
         register(AggregateHooks(config, session), "vram-aggregate")
+        register(ReportHooks(session), "vram-reports")
     register(output.OutputHooks(session), "vram-output")
     if not worker:
         register(xdist.ControllerHooks(session.receive), "vram-controller")
@@ -451,9 +458,10 @@ def pytest_configure(config: pytest.Config) -> None:
         worker=session.worker,
         strict=session.settings.strict,
         owner=session.owner,
-        results=session.outcome.claims,
+        results=session.claims,
     )
     register(claim_hooks, "vram-claims")
+    register(claiming.ClaimReportHooks(claim_hooks), "vram-claim-reports")
 
 
 #: The hook classes only a test that measures needs (in the order they are registered).
@@ -472,14 +480,29 @@ def _register_measuring(config: pytest.Config, session: VramSession) -> None:
     register(GarbageHooks(), "vram-garbage")
     register(output.MeasuredOutputHooks(session), "vram-measured-output")
     if config.pluginmanager.hasplugin("benchmark"):  # pytest-benchmark is active
+        from pytest_vram import benchmarking
+
         register(benchmarking.BenchmarkHooks(PROBE_KEY, RECORDS_KEY), "vram-benchmark")
+
+
+#: The report hooks that only a run that measures or judges claims needs: dropped with
+#: :data:`MEASURING` where nothing measures, and where no module declared a claim.
+REPORTING = ("vram-reports", "vram-claim-reports")
 
 
 def _ensure_measuring(config: pytest.Config) -> None:
     """A measurement in a run whose collection had no vram test (``vram`` requested with
     ``request.getfixturevalue``, or ``vram_backend`` alone): register the hooks again."""
-    if config.pluginmanager.get_plugin(MEASURING[0]) is None:
-        _register_measuring(config, config.stash[PLUGIN_KEY])
+    manager = config.pluginmanager
+    if manager.get_plugin(MEASURING[0]) is None:
+        session = config.stash[PLUGIN_KEY]
+        _register_measuring(config, session)
+        # The records of this test on: what came before measured nothing.
+        if manager.get_plugin("vram-aggregate") is not None:
+            manager.register(ReportHooks(session), "vram-reports")
+        if manager.get_plugin("vram-claim-reports") is None:
+            claim_hooks = manager.get_plugin("vram-claims")
+            manager.register(claiming.ClaimReportHooks(claim_hooks), "vram-claim-reports")
 
 
 # --------------------------------------------------------------------------- fixture
@@ -553,16 +576,23 @@ class CollectionHooks:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # No test here can measure: drop the per-test hooks of measured tests (see
-        # _register_measuring). An item that another plugin marked after our
-        # collection_modifyitems (tryfirst) still counts.
+        # _register_measuring), the report hooks that gather their figures (and the claims'
+        # where no module declared one), and this class, whose setup check would return at
+        # once. An item that another plugin marked after our collection_modifyitems
+        # (tryfirst) still counts.
         parents: dict[int, bool] = {}
         if self.measuring or any(marks.carries(i, parents) for i in session.items):
             self.measuring = True
             return
-        for name in MEASURING:
-            plugin = self.config.pluginmanager.get_plugin(name)
+        manager = self.config.pluginmanager
+        claim_hooks = manager.get_plugin("vram-claims")
+        claims_declared = claim_hooks is not None and bool(claim_hooks.declared)
+        for name in (*MEASURING, *REPORTING, "vram-collection"):
+            if name == "vram-claim-reports" and claims_declared:
+                continue
+            plugin = manager.get_plugin(name)
             if plugin is not None:
-                self.config.pluginmanager.unregister(plugin, name)
+                manager.unregister(plugin, name)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -653,15 +683,13 @@ class GarbageHooks:
 
 
 class AggregateHooks:
-    """The controller (or the single process; rank 0 of a launched world): gathers the
-    records from the reports, does the session-end work and shows the ``VRAM`` section."""
+    """The controller (or the single process; rank 0 of a launched world): does the
+    session-end work and shows the ``VRAM`` section (:class:`ReportHooks` gathers the
+    records from the reports)."""
 
     def __init__(self, config: pytest.Config, session: VramSession) -> None:
         self.config = config
         self.session = session
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.session.add_report(report.nodeid, report.when, report.passed, report.user_properties)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.session.finish(_partly_selected_files(self.config)):
@@ -670,6 +698,17 @@ class AggregateHooks:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.session.has_summary:
             output.terminal_summary(self.session, terminalreporter)
+
+
+class ReportHooks:
+    """With :class:`AggregateHooks`: each test report's phase into the session (completed
+    tests, the records a teardown report carries). Left out where no test can measure."""
+
+    def __init__(self, session: VramSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.add_report(report.nodeid, report.when, report.passed, report.user_properties)
 
 
 class WorkerHooks:
