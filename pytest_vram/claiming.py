@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram.figures import Figures
-
 if TYPE_CHECKING:  # claims is imported where a module declares some (or a worker sent them)
     from pytest_vram import report
     from pytest_vram.claims import Claim, ClaimVerdict
+    from pytest_vram.figures import Figures
 
 #: Module attribute that holds a module's claim declarations.
 ATTRIBUTE = "vram_claims"
@@ -54,7 +53,7 @@ class ClaimHooks:
         self.owner = owner
         #: the session's verdicts as JSON-able dicts (the ``--vram-json`` ``claims`` list)
         self.results = results
-        self.figures = Figures()
+        self._figures: Figures | None = None
         #: node id of the declaring module's item -> claim
         self.declared: dict[str, Claim] = {}
         #: node id -> outcome of the tests that ran ("passed", "failed", "skipped")
@@ -101,8 +100,17 @@ class ClaimHooks:
 
     # -- figures ---------------------------------------------------------------------
 
+    @property
+    def figures(self) -> Figures:
+        """Every record of this process by baseline key (created on first use)."""
+        if self._figures is None:
+            from pytest_vram.figures import Figures
+
+            self._figures = Figures()
+        return self._figures
+
     def add_report(self, report: pytest.TestReport) -> None:
-        """A test report's phase (see :class:`ClaimReportHooks`): what ran, its figures."""
+        """A test report's phase (``plugin.ReportHooks`` hands it on): what ran, figures."""
         if report.when == "call" or report.outcome != "passed":  # a setup error counts too
             self.ran[report.nodeid] = report.outcome
         if report.when == "teardown" and report.user_properties:
@@ -176,17 +184,6 @@ class ClaimHooks:
         terminalreporter.section("VRAM claims")
         for line in summary_lines(self.results, self.not_evaluated):
             terminalreporter.write_line(line)
-
-
-class ClaimReportHooks:
-    """Hands every test report to :class:`ClaimHooks`; a registered plugin of its own, so
-    that a process where nothing measures and no module declared a claim drops it."""
-
-    def __init__(self, claims: ClaimHooks) -> None:
-        self.claims = claims
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.claims.add_report(report)
 
 
 def _records(rep: pytest.TestReport) -> list[report.Record]:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vram import claiming, marks, output, world, xdist
-from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend
-from pytest_vram.backends.base import thaw_garbage
+from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
 from pytest_vram.session import SETUP_KEYS, VramSession
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 
 if TYPE_CHECKING:
+    from pytest_vram.backends import Backend
     from pytest_vram.fixture import Vram
 
 PLUGIN_KEY = pytest.StashKey[VramSession]()
@@ -449,7 +449,6 @@ def pytest_configure(config: pytest.Config) -> None:
         register(WorkerHooks(config, session), "vram-worker")
     elif not session.secondary_rank:
         register(AggregateHooks(config, session), "vram-aggregate")
-        register(ReportHooks(session), "vram-reports")
     register(output.OutputHooks(session), "vram-output")
     if not worker:
         register(xdist.ControllerHooks(session.receive), "vram-controller")
@@ -461,7 +460,7 @@ def pytest_configure(config: pytest.Config) -> None:
         results=session.claims,
     )
     register(claim_hooks, "vram-claims")
-    register(claiming.ClaimReportHooks(claim_hooks), "vram-claim-reports")
+    _register_reports(config, session, claim_hooks)
 
 
 #: The hook classes only a test that measures needs (in the order they are registered).
@@ -485,9 +484,13 @@ def _register_measuring(config: pytest.Config, session: VramSession) -> None:
         register(benchmarking.BenchmarkHooks(PROBE_KEY, RECORDS_KEY), "vram-benchmark")
 
 
-#: The report hooks that only a run that measures or judges claims needs: dropped with
-#: :data:`MEASURING` where nothing measures, and where no module declared a claim.
-REPORTING = ("vram-reports", "vram-claim-reports")
+def _register_reports(
+    config: pytest.Config, session: VramSession, claim_hooks: claiming.ClaimHooks
+) -> None:
+    """The report hook, which only a run that measures or judges claims needs: dropped
+    with :data:`MEASURING` where nothing measures and no module declared a claim."""
+    aggregate = not session.worker and not session.secondary_rank
+    config.pluginmanager.register(ReportHooks(session, claim_hooks, aggregate), "vram-reports")
 
 
 def _ensure_measuring(config: pytest.Config) -> None:
@@ -498,11 +501,8 @@ def _ensure_measuring(config: pytest.Config) -> None:
         session = config.stash[PLUGIN_KEY]
         _register_measuring(config, session)
         # The records of this test on: what came before measured nothing.
-        if manager.get_plugin("vram-aggregate") is not None:
-            manager.register(ReportHooks(session), "vram-reports")
-        if manager.get_plugin("vram-claim-reports") is None:
-            claim_hooks = manager.get_plugin("vram-claims")
-            manager.register(claiming.ClaimReportHooks(claim_hooks), "vram-claim-reports")
+        if manager.get_plugin("vram-reports") is None:
+            _register_reports(config, session, manager.get_plugin("vram-claims"))
 
 
 # --------------------------------------------------------------------------- fixture
@@ -586,10 +586,10 @@ class CollectionHooks:
             return
         manager = self.config.pluginmanager
         claim_hooks = manager.get_plugin("vram-claims")
-        claims_declared = claim_hooks is not None and bool(claim_hooks.declared)
-        for name in (*MEASURING, *REPORTING, "vram-collection"):
-            if name == "vram-claim-reports" and claims_declared:
-                continue
+        names = [*MEASURING, "vram-collection"]
+        if claim_hooks is None or not claim_hooks.declared:  # no claim to judge either
+            names.append("vram-reports")
+        for name in names:
             plugin = manager.get_plugin(name)
             if plugin is not None:
                 manager.unregister(plugin, name)
@@ -679,6 +679,8 @@ class GarbageHooks:
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         module = getattr(item, "module", None)
         if nextitem is None or getattr(nextitem, "module", None) is not module:
+            from pytest_vram.backends.base import thaw_garbage
+
             thaw_garbage()
 
 
@@ -701,14 +703,21 @@ class AggregateHooks:
 
 
 class ReportHooks:
-    """With :class:`AggregateHooks`: each test report's phase into the session (completed
-    tests, the records a teardown report carries). Left out where no test can measure."""
+    """Each test report's phase: to the claims (what ran, the figures) and, where the
+    process aggregates (:class:`AggregateHooks`), to the session (completed tests, the
+    records a teardown report carries). Dropped where nothing can measure or claim."""
 
-    def __init__(self, session: VramSession) -> None:
+    def __init__(self, session: VramSession, claims: claiming.ClaimHooks, aggregate: bool) -> None:
         self.session = session
+        self.claims = claims
+        self.aggregate = aggregate
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.session.add_report(report.nodeid, report.when, report.passed, report.user_properties)
+        if self.aggregate:
+            self.session.add_report(
+                report.nodeid, report.when, report.passed, report.user_properties
+            )
+        self.claims.add_report(report)
 
 
 class WorkerHooks:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vram import __version__, marks, output, world
-from pytest_vram.backends import Backend, BackendUnavailable, create
 
 if TYPE_CHECKING:
     from pytest_vram import report
+    from pytest_vram.backends import Backend
     from pytest_vram.baselines import BaselineError, BaselineFile
     from pytest_vram.fixture import Vram
     from pytest_vram.plugin import Settings
@@ -97,6 +97,8 @@ class VramSession:
 
     def backend(self) -> Backend:
         """The measuring backend, created and warmed up at the first measurement."""
+        from pytest_vram.backends import BackendUnavailable, create
+
         if self._backend is None and self._backend_error is None:
             try:
                 world.select_local_device()
