@@ -564,15 +564,17 @@ class CollectionHooks:
     @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: deselected tests are not stale
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         parents: dict[int, bool] = {}
+        plain = []
         for item in items:
             if not marks.carries(item, parents):
-                self.session.collect(item.nodeid, None, vram=False)
+                plain.append(item.nodeid)
                 continue
             self.measuring = True
             mark = _evaluated(item)
             if isinstance(mark, marks.MarkError):
                 mark = None  # reported at setup
             self.session.collect(item.nodeid, mark, vram=True)
+        self.session.collect_plain(plain)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # No test here can measure: drop the per-test hooks of measured tests (see

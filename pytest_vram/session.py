@@ -183,6 +183,10 @@ class VramSession:
             )
         self.owners[key] = nodeid
 
+    def collect_plain(self, nodeids: list[str]) -> None:
+        """Note collected tests that are not vram tests (:meth:`collect` of each, at once)."""
+        self.collected_files.update({nodeid.split("::", 1)[0] for nodeid in nodeids})
+
     def shared_with(self, nodeid: str, key: str) -> list[str]:
         """The other tests that use baseline ``key`` if ``nodeid`` shares it, else []."""
         if nodeid not in self.shared_keys.get(key, ()):
