@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import claiming, marks, output, world, xdist
+from pytest_vram import claiming, marker, output, world, xdist
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
 from pytest_vram.session import SETUP_KEYS, VramSession
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # marks (the marker's options) is imported where a test is a vram test
+    from pytest_vram import marks
     from pytest_vram.backends import Backend
     from pytest_vram.fixture import Vram
 
@@ -428,7 +429,7 @@ def _optional_path(config: pytest.Config, name: str) -> Path | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", marks.MARKER_HELP)
+    config.addinivalue_line("markers", marker.MARKER_HELP)
     _narrow_collection(config)
     worker = xdist.is_worker(config)
     session = VramSession(
@@ -527,7 +528,9 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     item = request.node
     mark = _valid(item)
     with session.world(mark, item.nodeid):
-        probe = session.open(mark or marks.VramMark(), item.nodeid)
+        from pytest_vram.marks import VramMark
+
+        probe = session.open(mark or VramMark(), item.nodeid)
         item.stash[PROBE_KEY] = probe
         yield probe
     # After the world (process group) ends: it keeps the tensors of its last collectives.
@@ -559,19 +562,21 @@ class CollectionHooks:
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         # A test that uses the fixture is a vram test: `pytest -m vram` must select it.
         if "vram" in getattr(item, "fixturenames", ()) and item.get_closest_marker("vram") is None:
-            item.add_marker(marks.MARKER)
+            item.add_marker(marker.MARKER)
 
     @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: deselected tests are not stale
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         parents: dict[int, bool] = {}
         plain = []
         for item in items:
-            if not marks.carries(item, parents):
+            if not marker.carries(item, parents):
                 plain.append(item.nodeid)
                 continue
+            from pytest_vram.marks import MarkError
+
             self.measuring = True
             mark = _evaluated(item)
-            if isinstance(mark, marks.MarkError):
+            if isinstance(mark, MarkError):
                 mark = None  # reported at setup
             self.session.collect(item.nodeid, mark, vram=True)
         self.session.collect_plain(plain)
@@ -583,7 +588,7 @@ class CollectionHooks:
         # once. An item that another plugin marked after our collection_modifyitems
         # (tryfirst) still counts.
         parents: dict[int, bool] = {}
-        if self.measuring or any(marks.carries(i, parents) for i in session.items):
+        if self.measuring or any(marker.carries(i, parents) for i in session.items):
             self.measuring = True
             return
         manager = self.config.pluginmanager
@@ -600,8 +605,10 @@ class CollectionHooks:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if not self.measuring:  # no test of this run carries the marker: nothing to check
             return
+        from pytest_vram.marks import MarkError
+
         mark = _evaluated(item)
-        if isinstance(mark, marks.MarkError):
+        if isinstance(mark, MarkError):
             pytest.fail(str(mark), pytrace=False)
         key = mark.base_key(item.nodeid) if mark else item.nodeid
         others = self.session.shared_with(item.nodeid, key)
@@ -613,7 +620,7 @@ class CollectionHooks:
             )
         # Only a marker on the test itself demands the fixture: a module-wide marker that
         # sets a tolerance must not break the module's other tests.
-        own = any(m.name == marks.MARKER for m in getattr(item, "own_markers", ()))
+        own = any(m.name == marker.MARKER for m in getattr(item, "own_markers", ()))
         if own and "vram" not in getattr(item, "fixturenames", ()):
             pytest.fail(
                 f"{item.nodeid}: marked @pytest.mark.vram but does not use the `vram` fixture; "
@@ -772,6 +779,8 @@ def _partly_selected_files(config: pytest.Config) -> set[str]:
 def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
     """The item's vram marker, evaluated once (at collection, or at setup for items added
     later) and kept in ``item.stash``; a bad marker is kept as its error for setup to report."""
+    from pytest_vram import marks
+
     if MARK_KEY not in item.stash:
         try:
             item.stash[MARK_KEY] = marks.evaluate(item)
@@ -781,5 +790,7 @@ def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
 
 
 def _valid(item: pytest.Item) -> marks.VramMark | None:
+    from pytest_vram.marks import MarkError
+
     mark = item.stash.get(MARK_KEY, None)
-    return None if isinstance(mark, marks.MarkError) else mark
+    return None if isinstance(mark, MarkError) else mark

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import __version__, marks, output, world
+from pytest_vram import __version__, output, world
 
 if TYPE_CHECKING:
-    from pytest_vram import report
+    from pytest_vram import marks, report
     from pytest_vram.backends import Backend
     from pytest_vram.baselines import BaselineError, BaselineFile
     from pytest_vram.fixture import Vram
@@ -241,7 +241,7 @@ class VramSession:
     ) -> list[report.Record]:
         """Verdicts of every measurement of the test ``nodeid`` against its baseline;
         ``gathered``: every launched rank's figures (the worst rank is judged)."""
-        from pytest_vram import report
+        from pytest_vram import marks, report
         from pytest_vram.figures import MemoryFigures
         from pytest_vram.verdicts import judge, worst
 
