@@ -15,11 +15,12 @@ Registered only when pytest-benchmark is active (``-p no:benchmark`` leaves it o
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram.report import Record
+if TYPE_CHECKING:
+    from pytest_vram.report import Record
 
 #: backends whose timing rounds run on a GPU
 GPU_BACKENDS = ("cuda",)

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import report
-from pytest_vram.figures import Figures
-
 if TYPE_CHECKING:  # claims is imported where a module declares some (or a worker sent them)
+    from pytest_vram import report
     from pytest_vram.claims import Claim, ClaimVerdict
+    from pytest_vram.figures import Figures
 
 #: Module attribute that holds a module's claim declarations.
 ATTRIBUTE = "vram_claims"
@@ -54,7 +53,7 @@ class ClaimHooks:
         self.owner = owner
         #: the session's verdicts as JSON-able dicts (the ``--vram-json`` ``claims`` list)
         self.results = results
-        self.figures = Figures()
+        self._figures: Figures | None = None
         #: node id of the declaring module's item -> claim
         self.declared: dict[str, Claim] = {}
         #: node id -> outcome of the tests that ran ("passed", "failed", "skipped")
@@ -101,7 +100,17 @@ class ClaimHooks:
 
     # -- figures ---------------------------------------------------------------------
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    @property
+    def figures(self) -> Figures:
+        """Every record of this process by baseline key (created on first use)."""
+        if self._figures is None:
+            from pytest_vram.figures import Figures
+
+            self._figures = Figures()
+        return self._figures
+
+    def add_report(self, report: pytest.TestReport) -> None:
+        """A test report's phase (``plugin.ReportHooks`` hands it on): what ran, figures."""
         if report.when == "call" or report.outcome != "passed":  # a setup error counts too
             self.ran[report.nodeid] = report.outcome
         if report.when == "teardown" and report.user_properties:
@@ -178,6 +187,8 @@ class ClaimHooks:
 
 
 def _records(rep: pytest.TestReport) -> list[report.Record]:
+    from pytest_vram import report
+
     return report.records_from(rep.user_properties)
 
 

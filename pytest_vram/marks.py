@@ -1,5 +1,8 @@
 """The ``vram`` marker: its keyword options, validated once into a frozen :class:`VramMark`.
 
+Its name, help and :func:`carries` live in :mod:`pytest_vram.marker`, which a run without
+vram tests imports instead of this module.
+
 Evaluation is a pure function of the test item, so a typo in a marker is reported at the
 test's setup with the test's name, the option and the fix, before any workload runs.
 """
@@ -12,22 +15,19 @@ from typing import Any
 
 import pytest
 
+from pytest_vram.marker import MARKER, MARKER_HELP, carries
 from pytest_vram.units import Tolerance, UnitError, parse_size, parse_tolerance
 
-MARKER = "vram"
-
-#: What ``pytest --markers`` shows.
-MARKER_HELP = (
-    "vram(tolerance=None, budget=None, reserved_budget=None, key=None, world_size=None, "
-    "skip_estimate=None): measure the GPU memory of this test with the `vram` fixture and "
-    "gate it on its baseline. tolerance: allowed growth over the baseline ('0.5%', '4MiB', "
-    "'0.5% + 4MiB'); budget: hard ceiling on the peak ('8GiB'), failing whatever the "
-    "baseline says; reserved_budget: hard ceiling on the memory reserved from the device "
-    "(fragmentation included); key: baseline key instead of the test's node id; "
-    "world_size: number of ranks of the sharded (torch.distributed) run to measure one "
-    "rank of; skip_estimate: a reason to skip the test on the estimate backend (a workload "
-    "whose memory depends on tensor values)."
-)
+__all__ = [
+    "MARKER",
+    "MARKER_HELP",
+    "OPTIONS",
+    "MarkError",
+    "VramMark",
+    "carries",
+    "effective_tolerance",
+    "evaluate",
+]
 
 OPTIONS = ("budget", "key", "reserved_budget", "skip_estimate", "tolerance", "world_size")
 
@@ -51,23 +51,6 @@ class VramMark:
         """The baseline key of the test's (unnamed) measurement; it carries the world size."""
         key = self.key or nodeid
         return key if self.world_size is None else f"{key}@world_size={self.world_size}"
-
-
-def carries(node: pytest.Item | pytest.Collector, parents: dict[int, bool]) -> bool:
-    """Whether ``node`` or a parent carries the ``vram`` marker: what
-    ``node.get_closest_marker("vram") is not None`` says, with the parents' answers kept in
-    ``parents`` (by ``id``: a node's own hash is a Python call) for the next item of a loop,
-    so that a thousand items of one module look at the module's markers once."""
-    for mark in node.own_markers:
-        if mark.name == MARKER:
-            return True
-    parent = node.parent
-    if parent is None:
-        return False
-    known = parents.get(id(parent))
-    if known is None:
-        known = parents[id(parent)] = carries(parent, parents)
-    return known
 
 
 def evaluate(item: pytest.Item) -> VramMark | None:

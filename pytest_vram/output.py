@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import report
 from pytest_vram.units import format_delta, format_size, parse_tolerance
-from pytest_vram.verdicts import update_command
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # report and verdicts are imported where a test measured
+    from pytest_vram import report
     from pytest_vram.backends import Backend
     from pytest_vram.plugin import Settings
     from pytest_vram.session import VramSession
@@ -91,6 +90,8 @@ def _bytes(n: int) -> str:
 
 
 def _verdict_lines(r: report.Record, kind: str) -> list[str]:
+    from pytest_vram.verdicts import update_command
+
     fix = f"`{update_command(r.nodeid)}`\n  and commit {r.baseline_path}"
     peak, base = r.peak_bytes, r.baseline_peak_bytes
     if kind == "over budget" and r.budget is not None:
@@ -185,6 +186,8 @@ class OutputHooks:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if not self.plugin.worker and self.plugin.settings.json_path:
+            from pytest_vram import report
+
             self.plugin.outcome.run = report.run_metadata(session.config.rootpath)
 
     @pytest.hookimpl(trylast=True)
@@ -298,6 +301,8 @@ class MeasuredOutputHooks:
 
 def terminal_summary(plugin: VramSession, terminalreporter: Any) -> None:
     """The ``VRAM`` section: what was in force, the table at the terminal's width, notes."""
+    from pytest_vram import report
+
     outcome = plugin.outcome
     terminalreporter.ensure_newline()  # else a blank line follows the header
     terminalreporter.section("VRAM")

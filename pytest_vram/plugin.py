@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import baselines, benchmarking, claiming, marks, output, world, xdist
-from pytest_vram.backends import ALLOCATOR_MODES, CHOICES, Backend
-from pytest_vram.backends.base import thaw_garbage
-from pytest_vram.baselines import BaselineError
+from pytest_vram import claiming, marker, output, world, xdist
+from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
 from pytest_vram.session import SETUP_KEYS, VramSession
 from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # marks (the marker's options) is imported where a test is a vram test
+    from pytest_vram import marks
+    from pytest_vram.backends import Backend
     from pytest_vram.fixture import Vram
 
 PLUGIN_KEY = pytest.StashKey[VramSession]()
@@ -309,6 +309,9 @@ class Settings:
         strict = _value(config, "vram_strict")
         profile = str(_value(config, "vram_profile") or "") or None
         if profile is not None:
+            from pytest_vram import baselines
+            from pytest_vram.baselines import BaselineError
+
             try:
                 baselines.check_profile_name(profile)
             except BaselineError as exc:
@@ -377,6 +380,10 @@ def _source(config: pytest.Config, name: str) -> str:
 
 def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
     """Refuse report files that would overwrite a baseline file or each other."""
+    if settings.json_path is None and settings.markdown_path is None:
+        return
+    from pytest_vram import baselines
+
     baseline_dir = baselines.real_path(settings.baselines)
     seen: dict[Path, str] = {}
     for name, path in (
@@ -465,7 +472,7 @@ def _check_rootdir(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", marks.MARKER_HELP)
+    config.addinivalue_line("markers", marker.MARKER_HELP)
     _check_rootdir(config)
     _narrow_collection(config)
     worker = xdist.is_worker(config)
@@ -495,9 +502,10 @@ def pytest_configure(config: pytest.Config) -> None:
         worker=session.worker,
         strict=session.settings.strict,
         owner=session.owner,
-        results=session.outcome.claims,
+        results=session.claims,
     )
     register(claim_hooks, "vram-claims")
+    _register_reports(config, session, claim_hooks)
 
 
 #: The hook classes only a test that measures needs (in the order they are registered).
@@ -516,14 +524,30 @@ def _register_measuring(config: pytest.Config, session: VramSession) -> None:
     register(GarbageHooks(), "vram-garbage")
     register(output.MeasuredOutputHooks(session), "vram-measured-output")
     if config.pluginmanager.hasplugin("benchmark"):  # pytest-benchmark is active
+        from pytest_vram import benchmarking
+
         register(benchmarking.BenchmarkHooks(PROBE_KEY, RECORDS_KEY), "vram-benchmark")
+
+
+def _register_reports(
+    config: pytest.Config, session: VramSession, claim_hooks: claiming.ClaimHooks
+) -> None:
+    """The report hook, which only a run that measures or judges claims needs: dropped
+    with :data:`MEASURING` where nothing measures and no module declared a claim."""
+    aggregate = not session.worker and not session.secondary_rank
+    config.pluginmanager.register(ReportHooks(session, claim_hooks, aggregate), "vram-reports")
 
 
 def _ensure_measuring(config: pytest.Config) -> None:
     """A measurement in a run whose collection had no vram test (``vram`` requested with
     ``request.getfixturevalue``, or ``vram_backend`` alone): register the hooks again."""
-    if config.pluginmanager.get_plugin(MEASURING[0]) is None:
-        _register_measuring(config, config.stash[PLUGIN_KEY])
+    manager = config.pluginmanager
+    if manager.get_plugin(MEASURING[0]) is None:
+        session = config.stash[PLUGIN_KEY]
+        _register_measuring(config, session)
+        # The records of this test on: what came before measured nothing.
+        if manager.get_plugin("vram-reports") is None:
+            _register_reports(config, session, manager.get_plugin("vram-claims"))
 
 
 # --------------------------------------------------------------------------- fixture
@@ -548,7 +572,9 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     item = request.node
     mark = _valid(item)
     with session.world(mark, item.nodeid):
-        probe = session.open(mark or marks.VramMark(), item.nodeid)
+        from pytest_vram.marks import VramMark
+
+        probe = session.open(mark or VramMark(), item.nodeid)
         item.stash[PROBE_KEY] = probe
         yield probe
     # After the world (process group) ends: it keeps the tensors of its last collectives.
@@ -580,40 +606,53 @@ class CollectionHooks:
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         # A test that uses the fixture is a vram test: `pytest -m vram` must select it.
         if "vram" in getattr(item, "fixturenames", ()) and item.get_closest_marker("vram") is None:
-            item.add_marker(marks.MARKER)
+            item.add_marker(marker.MARKER)
 
     @pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: deselected tests are not stale
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         parents: dict[int, bool] = {}
+        plain = []
         for item in items:
-            if not marks.carries(item, parents):
-                self.session.collect(item.nodeid, None, vram=False)
+            if not marker.carries(item, parents):
+                plain.append(item.nodeid)
                 continue
+            from pytest_vram.marks import MarkError
+
             self.measuring = True
             mark = _evaluated(item)
-            if isinstance(mark, marks.MarkError):
+            if isinstance(mark, MarkError):
                 mark = None  # reported at setup
             self.session.collect(item.nodeid, mark, vram=True)
+        self.session.collect_plain(plain)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # No test here can measure: drop the per-test hooks of measured tests (see
-        # _register_measuring). An item that another plugin marked after our
-        # collection_modifyitems (tryfirst) still counts.
+        # _register_measuring), the report hooks that gather their figures (and the claims'
+        # where no module declared one), and this class, whose setup check would return at
+        # once. An item that another plugin marked after our collection_modifyitems
+        # (tryfirst) still counts.
         parents: dict[int, bool] = {}
-        if self.measuring or any(marks.carries(i, parents) for i in session.items):
+        if self.measuring or any(marker.carries(i, parents) for i in session.items):
             self.measuring = True
             return
-        for name in MEASURING:
-            plugin = self.config.pluginmanager.get_plugin(name)
+        manager = self.config.pluginmanager
+        claim_hooks = manager.get_plugin("vram-claims")
+        names = [*MEASURING, "vram-collection"]
+        if claim_hooks is None or not claim_hooks.declared:  # no claim to judge either
+            names.append("vram-reports")
+        for name in names:
+            plugin = manager.get_plugin(name)
             if plugin is not None:
-                self.config.pluginmanager.unregister(plugin, name)
+                manager.unregister(plugin, name)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if not self.measuring:  # no test of this run carries the marker: nothing to check
             return
+        from pytest_vram.marks import MarkError
+
         mark = _evaluated(item)
-        if isinstance(mark, marks.MarkError):
+        if isinstance(mark, MarkError):
             pytest.fail(str(mark), pytrace=False)
         key = mark.base_key(item.nodeid) if mark else item.nodeid
         others = self.session.shared_with(item.nodeid, key)
@@ -625,7 +664,7 @@ class CollectionHooks:
             )
         # Only a marker on the test itself demands the fixture: a module-wide marker that
         # sets a tolerance must not break the module's other tests.
-        own = any(m.name == marks.MARKER for m in getattr(item, "own_markers", ()))
+        own = any(m.name == marker.MARKER for m in getattr(item, "own_markers", ()))
         if own and "vram" not in getattr(item, "fixturenames", ()):
             pytest.fail(
                 f"{item.nodeid}: marked @pytest.mark.vram but does not use the `vram` fixture; "
@@ -693,19 +732,19 @@ class GarbageHooks:
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         module = getattr(item, "module", None)
         if nextitem is None or getattr(nextitem, "module", None) is not module:
+            from pytest_vram.backends.base import thaw_garbage
+
             thaw_garbage()
 
 
 class AggregateHooks:
-    """The controller (or the single process; rank 0 of a launched world): gathers the
-    records from the reports, does the session-end work and shows the ``VRAM`` section."""
+    """The controller (or the single process; rank 0 of a launched world): does the
+    session-end work and shows the ``VRAM`` section (:class:`ReportHooks` gathers the
+    records from the reports)."""
 
     def __init__(self, config: pytest.Config, session: VramSession) -> None:
         self.config = config
         self.session = session
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.session.add_report(report.nodeid, report.when, report.passed, report.user_properties)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.session.finish(_partly_selected_files(self.config)):
@@ -714,6 +753,24 @@ class AggregateHooks:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.session.has_summary:
             output.terminal_summary(self.session, terminalreporter)
+
+
+class ReportHooks:
+    """Each test report's phase: to the claims (what ran, the figures) and, where the
+    process aggregates (:class:`AggregateHooks`), to the session (completed tests, the
+    records a teardown report carries). Dropped where nothing can measure or claim."""
+
+    def __init__(self, session: VramSession, claims: claiming.ClaimHooks, aggregate: bool) -> None:
+        self.session = session
+        self.claims = claims
+        self.aggregate = aggregate
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.aggregate:
+            self.session.add_report(
+                report.nodeid, report.when, report.passed, report.user_properties
+            )
+        self.claims.add_report(report)
 
 
 class WorkerHooks:
@@ -766,6 +823,8 @@ def _partly_selected_files(config: pytest.Config) -> set[str]:
 def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
     """The item's vram marker, evaluated once (at collection, or at setup for items added
     later) and kept in ``item.stash``; a bad marker is kept as its error for setup to report."""
+    from pytest_vram import marks
+
     if MARK_KEY not in item.stash:
         try:
             item.stash[MARK_KEY] = marks.evaluate(item)
@@ -775,5 +834,7 @@ def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
 
 
 def _valid(item: pytest.Item) -> marks.VramMark | None:
+    from pytest_vram.marks import MarkError
+
     mark = item.stash.get(MARK_KEY, None)
-    return None if isinstance(mark, marks.MarkError) else mark
+    return None if isinstance(mark, MarkError) else mark

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_vram import __version__, baselines, marks, output, report, world
-from pytest_vram.backends import Backend, BackendUnavailable, create
-from pytest_vram.baselines import BaselineError, BaselineFile, Entry
-from pytest_vram.figures import MemoryFigures
-from pytest_vram.verdicts import Verdict, judge, worst
+from pytest_vram import __version__, output, world
 
 if TYPE_CHECKING:
+    from pytest_vram import marks, report
+    from pytest_vram.backends import Backend
+    from pytest_vram.baselines import BaselineError, BaselineFile
     from pytest_vram.fixture import Vram
     from pytest_vram.plugin import Settings
+    from pytest_vram.verdicts import Verdict
 
 #: Context fields that change figures when they change (the plugin's version does not).
 SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
@@ -63,7 +63,9 @@ class VramSession:
         self._backend: Backend | None = None
         self._backend_error: str | None = None
         self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
-        self.outcome = report.Outcome(update=settings.update or settings.update_new_only)
+        #: the ``--vram-json`` ``claims`` list (``ClaimHooks`` fills it): ``outcome.claims``
+        self.claims: list[dict[str, Any]] = []
+        self._outcome: report.Outcome | None = None
         #: test files collected (deselected ones too): only their entries can be stale
         self.collected_files: set[str] = set()
         #: baseline key prefix -> node id of the collected test that produces it
@@ -75,6 +77,17 @@ class VramSession:
         #: profile -> baseline path shown, of every profile a vram test used
         self.used_profiles: dict[str, str] = {}
 
+    @property
+    def outcome(self) -> report.Outcome:
+        """Everything this run learned, created on first use: a run without vram tests
+        never imports the report, verdict and baseline modules."""
+        if self._outcome is None:
+            from pytest_vram import report
+
+            update = self.settings.update or self.settings.update_new_only
+            self._outcome = report.Outcome(update=update, claims=self.claims)
+        return self._outcome
+
     # -- backend and baselines, created on first use --------------------------------
 
     @property
@@ -84,6 +97,8 @@ class VramSession:
 
     def backend(self) -> Backend:
         """The measuring backend, created and warmed up at the first measurement."""
+        from pytest_vram.backends import BackendUnavailable, create
+
         if self._backend is None and self._backend_error is None:
             try:
                 world.select_local_device()
@@ -110,10 +125,14 @@ class VramSession:
             pytest.fail(message, pytrace=False)
 
     def baseline_path(self, profile: str) -> Path:
+        from pytest_vram import baselines
+
         return baselines.profile_path(self.settings.baselines, profile)
 
     def baseline(self, profile: str) -> BaselineFile | None:
         """The profile's baseline file, loaded once per process (read-only)."""
+        from pytest_vram.baselines import BaselineError
+
         try:
             path = self.baseline_path(profile)
         except BaselineError as exc:
@@ -131,6 +150,9 @@ class VramSession:
 
     def _load(self, path: Path) -> BaselineFile | None | BaselineError:
         """The file at ``path``, parsed once per process (or the error it gave)."""
+        from pytest_vram import baselines
+        from pytest_vram.baselines import BaselineError
+
         if path not in self._baselines:
             try:
                 self._baselines[path] = baselines.load(path)
@@ -160,6 +182,10 @@ class VramSession:
                 n for n in (other, nodeid) if n not in self.shared_keys.get(key, [])
             )
         self.owners[key] = nodeid
+
+    def collect_plain(self, nodeids: list[str]) -> None:
+        """Note collected tests that are not vram tests (:meth:`collect` of each, at once)."""
+        self.collected_files.update({nodeid.split("::", 1)[0] for nodeid in nodeids})
 
     def shared_with(self, nodeid: str, key: str) -> list[str]:
         """The other tests that use baseline ``key`` if ``nodeid`` shares it, else []."""
@@ -215,6 +241,10 @@ class VramSession:
     ) -> list[report.Record]:
         """Verdicts of every measurement of the test ``nodeid`` against its baseline;
         ``gathered``: every launched rank's figures (the worst rank is judged)."""
+        from pytest_vram import marks, report
+        from pytest_vram.figures import MemoryFigures
+        from pytest_vram.verdicts import judge, worst
+
         profile = self.profile()
         baseline = self.baseline(profile)
         path = self.display(self.baseline_path(profile))
@@ -288,12 +318,16 @@ class VramSession:
         if when == "call" and passed:
             self.completed.add(nodeid)
         if when == "teardown" and properties:
+            from pytest_vram import report
+
             self.outcome.records.extend(report.records_from(properties))
 
     @property
     def has_summary(self) -> bool:
         """Whether there is anything for the ``VRAM`` section."""
-        outcome = self.outcome
+        outcome = self._outcome
+        if outcome is None:
+            return False
         return bool(outcome.records or outcome.stale or outcome.pruned or outcome.errors)
 
     # -- session end ------------------------------------------------------------------
@@ -302,6 +336,8 @@ class VramSession:
         """The session-end work of the controller (or single process): stale entries, setup
         notes, ``--vram-update``, strict stale failures, report files. ``partly_selected``:
         files of which only some tests were selected. True: the session must fail."""
+        if self._outcome is None and not self._profiles_in_play() and not self._writes_reports:
+            return False  # nothing measured, no profile to check for stale entries, no file
         # Under xdist records arrive in completion order; sorted, the table, the JSON and the
         # Markdown read the same from run to run.
         self.outcome.records.sort(key=lambda r: r.key)
@@ -317,6 +353,8 @@ class VramSession:
 
     def write_reports(self) -> bool:
         """``--vram-json`` and ``--vram-markdown``; True if one could not be written."""
+        from pytest_vram import report
+
         failed = False
         for option, path, render in (
             ("--vram-json", self.settings.json_path, report.to_json),
@@ -326,7 +364,17 @@ class VramSession:
                 failed |= self._write_report(option, path, render)
         return failed
 
+    @property
+    def _writes_reports(self) -> bool:
+        return self.settings.json_path is not None or self.settings.markdown_path is not None
+
+    def _profiles_in_play(self) -> bool:
+        """Whether :meth:`_profiles` can name one (a test opened one, or the option did)."""
+        return bool(self.used_profiles or self.settings.profile)
+
     def _write_report(self, option: str, path: Path, render: Callable[..., str]) -> bool:
+        from pytest_vram import report
+
         try:
             report.write_text(path, render(self.outcome))
         except OSError as exc:
@@ -339,6 +387,8 @@ class VramSession:
 
     def _profiles(self) -> dict[str, str]:
         """profile -> baseline path shown to users, for every profile measured or chosen."""
+        from pytest_vram.baselines import BaselineError
+
         # A profile whose tests all stopped measuring has no record but may have stale entries.
         profiles = {
             **self.used_profiles,
@@ -355,6 +405,8 @@ class VramSession:
 
         A malformed file was already reported by every vram test that used it.
         """
+        from pytest_vram.baselines import BaselineError
+
         try:
             loaded = self._load(self.baseline_path(profile))
         except BaselineError:
@@ -379,6 +431,8 @@ class VramSession:
 
     def find_stale(self, partly_selected: set[str] | frozenset[str] = frozenset()) -> None:
         """Entries of the collected files that no completed test produced."""
+        from pytest_vram import baselines
+
         produced = {r.key for r in self.outcome.records}
         completed = {r.nodeid for r in self.outcome.records} | self.completed
         for profile, shown in self._profiles().items():
@@ -412,6 +466,9 @@ class VramSession:
     def update(self) -> bool:
         """``--vram-update`` / ``--vram-update-new-only``: rewrite the measured entries
         (and with ``--vram-prune`` delete the stale ones). True if a file could not be."""
+        from pytest_vram import baselines
+        from pytest_vram.baselines import BaselineError, Entry
+
         failed = False
         by_profile: dict[str, list[report.Record]] = {}
         for record in self.outcome.records:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
-from pytest_vram.backends.base import Backend, BackendUnavailable
+if TYPE_CHECKING:
+    from pytest_vram.backends.base import Backend, BackendUnavailable
 
 #: name -> "module:Class"; imported only when chosen, so unused backends cost nothing.
 BUILTIN = {
@@ -28,6 +30,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # Backend and BackendUnavailable on first use: the plugin reads the names above at
+    # configure, and a run without vram tests never needs the base class.
+    if name in ("Backend", "BackendUnavailable"):
+        from pytest_vram.backends import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def resolve_name(name: str) -> str:
     """Map ``auto`` to ``cuda`` where a GPU is visible, else to ``estimate``."""
     if name != "auto":
@@ -47,6 +59,8 @@ def create(name: str, allocator: str = "expandable") -> Backend:
         raise ValueError(
             f"unknown allocator mode {allocator!r}: choose one of {', '.join(ALLOCATOR_MODES)}"
         )
+    from pytest_vram.backends.base import Backend, BackendUnavailable
+
     name = resolve_name(name)
     target = BUILTIN.get(name, name)
     if ":" not in target:

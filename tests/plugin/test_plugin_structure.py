@@ -87,7 +87,7 @@ def test_the_session_end_hooks_are_the_process_role(vram_pytester):
 MEASURING_PROBE = """
 def pytest_collection_finish(session):
     manager = session.config.pluginmanager
-    names = ("vram-measure", "vram-garbage", "vram-measured-output")
+    names = ("vram-measure", "vram-garbage", "vram-measured-output", "vram-reports")
     print("MEASURING", [n for n in names if manager.get_plugin(n) is not None])
 """
 
@@ -100,8 +100,24 @@ def test_a_run_without_vram_tests_drops_the_hooks_of_measured_tests(vram_pyteste
     vram_pytester.makepyfile(test_model="def test_m(vram): pass")
     result = run_vram("-s", "--vram-no-strict")
     result.stdout.fnmatch_lines(
-        ["MEASURING ['vram-measure', 'vram-garbage', 'vram-measured-output']"]
+        ["MEASURING ['vram-measure', 'vram-garbage', 'vram-measured-output', 'vram-reports']"]
     )
+
+
+def test_a_run_that_declares_claims_keeps_the_report_hook(vram_pytester, run_vram):
+    # Claims need every test's outcome even where no collected test measures.
+    vram_pytester.makeconftest(MEASURING_PROBE)
+    vram_pytester.makepyfile(
+        test_declared="""
+        from pytest_vram.claims import Claim, peak
+
+        vram_claims = [Claim.at_most("c", peak("test_m.py::test_m"), "1MiB")]
+
+        def test_a():
+            pass
+        """
+    )
+    run_vram("-s").stdout.fnmatch_lines(["MEASURING ['vram-reports']"])
 
 
 def test_a_measurement_the_collection_did_not_announce_is_still_judged(vram_pytester, run_vram):
