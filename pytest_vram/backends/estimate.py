@@ -36,6 +36,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from pytest_vram.backends import _allocator, _fake_distributed, _fake_kernels, _torch_compat
+from pytest_vram.backends._known_values import KnownValues, transformers_reads_known_values
 from pytest_vram.backends._fake_cuda import (
     emulated_cuda_runtime,
     engine_is_asking,
@@ -50,6 +51,7 @@ _META = torch.device("meta")
 _CUDA = torch.device("cuda", 0)
 _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
+_LOCAL_SCALAR_DENSE = torch.ops.aten._local_scalar_dense.default
 _TO = torch.ops.aten.to
 _TORCH_DIR = os.path.dirname(torch.__file__)
 #: metadata queries (``prim.device``, ``aten.size``...) FakeTensorMode answers from the fake
@@ -65,8 +67,15 @@ class _StorageTracker:
     land in that test's (discarded) pool, never in the current one.
     """
 
-    def __init__(self, allocator: _allocator.CachingAllocatorModel, observer: Any = None) -> None:
+    def __init__(
+        self,
+        allocator: _allocator.CachingAllocatorModel,
+        observer: Any = None,
+        known: KnownValues | None = None,
+    ) -> None:
         self.allocator = allocator
+        #: the test's known tensor values: a resized storage's contents are new
+        self.known = known
         self._live: dict[int, tuple[weakref.ref[Any], _allocator.Block | None]] = {}
         #: optional attribution hook (``pytest_vram.attribution.Collector``): told of every
         #: storage made and released, and of every transient buffer
@@ -110,6 +119,8 @@ class _StorageTracker:
     def resized(self, storage: Any) -> None:
         """Re-count a live storage whose size changed in place (``storage.resize_``)."""
         key = storage._cdata
+        if self.known is not None:
+            self.known.forget(storage)
         entry = self._live.pop(key, None)
         if entry is not None:
             self.allocator.free(entry[1])
@@ -367,6 +378,8 @@ class _EstimatingFakeMode(FakeTensorMode):
         super().__init__(allow_non_fake_inputs=True)
         self.fake_tensor_converter = _UnmemoizedConverter()
         self._tracker = tracker
+        #: tensors whose every element is one known value (``_known_values``)
+        self.known = tracker.known if tracker.known is not None else KnownValues()
         self._emulate = emulate
         self._nesting = threading.local()
         #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)
@@ -539,6 +552,7 @@ class _EstimatingFakeMode(FakeTensorMode):
             self._tracker.track(out)
             return out
         if func in _fake_kernels.NO_ALLOCATION_INPLACE:
+            self.known.after(func, args, kwargs, None)  # it writes its inputs
             return None
         if getattr(func, "overloadpacket", None) is _TO:
             # Under inference mode ``Tensor.to`` reaches the mode undecomposed, and fake
@@ -566,11 +580,15 @@ class _EstimatingFakeMode(FakeTensorMode):
             if depth:
                 raise
             __tracebackhide__ = True
-            out = _value_dependent(func, args)
+            out = self.known.scalar(args[0]) if func is _LOCAL_SCALAR_DENSE else None
+            if out is None:
+                out = _value_dependent(func, args)
         finally:
             self._nesting.depth = depth
         if depth:
             return out
+        if out is not NotImplemented:
+            self.known.after(func, args, kwargs, out)
         plan = _fake_kernels.OUTPUT_PLAN.get(func)
         if plan is None:
             self._tracker.track(out)
@@ -607,6 +625,7 @@ class _Scope:
             stack.enter_context(_fake_tensor_copy())
             stack.enter_context(_optimizers_take_fake_tensors())
             stack.enter_context(self._mode)
+            stack.enter_context(transformers_reads_known_values(self._mode.known))
             stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
             self._stack = stack.pop_all()
 
@@ -688,7 +707,7 @@ class EstimateBackend(Backend):
 
     def begin_test(self) -> None:
         self._allocator = _allocator.CachingAllocatorModel(self._allocator_mode)
-        self._tracker = _StorageTracker(self._allocator, self._observer)
+        self._tracker = _StorageTracker(self._allocator, self._observer, KnownValues())
         self._mode = _EstimatingFakeMode(self._tracker, self._emulate)
 
     def end_test(self) -> None:

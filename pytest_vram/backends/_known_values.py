@@ -1,0 +1,601 @@
+"""Known values of fake tensors: tensors whose every element is the same, known value.
+
+Fake tensors have no values, so a scalar read (``.item()``, ``bool(t)``) cannot be
+answered, and libraries that know this (transformers' ``is_tracing``) take a path the GPU
+does not take. Many reads in ordinary code are nevertheless determined by the program
+alone: ``torch.ones_like(ids).all()``, a stopping flag built with ``torch.full`` and ORed
+with an unknown one that is already ``True``. This module follows such **uniform**
+tensors, exactly and never by guess:
+
+* **sources**: ``ones``/``zeros``/``full`` (and their ``_like``/``new_`` forms),
+  ``scalar_tensor``, ``fill_``/``zero_``, and real CPU tensors (or fake tensors holding a
+  real constant) whose elements are all equal (at most ``REAL_NUMEL_LIMIT`` elements are
+  compared);
+* **propagation**: views share the knowledge through their storage; copies and gathers
+  (``clone``, ``_to_copy``, ``index``, ``expand_copy``...) keep the value (cast); pointwise
+  operators whose tensor inputs are all known are computed on one-element CPU tensors
+  (floating results only for operators that are exactly rounded, so a CPU and a CUDA
+  kernel agree); ``or``/``and``/``where``/``masked_fill`` answer when one known input
+  decides the result; reductions (``all``, ``any``, ``amax``, ``amin``, ``max``, ``min``,
+  ``count_nonzero``, exact integral ``sum``) of known inputs, and ``all``/``any``/``sum``
+  of empty ones;
+* **invalidation**: an operator that writes a storage (schema ``Tensor(a!)``, ``out=``)
+  keeps or sets its knowledge only when it writes one known value over the whole storage
+  (or the value it already holds), and forgets it otherwise; so does a storage resize.
+
+Knowledge is keyed by storage, with the dtype it was written in: every view of a uniform
+storage is uniform (a view in another dtype, or with the negative/conjugate bit, is
+unknown). Entries hold weak references, so nothing here keeps a tensor alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.machinery
+import math
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+#: the most elements of a real tensor compared to find whether they are all equal
+REAL_NUMEL_LIMIT = 1 << 20
+#: a write that leaves its storage's knowledge as it is
+_UNCHANGED = object()
+
+Scalar = bool | int | float | complex
+
+_aten = torch.ops.aten
+
+#: factories (and whole-tensor fills) and the value they write, from ``(args, kwargs)``
+_FACTORIES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], Any]] = {
+    _aten.ones: lambda a, k: 1,
+    _aten.ones_like: lambda a, k: 1,
+    _aten.new_ones: lambda a, k: 1,
+    _aten.zeros: lambda a, k: 0,
+    _aten.zeros_like: lambda a, k: 0,
+    _aten.new_zeros: lambda a, k: 0,
+    _aten.zero_: lambda a, k: 0,
+    _aten.full: lambda a, k: a[1] if len(a) > 1 else k.get("fill_value"),
+    _aten.full_like: lambda a, k: a[1] if len(a) > 1 else k.get("fill_value"),
+    _aten.new_full: lambda a, k: a[2] if len(a) > 2 else k.get("fill_value"),
+    _aten.scalar_tensor: lambda a, k: a[0] if a else k.get("s"),
+}
+#: operators whose every output element is an element of their first argument
+_COPIES = frozenset(
+    {
+        _aten._to_copy,
+        _aten.lift_fresh,
+        _aten.lift_fresh_copy,
+        _aten.clone,
+        _aten.contiguous,
+        _aten._unsafe_view,
+        _aten.repeat,
+        _aten.expand_copy,
+        _aten.index,
+        _aten.index_select,
+        _aten.gather,
+        _aten.take,
+        _aten.flip,
+        _aten.roll,
+        _aten.narrow_copy,
+        _aten.slice_copy,
+        _aten.select_copy,
+        _aten.permute_copy,
+        _aten.view_copy,
+        _aten._reshape_copy,
+        _aten.transpose_copy,
+        _aten.t_copy,
+        _aten.unsqueeze_copy,
+        _aten.squeeze_copy,
+        _aten.detach_copy,
+        _aten.alias_copy,
+        _aten.unfold_copy,
+        _aten.embedding,
+    }
+)
+#: operators whose output elements are elements of the tensors in their first argument
+_CONCATENATIONS = frozenset({_aten.cat, _aten.stack, _aten.hstack, _aten.vstack})
+_REDUCTIONS = frozenset(
+    {
+        _aten.all,
+        _aten.any,
+        _aten.amax,
+        _aten.amin,
+        _aten.max,
+        _aten.min,
+        _aten.sum,
+        _aten.count_nonzero,
+    }
+)
+#: the overloads of ``_REDUCTIONS`` that reduce
+_REDUCING = frozenset({"default", "dim", "dims", "dim_IntList", "int"})
+#: pointwise operators with a floating result that CPU and CUDA round the same way
+#: (IEEE basic operations, comparisons, selections, casts), so a value computed on the CPU
+#: is the CUDA kernel's; any other floating result stays unknown
+_EXACT_FLOATING = frozenset(
+    {
+        "add",
+        "sub",
+        "rsub",
+        "mul",
+        "div",
+        "neg",
+        "abs",
+        "sqrt",
+        "clone",
+        "where",
+        "masked_fill",
+        "clamp",
+        "clamp_min",
+        "clamp_max",
+        "maximum",
+        "minimum",
+        "fmax",
+        "fmin",
+        "floor",
+        "ceil",
+        "trunc",
+        "round",
+        "sign",
+        "copysign",
+        "fill",
+        "fmod",
+        "remainder",
+        "floor_divide",
+        "masked_fill",
+    }
+)
+_OR = frozenset({_aten.logical_or, _aten.logical_or_, _aten.bitwise_or, _aten.bitwise_or_})
+_AND = frozenset({_aten.logical_and, _aten.logical_and_, _aten.bitwise_and, _aten.bitwise_and_})
+_LOGICAL = frozenset({_aten.logical_or, _aten.logical_or_, _aten.logical_and, _aten.logical_and_})
+_WHERE = _aten.where
+_MASKED_FILL = frozenset({_aten.masked_fill, _aten.masked_fill_})
+_COPY_ = _aten.copy_
+_FILL_ = _aten.fill_
+
+
+class _Rule:
+    """What an operator does to known values, worked out once from its schema and tags."""
+
+    __slots__ = ("func", "packet", "base", "reduction", "source", "written", "pointwise", "inplace")
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.packet = func.overloadpacket
+        #: the operator's name without namespace and in-place suffix (``add_`` -> ``add``)
+        self.base = func._schema.name.split("::")[-1].rstrip("_")
+        #: a reduction over dimensions (``max.dim``, not the binary ``max.other``)
+        self.reduction = self.packet in _REDUCTIONS and func._overloadname in _REDUCING
+        #: positions and names of the arguments the operator writes
+        self.written = tuple(
+            (i, a.name)
+            for i, a in enumerate(func._schema.arguments)
+            if a.alias_info is not None and a.alias_info.is_write
+        )
+        tags = func.tags
+        seeded = torch.Tag.nondeterministic_seeded in tags
+        self.pointwise = torch.Tag.pointwise in tags and not seeded
+        #: an in-place operator (its first argument is its only written one)
+        self.inplace = self.written == ((0, func._schema.arguments[0].name),) and not seeded
+        #: whether the rule matters when nothing is known yet
+        self.source = (
+            self.packet in _FACTORIES
+            or self.packet in _COPIES
+            or self.packet is _COPY_
+            or self.packet is _FILL_
+        )
+
+
+class KnownValues:
+    """The known uniform values of one test's fake tensors (see the module docstring)."""
+
+    def __init__(self) -> None:
+        #: storage key -> (weak reference to the storage, dtype, value)
+        self._entries: dict[int, tuple[weakref.ref[Any], torch.dtype, Scalar]] = {}
+        self._rules: dict[Any, _Rule] = {}
+
+    # -- queries ---------------------------------------------------------------------
+    def value(self, t: object) -> Scalar | None:
+        """The value of every element of ``t``, or None where it is not known."""
+        if isinstance(t, FakeTensor):
+            if t.constant is not None:
+                return _uniform_real(t.constant)
+            if not self._entries or t.is_neg() or t.is_conj():
+                return None
+            entry = self._entries.get(t.untyped_storage()._cdata)
+            if entry is None or entry[1] != t.dtype:
+                return None
+            return entry[2]
+        if isinstance(t, torch.Tensor) and type(t) in (torch.Tensor, torch.nn.Parameter):
+            if t.device.type == "cpu" and t.layout == torch.strided:
+                return _uniform_real(t)
+        return None
+
+    def is_known(self, t: object) -> bool:
+        return self.value(t) is not None
+
+    def scalar(self, t: object) -> Scalar | None:
+        """``t.item()`` where ``t`` has one element whose value is known."""
+        if isinstance(t, torch.Tensor) and t.numel() == 1:
+            return self.value(t)
+        return None
+
+    # -- updates ---------------------------------------------------------------------
+    def forget(self, storage: Any) -> None:
+        """Drop what is known of ``storage`` (its contents changed outside any operator)."""
+        self._entries.pop(storage._cdata, None)
+
+    def after(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """Update the knowledge for an operator the program ran (``out``: its result)."""
+        rule = self._rules.get(func)
+        if rule is None:
+            rule = self._rules[func] = _Rule(func)
+        if not (self._entries or rule.source):
+            return  # nothing known, nothing this operator could make known
+        if rule.written:
+            self._after_write(rule, args, kwargs)
+            return
+        if not isinstance(out, FakeTensor):
+            if rule.packet in (_aten.max, _aten.min) and isinstance(out, tuple) and out:
+                out = out[0]  # (values, indices) of max.dim / min.dim: the values
+            else:
+                return
+        value = self._result(rule, args, kwargs, out)
+        if value is not None:
+            self._write(out, value)
+
+    def _result(
+        self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], out: FakeTensor
+    ) -> Scalar | None:
+        packet = rule.packet
+        factory = _FACTORIES.get(packet)
+        if factory is not None:
+            return _cast(factory(args, kwargs), out.dtype)
+        if packet in _COPIES:
+            value = self.value(args[0]) if args else None
+            return None if value is None else _cast(value, out.dtype)
+        if rule.reduction:
+            return self._reduction(packet, args, out)
+        if packet in _CONCATENATIONS:
+            values = {self.value(t) for t in args[0]} if args else {None}
+            dtypes = {t.dtype for t in args[0]} if args else set()
+            if len(values) == 1 and None not in values and len(dtypes) == 1:
+                return _cast(values.pop(), out.dtype)
+            return None
+        if rule.pointwise:
+            return self._pointwise(rule, args, kwargs, out.dtype)
+        return None
+
+    def _after_write(self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        targets = []
+        for index, name in rule.written:
+            target = args[index] if index < len(args) else kwargs.get(name)
+            if isinstance(target, FakeTensor):
+                targets.append(target)
+            elif isinstance(target, (list, tuple)):
+                targets.extend(t for t in target if isinstance(t, FakeTensor))
+        value: object = None
+        if rule.inplace and targets:
+            value = self._inplace_value(rule, args, kwargs, targets[0])
+        for target in targets:
+            if value is _UNCHANGED:
+                continue
+            if value is None:
+                if self._entries:
+                    self._entries.pop(target.untyped_storage()._cdata, None)
+            else:
+                self._write(target, value)  # type: ignore[arg-type]
+
+    def _inplace_value(
+        self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], target: FakeTensor
+    ) -> object:
+        packet = rule.packet
+        if packet in _FACTORIES:
+            return _cast(_FACTORIES[packet](args, kwargs), target.dtype)
+        if packet is _FILL_:
+            value = args[1] if len(args) > 1 else kwargs.get("value")
+            if isinstance(value, torch.Tensor):
+                value = self.value(value)
+            return None if value is None else _cast(value, target.dtype)
+        if packet is _COPY_:
+            value = self.value(args[1]) if len(args) > 1 else None
+            return None if value is None else _cast(value, target.dtype)
+        if rule.pointwise or packet in _MASKED_FILL:
+            return self._pointwise(rule, args, kwargs, target.dtype)
+        return None
+
+    def _write(self, t: FakeTensor, value: Scalar) -> None:
+        """``t`` now holds ``value`` in every element: record what that says of its storage."""
+        if t.is_neg() or t.is_conj():
+            self.forget(t.untyped_storage())
+            return
+        storage = t.untyped_storage()
+        key = storage._cdata
+        whole = (
+            t.storage_offset() == 0
+            and t.numel() * t.element_size() == storage.nbytes()
+            and _dense(t)
+        )
+        if whole:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0]() is storage:
+                self._entries[key] = (entry[0], t.dtype, value)
+            else:
+                ref = weakref.ref(storage, self._released(key))
+                self._entries[key] = (ref, t.dtype, value)
+            return
+        entry = self._entries.get(key)
+        if entry is not None and not (entry[1] == t.dtype and _same(entry[2], value)):
+            del self._entries[key]
+
+    def _released(self, key: int) -> Callable[[object], None]:
+        entries = self._entries
+
+        def release(ref: object) -> None:
+            entry = entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del entries[key]
+
+        return release
+
+    # -- values of results -------------------------------------------------------------
+    def _pointwise(
+        self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], dtype: torch.dtype
+    ) -> object:
+        packet = rule.packet
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        values = [self.value(t) for t in tensors]
+        if None in values:
+            return self._decided(rule, args, tensors, values, dtype)
+        if (dtype.is_floating_point or dtype.is_complex) and rule.base not in _EXACT_FLOATING:
+            return None
+        return _compute(rule, args, kwargs, dict(zip(map(id, tensors), values, strict=True)))
+
+    def _decided(
+        self,
+        rule: _Rule,
+        args: tuple[Any, ...],
+        tensors: list[torch.Tensor],
+        values: list[Scalar | None],
+        dtype: torch.dtype,
+    ) -> object:
+        """A result one known input decides: ``x | True``, ``x & False``, ``where``..."""
+        packet = rule.packet
+        known = [
+            (t, v) for t, v in zip(tensors, values, strict=True) if v is not None
+        ]
+        if packet in _OR or packet in _AND:
+            absorbing = packet in _OR
+            for t, v in known:
+                if (t.dtype == torch.bool or packet in _LOGICAL) and bool(v) is absorbing:
+                    if rule.inplace and t is args[0]:
+                        return _UNCHANGED  # self already holds the result
+                    return _cast(absorbing, dtype)
+            return None
+        if packet is _WHERE and len(args) == 3:
+            condition = self.value(args[0])
+            if condition is None:
+                return None
+            chosen = args[1] if condition else args[2]
+            value = self.value(chosen) if isinstance(chosen, torch.Tensor) else chosen
+            return None if value is None else _cast(value, dtype)
+        if packet in _MASKED_FILL and len(args) >= 3:
+            mask = self.value(args[1])
+            if mask is not None and not mask:
+                return _UNCHANGED if rule.inplace else self._cast_value(args[0], dtype)
+            fill = self.value(args[2]) if isinstance(args[2], torch.Tensor) else args[2]
+            if fill is None:
+                return None
+            fill = _cast(fill, dtype)
+            if mask:
+                return fill
+            current = self.value(args[0])
+            if current is not None and _same(_cast(current, dtype), fill):
+                return _UNCHANGED if rule.inplace else fill
+        return None
+
+    def _cast_value(self, t: object, dtype: torch.dtype) -> Scalar | None:
+        value = self.value(t)
+        return None if value is None else _cast(value, dtype)
+
+    def _reduction(self, packet: Any, args: tuple[Any, ...], out: FakeTensor) -> Scalar | None:
+        source = args[0] if args else None
+        if not isinstance(source, torch.Tensor):
+            return None
+        if source.numel() == 0:
+            # every element of the result is an empty reduction
+            identity = {_aten.all: True, _aten.any: False, _aten.sum: 0}
+            if packet in identity:
+                return _cast(identity[packet], out.dtype)
+            return 0 if packet is _aten.count_nonzero else None
+        value = self.value(source)
+        if value is None:
+            return None
+        if packet in (_aten.all, _aten.any):
+            return _cast(bool(value), out.dtype)
+        if packet is _aten.count_nonzero:
+            return source.numel() // max(out.numel(), 1) if value else 0
+        if packet is _aten.sum:
+            count = source.numel() // max(out.numel(), 1)
+            return _exact_sum(_cast(value, out.dtype), count, out.dtype)
+        return _cast(value, out.dtype)  # amax, amin, max, min
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements are ``t.numel()`` consecutive ones, each seen once."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride(), strict=True), key=lambda p: p[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
+
+
+def _same(a: Scalar, b: Scalar) -> bool:
+    """Whether two values are the same element (``-0.0`` is not ``0.0``, NaN is NaN)."""
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    return type(a) is type(b) and a == b
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Scalar | None:
+    """``value`` converted to ``dtype`` as a fill does (c10's scalar conversion)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return None
+    with torch._C._DisableTorchDispatch():
+        try:
+            return torch.scalar_tensor(value, dtype=dtype).item()
+        except (RuntimeError, TypeError, OverflowError):  # out of the dtype's range
+            return None
+
+
+def _uniform_real(t: torch.Tensor) -> Scalar | None:
+    """The value of every element of a real tensor, if they are all the same."""
+    n = t.numel()
+    if n == 0 or n > REAL_NUMEL_LIMIT or t.device.type != "cpu" or t.is_quantized:
+        return None
+    with torch._C._DisableTorchDispatch(), torch.no_grad():
+        flat = t.detach().resolve_conj().resolve_neg().reshape(-1)
+        first = flat[0]
+        if n > 1 and not bool(torch.eq(flat[-1], first)):
+            return None
+        if n > 1 and not bool(torch.eq(flat, first).all()):
+            return None
+        if flat.dtype.is_floating_point and n > 1:
+            if not bool(torch.eq(torch.signbit(flat), torch.signbit(first)).all()):
+                return None  # -0.0 and 0.0
+        value = first.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _exact_sum(value: Scalar | None, count: int, dtype: torch.dtype) -> Scalar | None:
+    """``count`` additions of ``value``, where every order of summation gives it exactly."""
+    if value is None or isinstance(value, complex):
+        return None
+    total = value * count
+    if dtype.is_floating_point:
+        # integral values below 2**24 add exactly in fp32 (CUDA's accumulator) and above
+        if not float(value).is_integer() or abs(total) > 1 << 24:
+            return None
+    elif abs(total) >= 1 << 31:
+        return None
+    return _cast(total, dtype)
+
+
+def _compute(
+    rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], values: dict[int, Scalar]
+) -> Scalar | None:
+    """Run a pointwise operator on one-element CPU tensors holding the known values.
+
+    A dimensioned input becomes shape (1,), a 0-d one shape (): type promotion is the
+    same as for the real inputs, and so is the result's dtype.
+    """
+
+    def real(a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            shape = (1,) if a.dim() else ()
+            return torch.full(shape, values[id(a)], dtype=a.dtype)
+        return a
+
+    func = rule.func
+    with torch._C._DisableTorchDispatch(), torch.no_grad():
+        try:
+            real_args = [real(a) for a in args]
+            real_kwargs = {k: real(v) for k, v in kwargs.items()}
+            result = func(*real_args, **real_kwargs)
+        except Exception:  # noqa: BLE001 - an input the operator refuses: not known
+            return None
+        if rule.inplace:
+            result = real_args[0]
+        if not isinstance(result, torch.Tensor) or result.numel() != 1:
+            return None
+        value = result.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Calls ``patch(module)`` right after the module ``name`` is first imported."""
+
+    def __init__(self, name: str, patch: Callable[[Any], None]) -> None:
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _PatchingLoader(spec.loader, self.patch)
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, patch: Callable[[Any], None]) -> None:
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        self._patch(module)
+
+
+_TRANSFORMERS_IMPORT_UTILS = "transformers.utils.import_utils"
+
+
+@contextlib.contextmanager
+def transformers_reads_known_values(known: KnownValues) -> Iterator[None]:
+    """Let transformers read a fake tensor's values where they are known (scope only).
+
+    transformers' ``is_tracing(t)`` counts a fake tensor as tracing (``is_fake_tensor``)
+    and then never asks whether, e.g., an all-ones attention mask is all ones, so it builds
+    a mask that the GPU run drops. Here ``is_fake_tensor`` answers False for a fake tensor
+    whose value is known: transformers then reads only values this module answers
+    exactly; for every other tensor it keeps its tracing path. Installed when transformers
+    is imported, now or later inside the scope; restored on exit. A transformers without
+    ``is_fake_tensor`` is left alone. Why this is sound for every ``is_tracing`` call of
+    transformers 5.17: docs/estimator.md, "Known values".
+    """
+    originals: dict[Any, Any] = {}
+
+    def patch(module: Any) -> None:
+        original = getattr(module, "is_fake_tensor", None)
+        if original is None or module in originals:
+            return
+
+        def is_fake_tensor(x: object) -> bool:
+            return bool(original(x)) and not known.is_known(x)
+
+        originals[module] = original
+        module.is_fake_tensor = is_fake_tensor
+
+    module = sys.modules.get(_TRANSFORMERS_IMPORT_UTILS)
+    finder = None
+    if module is not None:
+        patch(module)
+    else:
+        finder = _PatchOnImport(_TRANSFORMERS_IMPORT_UTILS, patch)
+        sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder is not None and finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        for patched, original in originals.items():
+            patched.is_fake_tensor = original
