@@ -162,15 +162,24 @@ _FILL_ = _aten.fill_
 class _Rule:
     """What an operator does to known values, worked out once from its schema and tags."""
 
-    __slots__ = ("func", "packet", "base", "reduction", "source", "written", "pointwise", "inplace")
+    __slots__ = (
+        "func",
+        "packet",
+        "base",
+        "kind",
+        "decides",
+        "source",
+        "written",
+        "inplace",
+        "quick",
+        "quick_write",
+    )
 
     def __init__(self, func: Any) -> None:
         self.func = func
         self.packet = func.overloadpacket
         #: the operator's name without namespace and in-place suffix (``add_`` -> ``add``)
         self.base = func._schema.name.split("::")[-1].rstrip("_")
-        #: a reduction over dimensions (``max.dim``, not the binary ``max.other``)
-        self.reduction = self.packet in _REDUCTIONS and func._overloadname in _REDUCING
         #: positions and names of the arguments the operator writes
         self.written = tuple(
             (i, a.name)
@@ -179,16 +188,31 @@ class _Rule:
         )
         tags = func.tags
         seeded = torch.Tag.nondeterministic_seeded in tags
-        self.pointwise = torch.Tag.pointwise in tags and not seeded
+        packet = self.packet
+        #: which computation gives the value of the result (None: it is never known)
+        self.kind: str | None = None
+        if packet in _FACTORIES:
+            self.kind = "factory"
+        elif packet in _COPIES:
+            self.kind = "copy"
+        elif packet in _REDUCTIONS and func._overloadname in _REDUCING:
+            self.kind = "reduction"  # not the binary ``max.other``
+        elif packet in _CONCATENATIONS:
+            self.kind = "concatenation"
+        elif (torch.Tag.pointwise in tags or packet in _MASKED_FILL) and not seeded:
+            self.kind = "pointwise"
+        #: whether one known input can decide the result (``x | True``)
+        self.decides = packet in _OR or packet in _AND or packet is _WHERE or (
+            packet in _MASKED_FILL
+        )
         #: an in-place operator (its first argument is its only written one)
         self.inplace = self.written == ((0, func._schema.arguments[0].name),) and not seeded
         #: whether the rule matters when nothing is known yet
-        self.source = (
-            self.packet in _FACTORIES
-            or self.packet in _COPIES
-            or self.packet is _COPY_
-            or self.packet is _FILL_
-        )
+        self.source = self.kind in ("factory", "copy") or packet is _COPY_ or packet is _FILL_
+        #: whether an unknown first argument makes the result unknown (fast exits): for an
+        #: in-place operator (no entry to drop either), and for a pure one
+        self.quick_write = self.inplace and not self.source and not self.decides
+        self.quick = not self.decides and self.kind in ("copy", "pointwise")
 
 
 class KnownValues:
@@ -205,10 +229,8 @@ class KnownValues:
         if isinstance(t, FakeTensor):
             if t.constant is not None:
                 return _uniform_real(t.constant)
-            if not self._entries or t.is_neg() or t.is_conj():
-                return None
-            entry = self._entries.get(t.untyped_storage()._cdata)
-            if entry is None or entry[1] != t.dtype:
+            entry = self._entries.get(t.untyped_storage()._cdata) if self._entries else None
+            if entry is None or entry[1] != t.dtype or t.is_neg() or t.is_conj():
                 return None
             return entry[2]
         if isinstance(t, torch.Tensor) and type(t) in (torch.Tensor, torch.nn.Parameter):
@@ -235,11 +257,18 @@ class KnownValues:
         rule = self._rules.get(func)
         if rule is None:
             rule = self._rules[func] = _Rule(func)
-        if not (self._entries or rule.source):
+        entries = self._entries
+        if not (entries or rule.source):
             return  # nothing known, nothing this operator could make known
         if rule.written:
+            if rule.quick_write and _unknown_fake(args[0], entries):
+                return  # an unknown tensor updated from its own elements stays unknown
             self._after_write(rule, args, kwargs)
             return
+        if rule.kind is None:
+            return
+        if rule.quick and args and _unknown_fake(args[0], entries):
+            return  # the result depends on the first argument's unknown elements
         if not isinstance(out, FakeTensor):
             if rule.packet in (_aten.max, _aten.min) and isinstance(out, tuple) and out:
                 out = out[0]  # (values, indices) of max.dim / min.dim: the values
@@ -252,23 +281,21 @@ class KnownValues:
     def _result(
         self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], out: FakeTensor
     ) -> Scalar | None:
-        packet = rule.packet
-        factory = _FACTORIES.get(packet)
-        if factory is not None:
-            return _cast(factory(args, kwargs), out.dtype)
-        if packet in _COPIES:
+        kind = rule.kind
+        if kind == "pointwise":
+            return self._pointwise(rule, args, kwargs, out.dtype)  # type: ignore[return-value]
+        if kind == "copy":
             value = self.value(args[0]) if args else None
             return None if value is None else _cast(value, out.dtype)
-        if rule.reduction:
-            return self._reduction(packet, args, out)
-        if packet in _CONCATENATIONS:
+        if kind == "factory":
+            return _cast(_FACTORIES[rule.packet](args, kwargs), out.dtype)
+        if kind == "reduction":
+            return self._reduction(rule.packet, args, out)
+        if kind == "concatenation":
             values = {self.value(t) for t in args[0]} if args else {None}
             dtypes = {t.dtype for t in args[0]} if args else set()
             if len(values) == 1 and None not in values and len(dtypes) == 1:
                 return _cast(values.pop(), out.dtype)
-            return None
-        if rule.pointwise:
-            return self._pointwise(rule, args, kwargs, out.dtype)
         return None
 
     def _after_write(self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -305,7 +332,7 @@ class KnownValues:
         if packet is _COPY_:
             value = self.value(args[1]) if len(args) > 1 else None
             return None if value is None else _cast(value, target.dtype)
-        if rule.pointwise or packet in _MASKED_FILL:
+        if rule.kind == "pointwise":
             return self._pointwise(rule, args, kwargs, target.dtype)
         return None
 
@@ -347,28 +374,28 @@ class KnownValues:
     def _pointwise(
         self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], dtype: torch.dtype
     ) -> object:
-        packet = rule.packet
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        values = [self.value(t) for t in tensors]
-        if None in values:
-            return self._decided(rule, args, tensors, values, dtype)
+        values: dict[int, Scalar] = {}
+        for a in (*args, *kwargs.values()) if kwargs else args:
+            if isinstance(a, torch.Tensor):
+                value = self.value(a)
+                if value is None:
+                    return self._decided(rule, args, kwargs, dtype) if rule.decides else None
+                values[id(a)] = value
         if (dtype.is_floating_point or dtype.is_complex) and rule.base not in _EXACT_FLOATING:
             return None
-        return _compute(rule, args, kwargs, dict(zip(map(id, tensors), values, strict=True)))
+        return _compute(rule, args, kwargs, values)
 
     def _decided(
         self,
         rule: _Rule,
         args: tuple[Any, ...],
-        tensors: list[torch.Tensor],
-        values: list[Scalar | None],
+        kwargs: dict[str, Any],
         dtype: torch.dtype,
     ) -> object:
         """A result one known input decides: ``x | True``, ``x & False``, ``where``..."""
         packet = rule.packet
-        known = [
-            (t, v) for t, v in zip(tensors, values, strict=True) if v is not None
-        ]
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        known = [(t, v) for t in tensors if (v := self.value(t)) is not None]
         if packet in _OR or packet in _AND:
             absorbing = packet in _OR
             for t, v in known:
@@ -424,6 +451,15 @@ class KnownValues:
             count = source.numel() // max(out.numel(), 1)
             return _exact_sum(_cast(value, out.dtype), count, out.dtype)
         return _cast(value, out.dtype)  # amax, amin, max, min
+
+
+def _unknown_fake(t: object, entries: dict[int, Any]) -> bool:
+    """Whether ``t`` is a fake tensor whose value is not known (the common case, fast)."""
+    return (
+        isinstance(t, FakeTensor)
+        and t.constant is None
+        and t.untyped_storage()._cdata not in entries
+    )
 
 
 def _dense(t: torch.Tensor) -> bool:
