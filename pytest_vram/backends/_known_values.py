@@ -30,13 +30,9 @@ unknown). Entries hold weak references, so nothing here keeps a tensor alive.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
-import importlib.machinery
 import math
-import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -147,7 +143,6 @@ _EXACT_FLOATING = frozenset(
         "fmod",
         "remainder",
         "floor_divide",
-        "masked_fill",
     }
 )
 _OR = frozenset({_aten.logical_or, _aten.logical_or_, _aten.bitwise_or, _aten.bitwise_or_})
@@ -155,6 +150,9 @@ _AND = frozenset({_aten.logical_and, _aten.logical_and_, _aten.bitwise_and, _ate
 _LOGICAL = frozenset({_aten.logical_or, _aten.logical_or_, _aten.logical_and, _aten.logical_and_})
 _WHERE = _aten.where
 _MASKED_FILL = frozenset({_aten.masked_fill, _aten.masked_fill_})
+#: operators not tagged pointwise whose result, for uniform non-empty inputs, is the
+#: operator applied to one element of each (``isin``: whether ``v`` equals ``w``)
+_ELEMENTWISE = _MASKED_FILL | {_aten.isin}
 _COPY_ = _aten.copy_
 _FILL_ = _aten.fill_
 
@@ -199,11 +197,11 @@ class _Rule:
             self.kind = "reduction"  # not the binary ``max.other``
         elif packet in _CONCATENATIONS:
             self.kind = "concatenation"
-        elif (torch.Tag.pointwise in tags or packet in _MASKED_FILL) and not seeded:
+        elif (torch.Tag.pointwise in tags or packet in _ELEMENTWISE) and not seeded:
             self.kind = "pointwise"
         #: whether one known input can decide the result (``x | True``)
-        self.decides = packet in _OR or packet in _AND or packet is _WHERE or (
-            packet in _MASKED_FILL
+        self.decides = (
+            packet in _OR or packet in _AND or packet is _WHERE or (packet in _MASKED_FILL)
         )
         #: an in-place operator (its first argument is its only written one)
         self.inplace = self.written == ((0, func._schema.arguments[0].name),) and not seeded
@@ -232,10 +230,14 @@ class KnownValues:
             entry = self._entries.get(t.untyped_storage()._cdata) if self._entries else None
             if entry is None or entry[1] != t.dtype or t.is_neg() or t.is_conj():
                 return None
-            return entry[2]
-        if isinstance(t, torch.Tensor) and type(t) in (torch.Tensor, torch.nn.Parameter):
-            if t.device.type == "cpu" and t.layout == torch.strided:
-                return _uniform_real(t)
+            # an empty view of a known storage holds no value (``isin`` would be wrong)
+            return entry[2] if t.numel() else None
+        if (
+            type(t) in (torch.Tensor, torch.nn.Parameter)
+            and t.device.type == "cpu"  # type: ignore[attr-defined]
+            and t.layout == torch.strided  # type: ignore[attr-defined]
+        ):
+            return _uniform_real(t)  # type: ignore[arg-type]
         return None
 
     def is_known(self, t: object) -> bool:
@@ -338,6 +340,8 @@ class KnownValues:
 
     def _write(self, t: FakeTensor, value: Scalar) -> None:
         """``t`` now holds ``value`` in every element: record what that says of its storage."""
+        if not t.numel():
+            return  # nothing written
         if t.is_neg() or t.is_conj():
             self.forget(t.untyped_storage())
             return
@@ -507,9 +511,9 @@ def _uniform_real(t: torch.Tensor) -> Scalar | None:
             return None
         if n > 1 and not bool(torch.eq(flat, first).all()):
             return None
-        if flat.dtype.is_floating_point and n > 1:
-            if not bool(torch.eq(torch.signbit(flat), torch.signbit(first)).all()):
-                return None  # -0.0 and 0.0
+        signs = torch.signbit(flat) if flat.dtype.is_floating_point and n > 1 else None
+        if signs is not None and not bool(torch.eq(signs, signs[0]).all()):
+            return None  # -0.0 and 0.0
         value = first.item()
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -561,77 +565,3 @@ def _compute(
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Calls ``patch(module)`` right after the module ``name`` is first imported."""
-
-    def __init__(self, name: str, patch: Callable[[Any], None]) -> None:
-        self.name = name
-        self.patch = patch
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != self.name:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _PatchingLoader(spec.loader, self.patch)
-        return spec
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, patch: Callable[[Any], None]) -> None:
-        self._loader = loader
-        self._patch = patch
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        self._patch(module)
-
-
-_TRANSFORMERS_IMPORT_UTILS = "transformers.utils.import_utils"
-
-
-@contextlib.contextmanager
-def transformers_reads_known_values(known: KnownValues) -> Iterator[None]:
-    """Let transformers read a fake tensor's values where they are known (scope only).
-
-    transformers' ``is_tracing(t)`` counts a fake tensor as tracing (``is_fake_tensor``)
-    and then never asks whether, e.g., an all-ones attention mask is all ones, so it builds
-    a mask that the GPU run drops. Here ``is_fake_tensor`` answers False for a fake tensor
-    whose value is known: transformers then reads only values this module answers
-    exactly; for every other tensor it keeps its tracing path. Installed when transformers
-    is imported, now or later inside the scope; restored on exit. A transformers without
-    ``is_fake_tensor`` is left alone. Why this is sound for every ``is_tracing`` call of
-    transformers 5.17: docs/estimator.md, "Known values".
-    """
-    originals: dict[Any, Any] = {}
-
-    def patch(module: Any) -> None:
-        original = getattr(module, "is_fake_tensor", None)
-        if original is None or module in originals:
-            return
-
-        def is_fake_tensor(x: object) -> bool:
-            return bool(original(x)) and not known.is_known(x)
-
-        originals[module] = original
-        module.is_fake_tensor = is_fake_tensor
-
-    module = sys.modules.get(_TRANSFORMERS_IMPORT_UTILS)
-    finder = None
-    if module is not None:
-        patch(module)
-    else:
-        finder = _PatchOnImport(_TRANSFORMERS_IMPORT_UTILS, patch)
-        sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        if finder is not None and finder in sys.meta_path:
-            sys.meta_path.remove(finder)
-        for patched, original in originals.items():
-            patched.is_fake_tensor = original

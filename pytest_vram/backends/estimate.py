@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sysconfig
 import threading
 import traceback
 import warnings
@@ -35,8 +36,13 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter, FakeT
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from pytest_vram.backends import _allocator, _fake_distributed, _fake_kernels, _torch_compat
-from pytest_vram.backends._known_values import KnownValues, transformers_reads_known_values
+from pytest_vram.backends import (
+    _allocator,
+    _fake_distributed,
+    _fake_kernels,
+    _torch_compat,
+    _transformers,
+)
 from pytest_vram.backends._fake_cuda import (
     emulated_cuda_runtime,
     engine_is_asking,
@@ -44,6 +50,7 @@ from pytest_vram.backends._fake_cuda import (
     install_sdpa_kernel,
     settle_engine_threads,
 )
+from pytest_vram.backends._known_values import KnownValues
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 
 _PRIM_DEVICE = torch.ops.prim.device.default
@@ -54,6 +61,8 @@ _EMPTY_LIKE = torch.ops.aten.empty_like.default
 _LOCAL_SCALAR_DENSE = torch.ops.aten._local_scalar_dense.default
 _TO = torch.ops.aten.to
 _TORCH_DIR = os.path.dirname(torch.__file__)
+#: where installed libraries live: a value read inside one is named with its caller too
+_LIBRARY_DIRS = (_TORCH_DIR, *{sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
 #: metadata queries (``prim.device``, ``aten.size``...) FakeTensorMode answers from the fake
 #: tensor itself, before any caching or kernel: the C++ side asks ``device`` of a fake tensor
 #: through the mode (half of all dispatches of a sharded training step)
@@ -212,10 +221,15 @@ def _value_dependent(func: Any, args: Any) -> Any:
     line = f"{where.filename}:{where.lineno} ({where.line})" if where else "an unknown line"
     if frames and where is not frames[0]:
         line += f", inside {frames[0].filename}:{frames[0].lineno}"
+    caller = next((f for f in frames if not f.filename.startswith(_LIBRARY_DIRS)), None)
+    if caller is not None and where is not None and caller is not where:
+        line += f", called from {caller.filename}:{caller.lineno} ({caller.line})"
+    hint = _transformers.value_dependent_hint(frames)
+    fix = f"{hint}; or measure" if hint else "Measure"
     raise EstimateUnsupported(
         f"the estimate backend cannot run {func} at {line}: its result depends on tensor "
         "values, which fake tensors do not have (e.g. .item(), nonzero, boolean indexing, "
-        "data-dependent control flow). Measure this test with --vram-backend=cuda, or mark "
+        f"data-dependent control flow). {fix} this test with --vram-backend=cuda, or mark "
         "it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
     ) from None
 
@@ -625,7 +639,7 @@ class _Scope:
             stack.enter_context(_fake_tensor_copy())
             stack.enter_context(_optimizers_take_fake_tensors())
             stack.enter_context(self._mode)
-            stack.enter_context(transformers_reads_known_values(self._mode.known))
+            stack.enter_context(_transformers.reads_known_values(self._mode.known))
             stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
             self._stack = stack.pop_all()
 

@@ -1,0 +1,119 @@
+"""What the estimator does for transformers, which treats fake tensors as "tracing".
+
+transformers asks ``is_tracing(t)`` before reading a tensor's values (is an attention mask
+all ones?), and counts a fake tensor as tracing (``is_fake_tensor``): it then takes the
+path an export needs, which is not the path the GPU run takes (it builds a mask the GPU
+run drops). Inside the estimator's scope, :func:`reads_known_values` makes
+``is_fake_tensor`` answer False for fake tensors whose value the estimator knows
+(:mod:`._known_values`), so transformers reads exactly the values that can be answered.
+:func:`value_dependent_hint` adds the fix to the estimator's error where transformers'
+generation loop reads generated tokens. Generic: nothing here knows a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pytest_vram.backends._known_values import KnownValues
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Calls ``patch(module)`` right after the module ``name`` is first imported."""
+
+    def __init__(self, name: str, patch: Callable[[Any], None]) -> None:
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _PatchingLoader(spec.loader, self.patch)
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any, patch: Callable[[Any], None]) -> None:
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        self._patch(module)
+
+
+_TRANSFORMERS_IMPORT_UTILS = "transformers.utils.import_utils"
+
+
+@contextlib.contextmanager
+def reads_known_values(known: KnownValues) -> Iterator[None]:
+    """Let transformers read a fake tensor's values where they are known (scope only).
+
+    transformers' ``is_tracing(t)`` counts a fake tensor as tracing (``is_fake_tensor``)
+    and then never asks whether, e.g., an all-ones attention mask is all ones, so it builds
+    a mask that the GPU run drops. Here ``is_fake_tensor`` answers False for a fake tensor
+    whose value is known: transformers then reads only values this module answers
+    exactly; for every other tensor it keeps its tracing path. Installed when transformers
+    is imported, now or later inside the scope; restored on exit. A transformers without
+    ``is_fake_tensor`` is left alone. Why this is sound for every ``is_tracing`` call of
+    transformers 5.17: docs/estimator.md, "Known values".
+    """
+    originals: dict[Any, Any] = {}
+
+    def patch(module: Any) -> None:
+        original = getattr(module, "is_fake_tensor", None)
+        if original is None or module in originals:
+            return
+
+        def is_fake_tensor(x: object) -> bool:
+            return bool(original(x)) and not known.is_known(x)
+
+        originals[module] = original
+        module.is_fake_tensor = is_fake_tensor
+
+    module = sys.modules.get(_TRANSFORMERS_IMPORT_UTILS)
+    finder = None
+    if module is not None:
+        patch(module)
+    else:
+        finder = _PatchOnImport(_TRANSFORMERS_IMPORT_UTILS, patch)
+        sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder is not None and finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        for patched, original in originals.items():
+            patched.is_fake_tensor = original
+
+
+_GENERATION_DIR = os.path.join("transformers", "generation", "")
+
+
+def value_dependent_hint(frames: list[traceback.FrameSummary]) -> str | None:
+    """The fix for a value-dependent read inside transformers' generation loop, if it is.
+
+    ``generate`` stops when every sequence has produced ``eos_token_id``: whether it does
+    depends on the generated tokens, which fake tensors do not have. Without an EOS token
+    the loop runs exactly ``max_new_tokens`` steps, and every stopping check it makes is
+    answered by the known values (docs/estimator.md, "Known values").
+    """
+    if not any(_GENERATION_DIR in f.filename for f in frames):
+        return None
+    return (
+        "transformers' generation reads the generated tokens here (its stopping check: has "
+        "every sequence produced eos_token_id?). Pass eos_token_id=None to generate (or a "
+        "GenerationConfig without one): it then runs exactly max_new_tokens steps, the "
+        "most memory the call can use, and the estimate backend can follow it"
+    )
