@@ -206,7 +206,8 @@ class _Rule:
         #: an in-place operator (its first argument is its only written one)
         self.inplace = self.written == ((0, func._schema.arguments[0].name),) and not seeded
         #: whether the rule matters when nothing is known yet
-        self.source = self.kind in ("factory", "copy") or packet is _COPY_ or packet is _FILL_
+        #: (a reduction of an empty tensor is known whatever it holds)
+        self.source = self.kind in ("factory", "copy", "reduction") or packet in (_COPY_, _FILL_)
         #: whether an unknown first argument makes the result unknown (fast exits): for an
         #: in-place operator (no entry to drop either), and for a pure one
         self.quick_write = self.inplace and not self.source and not self.decides

@@ -57,7 +57,9 @@ _TRANSFORMERS_IMPORT_UTILS = "transformers.utils.import_utils"
 
 
 @contextlib.contextmanager
-def reads_known_values(known: KnownValues) -> Iterator[None]:
+def reads_known_values(
+    known: KnownValues, module: str = _TRANSFORMERS_IMPORT_UTILS
+) -> Iterator[None]:
     """Let transformers read a fake tensor's values where they are known (scope only).
 
     transformers' ``is_tracing(t)`` counts a fake tensor as tracing (``is_fake_tensor``)
@@ -66,28 +68,29 @@ def reads_known_values(known: KnownValues) -> Iterator[None]:
     whose value is known: transformers then reads only values this module answers
     exactly; for every other tensor it keeps its tracing path. Installed when transformers
     is imported, now or later inside the scope; restored on exit. A transformers without
-    ``is_fake_tensor`` is left alone. Why this is sound for every ``is_tracing`` call of
-    transformers 5.17: docs/estimator.md, "Known values".
+    ``is_fake_tensor`` is left alone. ``module``: the module to patch (tests). Why this is
+    sound for every ``is_tracing`` call of transformers 5.17: docs/estimator.md, "Known
+    values".
     """
     originals: dict[Any, Any] = {}
 
-    def patch(module: Any) -> None:
-        original = getattr(module, "is_fake_tensor", None)
-        if original is None or module in originals:
+    def patch(target: Any) -> None:
+        original = getattr(target, "is_fake_tensor", None)
+        if original is None or target in originals:
             return
 
         def is_fake_tensor(x: object) -> bool:
             return bool(original(x)) and not known.is_known(x)
 
-        originals[module] = original
-        module.is_fake_tensor = is_fake_tensor
+        originals[target] = original
+        target.is_fake_tensor = is_fake_tensor
 
-    module = sys.modules.get(_TRANSFORMERS_IMPORT_UTILS)
+    loaded = sys.modules.get(module)
     finder = None
-    if module is not None:
-        patch(module)
+    if loaded is not None:
+        patch(loaded)
     else:
-        finder = _PatchOnImport(_TRANSFORMERS_IMPORT_UTILS, patch)
+        finder = _PatchOnImport(module, patch)
         sys.meta_path.insert(0, finder)
     try:
         yield

@@ -1,0 +1,258 @@
+"""Known values: reads of fake tensors whose every element is one known value are answered
+exactly; everything else (a partial write, a random fill, an inexact kernel) stays unknown
+and fails with the value-dependent error, as before."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_vram.backends import _transformers, create  # noqa: E402
+from pytest_vram.backends._known_values import KnownValues  # noqa: E402
+from pytest_vram.backends.estimate import EstimateUnsupported  # noqa: E402
+from pytest_vram.measure import Meter  # noqa: E402
+
+CUDA = "cuda"
+
+
+@pytest.fixture(scope="module")
+def backend() -> Any:
+    b = create("estimate")
+    b.warmup()
+    return b
+
+
+@pytest.fixture
+def scope(backend: Any) -> Iterator[Any]:
+    backend.begin_test()
+    try:
+        with backend.scope():
+            yield backend
+    finally:
+        backend.end_test()
+
+
+def unknown(read: Any) -> None:
+    with pytest.raises(EstimateUnsupported, match="depends on tensor values"):
+        read()
+
+
+def test_factories_are_known(scope: Any) -> None:
+    assert bool(torch.ones(4, device=CUDA).all())
+    assert not bool(torch.zeros(4, device=CUDA).any())
+    assert torch.full((2, 3), 7, device=CUDA).sum().item() == 42
+    assert torch.ones(1, device=CUDA, dtype=torch.float16).item() == 1.0
+    assert torch.ones(3, device=CUDA).tolist() == [1.0, 1.0, 1.0]
+    assert 3 not in torch.ones(3, device=CUDA)
+
+
+def test_a_partial_write_forgets_the_value(scope: Any) -> None:
+    m = torch.ones(4, device=CUDA)
+    m[1] = 0
+    unknown(lambda: bool(m.all()))
+
+
+def test_a_write_through_a_view_is_a_write_of_the_storage(scope: Any) -> None:
+    m = torch.ones(4, 4, device=CUDA)
+    m.view(-1)[:4].fill_(1)  # the value it already holds: still known
+    assert bool(m.all())
+    m[0].add_(1)
+    unknown(lambda: bool(m.all()))
+    unknown(lambda: bool(m[3].all()))  # the whole storage is forgotten, not just the view
+
+
+def test_a_whole_write_of_a_known_value_makes_it_known(scope: Any) -> None:
+    m = torch.empty(2, 3, device=CUDA)
+    unknown(lambda: bool(m.all()))
+    m.fill_(2)
+    assert m.amax().item() == 2
+    m.copy_(torch.zeros(3, device=CUDA))  # broadcast over the whole tensor
+    assert not bool(m.any())
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.uniform_(),
+        lambda m: m.copy_(torch.randn(4, device=CUDA)),
+        lambda m: torch.add(torch.randn(4, device=CUDA), 1, out=m),
+        lambda m: m.resize_(8),
+        lambda m: m.index_put_((torch.tensor([0], device=CUDA),), torch.tensor(5.0)),
+    ],
+    ids=["random-fill", "copy-of-unknown", "out", "resize", "index_put"],
+)
+def test_a_mutation_forgets_the_value(scope: Any, mutate: Any) -> None:
+    m = torch.ones(4, device=CUDA)
+    view = m[:2]
+    mutate(m)
+    unknown(lambda: bool(m[:4].all()))
+    unknown(lambda: bool(view.all()))
+
+
+def test_a_view_in_another_dtype_is_unknown(scope: Any) -> None:
+    m = torch.ones(4, device=CUDA)
+    assert bool(m.view(2, 2).t()[1].all())
+    unknown(lambda: bool(m.view(torch.int32).all()))
+
+
+def test_pointwise_results_are_computed(scope: Any) -> None:
+    ids = torch.randint(0, 100, (2, 8), device=CUDA)
+    mask = torch.ones_like(ids)
+    assert bool(mask.bool().sum() == mask.numel())  # transformers' fast_all
+    assert bool((~mask.bool()).logical_not().all())
+    half = torch.full((3,), 2.5, dtype=torch.float16, device=CUDA)
+    assert (half * 2 + 1).amin().item() == 6.0
+    unknown(lambda: bool((ids == 1).all()))
+    unknown(lambda: half.exp().amax().item())  # not exactly rounded on every GPU
+
+
+def test_one_known_input_decides_or_and_where(scope: Any) -> None:
+    flags = torch.randn(4, device=CUDA) > 0
+    true = torch.full((4,), True, device=CUDA)
+    false = torch.zeros(4, dtype=torch.bool, device=CUDA)
+    assert bool((flags | true).all())
+    assert not bool((flags & false).any())
+    assert torch.where(true, 3, flags).amin().item() == 3
+    unknown(lambda: bool((flags | false).any()))
+    done = false.clone()
+    done |= flags
+    unknown(lambda: bool(done.any()))
+    done |= true
+    assert bool(done.all())
+
+
+def test_reductions_of_empty_tensors(scope: Any) -> None:
+    x = torch.randn(4, device=CUDA)
+    assert bool(x[4:].all()) and not bool(x[4:].any())
+    assert x[4:].sum().item() == 0
+
+
+def test_real_tensors_moved_to_the_gpu(scope: Any, real: dict[str, Any]) -> None:
+    assert bool((real["ones"].to(CUDA) == 1).all())
+    unknown(lambda: bool(real["arange"].to(CUDA).all()))
+
+
+@pytest.fixture
+def real() -> dict[str, Any]:
+    # made before the scope: real CPU tensors (e.g. a tokenizer's output)
+    return {"ones": torch.ones(2, 16, dtype=torch.long), "arange": torch.arange(1, 9)}
+
+
+def test_a_fused_optimizer_step_forgets_the_parameters(scope: Any) -> None:
+    p = torch.nn.Parameter(torch.ones(8, device=CUDA))
+    p.grad = torch.ones(8, device=CUDA)
+    torch.optim.SGD([p], lr=0.5, fused=True).step()
+    unknown(lambda: bool((p == 1).all()))
+
+
+def test_a_known_mask_is_read_by_transformers(backend: Any) -> None:
+    """BERT with an all-ones mask runs as without one, as on the GPU (the mask is dropped);
+    a padded mask is built into the attention."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        vocab_size=1000,
+    )
+
+    def peak(mask: Any) -> int:
+        def work(model: Any) -> Any:
+            ids = torch.randint(0, 1000, (2, 256), device=CUDA)
+            with torch.no_grad():
+                return model(ids, attention_mask=mask(ids)).last_hidden_state
+
+        meter = Meter(backend)
+        meter.start()
+        model = meter.build(lambda: transformers.BertModel(config).to(CUDA).eval())
+        meter.run(work, model)
+        del model
+        meter.finish()
+        return meter.measurements[0].peak_bytes
+
+    def padded(ids: Any) -> Any:
+        mask = torch.ones_like(ids)
+        mask[:, -8:] = 0
+        return mask
+
+    without = peak(lambda ids: None)
+    ones = peak(torch.ones_like)
+    assert ones == without + 2 * 256 * 8  # the int64 mask itself, nothing made from it
+    assert peak(padded) > ones + 2 * 256 * 256  # a boolean (2, 1, 256, 256) mask, at least
+
+
+def test_is_fake_tensor_answers_false_only_for_known_values(scope: Any) -> None:
+    utils = pytest.importorskip("transformers.utils.import_utils")
+    assert not utils.is_tracing(torch.ones(4, device=CUDA))
+    assert utils.is_tracing(torch.randn(4, device=CUDA))
+
+
+def test_the_transformers_patch_is_restored() -> None:
+    utils = pytest.importorskip("transformers.utils.import_utils")
+    original = utils.is_fake_tensor
+    with _transformers.reads_known_values(KnownValues()):
+        assert utils.is_fake_tensor is not original
+    assert utils.is_fake_tensor is original
+
+
+def test_a_module_imported_inside_the_scope_is_patched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fake_import_utils.py").write_text("def is_fake_tensor(x):\n    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    known = KnownValues()
+    with _transformers.reads_known_values(known, module="fake_import_utils"):
+        import fake_import_utils
+
+        assert fake_import_utils.is_fake_tensor(object())
+        monkeypatch.setattr(known, "is_known", lambda x: True)
+        assert not fake_import_utils.is_fake_tensor(object())
+    assert fake_import_utils.is_fake_tensor(object())
+    del sys.modules["fake_import_utils"]
+
+
+def test_a_transformers_without_is_fake_tensor_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "old_import_utils.py").write_text("VERSION = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with _transformers.reads_known_values(KnownValues(), module="old_import_utils"):
+        import old_import_utils
+
+        assert not hasattr(old_import_utils, "is_fake_tensor")
+    del sys.modules["old_import_utils"]
+
+
+def _gpt2(transformers: Any) -> Any:
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128
+    )
+    return transformers.GPT2LMHeadModel(config).to(CUDA).eval()
+
+
+def test_generate_without_eos_runs(scope: Any) -> None:
+    transformers = pytest.importorskip("transformers")
+    model = _gpt2(transformers)
+    ids = torch.randint(0, 1000, (2, 16), device=CUDA)
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, eos_token_id=None
+    )
+    assert out.shape == (2, 20)
+
+
+def test_generate_stopping_on_eos_names_the_fix(scope: Any) -> None:
+    transformers = pytest.importorskip("transformers")
+    model = _gpt2(transformers)
+    ids = torch.randint(0, 1000, (2, 16), device=CUDA)
+    with pytest.raises(EstimateUnsupported) as info:
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4)
+    message = str(info.value)
+    assert "generation" in message and "eos_token_id=None" in message
+    assert "called from" in message and "test_known_values.py" in message
