@@ -259,6 +259,11 @@ class KnownValues:
         """Update the knowledge for an operator the program ran (``out``: its result)."""
         rule = self._rules.get(func)
         if rule is None:
+            if not isinstance(func, torch._ops.OpOverload):
+                # a higher-order operator (DTensor's RNG op): no schema says what its inner
+                # operators write, and they run nested, unseen here; forget everything
+                self._entries.clear()
+                return
             rule = self._rules[func] = _Rule(func)
         entries = self._entries
         if not (entries or rule.source):
