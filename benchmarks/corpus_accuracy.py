@@ -46,7 +46,7 @@ TRACE_NAME = "conv_bn_trace.json"
 # -- one backend, in its own process --------------------------------------------------------
 def measure_all(backend_name: str, names: list[str], budget_s: float) -> dict[str, Any]:
     import torch
-    from corpus_workloads import WORKLOADS
+    from corpus_workloads import EXTRA_WORKLOADS, WORKLOADS
 
     from pytest_vram.backends import create
     from pytest_vram.measure import Meter
@@ -59,7 +59,7 @@ def measure_all(backend_name: str, names: list[str], budget_s: float) -> dict[st
         if time.monotonic() > deadline:
             results[name] = {"error": "skipped: --budget-s reached"}
             continue
-        workload = WORKLOADS[name]
+        workload = {**WORKLOADS, **EXTRA_WORKLOADS}[name]
         meter = Meter(backend)
         started = time.perf_counter()
         try:
@@ -221,7 +221,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--backends", default="cuda,estimate")
-    parser.add_argument("--only", default="", help="comma-separated workload names")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workload names (also those of EXTRA_WORKLOADS, e.g. "
+        "gpt2-generate, llama-generate, which the default run leaves out)",
+    )
     parser.add_argument("--budget-s", type=float, default=150.0, help="per backend")
     parser.add_argument(
         "--estimate-sees-gpu",
