@@ -221,6 +221,12 @@ class KnownValues:
         #: storage key -> (weak reference to the storage, dtype, value)
         self._entries: dict[int, tuple[weakref.ref[Any], torch.dtype, Scalar]] = {}
         self._rules: dict[Any, _Rule] = {}
+        #: fake storage key -> the key of the real (CPU) storage it was converted from
+        self._reals: dict[int, int] = {}
+        #: real storages written inside the mode: the write ran on their fake, so their
+        #: data is no longer what the program's tensor holds
+        self._tainted: set[int] = set()
+        self._all_tainted = False
 
     # -- queries ---------------------------------------------------------------------
     def value(self, t: object) -> Scalar | None:
@@ -235,11 +241,19 @@ class KnownValues:
             return entry[2] if t.numel() else None
         if (
             type(t) in (torch.Tensor, torch.nn.Parameter)
-            and t.device.type == "cpu"  # type: ignore[attr-defined]
             and t.layout == torch.strided  # type: ignore[attr-defined]
+            and not self._all_tainted
+            and t.untyped_storage()._cdata not in self._tainted  # type: ignore[attr-defined]
         ):
+            # A real tensor (made outside the scope, e.g. a tokenizer's mask): its data is
+            # what the program's tensor holds, unless the mode wrote its fake since.
             return _uniform_real(t)  # type: ignore[arg-type]
         return None
+
+    def converted(self, real: torch.Tensor, fake: FakeTensor) -> None:
+        """The mode converted ``real`` to ``fake``: a write to the fake taints the real."""
+        if isinstance(fake, FakeTensor) and isinstance(real, torch.Tensor):
+            self._reals[fake.untyped_storage()._cdata] = real.untyped_storage()._cdata
 
     def is_known(self, t: object) -> bool:
         return self.value(t) is not None
@@ -263,13 +277,14 @@ class KnownValues:
                 # a higher-order operator (DTensor's RNG op): no schema says what its inner
                 # operators write, and they run nested, unseen here; forget everything
                 self._entries.clear()
+                self._all_tainted = True
                 return
             rule = self._rules[func] = _Rule(func)
         entries = self._entries
-        if not (entries or rule.source):
+        if not (entries or rule.source or self._reals):
             return  # nothing known, nothing this operator could make known
         if rule.written:
-            if rule.quick_write and _unknown_fake(args[0], entries):
+            if rule.quick_write and _unknown_fake(args[0], entries, self._reals):
                 return  # an unknown tensor updated from its own elements stays unknown
             self._after_write(rule, args, kwargs)
             return
@@ -310,10 +325,19 @@ class KnownValues:
         targets = []
         for index, name in rule.written:
             target = args[index] if index < len(args) else kwargs.get(name)
-            if isinstance(target, FakeTensor):
+            if isinstance(target, torch.Tensor):
                 targets.append(target)
             elif isinstance(target, (list, tuple)):
-                targets.extend(t for t in target if isinstance(t, FakeTensor))
+                targets.extend(t for t in target if isinstance(t, torch.Tensor))
+        reals = [t for t in targets if not isinstance(t, FakeTensor)]
+        if reals:  # the write ran on their fakes: taint them, know nothing of them
+            self._tainted.update(t.untyped_storage()._cdata for t in reals)
+            targets = [t for t in targets if isinstance(t, FakeTensor)]
+        if self._reals:
+            for t in targets:
+                real = self._reals.get(t.untyped_storage()._cdata)
+                if real is not None:
+                    self._tainted.add(real)
         value: object = None
         if rule.inplace and targets:
             value = self._inplace_value(rule, args, kwargs, targets[0])
@@ -463,13 +487,13 @@ class KnownValues:
         return _cast(value, out.dtype)  # amax, amin, max, min
 
 
-def _unknown_fake(t: object, entries: dict[int, Any]) -> bool:
-    """Whether ``t`` is a fake tensor whose value is not known (the common case, fast)."""
-    return (
-        isinstance(t, FakeTensor)
-        and t.constant is None
-        and t.untyped_storage()._cdata not in entries
-    )
+def _unknown_fake(t: object, entries: dict[int, Any], reals: dict[int, int] | None = None) -> bool:
+    """Whether ``t`` is a fake tensor whose value is not known (the common case, fast), and
+    (given ``reals``) not the fake of a real tensor."""
+    if not isinstance(t, FakeTensor) or t.constant is not None:
+        return False
+    key = t.untyped_storage()._cdata
+    return key not in entries and (reals is None or key not in reals)
 
 
 def _dense(t: torch.Tensor) -> bool:

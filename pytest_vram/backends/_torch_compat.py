@@ -11,7 +11,9 @@ What is used, and why:
 
 * ``torch._subclasses.fake_tensor``: ``FakeTensor``, ``FakeTensorMode``,
   ``FakeTensorConverter`` (its ``from_meta_and_device`` is overridden: no memo, so that
-  ``Module._apply`` can swap fake parameters), ``FakeTensorMode.cpp_meta_supports_symint``
+  ``Module._apply`` can swap fake parameters; its ``from_real_tensor`` and ``_get_memo``
+  tell the known values which fake a real tensor became, so a write to it is seen),
+  ``FakeTensorMode.cpp_meta_supports_symint``
   (to prefer C++ meta kernels to decompositions), and the exceptions fake kernels raise for
   value-dependent operators;
 * the dispatch cache's hot path, for speed (``docs/estimator.md``, "Speed"):
@@ -119,6 +121,8 @@ REQUIRED = (
     "torch._subclasses.fake_tensor.FakeTensor",
     "torch._subclasses.fake_tensor.FakeTensorMode.cpp_meta_supports_symint",
     "torch._subclasses.fake_tensor.FakeTensorConverter.from_meta_and_device",
+    "torch._subclasses.fake_tensor.FakeTensorConverter.from_real_tensor",
+    "torch._subclasses.fake_tensor.FakeTensorConverter._get_memo",
     "torch._subclasses.fake_tensor.FakeTensorMode.dispatch",
     "torch._subclasses.fake_tensor.FakeTensorMode._prep_args_for_hash",
     "torch._subclasses.fake_tensor.FakeTensorMode._get_output_tensor_from_cache_entry",

@@ -323,6 +323,20 @@ class _UnmemoizedConverter(FakeTensorConverter):
     (``from_real_tensor``) keep their memo: the same CPU tensor must map to one fake.
     """
 
+    def __init__(self, known: KnownValues) -> None:
+        super().__init__()
+        self._known = known
+
+    def from_real_tensor(  # type: ignore[override]
+        self, fake_mode: FakeTensorMode, t: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> FakeTensor:
+        """A real tensor's fake, made known to the known values (a write to it taints it)."""
+        fresh = self._get_memo(t) is None
+        out = super().from_real_tensor(fake_mode, t, *args, **kwargs)
+        if fresh:
+            self._known.converted(t, out)
+        return out
+
     def from_meta_and_device(  # type: ignore[override]
         self,
         fake_mode: FakeTensorMode,
@@ -390,10 +404,10 @@ class _EstimatingFakeMode(FakeTensorMode):
 
     def __init__(self, tracker: _StorageTracker, emulate: bool) -> None:
         super().__init__(allow_non_fake_inputs=True)
-        self.fake_tensor_converter = _UnmemoizedConverter()
         self._tracker = tracker
         #: tensors whose every element is one known value (``_known_values``)
         self.known = tracker.known if tracker.known is not None else KnownValues()
+        self.fake_tensor_converter = _UnmemoizedConverter(self.known)
         self._emulate = emulate
         self._nesting = threading.local()
         #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)

@@ -133,14 +133,15 @@ def test_reductions_of_empty_tensors(scope: Any) -> None:
     assert x[4:].sum().item() == 0
 
 
-def test_real_tensors_moved_to_the_gpu(scope: Any, real: dict[str, Any]) -> None:
+def test_real_tensors_moved_to_the_gpu(real: dict[str, Any], scope: Any) -> None:
+    assert not isinstance(real["ones"], torch._subclasses.FakeTensor)
     assert bool((real["ones"].to(CUDA) == 1).all())
     unknown(lambda: bool(real["arange"].to(CUDA).all()))
 
 
 @pytest.fixture
 def real() -> dict[str, Any]:
-    # made before the scope: real CPU tensors (e.g. a tokenizer's output)
+    # real CPU tensors (e.g. a tokenizer's output): request this fixture before ``scope``
     return {"ones": torch.ones(2, 16, dtype=torch.long), "arange": torch.arange(1, 9)}
 
 
@@ -256,3 +257,29 @@ def test_generate_stopping_on_eos_names_the_fix(scope: Any) -> None:
     message = str(info.value)
     assert "generation" in message and "eos_token_id=None" in message
     assert "called from" in message and "test_known_values.py" in message
+
+
+@pytest.mark.parametrize(
+    "write",
+    [lambda t: t[:, -3:].fill_(0), lambda t: t.mul_(2)],
+    ids=["through-a-view", "in-place"],
+)
+def test_a_real_tensor_written_in_the_scope_is_unknown(
+    real: dict[str, Any], scope: Any, write: Any
+) -> None:
+    mask = real["ones"]
+    write(mask)  # a real tensor, but the write runs on its fake: its data stays all ones
+    unknown(lambda: bool(mask.to(CUDA).all()))
+
+
+def test_a_real_tensor_changed_outside_the_scope_is_unknown(backend: Any) -> None:
+    mask = torch.ones(2, 16, dtype=torch.long)
+    backend.begin_test()
+    try:
+        with backend.scope():
+            assert bool(mask.to(CUDA).all())
+        mask[:, -3:] = 0  # real, between two scopes of one test
+        with backend.scope():
+            unknown(lambda: bool(mask.to(CUDA).all()))
+    finally:
+        backend.end_test()
