@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils import _pytree as pytree
 
 #: the most elements of a real tensor compared to find whether they are all equal
 REAL_NUMEL_LIMIT = 1 << 20
@@ -108,6 +109,8 @@ _REDUCTIONS = frozenset(
         _aten.count_nonzero,
     }
 )
+#: operator namespaces whose schemas declare every write (``Tensor(a!)``)
+_ANNOTATED_NAMESPACES = frozenset({"aten", "prims", "prim"})
 #: the overloads of ``_REDUCTIONS`` that reduce
 _REDUCING = frozenset({"default", "dim", "dims", "dim_IntList", "int"})
 #: pointwise operators with a floating result that CPU and CUDA round the same way
@@ -141,8 +144,6 @@ _EXACT_FLOATING = frozenset(
         "copysign",
         "fill",
         "fmod",
-        "remainder",
-        "floor_divide",
     }
 )
 _OR = frozenset({_aten.logical_or, _aten.logical_or_, _aten.bitwise_or, _aten.bitwise_or_})
@@ -171,11 +172,15 @@ class _Rule:
         "inplace",
         "quick",
         "quick_write",
+        "foreign",
     )
 
     def __init__(self, func: Any) -> None:
         self.func = func
         self.packet = func.overloadpacket
+        #: an operator outside ATen: its schema need not say what it writes (``c10d``'s
+        #: collectives write their tensors and declare nothing), so it writes them all
+        self.foreign = func.namespace not in _ANNOTATED_NAMESPACES
         #: the operator's name without namespace and in-place suffix (``add_`` -> ``add``)
         self.base = func._schema.name.split("::")[-1].rstrip("_")
         #: positions and names of the arguments the operator writes
@@ -283,6 +288,10 @@ class KnownValues:
         entries = self._entries
         if not (entries or rule.source or self._reals):
             return  # nothing known, nothing this operator could make known
+        if rule.foreign:
+            tensors = [t for t in pytree.arg_tree_leaves(*args, **kwargs) if _is_tensor(t)]
+            self._after_write_to(tensors, None)
+            return
         if rule.written:
             if rule.quick_write and _unknown_fake(args[0], entries, self._reals):
                 return  # an unknown tensor updated from its own elements stays unknown
@@ -315,10 +324,12 @@ class KnownValues:
         if kind == "reduction":
             return self._reduction(rule.packet, args, out)
         if kind == "concatenation":
-            values = {self.value(t) for t in args[0]} if args else {None}
-            dtypes = {t.dtype for t in args[0]} if args else set()
-            if len(values) == 1 and None not in values and len(dtypes) == 1:
-                return _cast(values.pop(), out.dtype)
+            tensors = [t for t in args[0] if t.numel()] if args else []
+            values = [self.value(t) for t in tensors]
+            if not values or values[0] is None or len({t.dtype for t in tensors}) != 1:
+                return None
+            if all(v is not None and _same(v, values[0]) for v in values):
+                return _cast(values[0], out.dtype)
         return None
 
     def _after_write(self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -329,8 +340,17 @@ class KnownValues:
                 targets.append(target)
             elif isinstance(target, (list, tuple)):
                 targets.extend(t for t in target if isinstance(t, torch.Tensor))
-        reals = [t for t in targets if not isinstance(t, FakeTensor)]
-        if reals:  # the write ran on their fakes: taint them, know nothing of them
+        value: object = None
+        fakes = [t for t in targets if isinstance(t, FakeTensor)]
+        if rule.inplace and fakes and fakes[0] is targets[0]:
+            value = self._inplace_value(rule, args, kwargs, fakes[0])
+        self._after_write_to(targets, value)
+
+    def _after_write_to(self, targets: list[torch.Tensor], value: object) -> None:
+        """``targets`` were written, with ``value`` in every element (None: unknown)."""
+        if not all(isinstance(t, FakeTensor) for t in targets):
+            # a real tensor: the write ran on its fake, so taint it, know nothing of it
+            reals = [t for t in targets if type(t) in (torch.Tensor, torch.nn.Parameter)]
             self._tainted.update(t.untyped_storage()._cdata for t in reals)
             targets = [t for t in targets if isinstance(t, FakeTensor)]
         if self._reals:
@@ -338,9 +358,6 @@ class KnownValues:
                 real = self._reals.get(t.untyped_storage()._cdata)
                 if real is not None:
                     self._tainted.add(real)
-        value: object = None
-        if rule.inplace and targets:
-            value = self._inplace_value(rule, args, kwargs, targets[0])
         for target in targets:
             if value is _UNCHANGED:
                 continue
@@ -415,7 +432,9 @@ class KnownValues:
                 if value is None:
                     return self._decided(rule, args, kwargs, dtype) if rule.decides else None
                 values[id(a)] = value
-        if (dtype.is_floating_point or dtype.is_complex) and rule.base not in _EXACT_FLOATING:
+        if dtype.is_complex:
+            return None
+        if dtype.is_floating_point and not _exactly_rounded(rule, args, kwargs):
             return None
         return _compute(rule, args, kwargs, values)
 
@@ -485,6 +504,21 @@ class KnownValues:
             count = source.numel() // max(out.numel(), 1)
             return _exact_sum(_cast(value, out.dtype), count, out.dtype)
         return _cast(value, out.dtype)  # amax, amin, max, min
+
+
+def _exactly_rounded(rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a floating pointwise result is the same on CPU and CUDA: one IEEE operation
+    (``a + alpha * b`` with ``alpha != 1`` is two, which CUDA may fuse into one FMA)."""
+    if rule.base not in _EXACT_FLOATING:
+        return False
+    if rule.base in ("add", "sub", "rsub"):
+        alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+        return alpha == 1
+    return True
+
+
+def _is_tensor(t: object) -> bool:
+    return isinstance(t, torch.Tensor)
 
 
 def _unknown_fake(t: object, entries: dict[int, Any], reals: dict[int, int] | None = None) -> bool:

@@ -283,3 +283,13 @@ def test_a_real_tensor_changed_outside_the_scope_is_unknown(backend: Any) -> Non
             unknown(lambda: bool(mask.to(CUDA).all()))
     finally:
         backend.end_test()
+
+
+def test_an_operator_outside_aten_writes_every_tensor_it_takes(scope: Any) -> None:
+    """``c10d``'s collectives write their tensors without saying so in their schemas."""
+    pytest.importorskip("torch.distributed")
+    m = torch.ones(4, device=CUDA)
+    allreduce = torch.ops.c10d.allreduce_.default
+    assert not any(a.alias_info for a in allreduce._schema.arguments[:1])
+    scope._mode.known.after(allreduce, ([m[:2]], None, None, None, -1), {}, None)
+    unknown(lambda: bool(m.all()))
