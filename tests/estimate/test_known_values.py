@@ -293,3 +293,45 @@ def test_an_operator_outside_aten_writes_every_tensor_it_takes(scope: Any) -> No
     assert not any(a.alias_info for a in allreduce._schema.arguments[:1])
     scope._mode.known.after(allreduce, ([m[:2]], None, None, None, -1), {}, None)
     unknown(lambda: bool(m.all()))
+
+
+GENERATE_TEST = """
+import torch
+import transformers
+
+
+def gpt2():
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128
+    )
+    return transformers.GPT2LMHeadModel(config).to("cuda").eval()
+
+
+def generate(model, **kwargs):
+    ids = torch.randint(0, 1000, (2, 16), device="cuda")
+    return model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, **kwargs
+    )
+
+
+def test_stops_on_eos(vram):
+    model = vram.build(gpt2)
+    vram.run(generate, model)
+
+
+def test_without_eos(vram):
+    model = vram.build(gpt2)
+    vram.run(lambda m: generate(m, eos_token_id=None), model)
+"""
+
+
+def test_a_user_sees_the_generate_fix(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("transformers")
+    pytester.makepyfile(test_user=GENERATE_TEST)
+    result = pytester.runpytest_subprocess("--vram-backend=estimate", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=1)
+    out = result.stdout.str()
+    assert "transformers' generation reads the generated tokens" in out
+    assert "Pass eos_token_id=None to generate" in out
+    assert "called from" in out and "test_user.py:14 (return model.generate(" in out
+    assert "test_without_eos" in out and "FAILED test_user.py::test_without_eos" not in out
