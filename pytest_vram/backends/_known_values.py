@@ -30,6 +30,7 @@ unknown). Entries hold weak references, so nothing here keeps a tensor alive.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Callable
@@ -173,6 +174,7 @@ class _Rule:
         "quick",
         "quick_write",
         "foreign",
+        "idle",
     )
 
     def __init__(self, func: Any) -> None:
@@ -209,14 +211,17 @@ class _Rule:
             packet in _OR or packet in _AND or packet is _WHERE or (packet in _MASKED_FILL)
         )
         #: an in-place operator (its first argument is its only written one)
-        self.inplace = self.written == ((0, func._schema.arguments[0].name),) and not seeded
+        writes_self = self.written == ((0, func._schema.arguments[0].name),)
+        self.inplace = writes_self and not seeded
         #: whether the rule matters when nothing is known yet
         #: (a reduction of an empty tensor is known whatever it holds)
         self.source = self.kind in ("factory", "copy", "reduction") or packet in (_COPY_, _FILL_)
         #: whether an unknown first argument makes the result unknown (fast exits): for an
         #: in-place operator (no entry to drop either), and for a pure one
-        self.quick_write = self.inplace and not self.source and not self.decides
+        self.quick_write = writes_self and not self.source and not self.decides
         self.quick = not self.decides and self.kind in ("copy", "pointwise")
+        #: an operator that neither writes nor makes a value (a view, a matmul...)
+        self.idle = self.kind is None and not self.written and not self.foreign
 
 
 class KnownValues:
@@ -226,6 +231,9 @@ class KnownValues:
         #: storage key -> (weak reference to the storage, dtype, value)
         self._entries: dict[int, tuple[weakref.ref[Any], torch.dtype, Scalar]] = {}
         self._rules: dict[Any, _Rule] = {}
+        #: operator -> whether :meth:`after` can skip it whatever is known (the caller
+        #: looks it up first: most operators are views and matmuls)
+        self.idle: dict[Any, bool] = {}
         #: fake storage key -> the key of the real (CPU) storage it was converted from
         self._reals: dict[int, int] = {}
         #: real storages written inside the mode: the write ran on their fake, so their
@@ -285,6 +293,7 @@ class KnownValues:
                 self._all_tainted = True
                 return
             rule = self._rules[func] = _Rule(func)
+            self.idle[func] = rule.idle
         entries = self._entries
         if not (entries or rule.source or self._reals):
             return  # nothing known, nothing this operator could make known
@@ -387,39 +396,29 @@ class KnownValues:
 
     def _write(self, t: FakeTensor, value: Scalar) -> None:
         """``t`` now holds ``value`` in every element: record what that says of its storage."""
-        if not t.numel():
+        n = t.numel()
+        if not n:
             return  # nothing written
-        if t.is_neg() or t.is_conj():
-            self.forget(t.untyped_storage())
-            return
         storage = t.untyped_storage()
         key = storage._cdata
-        whole = (
-            t.storage_offset() == 0
-            and t.numel() * t.element_size() == storage.nbytes()
-            and _dense(t)
-        )
-        if whole:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0]() is storage:
-                self._entries[key] = (entry[0], t.dtype, value)
-            else:
-                ref = weakref.ref(storage, self._released(key))
-                self._entries[key] = (ref, t.dtype, value)
-            return
-        entry = self._entries.get(key)
-        if entry is not None and not (entry[1] == t.dtype and _same(entry[2], value)):
-            del self._entries[key]
-
-    def _released(self, key: int) -> Callable[[object], None]:
         entries = self._entries
-
-        def release(ref: object) -> None:
-            entry = entries.get(key)
-            if entry is not None and entry[0] is ref:
-                del entries[key]
-
-        return release
+        if t.is_neg() or t.is_conj():
+            entries.pop(key, None)
+            return
+        whole = (
+            n * t.element_size() == storage.nbytes()
+            and t.storage_offset() == 0
+            and (t.is_contiguous() or _dense(t))
+        )
+        entry = entries.get(key)
+        if whole:
+            if entry is not None and entry[0]() is storage:
+                entries[key] = (entry[0], t.dtype, value)
+            else:
+                ref = weakref.ref(storage, functools.partial(_release, entries, key))
+                entries[key] = (ref, t.dtype, value)
+        elif entry is not None and not (entry[1] == t.dtype and _same(entry[2], value)):
+            del entries[key]
 
     # -- values of results -------------------------------------------------------------
     def _pointwise(
@@ -506,6 +505,13 @@ class KnownValues:
         return _cast(value, out.dtype)  # amax, amin, max, min
 
 
+def _release(entries: dict[int, Any], key: int, ref: object) -> None:
+    """A known storage died: drop its entry (unless the key is another storage's now)."""
+    entry = entries.get(key)
+    if entry is not None and entry[0] is ref:
+        del entries[key]
+
+
 def _exactly_rounded(rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether a floating pointwise result is the same on CPU and CUDA: one IEEE operation
     (``a + alpha * b`` with ``alpha != 1`` is two, which CUDA may fuse into one FMA)."""
@@ -550,17 +556,28 @@ def _same(a: Scalar, b: Scalar) -> bool:
     return type(a) is type(b) and a == b
 
 
+_CASTS: dict[tuple[torch.dtype, type, str], Scalar | None] = {}
+
+
 def _cast(value: Any, dtype: torch.dtype) -> Scalar | None:
-    """``value`` converted to ``dtype`` as a fill does (c10's scalar conversion)."""
-    if value is None:
+    """``value`` converted to ``dtype`` as a fill does (c10's scalar conversion), memoised
+    (by type and ``repr``, so ``-0.0`` is not ``0.0``)."""
+    if value is None or isinstance(value, torch.Tensor):
         return None
-    if isinstance(value, torch.Tensor):
-        return None
+    key = (dtype, type(value), repr(value))
+    try:
+        return _CASTS[key]
+    except KeyError:
+        pass
     with torch._C._DisableTorchDispatch():
         try:
-            return torch.scalar_tensor(value, dtype=dtype).item()
+            result = torch.scalar_tensor(value, dtype=dtype).item()
         except (RuntimeError, TypeError, OverflowError):  # out of the dtype's range
-            return None
+            result = None
+    if len(_CASTS) >= _COMPUTED_LIMIT:
+        _CASTS.clear()
+    _CASTS[key] = result
+    return result
 
 
 def _uniform_real(t: torch.Tensor) -> Scalar | None:
@@ -598,14 +615,53 @@ def _exact_sum(value: Scalar | None, count: int, dtype: torch.dtype) -> Scalar |
     return _cast(total, dtype)
 
 
+#: (operator, its inputs as ``_input_key`` describes them) -> result: identical layers
+#: repeat the same computations on known values
+_COMPUTED: dict[tuple[Any, ...], Scalar | None] = {}
+_COMPUTED_LIMIT = 4096
+
+
+def _input_key(a: Any, values: dict[int, Scalar]) -> Any:
+    """What a pointwise result depends on in ``a``: for a tensor its dtype, whether it has
+    dimensions and its value; a scalar by type and ``repr`` (so ``-0.0`` is not ``0.0``)."""
+    if isinstance(a, torch.Tensor):
+        v = values[id(a)]
+        return (a.dtype, a.dim() > 0, type(v), repr(v))
+    if isinstance(a, (bool, int, float, complex)):
+        return (type(a), repr(a))
+    return a
+
+
 def _compute(
     rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], values: dict[int, Scalar]
 ) -> Scalar | None:
     """Run a pointwise operator on one-element CPU tensors holding the known values.
 
     A dimensioned input becomes shape (1,), a 0-d one shape (): type promotion is the
-    same as for the real inputs, and so is the result's dtype.
+    same as for the real inputs, and so is the result's dtype. Results are memoised.
     """
+    key: tuple[Any, ...] | None = (
+        rule.func,
+        tuple(_input_key(a, values) for a in args),
+        tuple((k, _input_key(v, values)) for k, v in kwargs.items()),
+    )
+    try:
+        return _COMPUTED[key]  # type: ignore[index]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable argument (a list): computed every time
+        key = None
+    value = _compute_now(rule, args, kwargs, values)
+    if key is not None:
+        if len(_COMPUTED) >= _COMPUTED_LIMIT:
+            _COMPUTED.clear()
+        _COMPUTED[key] = value
+    return value
+
+
+def _compute_now(
+    rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], values: dict[int, Scalar]
+) -> Scalar | None:
 
     def real(a: Any) -> Any:
         if isinstance(a, torch.Tensor):

@@ -408,6 +408,7 @@ class _EstimatingFakeMode(FakeTensorMode):
         #: tensors whose every element is one known value (``_known_values``)
         self.known = tracker.known if tracker.known is not None else KnownValues()
         self.fake_tensor_converter = _UnmemoizedConverter(self.known)
+        self._known_idle = self.known.idle
         self._emulate = emulate
         self._nesting = threading.local()
         #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)
@@ -615,7 +616,7 @@ class _EstimatingFakeMode(FakeTensorMode):
             self._nesting.depth = depth
         if depth:
             return out
-        if out is not NotImplemented:
+        if out is not NotImplemented and not self._known_idle.get(func):
             self.known.after(func, args, kwargs, out)
         plan = _fake_kernels.OUTPUT_PLAN.get(func)
         if plan is None:
