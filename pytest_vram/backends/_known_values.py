@@ -234,8 +234,9 @@ class KnownValues:
         #: operator -> whether :meth:`after` can skip it whatever is known (the caller
         #: looks it up first: most operators are views and matmuls)
         self.idle: dict[Any, bool] = {}
-        #: fake storage key -> the key of the real (CPU) storage it was converted from
-        self._reals: dict[int, int] = {}
+        #: fake storage key -> (weak reference to that storage, the key of the real (CPU)
+        #: storage it was converted from), while the fake storage lives
+        self._reals: dict[int, tuple[weakref.ref[Any], int]] = {}
         #: real storages written inside the mode: the write ran on their fake, so their
         #: data is no longer what the program's tensor holds
         self._tainted: set[int] = set()
@@ -266,7 +267,12 @@ class KnownValues:
     def converted(self, real: torch.Tensor, fake: FakeTensor) -> None:
         """The mode converted ``real`` to ``fake``: a write to the fake taints the real."""
         if isinstance(fake, FakeTensor) and isinstance(real, torch.Tensor):
-            self._reals[fake.untyped_storage()._cdata] = real.untyped_storage()._cdata
+            storage = fake.untyped_storage()
+            key = storage._cdata
+            entry = self._reals.get(key)
+            if entry is None or entry[0]() is not storage:
+                ref = weakref.ref(storage, functools.partial(_release, self._reals, key))
+                self._reals[key] = (ref, real.untyped_storage()._cdata)
 
     def is_known(self, t: object) -> bool:
         return self.value(t) is not None
@@ -366,7 +372,7 @@ class KnownValues:
             for t in targets:
                 real = self._reals.get(t.untyped_storage()._cdata)
                 if real is not None:
-                    self._tainted.add(real)
+                    self._tainted.add(real[1])
         for target in targets:
             if value is _UNCHANGED:
                 continue
@@ -402,7 +408,8 @@ class KnownValues:
         storage = t.untyped_storage()
         key = storage._cdata
         entries = self._entries
-        if t.is_neg() or t.is_conj():
+        if t.is_neg() or t.is_conj() or key in self._reals:
+            # (the fake of a real tensor: the real one's data may change outside the mode)
             entries.pop(key, None)
             return
         whole = (
@@ -506,7 +513,7 @@ class KnownValues:
 
 
 def _release(entries: dict[int, Any], key: int, ref: object) -> None:
-    """A known storage died: drop its entry (unless the key is another storage's now)."""
+    """A storage died: drop its entry (unless the key is another storage's now)."""
     entry = entries.get(key)
     if entry is not None and entry[0] is ref:
         del entries[key]
@@ -527,7 +534,7 @@ def _is_tensor(t: object) -> bool:
     return isinstance(t, torch.Tensor)
 
 
-def _unknown_fake(t: object, entries: dict[int, Any], reals: dict[int, int] | None = None) -> bool:
+def _unknown_fake(t: object, entries: dict[int, Any], reals: dict[int, Any] | None = None) -> bool:
     """Whether ``t`` is a fake tensor whose value is not known (the common case, fast), and
     (given ``reals``) not the fake of a real tensor."""
     if not isinstance(t, FakeTensor) or t.constant is not None:
