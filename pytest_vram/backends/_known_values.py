@@ -249,7 +249,9 @@ class KnownValues:
             if t.constant is not None:
                 return _uniform_real(t.constant)
             entry = self._entries.get(t.untyped_storage()._cdata) if self._entries else None
-            if entry is None or entry[1] != t.dtype or t.is_neg() or t.is_conj():
+            if entry is None or entry[1] != t.dtype or t.is_neg():
+                return None
+            if entry[1].is_complex and t.is_conj():
                 return None
             # an empty view of a known storage holds no value (``isin`` would be wrong)
             return entry[2] if t.numel() else None
@@ -592,6 +594,10 @@ def _uniform_real(t: torch.Tensor) -> Scalar | None:
     n = t.numel()
     if n == 0 or n > REAL_NUMEL_LIMIT or t.device.type != "cpu" or t.is_quantized:
         return None
+    if n == 1:  # a constant: ``item`` reads it with its negative/conjugate bits
+        with torch._C._DisableTorchDispatch():
+            value = t.item()
+        return None if isinstance(value, float) and math.isnan(value) else value
     with torch._C._DisableTorchDispatch(), torch.no_grad():
         flat = t.detach().resolve_conj().resolve_neg().reshape(-1)
         first = flat[0]
