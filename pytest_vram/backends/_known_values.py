@@ -8,9 +8,9 @@ with an unknown one that is already ``True``. This module follows such **uniform
 tensors, exactly and never by guess:
 
 * **sources**: ``ones``/``zeros``/``full`` (and their ``_like``/``new_`` forms),
-  ``scalar_tensor``, ``fill_``/``zero_``, and real CPU tensors (or fake tensors holding a
-  real constant) whose elements are all equal (at most ``REAL_NUMEL_LIMIT`` elements are
-  compared);
+  ``scalar_tensor``, an ``arange`` of one element, ``fill_``/``zero_``, and real CPU
+  tensors (or fake tensors holding a real constant) whose elements are all equal (at most
+  ``REAL_NUMEL_LIMIT`` elements are compared);
 * **propagation**: views share the knowledge through their storage; copies and gathers
   (``clone``, ``_to_copy``, ``index``, ``expand_copy``...) keep the value (cast); pointwise
   operators whose tensor inputs are all known are computed on one-element CPU tensors
@@ -62,6 +62,8 @@ _FACTORIES: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], Any]] = {
     _aten.full_like: lambda a, k: a[1] if len(a) > 1 else k.get("fill_value"),
     _aten.new_full: lambda a, k: a[2] if len(a) > 2 else k.get("fill_value"),
     _aten.scalar_tensor: lambda a, k: a[0] if a else k.get("s"),
+    # one element (``after`` asks): its start
+    _aten.arange: lambda a, k: a[0] if len(a) > 1 else k.get("start", 0),
 }
 #: operators whose every output element is an element of their first argument
 _COPIES = frozenset(
@@ -337,6 +339,8 @@ class KnownValues:
             value = self.value(args[0]) if args else None
             return None if value is None else _cast(value, out.dtype)
         if kind == "factory":
+            if rule.packet is _aten.arange and out.numel() != 1:
+                return None
             return _cast(_FACTORIES[rule.packet](args, kwargs), out.dtype)
         if kind == "reduction":
             return self._reduction(rule.packet, args, out)

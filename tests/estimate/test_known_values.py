@@ -335,3 +335,16 @@ def test_a_user_sees_the_generate_fix(pytester: pytest.Pytester) -> None:
     assert "Pass eos_token_id=None to generate" in out
     assert "called from" in out and "test_user.py:14 (return model.generate(" in out
     assert "test_without_eos" in out and "FAILED test_user.py::test_without_eos" not in out
+
+
+def test_an_arange_of_one_element_is_known(scope: Any) -> None:
+    assert torch.arange(3, 4, device=CUDA).item() == 3
+    assert torch.arange(1, device=CUDA).item() == 0
+    unknown(lambda: bool(torch.arange(1, 3, device=CUDA).all()))
+
+
+def test_a_resized_storage_is_forgotten(scope: Any) -> None:
+    """FSDP2 frees and re-allocates storages with ``storage.resize_`` (no operator)."""
+    m = torch.ones(4, device=CUDA)
+    scope._tracker.resized(m.untyped_storage())
+    unknown(lambda: bool(m.all()))
