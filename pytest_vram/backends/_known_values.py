@@ -464,7 +464,9 @@ class KnownValues:
         if packet in _OR or packet in _AND:
             absorbing = packet in _OR
             for t, v in known:
-                if (t.dtype == torch.bool or packet in _LOGICAL) and bool(v) is absorbing:
+                # bitwise: for booleans only (``x | 1`` of an int is not 1)
+                boolean = t.dtype == torch.bool and dtype == torch.bool
+                if (boolean or packet in _LOGICAL) and bool(v) is absorbing:
                     if rule.inplace and t is args[0]:
                         return _UNCHANGED  # self already holds the result
                     return _cast(absorbing, dtype)

@@ -120,6 +120,9 @@ def test_one_known_input_decides_or_and_where(scope: Any) -> None:
     assert not bool((flags & false).any())
     assert torch.where(true, 3, flags).amin().item() == 3
     unknown(lambda: bool((flags | false).any()))
+    ints = torch.randint(0, 9, (4,), device=CUDA)
+    unknown(lambda: (ints | true).amax().item())  # x | 1 of an int is not 1
+    assert bool(torch.logical_or(ints, true).all())
     done = false.clone()
     done |= flags
     unknown(lambda: bool(done.any()))
