@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from pytest_vram.backends import _reduce
+from pytest_vram.backends import _conv_workspace, _reduce
 
 _aten = torch.ops.aten
 
@@ -444,6 +444,25 @@ def _register_reductions() -> None:
 
 
 _register_reductions()
+
+
+def _bias_grad_buffers(grad_output: Any, grad_bias: Any) -> list[int]:
+    """``grad_output.sum((0, 2, 3))``: ``convolution_backward``'s bias gradient where the
+    backend does not compute it (ATen's own kernels)."""
+    dims = [0, *range(2, grad_output.dim())]
+    return _sum_like(1)((grad_output, dims), {}, grad_bias)
+
+
+def _conv_forward_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
+    return _conv_workspace.forward_buffers(args, kwargs, out, _bias_grad_buffers)
+
+
+def _conv_backward_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
+    return _conv_workspace.backward_buffers(args, kwargs, out, _bias_grad_buffers)
+
+
+INTERNAL_BUFFERS[_aten.convolution.default] = _conv_forward_buffers
+INTERNAL_BUFFERS[_aten.convolution_backward.default] = _conv_backward_buffers
 
 
 def warmup_workload() -> None:
