@@ -31,6 +31,7 @@ with cuDNN disabled (the native path's buffers, not part of the table).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import itertools
 import json
@@ -319,6 +320,19 @@ def config_calls(c: Config) -> list[Call]:
     return [fwd, bwd]
 
 
+def native_calls() -> list[Call]:
+    """Calls for ``slow_conv2d`` (cuDNN disabled): the first ResNet layers at batch 8 in
+    fp32 and fp16, with and without bias, and every backward also for the weight alone."""
+    calls = []
+    for layer in layers()[:12]:
+        for dtype, bias in (("float32", False), ("float32", True), ("float16", False)):
+            fwd, bwd = config_calls(Config(layer, 8, 224, dtype, "contiguous", bias))
+            calls += [fwd, bwd]
+            if bwd.mask and bwd.mask[0]:
+                calls.append(dataclasses.replace(bwd, mask=[False, True, bias]))
+    return calls
+
+
 # -- the corpus's own calls ---------------------------------------------------------------
 def capture_corpus(sizes: tuple[str, ...] = ("small", "realistic")) -> list[tuple[str, Call]]:
     """The convolution calls the corpus CNN makes on the GPU, in order, deduplicated."""
@@ -388,7 +402,16 @@ def setup() -> dict[str, Any]:
     return info
 
 
-def measure(out_dir: Path, budget: float, corpus: bool) -> int:
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt") as f:
+            text = f.read()
+    else:
+        text = path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def measure(out_dir: Path, budget: float, corpus: bool, known: set[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cudnn_workspace.jsonl"
     torch.empty(1, device="cuda").sum()  # context and allocator
@@ -413,6 +436,8 @@ def measure(out_dir: Path, budget: float, corpus: bool) -> int:
                 print(f"budget of {budget:.0f} s reached", flush=True)
                 break
             for call in config_calls(config):
+                if known and call_key(asdict(call), cw.flags()) in known:
+                    continue
                 try:
                     row = run_call(call)
                 except torch.OutOfMemoryError:
@@ -426,11 +451,9 @@ def measure(out_dir: Path, budget: float, corpus: bool) -> int:
                 print(f"{n} calls, {last_print - started:.0f} s, tier {tier}", flush=True)
         # the native path (cuDNN disabled), for the docs: not part of the table
         with torch.backends.cudnn.flags(enabled=False):
-            for layer in layers()[:12]:
-                config = Config(layer, 8, 224, "float32", "contiguous", False)
-                for call in config_calls(config):
-                    write({"tier": "cudnn-disabled", "family": layer.family, **run_call(call)})
-                    n += 1
+            for call in native_calls():
+                write({"tier": "cudnn-disabled", **run_call(call)})
+                n += 1
     print(f"{n} calls in {time.perf_counter() - started:.1f} s -> {path}", flush=True)
     return 0
 
@@ -453,16 +476,16 @@ def call_key(call: dict[str, Any], cudnn_flags: tuple[bool, bool, bool]) -> str:
     )  # fmt: skip
 
 
-def make_table(jsonl: Path, dest_dir: Path) -> Path:
-    """Turn a measurement file into the table the estimator ships."""
-    if jsonl.suffix == ".gz":
-        with gzip.open(jsonl, "rt") as f:
-            text = f.read()
-    else:
-        text = jsonl.read_text()
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+def make_table(jsonls: list[Path], dest_dir: Path) -> Path:
+    """Turn measurement files (one setup) into the table the estimator ships."""
+    lines = []
+    for path in jsonls:
+        rows = _read_rows(path)
+        assert rows[0].get("setup"), f"{path}: the first line is not the setup"
+        if lines and {k: v for k, v in rows[0].items()} != lines[0]:
+            raise SystemExit(f"{path}: measured on another setup than {jsonls[0]}")
+        lines += rows if not lines else rows[1:]
     info = lines[0]
-    assert info.get("setup"), f"{jsonl}: the first line is not the setup"
     cudnn_flags = (info["cudnn_allow_tf32"], info["cudnn_deterministic"], info["cudnn_benchmark"])
     entries: dict[str, int] = {}
     unstable = 0
@@ -482,7 +505,7 @@ def make_table(jsonl: Path, dest_dir: Path) -> Path:
         backends[row["backend"]] = backends.get(row["backend"], 0) + 1
     table = {
         "format": cw.TABLE_FORMAT,
-        "source": f"benchmarks/cudnn_workspace.py on {info['gpu']} ({jsonl.name})",
+        "source": f"benchmarks/cudnn_workspace.py on {info['gpu']}",
         "gpu": info["gpu"],
         "arch": info["arch"],
         "torch": info["torch"],
@@ -505,7 +528,12 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=200.0, help="seconds for the grid")
     parser.add_argument("--no-corpus", action="store_true", help="skip the corpus's calls")
     parser.add_argument("--list", action="store_true", help="count the grid, no GPU")
-    parser.add_argument("--table", type=Path, help="a .jsonl of this script: write the table")
+    parser.add_argument(
+        "--table", type=Path, nargs="+", help="this script's .jsonl(.gz) files: write the table"
+    )
+    parser.add_argument(
+        "--known", type=Path, nargs="*", default=[], help="skip calls already in these files"
+    )
     parser.add_argument("--table-dir", type=Path, default=cw.DATA_DIR)
     ns = parser.parse_args()
     if ns.table:
@@ -517,7 +545,13 @@ def main() -> int:
             counts[tier] = counts.get(tier, 0) + 1
         print(f"{len(layers())} layers; configurations per tier: {counts}")
         return 0
-    return measure(ns.out, ns.budget, not ns.no_corpus)
+    known: set[str] = set()
+    for path in ns.known:
+        rows = _read_rows(path)
+        flags = (rows[0]["cudnn_allow_tf32"], rows[0]["cudnn_deterministic"],
+                 rows[0]["cudnn_benchmark"])  # fmt: skip
+        known |= {call_key(r["call"], flags) for r in rows[1:] if r["tier"] != "cudnn-disabled"}
+    return measure(ns.out, ns.budget, not ns.no_corpus, known)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 DATA_DIR = Path(__file__).parent / "data"
 #: the GPU and cuDNN the estimate models where no GPU is usable: the H200 (sm90) with the
@@ -236,16 +237,17 @@ def _native(
     direction: str, inp: Any, weight: Any, params: dict[str, Any], bias_sum: Any
 ) -> Buffers | None:
     """The buffers of ATen's own CUDA convolutions, where a rule measured on the H200
-    covers the call (``benchmarks/cudnn_workspace.py``: 636 depthwise calls, 24 with cuDNN
-    disabled); None where none does.
+    covers the call (``benchmarks/cudnn_workspace.py``: every depthwise call of the grid, 129 calls
+    with cuDNN disabled); None where none does.
 
     * The native depthwise kernel (``conv_depthwise2d``, what a depthwise convolution in
       NCHW runs in fp32 and bf16, and any depthwise one with cuDNN disabled) holds
       nothing; a bias gradient is ``grad_output.sum((0, 2, 3))`` with its reduction's
       staging buffer.
     * ``slow_conv2d`` (cuDNN disabled) unfolds one image at a time into a
-      ``(C_in * kH * kW, H_out * W_out)`` buffer, except a forward 1x1 convolution with
-      stride 1 and no padding, which needs none.
+      ``(C_in * kH * kW, H_out * W_out)`` buffer of the input's dtype, with or without
+      bias, for any backward mask, except a forward 1x1 convolution with stride 1 and no
+      padding, which needs none.
     """
     contiguous = inp.is_contiguous() and weight.is_contiguous()
     if not contiguous or inp.dim() != 4:
@@ -258,7 +260,7 @@ def _native(
         return Buffers()
     if torch.backends.cudnn.enabled or groups != 1 or transposed:
         return None
-    if any(int(d) != 1 for d in params["dilation"]) or params["bias"]:
+    if any(int(d) != 1 for d in params["dilation"]):
         return None
     pointwise = (
         tuple(int(n) for n in weight.shape[2:]) == (1, 1)
@@ -267,8 +269,6 @@ def _native(
     )
     if direction == "fwd" and pointwise:
         return Buffers()
-    if direction == "bwd" and not mask[0] and pointwise:
-        return None  # not measured
     return Buffers([_columns(inp, weight, params["stride"], params["padding"])])
 
 
@@ -325,3 +325,37 @@ def backward_buffers(args: Any, kwargs: Any, out: Any, bias_sum: Any) -> Buffers
         "grad_bias": out[2] if mask[2] else None,
     }
     return _buffers("bwd", backward_key(args, kwargs, flags()), inp, weight, params, bias_sum)
+
+
+def cuda_memory_format(inp: Any, weight: Any) -> torch.memory_format | None:
+    """The layout of a CUDA convolution's results: ``cudnn_conv_suggest_memory_format``.
+
+    cuDNN works channels-last when the input or the weight is (2-D, not fp64), and its
+    outputs and input and weight gradients come out that way; ATen's kernels (cuDNN
+    disabled, and the NCHW depthwise kernel, whose inputs are never channels-last) make
+    contiguous ones. None where this is not modelled (3-D convolutions).
+    """
+    if inp.device.type != "cuda" or weight.dim() != 4:
+        return None
+    if not torch.backends.cudnn.enabled or torch.float64 in (inp.dtype, weight.dtype):
+        return torch.contiguous_format
+    if torch.channels_last in (suggest_memory_format(inp), suggest_memory_format(weight)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def forward_layout(args: Any, kwargs: Any, out: Any) -> list[torch.memory_format | None]:
+    """The memory format of ``aten.convolution``'s output on CUDA."""
+    inp, weight = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
+    if bool(_arg(args, kwargs, 6, "transposed")):
+        return [None]
+    return [cuda_memory_format(inp, weight)]
+
+
+def backward_layout(args: Any, kwargs: Any, out: Any) -> list[torch.memory_format | None]:
+    """The memory formats of ``aten.convolution_backward``'s input and weight gradients."""
+    inp, weight = _arg(args, kwargs, 1, "input"), _arg(args, kwargs, 2, "weight")
+    if bool(_arg(args, kwargs, 7, "transposed")):
+        return [None, None, None]
+    fmt = cuda_memory_format(inp, weight)
+    return [fmt, fmt, None]

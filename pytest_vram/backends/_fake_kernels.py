@@ -60,6 +60,10 @@ INTERNAL_BUFFERS: dict[Any, Callable[[Any, Any, Any], list[int]]] = {}
 #: operator overload -> (args, kwargs, outputs) -> the outputs CUDA allocates, in order
 OUTPUT_PLAN: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {}
 
+#: operator overload -> (args, kwargs, outputs) -> the memory format CUDA gives each output
+#: (None: as the meta kernel made it), where the meta kernel decides otherwise
+OUTPUT_LAYOUT: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {}
+
 #: In-place operators without outputs and without a meta kernel on some torch versions
 #: (the fused SGD/Adagrad optimizer steps, the tensor-lr fused Adam/AdamW): their CUDA
 #: kernels update their inputs through ``multi_tensor_apply`` and allocate nothing, so the
@@ -463,6 +467,10 @@ def _conv_backward_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
 
 INTERNAL_BUFFERS[_aten.convolution.default] = _conv_forward_buffers
 INTERNAL_BUFFERS[_aten.convolution_backward.default] = _conv_backward_buffers
+# The C++ meta kernel of a convolution picks no cuDNN layout (meta is not CUDA): its results
+# are contiguous where cuDNN makes channels-last ones.
+OUTPUT_LAYOUT[_aten.convolution.default] = _conv_workspace.forward_layout
+OUTPUT_LAYOUT[_aten.convolution_backward.default] = _conv_workspace.backward_layout
 
 
 def warmup_workload() -> None:

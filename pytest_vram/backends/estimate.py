@@ -394,6 +394,23 @@ def _tensor_key(t: FakeTensor) -> tuple[object, ...]:
     )
 
 
+def _relayout(out: Any, formats: list[Any]) -> Any:
+    """``out`` with each tensor in the memory format CUDA gives it (``OUTPUT_LAYOUT``).
+
+    Runs inside the operator (nesting depth > 0): the replaced results are never counted,
+    their replacements are, as the operator's outputs.
+    """
+    items = list(out) if isinstance(out, (tuple, list)) else [out]
+    changed = False
+    for i, (t, fmt) in enumerate(zip(items, formats, strict=False)):
+        if isinstance(t, FakeTensor) and fmt is not None and not t.is_contiguous(memory_format=fmt):
+            items[i] = torch.empty_like(t, memory_format=fmt)
+            changed = True
+    if not changed:
+        return out
+    return type(out)(items) if isinstance(out, (tuple, list)) else items[0]
+
+
 class _EstimatingFakeMode(FakeTensorMode):
     """``FakeTensorMode`` that feeds the allocator model and emulates CUDA for autograd."""
 
@@ -596,6 +613,9 @@ class _EstimatingFakeMode(FakeTensorMode):
                 # FakeTensorMode.__torch_dispatch__ is ``dispatch`` behind a call counter
                 # and a Dynamo-disabling wrapper that this method already has (5% a call).
                 out = self.dispatch(func, types, args, kwargs)
+                layout = None if depth else _fake_kernels.OUTPUT_LAYOUT.get(func)
+                if layout is not None:
+                    out = _relayout(out, layout(args, kwargs, out))
         except _torch_compat.VALUE_DEPENDENT_ERRORS:
             if depth:
                 raise

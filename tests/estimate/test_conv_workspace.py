@@ -185,6 +185,32 @@ def test_cudnn_disabled_without_a_rule_warns(table: Callable[..., None]) -> None
         _run(lambda x, w: F.conv2d(x, w, padding=2, dilation=2), X_SHAPE, W_SHAPE)
 
 
+@pytest.mark.parametrize("cudnn", [True, False])
+def test_results_have_the_layout_cuda_gives_them(table: Callable[..., None], cudnn: bool) -> None:
+    # cuDNN computes in channels-last when the input or the weight is, and so are its
+    # output and its input and weight gradients; ATen's kernels (cuDNN off) are contiguous
+    cl = torch.channels_last
+    backend = create("estimate")
+    backend.begin_test()
+    with (
+        torch.backends.cudnn.flags(enabled=cudnn),
+        warnings.catch_warnings(),
+        backend.scope(),
+    ):
+        warnings.simplefilter("ignore", cw.ConvWorkspaceUnknown)
+        x = torch.empty(X_SHAPE, device="cuda").to(memory_format=cl)
+        w = torch.empty(W_SHAPE, device="cuda")  # contiguous
+        out = F.conv2d(x, w, padding=1)
+        # the kernel's own results (autograd would then give a leaf's gradient the leaf's
+        # layout, on the GPU as here)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            torch.empty_like(out), x, w, None, *PARAMS, [True, True, False]
+        )
+        layouts = [t.is_contiguous(memory_format=cl) for t in (out, grad_x, grad_w)]
+    backend.end_test()
+    assert layouts == [cudnn] * 3
+
+
 def test_the_shipped_table_is_readable() -> None:
     name = cw.table_name(cw.EMULATED_ARCH, cw.EMULATED_CUDNN)
     cw.load_table.cache_clear()
