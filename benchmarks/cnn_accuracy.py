@@ -214,6 +214,48 @@ def measure(backend_name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def oplog(workload: str) -> list[list[Any]]:
+    """Per-operator rows of one workload on the GPU: [operator, outputs, allocated before,
+    peak during], logged by a dispatch mode (under which the autograd engine accumulates
+    gradients out of place, as on the estimator)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pytest_vram.backends import create
+    from pytest_vram.measure import Meter
+
+    net, setting = workload.split("-", 1)
+    _, amp, fmt = next(s for s in SETTINGS if s[0] == setting)
+    backend = create("cuda")
+    backend.warmup()
+    rows: list[list[Any]] = []
+
+    def shapes(out: Any) -> str:
+        items = out if isinstance(out, (tuple, list)) else [out]
+        return " ".join(
+            f"{str(t.dtype)[6:]}{list(t.shape)}/{list(t.stride())}"
+            for t in items
+            if isinstance(t, torch.Tensor)
+        )
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            out = func(*args, **(kwargs or {}))
+            peak = torch.cuda.max_memory_allocated()
+            rows.append([str(func), shapes(out), before, peak, shapes(list(args))])
+            return out
+
+    meter = Meter(backend)
+    meter.start()
+    model = meter.build(_build, net, fmt, backend.device)
+    with Log():
+        meter.run(_step, model, amp, fmt, backend.device)
+    del model
+    meter.finish()
+    return rows
+
+
 def compare(cuda_path: Path, estimate_path: Path) -> str:
     cuda = {r["workload"]: r for r in json.loads(cuda_path.read_text())["rows"]}
     est = {r["workload"]: r for r in json.loads(estimate_path.read_text())["rows"]}
@@ -243,7 +285,14 @@ def main() -> int:
     parser.add_argument("--backend", choices=("cuda", "estimate"), default="cuda")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("CUDA", "ESTIMATE"))
+    parser.add_argument("--oplog", metavar="WORKLOAD", help="a per-operator log on the GPU")
     ns = parser.parse_args()
+    if ns.oplog:
+        ns.out.mkdir(parents=True, exist_ok=True)
+        path = ns.out / f"ops-{ns.oplog}-cuda.json"
+        path.write_text(json.dumps(oplog(ns.oplog)))
+        print(f"-> {path}")
+        return 0
     if ns.compare:
         print(compare(*ns.compare))
         return 0
