@@ -8,7 +8,7 @@ gone when it returns: the peak sees them, ``allocated`` does not. The algorithm,
 size, depends on the GPU, the cuDNN version and every property of the call; no formula
 covers it (the ResNet-34 step on the H200 holds 0 B to 134 MB per convolution). So the
 sizes are measured on the GPU the estimate models (``benchmarks/cudnn_workspace.py``) and
-shipped as a table, ``data/cudnn_workspace_<arch>_cudnn<version>.json``, keyed by
+shipped as a table, ``data/cudnn_workspace_<arch>_cudnn<version>.json.gz``, keyed by
 :func:`call_key`: direction, dtype, shapes and strides of every tensor cuDNN reads, the
 convolution's parameters, bias, the backward's output mask and the global cuDNN flags
 that change the choice (TF32, deterministic, benchmark).
@@ -18,8 +18,13 @@ it and minus its (512-byte rounded) outputs. The estimator allocates it as one b
 the outputs and frees it at once (``_StorageTracker.transient``), which gives the call's
 peak exactly under expandable segments, where only the sum of live requests counts.
 
-A call that is not in the table gets the fallback of :func:`fallback` and is reported (one
-:class:`ConvWorkspaceUnknown` warning per test, see ``estimate._StorageTracker``).
+ATen's own CUDA convolutions (the NCHW depthwise kernel; ``slow_conv2d`` with cuDNN
+disabled) follow rules the same measurements confirm (:func:`_native`). A cuDNN call that
+is not in the table is counted without a workspace, since no rule covers cuDNN's choice,
+and reported: one :class:`ConvWorkspaceUnknown` warning per test
+(``estimate._StorageTracker``). :func:`cuda_memory_format` gives the results the layout
+cuDNN gives them, which the meta kernel does not know. docs/estimator.md, "cuDNN
+convolution workspaces", has the data.
 """
 
 from __future__ import annotations
