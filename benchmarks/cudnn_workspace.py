@@ -15,11 +15,18 @@ may allocate persistent handles), then is measured twice. The GPU runs with
 ``cuda`` backend sets it) and torch's default cuDNN flags (``benchmark=False``, TF32
 allowed for convolutions).
 
-    # on the GPU machine (about 4 minutes on an H200; --budget caps the grid's time)
-    python benchmarks/cudnn_workspace.py --out "$OUT"      # $OUT/cudnn_workspace.jsonl
-    # here: the shipped table (pytest_vram/backends/data/cudnn_workspace_<arch>_cudnn<v>.json)
-    python benchmarks/cudnn_workspace.py --table "$OUT"/cudnn_workspace.jsonl
-    # the H200's file is kept as docs/data/h200_conv/cudnn_workspace.jsonl.gz (also read)
+    # on the GPU machine (3.5 minutes on an H200: 200 s of grid, --budget, + 5 s corpus)
+    PYTHONPATH=$PWD python benchmarks/cudnn_workspace.py --out "$OUT"
+    # more of the grid: skip what earlier runs measured
+    PYTHONPATH=$PWD python benchmarks/cudnn_workspace.py --no-corpus --budget 300 \
+        --known docs/data/h200_conv/cudnn_workspace*.jsonl.gz --out "$OUT"
+    # here: the shipped table from every run of one setup (GPU, torch, cuDNN, flags),
+    # pytest_vram/backends/data/cudnn_workspace_<arch>_cudnn<version>.json.gz
+    python benchmarks/cudnn_workspace.py --table \
+        docs/data/h200_conv/cudnn_workspace*.jsonl.gz "$OUT"/cudnn_workspace.jsonl
+
+The H200's runs are kept as ``docs/data/h200_conv/cudnn_workspace*.jsonl.gz`` (gzipped
+files are read as they are).
 
 The JSON-lines file is written as it goes (a first line with the setup, then one line per
 measured call), so a run cut short still returns what it measured. The order is by
