@@ -342,7 +342,8 @@ def native_calls() -> list[Call]:
 
 # -- the corpus's own calls ---------------------------------------------------------------
 def capture_corpus(sizes: tuple[str, ...] = ("small", "realistic")) -> list[tuple[str, Call]]:
-    """The convolution calls the corpus CNN makes on the GPU, in order, deduplicated."""
+    """The convolution calls the corpus's convolutional workloads make on the GPU, in
+    order, deduplicated."""
     from corpus_workloads import WORKLOADS
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -375,16 +376,21 @@ def capture_corpus(sizes: tuple[str, ...] = ("small", "realistic")) -> list[tupl
                 seen.add(text)
                 calls.append((self.label, call))
 
-    workload = WORKLOADS["resnet-cnn-train-sgd-momentum"]
-    for size in sizes:
-        torch.manual_seed(0)
-        model = workload.build(size, "cuda")
-        with Capture(f"corpus-resnet-{size}"):
-            workload.work(model, size, "cuda")
-        del model
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
+    for name in CORPUS_CONVOLUTIONS:
+        workload = WORKLOADS[name]
+        for size in sizes:
+            torch.manual_seed(0)
+            model = workload.build(size, "cuda")
+            with Capture(f"corpus-{name.split('-')[0]}-{size}"):
+                workload.work(model, size, "cuda")
+            del model
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
     return calls
+
+
+#: the corpus workloads that run convolutions (ViT's patch embedding is one)
+CORPUS_CONVOLUTIONS = ("resnet-cnn-train-sgd-momentum", "vit-train-fp16-autocast-sgd")
 
 
 def setup() -> dict[str, Any]:
