@@ -107,7 +107,8 @@ class ClaimHooks:
     def add_report(self, report: pytest.TestReport) -> None:
         """A test report's phase (``plugin.ReportHooks`` hands it on): what ran, figures."""
         if report.when == "call" or report.outcome != "passed":  # a setup error counts too
-            self.ran[report.nodeid] = report.outcome
+            xfailed = report.skipped and hasattr(report, "wasxfail")
+            self.ran[report.nodeid] = "xfailed" if xfailed else report.outcome
         if report.when == "teardown" and report.user_properties:
             for record in _records(report):
                 self.figures.add(record)
@@ -142,7 +143,9 @@ class ClaimHooks:
             missing = {key: self._why_missing(owner) for key, owner in owners.items()}
             # A claim is in play when one of its tests ran: `pytest -m "not vram"` or one
             # unrelated file leaves it out, a partial selection (`-k phase7`) reports it.
-            if any(owner in self.ran for owner in owners.values()):
+            # A test that skipped itself (a GPU-only or multi-GPU test elsewhere) did not
+            # run: a claim over skipped tests alone is not in play either.
+            if any(self.ran.get(owner, "skipped") != "skipped" for owner in owners.values()):
                 judged.append((nodeid, claims.evaluate(claim, self.figures, missing)))
             else:
                 reasons = "; ".join(f"{key}: {why}" for key, why in missing.items())
