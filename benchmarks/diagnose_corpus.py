@@ -108,9 +108,11 @@ def _log(backend_name: str, name: str, size: str) -> dict[str, Any]:
             return backend._allocator  # type: ignore[attr-defined]
 
         # The base class's dispatch, which the estimator's mode calls (nesting depth 1 for an
-        # operator the program dispatches) after its own checks of the calling frames.
-        original = getattr(FakeTensorMode.__torch_dispatch__, "_original", None)
-        original = original or FakeTensorMode.__torch_dispatch__
+        # operator the program dispatches) after its own checks of the calling frames: its
+        # ``dispatch``, not ``__torch_dispatch__`` (a counter and a Dynamo wrapper around
+        # it, which the estimator skips).
+        original = getattr(FakeTensorMode.dispatch, "_original", None)
+        original = original or FakeTensorMode.dispatch
 
         def dispatch(self: Any, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             top = (
@@ -131,7 +133,7 @@ def _log(backend_name: str, name: str, size: str) -> dict[str, Any]:
             return out
 
         dispatch._original = original  # type: ignore[attr-defined]
-        FakeTensorMode.__torch_dispatch__ = dispatch  # type: ignore[method-assign]
+        FakeTensorMode.dispatch = dispatch  # type: ignore[method-assign]
         logging_on = [False]
 
         class _On:

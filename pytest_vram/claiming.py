@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_vram.marker import CLAIMS_ATTRIBUTE as ATTRIBUTE
+
 if TYPE_CHECKING:  # claims is imported where a module declares some (or a worker sent them)
     from pytest_vram import report
     from pytest_vram.claims import Claim, ClaimVerdict
     from pytest_vram.figures import Figures
 
-#: Module attribute that holds a module's claim declarations.
-ATTRIBUTE = "vram_claims"
 #: ``config.workeroutput`` key of a worker's declarations.
 WORKEROUTPUT_KEY = "vram_claims"
 #: Name of the ``user_properties`` entry that carries a claim's verdict.
@@ -62,22 +62,17 @@ class ClaimHooks:
 
     # -- declarations ----------------------------------------------------------------
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_make_collect_report(
-        self, collector: pytest.Collector
-    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
-        rep = yield
-        if isinstance(collector, pytest.Module) and rep.passed:
-            declared = getattr(collector.obj, ATTRIBUTE, None)
-            if declared is not None:
-                from pytest_vram import claims
+    def module_collected(self, collector: pytest.Module, rep: pytest.CollectReport) -> None:
+        """A module that declares claims was collected (``plugin.CollectionHooks`` looks
+        for the attribute in every module and activates the session where it finds one):
+        take its declarations, or fail its collection with the reason."""
+        from pytest_vram import claims
 
-                try:
-                    self._declare(collector.nodeid, declared)
-                except claims.ClaimError as exc:
-                    rep.outcome = "failed"
-                    rep.longrepr = f"{collector.nodeid}: {ATTRIBUTE}: {exc}"
-        return rep
+        try:
+            self._declare(collector.nodeid, getattr(collector.obj, ATTRIBUTE))
+        except claims.ClaimError as exc:
+            rep.outcome = "failed"
+            rep.longrepr = f"{collector.nodeid}: {ATTRIBUTE}: {exc}"
 
     def _declare(self, module: str, declared: Any) -> None:
         from pytest_vram import claims
@@ -112,17 +107,11 @@ class ClaimHooks:
     def add_report(self, report: pytest.TestReport) -> None:
         """A test report's phase (``plugin.ReportHooks`` hands it on): what ran, figures."""
         if report.when == "call" or report.outcome != "passed":  # a setup error counts too
-            self.ran[report.nodeid] = report.outcome
+            xfailed = report.skipped and hasattr(report, "wasxfail")
+            self.ran[report.nodeid] = "xfailed" if xfailed else report.outcome
         if report.when == "teardown" and report.user_properties:
             for record in _records(report):
                 self.figures.add(record)
-
-    @pytest.fixture(scope="session")
-    def vram_figures(self) -> Figures:
-        """The figures measured so far in this process, by baseline key:
-        ``vram_figures[key].peak_bytes``. For comparisons across tests, declare a claim
-        (``vram_claims``), which sees every test's figures whatever the order and worker."""
-        return self.figures
 
     # -- xdist -----------------------------------------------------------------------
 
@@ -154,7 +143,9 @@ class ClaimHooks:
             missing = {key: self._why_missing(owner) for key, owner in owners.items()}
             # A claim is in play when one of its tests ran: `pytest -m "not vram"` or one
             # unrelated file leaves it out, a partial selection (`-k phase7`) reports it.
-            if any(owner in self.ran for owner in owners.values()):
+            # A test that skipped itself (a GPU-only or multi-GPU test elsewhere) did not
+            # run: a claim over skipped tests alone is not in play either.
+            if any(self.ran.get(owner, "skipped") != "skipped" for owner in owners.values()):
                 judged.append((nodeid, claims.evaluate(claim, self.figures, missing)))
             else:
                 reasons = "; ".join(f"{key}: {why}" for key, why in missing.items())

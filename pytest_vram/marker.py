@@ -1,12 +1,16 @@
-"""The ``vram`` marker's name and help, and :func:`carries`: all a run needs to see that
-none of its tests is a vram test (the options are :mod:`pytest_vram.marks`, imported where
-one is)."""
+"""The ``vram`` marker's name and help, :func:`carries`, and the claims' module attribute:
+all a run needs to see that none of its tests is a vram test and no module declares a
+claim (the options are :mod:`pytest_vram.marks`, the claims :mod:`pytest_vram.claiming`,
+imported where one is)."""
 
 from __future__ import annotations
 
 import pytest
 
 MARKER = "vram"
+
+#: Module attribute that holds a module's claim declarations (``pytest_vram.claims``).
+CLAIMS_ATTRIBUTE = "vram_claims"
 
 #: What ``pytest --markers`` shows.
 MARKER_HELP = (

@@ -131,20 +131,6 @@ def _verdict_lines(r: report.Record, kind: str) -> list[str]:
     return [next(v["detail"] for v in r.verdicts if v["kind"] == kind)]
 
 
-def header(settings: Settings, rootpath: Path) -> str:
-    """The session header line; nothing here creates the backend (that imports torch)."""
-    profile = settings.profile or "the backend's"
-    strict = "on" if settings.strict else "off"
-    try:
-        baselines = str(settings.baselines.relative_to(rootpath)) or "."
-    except ValueError:
-        baselines = str(settings.baselines)
-    return (
-        f"vram: backend {settings.backend}, profile {profile}, baselines {baselines}/, "
-        f"strict {strict}, attribution {settings.attribution}, allocator {settings.allocator}"
-    )
-
-
 def in_force(records: list[report.Record], strict: bool, width: int = 80) -> list[str]:
     """First lines of the VRAM section: the setup the figures were measured and judged on,
     as few lines as ``width`` allows."""
@@ -179,9 +165,6 @@ class OutputHooks:
 
     def __init__(self, plugin: VramSession) -> None:
         self.plugin = plugin
-
-    def pytest_report_header(self, config: pytest.Config) -> str:
-        return header(self.plugin.settings, config.rootpath)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:

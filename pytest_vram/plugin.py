@@ -9,33 +9,40 @@ measurement.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
-from pytest_vram import claiming, marker, output, world, xdist
+from pytest_vram import marker
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
-from pytest_vram.session import SETUP_KEYS, VramSession
-from pytest_vram.units import Tolerance, UnitError, parse_tolerance
 
-if TYPE_CHECKING:  # marks (the marker's options) is imported where a test is a vram test
+if TYPE_CHECKING:  # imported where a run measures (see pytest_vram.session_hooks)
     from pytest_vram import marks
     from pytest_vram.backends import Backend
+    from pytest_vram.figures import Figures
     from pytest_vram.fixture import Vram
+    from pytest_vram.session import VramSession
+    from pytest_vram.units import Tolerance
 
-PLUGIN_KEY = pytest.StashKey[VramSession]()
+#: the run's session, once activated (``pytest_vram.session_hooks.activate``)
+PLUGIN_KEY = pytest.StashKey["VramSession"]()
+#: the validated options (:class:`Settings`), from ``pytest_configure`` on
+SETTINGS_KEY = pytest.StashKey["Settings"]()
+#: the claims' hooks, once activated
+CLAIMS_KEY = pytest.StashKey["ClaimHooks"]()
 MARK_KEY = pytest.StashKey["marks.VramMark | marks.MarkError | None"]()
 PROBE_KEY = pytest.StashKey["Vram"]()
 RECORDS_KEY = pytest.StashKey["list[report.Record]"]()
 #: every rank's (passed, figures) of a test in a launched world (world.gather_figures)
 RANKS_KEY = pytest.StashKey[list[tuple[bool, list[tuple[int, int]]]]]()
 
-__all__ = ["PLUGIN_KEY", "SETUP_KEYS", "Settings", "VramSession", "vram", "vram_backend"]
+__all__ = ["PLUGIN_KEY", "Settings", "vram", "vram_backend", "vram_figures"]
+
+#: ``vram_tolerance``'s default: no deviation allowed
+TOLERANCE_DEFAULT = "0"
 
 _BACKEND_HELP = ", ".join(CHOICES) + ", or a custom backend as 'package.module:ClassName'"
 
@@ -134,7 +141,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--vram-tolerance",
         ini="vram_tolerance",
         ini_type="string",
-        default="0",
+        default=TOLERANCE_DEFAULT,
         metavar="TOL",
         help="allowed deviation from a baseline, e.g. '0.5%', '4MiB', '0.5% + 4MiB' "
         "(default 0; a baseline file, an entry or the marker may set their own)",
@@ -252,9 +259,16 @@ def _narrow_collection(config: pytest.Config) -> None:
     config.args[:] = [str(path) for path in paths]
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """The validated ``vram`` options of one run."""
+class Settings(NamedTuple):
+    """The validated ``vram`` options of one run.
+
+    A named tuple, not a dataclass: it is built in every pytest process that has the
+    plugin installed, and a 16-field dataclass costs about 0.5 ms to create (a tenth of
+    that as a named tuple), which a suite without vram tests would pay for nothing.
+    ``tolerance`` is the default's text (``"0"``) until the session parses it (the
+    units module is imported only by a run that measures); any other value is parsed,
+    and so checked, here.
+    """
 
     backend: str
     allocator: str
@@ -264,7 +278,7 @@ class Settings:
     update_new_only: bool
     stale_warn: bool
     fail_improvements: bool
-    tolerance: Tolerance
+    tolerance: Tolerance | str
     profile: str | None
     baselines: Path
     json_path: Path | None
@@ -288,12 +302,16 @@ class Settings:
                 f"{_source(config, 'vram_allocator')}: unknown allocator mode {allocator!r}; "
                 f"valid values: {', '.join(ALLOCATOR_MODES)}"
             )
-        try:
-            tolerance = parse_tolerance(
-                _value(config, "vram_tolerance"), what=_source(config, "vram_tolerance")
-            )
-        except UnitError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        tolerance = _value(config, "vram_tolerance")
+        if str(tolerance).strip() != TOLERANCE_DEFAULT:
+            from pytest_vram.units import UnitError, parse_tolerance
+
+            try:
+                tolerance = parse_tolerance(tolerance, what=_source(config, "vram_tolerance"))
+            except UnitError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        else:
+            tolerance = TOLERANCE_DEFAULT
         update, prune = bool(_value(config, "vram_update")), bool(_value(config, "vram_prune"))
         if prune and not update:
             raise pytest.UsageError(
@@ -475,79 +493,54 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", marker.MARKER_HELP)
     _check_rootdir(config)
     _narrow_collection(config)
-    worker = xdist.is_worker(config)
-    session = VramSession(
-        Settings.from_config(config),
-        config.rootpath,
-        worker=worker,
-        secondary_rank=world.is_secondary_rank(),
-        profile_source=_source(config, "vram_profile"),
+    settings = Settings.from_config(config)
+    config.stash[SETTINGS_KEY] = settings
+    worker = hasattr(config, "workerinput")  # as pytest_vram.xdist.is_worker
+    collection = CollectionHooks(config, worker=worker)
+    config.pluginmanager.register(collection, "vram-collection")
+    if _activated_at_configure(config, settings, worker):
+        collection.activate()
+
+
+def _activated_at_configure(config: pytest.Config, settings: Settings, worker: bool) -> bool:
+    """Whether this run needs the session before collection (else on first use, see
+    :mod:`pytest_vram.session_hooks`): options whose work happens at the session's end
+    whatever is collected (a profile's stale entries, an update, report files, artifacts),
+    an xdist controller (it collects nothing itself: its workers do), a launched world."""
+    if (
+        settings.profile is not None
+        or settings.update
+        or settings.update_new_only
+        or settings.json_path is not None
+        or settings.markdown_path is not None
+        or settings.artifacts is not None
+    ):
+        return True
+    controller = (
+        not worker
+        and getattr(config.option, "dist", "no") != "no"
+        and bool(getattr(config.option, "tx", None))
+        and not config.option.collectonly
     )
-    config.stash[PLUGIN_KEY] = session
-    register = config.pluginmanager.register
-    register(session, "vram-session")  # no hooks of its own: found by name, as before
-    register(CollectionHooks(config, session), "vram-collection")
-    _register_measuring(config, session)
-    # Only the controller (or the single process) and a launched world's rank 0 aggregate,
-    # report and write; a worker sends its collection to the controller.
-    if worker:
-        register(WorkerHooks(config, session), "vram-worker")
-    elif not session.secondary_rank:
-        register(AggregateHooks(config, session), "vram-aggregate")
-    register(output.OutputHooks(session), "vram-output")
-    if not worker:
-        register(xdist.ControllerHooks(session.receive), "vram-controller")
-    claim_hooks = claiming.ClaimHooks(
-        config,
-        worker=session.worker,
-        strict=session.settings.strict,
-        owner=session.owner,
-        results=session.claims,
-    )
-    register(claim_hooks, "vram-claims")
-    _register_reports(config, session, claim_hooks)
+    return controller or int(os.environ.get("WORLD_SIZE", "1") or "1") > 1
 
 
-#: The hook classes only a test that measures needs (in the order they are registered).
-MEASURING = ("vram-measure", "vram-garbage", "vram-measured-output", "vram-benchmark")
-
-
-def _register_measuring(config: pytest.Config, session: VramSession) -> None:
-    """Register the hooks that act on a measured test (a ``vram`` fixture's probe).
-
-    At ``pytest_configure``, like the others; a run that collects no vram test drops them
-    again at the end of collection (:meth:`CollectionHooks.pytest_collection_finish`), so
-    that its thousand plain tests do not each pass through them.
-    """
-    register = config.pluginmanager.register
-    register(MeasureHooks(session), "vram-measure")
-    register(GarbageHooks(), "vram-garbage")
-    register(output.MeasuredOutputHooks(session), "vram-measured-output")
-    if config.pluginmanager.hasplugin("benchmark"):  # pytest-benchmark is active
-        from pytest_vram import benchmarking
-
-        register(benchmarking.BenchmarkHooks(PROBE_KEY, RECORDS_KEY), "vram-benchmark")
-
-
-def _register_reports(
-    config: pytest.Config, session: VramSession, claim_hooks: claiming.ClaimHooks
-) -> None:
-    """The report hook, which only a run that measures or judges claims needs: dropped
-    with :data:`MEASURING` where nothing measures and no module declared a claim."""
-    aggregate = not session.worker and not session.secondary_rank
-    config.pluginmanager.register(ReportHooks(session, claim_hooks, aggregate), "vram-reports")
-
-
-def _ensure_measuring(config: pytest.Config) -> None:
+def _ensure_measuring(config: pytest.Config) -> VramSession:
     """A measurement in a run whose collection had no vram test (``vram`` requested with
-    ``request.getfixturevalue``, or ``vram_backend`` alone): register the hooks again."""
+    ``request.getfixturevalue``, or ``vram_backend`` alone): activate the session, or
+    register the measuring hooks again where the collection dropped them."""
+    from pytest_vram import session_hooks
+
     manager = config.pluginmanager
-    if manager.get_plugin(MEASURING[0]) is None:
-        session = config.stash[PLUGIN_KEY]
-        _register_measuring(config, session)
+    if PLUGIN_KEY not in config.stash:
+        return session_hooks.activate(config)
+    session = config.stash[PLUGIN_KEY]
+    if manager.get_plugin(session_hooks.MEASURING[0]) is None:
+        session_hooks.register_measuring(config, session)
         # The records of this test on: what came before measured nothing.
         if manager.get_plugin("vram-reports") is None:
-            _register_reports(config, session, manager.get_plugin("vram-claims"))
+            session_hooks.register_reports(config, session, config.stash[CLAIMS_KEY])
+    return session
 
 
 # --------------------------------------------------------------------------- fixture
@@ -567,8 +560,7 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     ``@pytest.mark.vram`` (options on the marker: tolerance=, budget=, key=).
     Also: ``vram.measurements``, ``vram.device`` (e.g. ``"cuda:0"``), ``vram.backend``.
     """
-    session = request.config.stash[PLUGIN_KEY]
-    _ensure_measuring(request.config)
+    session = _ensure_measuring(request.config)
     item = request.node
     mark = _valid(item)
     with session.world(mark, item.nodeid):
@@ -587,21 +579,75 @@ def vram_backend(pytestconfig: pytest.Config) -> Backend:
     first use; the same object ``vram.backend`` returns. For session-wide helpers that
     need the device or the profile outside a measured test.
     """
-    _ensure_measuring(pytestconfig)  # a backend's collections freeze what GarbageHooks thaws
-    return pytestconfig.stash[PLUGIN_KEY].backend()
+    # also where nothing was collected: a backend's collections freeze what GarbageHooks thaws
+    return _ensure_measuring(pytestconfig).backend()
+
+
+@pytest.fixture(scope="session")
+def vram_figures(pytestconfig: pytest.Config) -> Figures:
+    """The figures measured so far in this process, by baseline key:
+    ``vram_figures[key].peak_bytes``. For comparisons across tests, declare a claim
+    (``vram_claims``), which sees every test's figures whatever the order and worker."""
+    _ensure_measuring(pytestconfig)
+    return pytestconfig.stash[CLAIMS_KEY].figures
 
 
 # --------------------------------------------------------------------------- hooks
 
 
 class CollectionHooks:
-    """Which tests are vram tests, the baseline key each owns, and marker checks at setup."""
+    """What every run needs: which tests are vram tests and the baseline key each owns,
+    which modules declare claims, the header line, the marker checks at setup; and the
+    session's activation (:mod:`pytest_vram.session_hooks`) where one of those shows up."""
 
-    def __init__(self, config: pytest.Config, session: VramSession) -> None:
+    def __init__(self, config: pytest.Config, *, worker: bool) -> None:
         self.config = config
-        self.session = session
+        self.worker = worker
         #: a collected test (deselected ones too) carries the marker or uses the fixture
         self.measuring = False
+        #: the files of the collected tests that are not vram tests (until activation)
+        self.plain_files: set[str] = set()
+
+    @property
+    def active(self) -> bool:
+        return PLUGIN_KEY in self.config.stash
+
+    def activate(self) -> VramSession:
+        from pytest_vram import session_hooks
+
+        session = session_hooks.activate(self.config)
+        if self.plain_files:
+            session.collect_plain(sorted(self.plain_files))
+            self.plain_files.clear()
+        return session
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        settings = config.stash[SETTINGS_KEY]
+        profile = settings.profile or "the backend's"
+        strict = "on" if settings.strict else "off"
+        try:
+            baselines = str(settings.baselines.relative_to(config.rootpath)) or "."
+        except ValueError:
+            baselines = str(settings.baselines)
+        return (
+            f"vram: backend {settings.backend}, profile {profile}, baselines {baselines}/, "
+            f"strict {strict}, attribution {settings.attribution}, "
+            f"allocator {settings.allocator}"
+        )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        rep = yield
+        if (
+            isinstance(collector, pytest.Module)
+            and rep.passed
+            and getattr(collector.obj, marker.CLAIMS_ATTRIBUTE, None) is not None
+        ):
+            self.activate()
+            self.config.stash[CLAIMS_KEY].module_collected(collector, rep)
+        return rep
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         # A test that uses the fixture is a vram test: `pytest -m vram` must select it.
@@ -618,32 +664,53 @@ class CollectionHooks:
                 continue
             from pytest_vram.marks import MarkError
 
+            session = self.activate()
             self.measuring = True
             mark = _evaluated(item)
             if isinstance(mark, MarkError):
                 mark = None  # reported at setup
-            self.session.collect(item.nodeid, mark, vram=True)
-        self.session.collect_plain(plain)
+            session.collect(item.nodeid, mark, vram=True)
+        files = {nodeid.split("::", 1)[0] for nodeid in plain}
+        if self.active:
+            self.config.stash[PLUGIN_KEY].collect_plain(sorted(files))
+        else:
+            self.plain_files.update(files)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        # No test here can measure: drop the per-test hooks of measured tests (see
-        # _register_measuring), the report hooks that gather their figures (and the claims'
-        # where no module declared one), and this class, whose setup check would return at
-        # once. An item that another plugin marked after our collection_modifyitems
-        # (tryfirst) still counts.
+        # An item that another plugin marked after our collection_modifyitems (tryfirst)
+        # still counts.
         parents: dict[int, bool] = {}
         if self.measuring or any(marker.carries(i, parents) for i in session.items):
             self.measuring = True
+            self.activate()
             return
+        if self.worker:
+            return  # its session-end hook sends the collection to the controller
+        # No test here can measure: drop this class, whose setup check would return at
+        # once, and, where the run was activated anyway (an option, a claim), the per-test
+        # hooks of measured tests and the report hook that gathers their figures (unless
+        # a module declared a claim, which needs every test's outcome).
         manager = self.config.pluginmanager
-        claim_hooks = manager.get_plugin("vram-claims")
-        names = [*MEASURING, "vram-collection"]
-        if claim_hooks is None or not claim_hooks.declared:  # no claim to judge either
-            names.append("vram-reports")
+        names = ["vram-collection"]
+        if self.active:
+            from pytest_vram.session_hooks import MEASURING
+
+            names.extend(MEASURING)
+            claim_hooks = self.config.stash[CLAIMS_KEY]
+            if not claim_hooks.declared:  # no claim to judge either
+                names.append("vram-reports")
         for name in names:
             plugin = manager.get_plugin(name)
             if plugin is not None:
                 manager.unregister(plugin, name)
+
+    def pytest_sessionfinish(self) -> None:
+        # A worker that was never activated still tells the controller which files it
+        # collected: their baseline entries are not stale (pytest_vram.xdist.send).
+        if self.worker and not self.active:
+            from pytest_vram import xdist
+
+            xdist.send(self.config, {"files": sorted(self.plain_files), "owners": {}})
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -654,8 +721,9 @@ class CollectionHooks:
         mark = _evaluated(item)
         if isinstance(mark, MarkError):
             pytest.fail(str(mark), pytrace=False)
+        session = self.config.stash[PLUGIN_KEY]
         key = mark.base_key(item.nodeid) if mark else item.nodeid
-        others = self.session.shared_with(item.nodeid, key)
+        others = session.shared_with(item.nodeid, key)
         if others:
             pytest.fail(
                 f"{item.nodeid}: baseline key {key!r} is also used by {', '.join(others)}; "
@@ -671,153 +739,6 @@ class CollectionHooks:
                 f"add a `vram` argument and measure with vram.run(workload, ...)",
                 pytrace=False,
             )
-
-
-class MeasureHooks:
-    """After a measured test: judging, the failure text, out-of-memory text, the records
-    on the teardown report (what travels to the controller and into JUnit XML)."""
-
-    def __init__(self, session: VramSession) -> None:
-        self.session = session
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        rep = yield
-        probe = item.stash.get(PROBE_KEY, None)
-        if probe is None:
-            return rep
-        from pytest_vram.fixture import VramUsageError
-        from pytest_vram.measure import is_out_of_memory
-
-        if call.when == "call":
-            _gather_ranks(item, probe, rep)
-        if call.when == "call" and rep.passed:
-            # Only a workload that ran to completion is judged (and may become a baseline).
-            gathered = item.stash.get(RANKS_KEY, None)
-            records = self.session.judge(item.nodeid, probe, _valid(item), gathered)
-            item.stash[RECORDS_KEY] = records
-            failing = self.session.failures(item.nodeid, records)
-            if failing:
-                rep.outcome = "failed"
-                rep.longrepr = "\n\n".join(failing)
-                explained = output.explain_failures(self.session, records)
-                if explained:
-                    rep.longrepr = f"{rep.longrepr}\n\n{explained}"
-                # An xfail test whose body passed but whose memory fails is not the failure
-                # it expected: without this pytest counts it as xfailed and exits 0.
-                with contextlib.suppress(AttributeError):
-                    del rep.wasxfail
-        elif call.when == "call" and call.excinfo and call.excinfo.errisinstance(VramUsageError):
-            rep.longrepr = f"{item.nodeid}: {call.excinfo.value}"
-        elif call.when == "call" and call.excinfo and probe.out_of_memory is not None:
-            if is_out_of_memory(call.excinfo.value):  # not one the test caught and went on
-                rep.longrepr = probe.out_of_memory.describe(item.nodeid, probe.device)
-                probe.release_on_finish(call.excinfo.tb)
-        elif call.when == "teardown":
-            # The leak is known only now; the teardown report is also what JUnit XML reads.
-            for record in item.stash.get(RECORDS_KEY, []):
-                record = dataclasses.replace(record, leaked_bytes=probe.leaked_bytes)
-                rep.user_properties.append(record.to_property())
-        return rep
-
-
-class GarbageHooks:
-    """Thaw what the backends' collections froze once a test module is done (see
-    :func:`pytest_vram.backends.base.collect_garbage`), so that a cycle a module-scoped
-    fixture dropped at its teardown is collected at the next test's start."""
-
-    @pytest.hookimpl(trylast=True)  # after pytest's own teardown of the fixtures
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
-        module = getattr(item, "module", None)
-        if nextitem is None or getattr(nextitem, "module", None) is not module:
-            from pytest_vram.backends.base import thaw_garbage
-
-            thaw_garbage()
-
-
-class AggregateHooks:
-    """The controller (or the single process; rank 0 of a launched world): does the
-    session-end work and shows the ``VRAM`` section (:class:`ReportHooks` gathers the
-    records from the reports)."""
-
-    def __init__(self, config: pytest.Config, session: VramSession) -> None:
-        self.config = config
-        self.session = session
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.session.finish(_partly_selected_files(self.config)):
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.session.has_summary:
-            output.terminal_summary(self.session, terminalreporter)
-
-
-class ReportHooks:
-    """Each test report's phase: to the claims (what ran, the figures) and, where the
-    process aggregates (:class:`AggregateHooks`), to the session (completed tests, the
-    records a teardown report carries). Dropped where nothing can measure or claim."""
-
-    def __init__(self, session: VramSession, claims: claiming.ClaimHooks, aggregate: bool) -> None:
-        self.session = session
-        self.claims = claims
-        self.aggregate = aggregate
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.aggregate:
-            self.session.add_report(
-                report.nodeid, report.when, report.passed, report.user_properties
-            )
-        self.claims.add_report(report)
-
-
-class WorkerHooks:
-    """An xdist worker: hands its collection to the controller at the end of its session."""
-
-    def __init__(self, config: pytest.Config, session: VramSession) -> None:
-        self.config = config
-        self.session = session
-
-    def pytest_sessionfinish(self) -> None:
-        xdist.send(self.config, self.session.collection())
-
-
-def _gather_ranks(item: pytest.Item, probe: Vram, rep: pytest.TestReport) -> None:
-    """In a launched world, collect every rank's figures; a rank that failed fails all."""
-    mark = _valid(item)
-    if world.launched_ranks(mark.world_size if mark else None) is None:
-        return
-    if getattr(probe.backend, "simulates_ranks", False):
-        return  # each launched rank simulated its own world: nothing to gather
-    figures = [(m.model_bytes, m.peak_bytes) for m in probe.measurements]
-    gathered = world.gather_figures(rep.passed, figures)
-    failed = [rank for rank, (passed, _f) in enumerate(gathered) if not passed]
-    if failed and rep.passed:
-        rep.outcome = "failed"
-        rep.longrepr = f"{item.nodeid}: failed on rank(s) {failed}; see their output"
-    elif not failed:
-        item.stash[RANKS_KEY] = gathered
-
-
-def _partly_selected_files(config: pytest.Config) -> set[str]:
-    """Test files (rootdir-relative, as in node ids) of which the command line selected only
-    some tests (``file.py::test_a``): their other entries were never collected, so a run
-    says nothing about them and they cannot be stale."""
-    partly: set[str] = set()
-    whole: set[str] = set()
-    for arg in config.args:
-        path, sep, _ = str(arg).partition("::")
-        try:
-            resolved = (config.invocation_params.dir / path).resolve()
-            relative = resolved.relative_to(config.rootpath).as_posix()
-        except (OSError, ValueError):
-            continue
-        (partly if sep else whole).add(relative)
-    return {
-        f for f in partly if not any(f == w or f.startswith(w.rstrip("/") + "/") for w in whole)
-    }
 
 
 def _evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:

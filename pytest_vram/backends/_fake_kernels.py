@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from pytest_vram.backends import _reduce
+from pytest_vram.backends import _conv_workspace, _reduce
 
 _aten = torch.ops.aten
 
@@ -59,6 +59,10 @@ INTERNAL_BUFFERS: dict[Any, Callable[[Any, Any, Any], list[int]]] = {}
 
 #: operator overload -> (args, kwargs, outputs) -> the outputs CUDA allocates, in order
 OUTPUT_PLAN: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {}
+
+#: operator overload -> (args, kwargs, outputs) -> the memory format CUDA gives each output
+#: (None: as the meta kernel made it), where the meta kernel decides otherwise
+OUTPUT_LAYOUT: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {}
 
 #: In-place operators without outputs and without a meta kernel on some torch versions
 #: (the fused SGD/Adagrad optimizer steps, the tensor-lr fused Adam/AdamW): their CUDA
@@ -444,6 +448,29 @@ def _register_reductions() -> None:
 
 
 _register_reductions()
+
+
+def _bias_grad_buffers(grad_output: Any, grad_bias: Any) -> list[int]:
+    """``grad_output.sum((0, 2, 3))``: ``convolution_backward``'s bias gradient where the
+    backend does not compute it (ATen's own kernels)."""
+    dims = [0, *range(2, grad_output.dim())]
+    return _sum_like(1)((grad_output, dims), {}, grad_bias)
+
+
+def _conv_forward_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
+    return _conv_workspace.forward_buffers(args, kwargs, out, _bias_grad_buffers)
+
+
+def _conv_backward_buffers(args: Any, kwargs: Any, out: Any) -> list[int]:
+    return _conv_workspace.backward_buffers(args, kwargs, out, _bias_grad_buffers)
+
+
+INTERNAL_BUFFERS[_aten.convolution.default] = _conv_forward_buffers
+INTERNAL_BUFFERS[_aten.convolution_backward.default] = _conv_backward_buffers
+# The C++ meta kernel of a convolution picks no cuDNN layout (meta is not CUDA): its results
+# are contiguous where cuDNN makes channels-last ones.
+OUTPUT_LAYOUT[_aten.convolution.default] = _conv_workspace.forward_layout
+OUTPUT_LAYOUT[_aten.convolution_backward.default] = _conv_workspace.backward_layout
 
 
 def warmup_workload() -> None:

@@ -146,6 +146,7 @@ REQUIRED = (
     "torch.ops.aten._scaled_dot_product_cudnn_attention_backward.default",
     "torch.ops.aten._scaled_dot_product_flash_attention.default",
     "torch.ops.aten._scaled_dot_product_efficient_attention.default",
+    "torch._prims_common.suggest_memory_format",
 )
 
 #: operator -> (argument index, argument name) the estimator reads positionally
@@ -153,6 +154,9 @@ POSITIONAL_ARGS = (
     ("_scaled_dot_product_cudnn_attention", 4, "compute_log_sumexp"),
     ("_scaled_dot_product_efficient_attention", 4, "compute_log_sumexp"),
     ("_scaled_dot_product_cudnn_attention_backward", 1, "query"),
+    ("convolution", 8, "groups"),
+    ("convolution_backward", 9, "groups"),
+    ("convolution_backward", 10, "output_mask"),
 )
 #: operator -> (output index, output name)
 POSITIONAL_OUTPUTS = (

@@ -38,6 +38,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from pytest_vram.backends import (
     _allocator,
+    _conv_workspace,
     _fake_distributed,
     _fake_kernels,
     _torch_compat,
@@ -89,6 +90,8 @@ class _StorageTracker:
         #: optional attribution hook (``pytest_vram.attribution.Collector``): told of every
         #: storage made and released, and of every transient buffer
         self.observer = observer
+        #: whether this test was warned of a convolution whose workspace is unknown
+        self._warned = False
 
     def track(self, out: object) -> None:
         """Account for the storages of an operator's outputs (tensors, tuples, lists)."""
@@ -147,6 +150,32 @@ class _StorageTracker:
         blocks = [self.allocator.malloc(n) for n in sizes]
         for block in reversed(blocks):
             self.allocator.free(block)
+        unmodelled = getattr(sizes, "unmodelled", None)
+        if unmodelled is not None:
+            self._unmodelled(unmodelled)
+
+    def _unmodelled(self, description: str) -> None:
+        """Warn, once per test, of a convolution whose cuDNN workspace is not known."""
+        if self._warned:
+            return
+        self._warned = True
+        name, _ = _conv_workspace.current_table()
+        frames = _torch_compat.user_frames()
+        where = next((f for f in frames if not f.filename.startswith(_TORCH_DIR)), None)
+        warnings.warn_explicit(
+            _conv_workspace.ConvWorkspaceUnknown(
+                f"the estimate counts no cuDNN workspace for the {description}: it is not "
+                f"in pytest_vram/backends/data/{name}, so this test's figure may be low by "
+                "up to that workspace (on the H200, 0 B to several times the input's size "
+                "for common CNN layers). Fix: measure the table on the GPU the estimate "
+                "models with benchmarks/cudnn_workspace.py from pytest-vram's repository, "
+                "or measure this test with --vram-backend=cuda. Further convolutions of "
+                "this test that are not in the table are not reported again."
+            ),
+            _conv_workspace.ConvWorkspaceUnknown,
+            where.filename if where else "<unknown>",
+            (where.lineno or 0) if where else 0,
+        )
 
 
 def _is_meta_device(device: object) -> bool:
@@ -399,6 +428,23 @@ def _tensor_key(t: FakeTensor) -> tuple[object, ...]:
     )
 
 
+def _relayout(out: Any, formats: list[Any]) -> Any:
+    """``out`` with each tensor in the memory format CUDA gives it (``OUTPUT_LAYOUT``).
+
+    Runs inside the operator (nesting depth > 0): the replaced results are never counted,
+    their replacements are, as the operator's outputs.
+    """
+    items = list(out) if isinstance(out, (tuple, list)) else [out]
+    changed = False
+    for i, (t, fmt) in enumerate(zip(items, formats, strict=False)):
+        if isinstance(t, FakeTensor) and fmt is not None and not t.is_contiguous(memory_format=fmt):
+            items[i] = torch.empty_like(t, memory_format=fmt)
+            changed = True
+    if not changed:
+        return out
+    return type(out)(items) if isinstance(out, (tuple, list)) else items[0]
+
+
 class _EstimatingFakeMode(FakeTensorMode):
     """``FakeTensorMode`` that feeds the allocator model and emulates CUDA for autograd."""
 
@@ -413,6 +459,18 @@ class _EstimatingFakeMode(FakeTensorMode):
         self._nesting = threading.local()
         #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)
         self._fake_templates: dict[torch.device, dict[str, Any]] = {}
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No ``torch._disable_dynamo`` wrapper around :meth:`__torch_dispatch__`.
+
+        ``TorchDispatchMode`` wraps a subclass's ``__torch_dispatch__`` so that Dynamo does
+        not compile inside it; each call then sets and restores the frame evaluation
+        callback, about a microsecond on every one of the 10^5 operators a training step
+        dispatches. Nothing compiles inside the estimator's scope (``torch.compile`` is
+        refused there, see ``_torch_compat``), so the wrapper guards nothing here.
+        """
+        return False
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _EstimatingFakeMode:
         # ``copy.deepcopy`` of a module copies each fake tensor's ``__dict__``, which holds
@@ -605,6 +663,9 @@ class _EstimatingFakeMode(FakeTensorMode):
                 # FakeTensorMode.__torch_dispatch__ is ``dispatch`` behind a call counter
                 # and a Dynamo-disabling wrapper that this method already has (5% a call).
                 out = self.dispatch(func, types, args, kwargs)
+                layout = None if depth else _fake_kernels.OUTPUT_LAYOUT.get(func)
+                if layout is not None:
+                    out = _relayout(out, layout(args, kwargs, out))
         except _torch_compat.VALUE_DEPENDENT_ERRORS:
             if depth:
                 raise

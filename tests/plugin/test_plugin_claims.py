@@ -147,6 +147,47 @@ def test_a_claim_over_a_failed_test_names_the_failure(vram_pytester, run_vram):
     )
 
 
+def test_a_claim_over_tests_that_skipped_themselves_is_not_in_play(vram_pytester, run_vram):
+    # A claim over multi-GPU tests on a one-GPU runner: skipped like its tests, also in
+    # strict mode; a claim with one test that ran and one that skipped is undecided.
+    vram_pytester.makepyfile(
+        test_m="""
+        import pytest
+
+        def test_ran(vram):
+            vram.run(vram.backend.spike, 1)
+
+        @pytest.mark.skip(reason="needs 8 GPUs")
+        def test_skipped_a(vram):
+            vram.run(vram.backend.spike, 1)
+
+        def test_skipped_b(vram):
+            pytest.skip("needs 8 GPUs")
+        """,
+        test_declared="""
+        from pytest_vram.claims import Claim, peak
+        vram_claims = [
+            Claim.at_most("skipped_only", peak("test_m.py::test_skipped_a"),
+                          peak("test_m.py::test_skipped_b")),
+            Claim.at_most("half_skipped", peak("test_m.py::test_ran"),
+                          peak("test_m.py::test_skipped_a")),
+        ]
+        """,
+    )
+    run_vram("--vram-update", "-k", "test_ran")
+    result = run_vram("--vram-strict", "-rs")
+    result.assert_outcomes(passed=1, skipped=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*half_skipped: not evaluated: no figures for test_m.py::test_skipped_a "
+            "(test_m.py::test_skipped_a skipped) (strict mode: every claim must be decided)",
+            "not evaluated: test_declared.py::skipped_only: none of its tests ran "
+            "(test_m.py::test_skipped_a: test_m.py::test_skipped_a skipped; "
+            "test_m.py::test_skipped_b: test_m.py::test_skipped_b skipped)",
+        ]
+    )
+
+
 def test_a_bad_declaration_is_a_collection_error_naming_the_module(vram_pytester, run_vram):
     vram_pytester.makepyfile(test_declared="vram_claims = ['peak of a <= peak of b']")
     result = run_vram()

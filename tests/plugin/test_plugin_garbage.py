@@ -74,3 +74,30 @@ def test_a_module_fixtures_cycle_is_collected_before_the_next_module_measures(
     )
     result = run_vram("-p", "no:randomly")
     result.assert_outcomes(passed=3)
+
+
+def test_the_last_measurement_stays_frozen_for_pytests_collections_at_exit(
+    run_vram_subprocess, vram_pytester
+):
+    # pytest collects five times at exit (unraisableexception): over everything a process
+    # that imported torch holds unless it stays frozen. A module boundary still thaws.
+    vram_pytester.makeconftest(
+        """
+        import gc
+
+        def pytest_runtest_logfinish(nodeid):
+            print("FROZEN", nodeid, gc.get_freeze_count() > 0)
+
+        def pytest_unconfigure(config):
+            print("FROZEN at exit", gc.get_freeze_count() > 0)
+        """
+    )
+    vram_pytester.makepyfile(
+        test_a="def test_a(vram):\n    vram.backend.cycles = True\n    vram.run(lambda: None)\n",
+        test_b="def test_b(vram):\n    vram.backend.cycles = True\n    vram.run(lambda: None)\n",
+    )
+    result = run_vram_subprocess("-s", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["*FROZEN test_a.py::test_a False", "*FROZEN test_b.py::test_b True", "FROZEN at exit True"]
+    )

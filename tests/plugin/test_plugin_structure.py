@@ -48,40 +48,88 @@ def test_a_record_reads_its_verdict_back_as_a_kind():
     assert record.kind is Kind.OVER_BUDGET
 
 
+FEATURES_PROBE = """
+def pytest_collection_finish(session):
+    config = session.config
+    names = {"vram-claims", "vram-benchmark"}
+    found = {n for n in names if config.pluginmanager.get_plugin(n) is not None}
+    print("FEATURES", sorted(found))
+"""
+
+
 def test_feature_hooks_are_registered_only_where_needed(vram_pytester):
-    vram_pytester.makeconftest(
-        """
-        def pytest_sessionstart(session):
-            config = session.config
-            names = {"vram-claims", "vram-benchmark"}
-            found = {n for n in names if config.pluginmanager.get_plugin(n) is not None}
-            print("FEATURES", sorted(found))
-        """
-    )
+    # The conftest is registered before the plugin's hook classes: its hook runs after theirs.
+    vram_pytester.makeconftest(FEATURES_PROBE)
     vram_pytester.makepyfile(test_x="def test_x(): pass")
     from vram_testing import QUIET, plugin_args
 
-    without = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "-p", "no:benchmark")
+    plain = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
+    plain.stdout.fnmatch_lines(["FEATURES []"])  # no vram test: nothing activated
+    vram_pytester.makepyfile(test_m="def test_m(vram): pass")
+    args = (*plugin_args(), *QUIET, "-s", "--vram-no-strict")
+    without = vram_pytester.runpytest(*args, "-p", "no:benchmark")
     without.stdout.fnmatch_lines(["FEATURES ['vram-claims']"])
     pytest.importorskip("pytest_benchmark")
-    with_benchmark = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
+    with_benchmark = vram_pytester.runpytest(*args)
     with_benchmark.stdout.fnmatch_lines(["FEATURES ['vram-benchmark', 'vram-claims']"])
 
 
+ROLE_PROBE = """
+import pytest
+
+def role(config, when):
+    manager = config.pluginmanager
+    names = ["vram-session", "vram-aggregate", "vram-worker", "vram-controller"]
+    print("ROLE", when, "+".join(n for n in names if manager.get_plugin(n) is not None) or "-")
+
+def pytest_sessionstart(session):
+    role(session.config, "start")
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    role(session.config, "finish")
+"""
+
+
 def test_the_session_end_hooks_are_the_process_role(vram_pytester):
+    vram_pytester.makeconftest(ROLE_PROBE)
+    vram_pytester.makepyfile(test_x="def test_x(): pass")
+    from vram_testing import QUIET, plugin_args
+
+    # Nothing to measure, judge or write: no session at all.
+    plain = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
+    plain.stdout.fnmatch_lines(["ROLE start -", "*ROLE finish -"])
+    # A report file is written whatever is collected: the session exists from the start.
+    roles = "vram-session+vram-aggregate+vram-controller"
+    report = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "--vram-json=r.json")
+    report.stdout.fnmatch_lines([f"ROLE start {roles}", f"*ROLE finish {roles}"])
+    # A vram test activates it when the collection finds it.
+    vram_pytester.makepyfile(test_m="def test_m(vram): pass")
+    measured = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "--vram-no-strict")
+    measured.stdout.fnmatch_lines(["ROLE start -", f"*ROLE finish {roles}"])
+
+
+def test_a_suite_without_vram_tests_imports_only_the_entry_point(vram_pytester):
+    # Each module of the plugin costs a suite without vram tests its load through pytest's
+    # assertion-rewriting hook (docs/suite.md, "Plugin overhead").
     vram_pytester.makeconftest(
         """
-        def pytest_sessionstart(session):
-            manager = session.config.pluginmanager
-            names = ["vram-session", "vram-aggregate", "vram-worker", "vram-controller"]
-            print("ROLE", [n for n in names if manager.get_plugin(n) is not None])
+        import sys
+
+        def pytest_unconfigure(config):
+            print("MODULES", sorted(m for m in sys.modules if m.startswith("pytest_vram")))
         """
     )
     vram_pytester.makepyfile(test_x="def test_x(): pass")
     from vram_testing import QUIET, plugin_args
 
-    result = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
-    result.stdout.fnmatch_lines(["ROLE ['vram-session', 'vram-aggregate', 'vram-controller']"])
+    result = vram_pytester.runpytest_subprocess(*plugin_args(), *QUIET, "-s", "-p", "no:xdist")
+    result.stdout.fnmatch_lines(
+        [
+            "MODULES ['pytest_vram', 'pytest_vram.backends', 'pytest_vram.marker', "
+            "'pytest_vram.plugin']"
+        ]
+    )
 
 
 MEASURING_PROBE = """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,7 @@ def settings(root: Path, **changes: object) -> Settings:
         json_path=None,
         markdown_path=None,
     )
-    return dataclasses.replace(base, **changes)
+    return base._replace(**changes)
 
 
 def write(root: Path, entries: dict[str, tuple[int, int]]) -> Path:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vram import baselines
+# PyYAML's C parser (the `_yaml` extension, which Python never imports twice) builds its
+# events from the `yaml` package it first saw. pytester's in-process runs drop the modules
+# a run imported, so a run that imported `yaml` first left the next one a new `yaml` whose
+# event classes the parser does not produce (UnboundLocalError in yaml.composer, in any
+# file run alone). The plugin imports PyYAML on first use; the tests import it up front.
+from pytest_vram import baselines, strict_yaml  # noqa: F401
 from pytest_vram.baselines import BaselineFile, Entry
 from pytest_vram.units import Tolerance, parse_tolerance
 
