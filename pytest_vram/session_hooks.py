@@ -165,26 +165,28 @@ class MeasureHooks:
 
 
 class GarbageHooks:
-    """Thaw what the backends' collections froze once a test module is done (see
-    :func:`pytest_vram.backends.base.collect_garbage`), so that a cycle a module-scoped
-    fixture dropped at its teardown is collected at the next test's start.
+    """Ask for a thaw of what the backends' collections froze once a test module is done
+    (see :func:`pytest_vram.backends.base.collect_garbage`), so that a cycle a
+    module-scoped fixture dropped at its teardown is collected at the next measured test's
+    start.
 
-    Not after the session's last test: no measurement follows, and pytest's own clean-up
-    at exit (``unraisableexception``'s five full collections, to run the finalizers of
-    cyclic garbage) would each visit every object of a process that imported torch:
-    about 0.25 s apiece, over a second per process, which on two xdist workers was 5% of
-    the memory job. Frozen, those collections visit only what the last test left
-    behind. The cost: a finalizer of a cycle among objects that were alive at the last
-    measurement does not run (nor report an exception) before the process exits.
+    The thaw is done by that next collection, not here: where no measurement follows
+    (the session's last module, plain tests after the last vram test) the freeze stays,
+    and pytest's own clean-up at exit (``unraisableexception``'s five full collections, to
+    run the finalizers of cyclic garbage) visits only what came after it instead of every
+    object of a process that imported torch: about 0.3 s apiece, 1.6 s of a one-process
+    memory job on the 2-core CPU machine. The cost: a finalizer of a cycle among objects
+    that were alive at the last measurement does not run (nor report an exception) before
+    the process exits.
     """
 
     @pytest.hookimpl(trylast=True)  # after pytest's own teardown of the fixtures
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         module = getattr(item, "module", None)
         if nextitem is not None and getattr(nextitem, "module", None) is not module:
-            from pytest_vram.backends.base import thaw_garbage
+            from pytest_vram.backends.base import thaw_at_next_collection
 
-            thaw_garbage()
+            thaw_at_next_collection()
 
 
 class AggregateHooks:

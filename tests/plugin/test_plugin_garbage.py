@@ -80,7 +80,8 @@ def test_the_last_measurement_stays_frozen_for_pytests_collections_at_exit(
     run_vram_subprocess, vram_pytester
 ):
     # pytest collects five times at exit (unraisableexception): over everything a process
-    # that imported torch holds unless it stays frozen. A module boundary still thaws.
+    # that imported torch holds unless it stays frozen. A module boundary asks the next
+    # measurement's collection to thaw; a plain module after the last one asks nothing of it.
     vram_pytester.makeconftest(
         """
         import gc
@@ -92,12 +93,19 @@ def test_the_last_measurement_stays_frozen_for_pytests_collections_at_exit(
             print("FROZEN at exit", gc.get_freeze_count() > 0)
         """
     )
+    measuring = "def test_{0}(vram):\n    vram.backend.cycles = True\n    vram.run(lambda: None)\n"
     vram_pytester.makepyfile(
-        test_a="def test_a(vram):\n    vram.backend.cycles = True\n    vram.run(lambda: None)\n",
-        test_b="def test_b(vram):\n    vram.backend.cycles = True\n    vram.run(lambda: None)\n",
+        test_a=measuring.format("a"),
+        test_b=measuring.format("b"),
+        test_c="def test_plain():\n    pass\n",
     )
     result = run_vram_subprocess("-s", "-p", "no:randomly")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(
-        ["*FROZEN test_a.py::test_a False", "*FROZEN test_b.py::test_b True", "FROZEN at exit True"]
+        [
+            "*FROZEN test_a.py::test_a True",
+            "*FROZEN test_b.py::test_b True",
+            "*FROZEN test_c.py::test_plain True",
+            "FROZEN at exit True",
+        ]
     )
