@@ -362,9 +362,13 @@ def test_vram_numprocesses_runs_the_memory_job_on_workers(vram_pytester, run_vra
             pass
         """
     )
-    memory_job = run_vram_subprocess("-m", "vram")
+    memory_job = run_vram_subprocess("-m", "vram", "-v")
     memory_job.assert_outcomes(passed=2)
     assert "2 workers [2 items]" in memory_job.stdout.str()
+    assert "scheduling tests via WorkStealingScheduling" in memory_job.stdout.str()
+    # --dist given: as the user asked
+    loaded = run_vram_subprocess("-m", "vram", "-v", "--dist", "load")
+    assert "scheduling tests via LoadScheduling" in loaded.stdout.str()
     # -n given, or another selection: as the user asked
     assert " workers [" not in run_vram_subprocess("-m", "vram", "-n", "0").stdout.str()
     everything = run_vram_subprocess()
