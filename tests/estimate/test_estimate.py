@@ -15,18 +15,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_vram.backends import create  # noqa: E402
 from pytest_vram.measure import Meter  # noqa: E402
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def backend() -> Any:
-    b = create("estimate")
-    b.warmup()
-    return b
 
 
 def measure(backend: Any, build: Callable[[], Any], work: Callable[[Any], Any]) -> Any:

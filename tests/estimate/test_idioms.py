@@ -17,13 +17,6 @@ from pytest_vram.backends._allocator import round_size  # noqa: E402
 from pytest_vram.measure import Meter  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def backend() -> Any:
-    b = create("estimate")
-    b.warmup()
-    return b
-
-
 def measure(backend: Any, build: Callable[[], Any], work: Callable[[Any], Any] = len) -> Any:
     meter = Meter(backend)
     meter.start()

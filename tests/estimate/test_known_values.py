@@ -13,19 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_vram.backends import _transformers, create  # noqa: E402
+from pytest_vram.backends import _transformers  # noqa: E402
 from pytest_vram.backends._known_values import KnownValues  # noqa: E402
 from pytest_vram.backends.estimate import EstimateUnsupported  # noqa: E402
 from pytest_vram.measure import Meter  # noqa: E402
 
 CUDA = "cuda"
-
-
-@pytest.fixture(scope="module")
-def backend() -> Any:
-    b = create("estimate")
-    b.warmup()
-    return b
 
 
 @pytest.fixture

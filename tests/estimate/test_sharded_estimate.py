@@ -26,7 +26,6 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from pytest_vram import world  # noqa: E402
-from pytest_vram.backends import create  # noqa: E402
 from pytest_vram.measure import Meter  # noqa: E402
 
 FP16 = 2  # bytes per element
@@ -35,13 +34,6 @@ ROWS, COLS, BATCH = 1024, 1024, 8
 
 def round512(n: int) -> int:
     return max(512, math.ceil(n / 512) * 512)
-
-
-@pytest.fixture(scope="module")
-def backend() -> Any:
-    b = create("estimate")
-    b.warmup()
-    return b
 
 
 @pytest.fixture
