@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 _T0 = time.perf_counter()
+_EPOCH0 = time.time()  # to line worker processes up on one clock
 _STATE: dict[str, Any] = {
     "session": collections.OrderedDict(),
     "tests": collections.defaultdict(lambda: collections.defaultdict(float)),
@@ -112,8 +113,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     path = os.environ.get("VRAM_PHASES_OUT")
     if not path:
         return
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # under xdist: one file per worker (the controller runs no tests)
+        path = f"{path}.{worker}"
     tests = {k: dict(v) for k, v in _STATE["tests"].items()}
     _session("tests (sum of run protocols)", sum(t.get("total", 0.0) for t in tests.values()))
     _session("start to unconfigure", time.perf_counter() - _T0)
     with open(path, "w") as f:
-        json.dump({"session": dict(_STATE["session"]), "tests": tests}, f, indent=1)
+        document = {"session": dict(_STATE["session"]), "tests": tests, "epoch_at_start": _EPOCH0}
+        json.dump(document, f, indent=1)
