@@ -23,6 +23,11 @@ tensors, exactly and never by guess:
   keeps or sets its knowledge only when it writes one known value over the whole storage
   (or the value it already holds), and forgets it otherwise; so does a storage resize.
 
+One fact that is not a value is followed too: a uniform draw (``rand``, ``rand_like``,
+``uniform_`` from a non-negative ``from``) holds no negative element, so comparing it with
+a number at most 0 (``torch.rand([]) < 0.0``, transformers' LayerDrop with
+``layerdrop=0.0``) has a known result. Any write to its storage forgets that as well.
+
 Knowledge is keyed by storage, with the dtype it was written in: every view of a uniform
 storage is uniform (a view in another dtype, or with the negative/conjugate bit, is
 unknown). Entries hold weak references, so nothing here keeps a tensor alive.
@@ -159,6 +164,26 @@ _MASKED_FILL = frozenset({_aten.masked_fill, _aten.masked_fill_})
 _ELEMENTWISE = _MASKED_FILL | {_aten.isin}
 _COPY_ = _aten.copy_
 _FILL_ = _aten.fill_
+#: draws whose every element is at least 0 (CUDA's and the CPU's ``uniform_`` compute
+#: ``from + u * (to - from)`` with ``u`` in [0, 1], and give ``from`` for ``to``; with
+#: ``from >= 0`` no rounding makes that negative), from ``(args, kwargs)``
+_NONNEGATIVE_DRAWS: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], bool]] = {
+    _aten.rand: lambda a, k: True,
+    _aten.rand_like: lambda a, k: True,
+    _aten.uniform_: lambda a, k: (
+        _is_number(f := a[1] if len(a) > 1 else k.get("from", 0.0)) and f >= 0
+    ),
+}
+#: comparisons ``x OP c`` decided for every ``x >= 0`` by ``c`` alone: the operator, then
+#: (the result, and whether ``c`` decides it) -> ``c <= 0`` decides ``lt``/``ge``, ``c < 0``
+#: ``le``/``gt``; with the tensor second (``c OP x``) the mirrored operator
+_NONNEGATIVE_COMPARISONS: dict[Any, tuple[bool, Callable[[float], bool]]] = {
+    _aten.lt: (False, lambda c: c <= 0),
+    _aten.ge: (True, lambda c: c <= 0),
+    _aten.le: (False, lambda c: c < 0),
+    _aten.gt: (True, lambda c: c < 0),
+}
+_MIRRORED = {_aten.lt: _aten.gt, _aten.gt: _aten.lt, _aten.le: _aten.ge, _aten.ge: _aten.le}
 
 
 class _Rule:
@@ -217,13 +242,22 @@ class _Rule:
         self.inplace = writes_self and not seeded
         #: whether the rule matters when nothing is known yet
         #: (a reduction of an empty tensor is known whatever it holds)
-        self.source = self.kind in ("factory", "copy", "reduction") or packet in (_COPY_, _FILL_)
+        self.source = (
+            self.kind in ("factory", "copy", "reduction")
+            or packet in (_COPY_, _FILL_)
+            or packet in _NONNEGATIVE_DRAWS
+        )
         #: whether an unknown first argument makes the result unknown (fast exits): for an
         #: in-place operator (no entry to drop either), and for a pure one
         self.quick_write = writes_self and not self.source and not self.decides
         self.quick = not self.decides and self.kind in ("copy", "pointwise")
         #: an operator that neither writes nor makes a value (a view, a matmul...)
-        self.idle = self.kind is None and not self.written and not self.foreign
+        self.idle = (
+            self.kind is None
+            and not self.written
+            and not self.foreign
+            and packet not in _NONNEGATIVE_DRAWS
+        )
 
 
 class KnownValues:
@@ -243,6 +277,8 @@ class KnownValues:
         #: data is no longer what the program's tensor holds
         self._tainted: set[int] = set()
         self._all_tainted = False
+        #: storage key -> (weak reference to the storage, dtype) of a non-negative draw
+        self._nonnegative: dict[int, tuple[weakref.ref[Any], torch.dtype]] = {}
 
     # -- queries ---------------------------------------------------------------------
     def value(self, t: object) -> Scalar | None:
@@ -291,6 +327,14 @@ class KnownValues:
     def forget(self, storage: Any) -> None:
         """Drop what is known of ``storage`` (its contents changed outside any operator)."""
         self._entries.pop(storage._cdata, None)
+        self._nonnegative.pop(storage._cdata, None)
+
+    def _is_nonnegative(self, t: object) -> bool:
+        """Whether ``t`` is (a view of) a non-negative draw, in the dtype it was drawn in."""
+        if not isinstance(t, FakeTensor) or t.is_neg():
+            return False
+        entry = self._nonnegative.get(t.untyped_storage()._cdata)
+        return entry is not None and entry[1] == t.dtype
 
     def after(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         """Update the knowledge for an operator the program ran (``out``: its result)."""
@@ -300,21 +344,40 @@ class KnownValues:
                 # a higher-order operator (DTensor's RNG op): no schema says what its inner
                 # operators write, and they run nested, unseen here; forget everything
                 self._entries.clear()
+                self._nonnegative.clear()
                 self._all_tainted = True
                 return
             rule = self._rules[func] = _Rule(func)
             self.idle[func] = rule.idle
         entries = self._entries
-        if not (entries or rule.source or self._reals):
+        if not (entries or rule.source or self._reals or self._nonnegative):
             return  # nothing known, nothing this operator could make known
+        if self._nonnegative and rule.packet in _NONNEGATIVE_COMPARISONS and not rule.written:
+            decided = self._compared_with_nonnegative(rule.packet, args, out)
+            if decided is not None:
+                self._write(out, decided)
+                return
         if rule.foreign:
             tensors = [t for t in pytree.arg_tree_leaves(*args, **kwargs) if _is_tensor(t)]
             self._after_write_to(tensors, None)
             return
         if rule.written:
-            if rule.quick_write and _unknown_fake(args[0], entries, self._reals):
+            if (
+                rule.quick_write
+                and _unknown_fake(args[0], entries, self._reals)
+                and not (self._nonnegative and self._is_nonnegative(args[0]))
+            ):
                 return  # an unknown tensor updated from its own elements stays unknown
             self._after_write(rule, args, kwargs)
+            if (
+                rule.packet is _aten.uniform_
+                and isinstance(args[0], FakeTensor)
+                and _NONNEGATIVE_DRAWS[_aten.uniform_](args, kwargs)
+            ):
+                self._mark_nonnegative(args[0])
+            return
+        if rule.packet in _NONNEGATIVE_DRAWS and isinstance(out, FakeTensor):
+            self._mark_nonnegative(out)  # rand, rand_like (their out= forms write)
             return
         if rule.kind is None:
             return
@@ -380,6 +443,8 @@ class KnownValues:
                 if real is not None:
                     self._tainted.add(real[1])
         for target in targets:
+            if self._nonnegative:
+                self._nonnegative.pop(target.untyped_storage()._cdata, None)
             if value is _UNCHANGED:
                 continue
             if value is None:
@@ -405,6 +470,41 @@ class KnownValues:
         if rule.kind == "pointwise":
             return self._pointwise(rule, args, kwargs, target.dtype)
         return None
+
+    def _mark_nonnegative(self, t: FakeTensor) -> None:
+        """``t`` was just drawn, every element of its storage at least 0."""
+        storage = t.untyped_storage()
+        if (
+            t.numel() * t.element_size() != storage.nbytes()
+            or t.storage_offset()
+            or not (t.is_contiguous() or _dense(t))
+            or t.is_neg()
+            or not (t.dtype.is_floating_point and not t.dtype.is_complex)
+            or t.untyped_storage()._cdata in self._reals
+        ):
+            return  # a part of its storage (the rest holds anything) or not a real draw
+        key = storage._cdata
+        ref = weakref.ref(storage, functools.partial(_release, self._nonnegative, key))
+        self._nonnegative[key] = (ref, t.dtype)
+
+    def _compared_with_nonnegative(
+        self, packet: Any, args: tuple[Any, ...], out: Any
+    ) -> bool | None:
+        """``x OP c`` (or ``c OP x``) for a non-negative draw ``x``, where ``c`` (a number
+        or a known tensor) decides it for every element; None otherwise."""
+        if len(args) < 2 or not isinstance(out, FakeTensor) or out.dtype != torch.bool:
+            return None
+        x, c = args[0], args[1]
+        if not self._is_nonnegative(x):
+            x, c = c, x
+            packet = _MIRRORED[packet]
+            if not self._is_nonnegative(x):
+                return None
+        number = self.value(c) if isinstance(c, torch.Tensor) else c
+        if not _is_number(number):
+            return None
+        result, decides = _NONNEGATIVE_COMPARISONS[packet]
+        return result if decides(number) else None
 
     def _write(self, t: FakeTensor, value: Scalar) -> None:
         """``t`` now holds ``value`` in every element: record what that says of its storage."""
@@ -540,6 +640,11 @@ def _exactly_rounded(rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 def _is_tensor(t: object) -> bool:
     return isinstance(t, torch.Tensor)
+
+
+def _is_number(c: object) -> bool:
+    """A real number, not NaN (every comparison with NaN is False, decided by no rule)."""
+    return isinstance(c, (bool, int, float)) and not (isinstance(c, float) and math.isnan(c))
 
 
 def _unknown_fake(t: object, entries: dict[int, Any], reals: dict[int, Any] | None = None) -> bool:

@@ -185,6 +185,96 @@ def test_a_known_mask_is_read_by_transformers(backend: Any) -> None:
     assert peak(padded) > ones + 2 * 256 * 256  # a boolean (2, 1, 256, 256) mask, at least
 
 
+def test_a_uniform_draw_compared_with_a_number_at_most_zero_is_known(scope: Any) -> None:
+    """rand is in [0, 1): ``rand < 0.0`` is False for every element (LayerDrop's check)."""
+    p = torch.rand([])  # transformers' LayerDrop draws on the CPU
+    assert not bool(p < 0.0) and bool(p >= 0)
+    assert not bool(p <= -0.5) and bool(p > -1)
+    assert not bool(p < torch.zeros([]))  # a known tensor decides as its value
+    assert not bool(torch.zeros([]) > p)  # the draw second: the mirrored comparison
+    half = torch.rand(4, device=CUDA, dtype=torch.float16)
+    assert bool((half >= 0).all()) and not bool((half[1:] < 0).any())  # views too
+    like = torch.rand_like(half)
+    assert not bool((like < 0).any())
+    drawn = torch.empty(2, 3, device=CUDA).uniform_(0.5, 2.0)
+    assert not bool((drawn < 0).any())
+    # what no lower bound of 0 decides
+    unknown(lambda: bool(p < 0.1))
+    unknown(lambda: bool(p <= 0))
+    unknown(lambda: bool(p < float("nan")))  # False, but no rule here says so
+    unknown(lambda: bool(-p < 0))  # negated: no longer a draw
+    unknown(lambda: bool((torch.empty(4, device=CUDA).uniform_(-1, 1) < -1).any()))
+    unknown(lambda: bool((torch.randn(4, device=CUDA) < -100).any()))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.mul_(-1),
+        lambda d: d.sub_(1),
+        lambda d: d[:2].fill_(-1),
+        lambda d: d.copy_(torch.randn(4, device=CUDA)),
+        lambda d: torch.sub(d, 2, out=d),
+        lambda d: d.resize_(8),
+    ],
+    ids=["mul_", "sub_", "partial fill", "copy_", "out", "resize"],
+)
+def test_a_write_forgets_that_a_draw_is_nonnegative(scope: Any, mutate: Any) -> None:
+    d = torch.rand(4, device=CUDA)
+    view = d[1:]
+    mutate(d)
+    unknown(lambda: bool((d[:4] < 0).any()))
+    unknown(lambda: bool((view < 0).any()))
+
+
+def test_a_partial_draw_or_another_dtype_is_not_nonnegative(scope: Any) -> None:
+    m = torch.full((4,), -1.0, device=CUDA)
+    m[:2].uniform_()  # the rest of the storage still holds -1
+    unknown(lambda: bool((m[:2] < 0).any()))
+    d = torch.rand(4, device=CUDA)
+    unknown(lambda: bool((d.view(torch.int32) < 0).any()))  # the sign bit of a float
+
+
+def test_layerdrop_of_transformers_runs_when_it_never_drops(backend: Any) -> None:
+    """BART in training mode draws ``torch.rand([])`` per layer and compares it with
+    ``layerdrop``: with 0.0 (its default) no layer is dropped, on the GPU and here; with
+    0.5 which layers run is random, and the estimate says so with the value-dependent error."""
+    transformers = pytest.importorskip("transformers")
+
+    def train(layerdrop: float) -> int:
+        config = transformers.BartConfig(
+            vocab_size=1000,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_layerdrop=layerdrop,
+            decoder_layerdrop=layerdrop,
+        )
+
+        def step(model: Any) -> None:
+            ids = torch.randint(0, 1000, (2, 32), device=CUDA)
+            model(input_ids=ids, labels=ids).loss.backward()
+
+        meter = Meter(backend)
+        meter.start()
+        try:
+            model = meter.build(lambda: transformers.BartForConditionalGeneration(config).to(CUDA))
+            model.train()
+            meter.run(step, model)
+            del model
+        finally:
+            meter.finish()
+        return meter.measurements[0].peak_bytes
+
+    assert train(0.0) > 0
+    with pytest.raises(EstimateUnsupported, match=r"dropout_probability < self\.layerdrop"):
+        train(0.5)
+
+
 def test_is_fake_tensor_answers_false_only_for_known_values(scope: Any) -> None:
     utils = pytest.importorskip("transformers.utils.import_utils")
     assert not utils.is_tracing(torch.ones(4, device=CUDA))
