@@ -221,6 +221,9 @@ _VALUE_FREE_CALLERS: tuple[tuple[str, tuple[float, int, bool]], ...] = (
     (os.path.join(_TORCH_DIR, "nn", "init.py"), (0.0, 0, False)),
     (os.path.join(_TORCH_DIR, "optim", ""), (1.0, 1, False)),
     (os.path.join(_TORCH_DIR, "amp", "grad_scaler.py"), (0.0, 0, False)),
+    # clip_grad_norm_(error_if_nonfinite=True): "is the total norm NaN or inf?" decides
+    # whether to raise, never what is allocated; finite, as for GradScaler's found_inf
+    (os.path.join(_TORCH_DIR, "nn", "utils", "clip_grad.py"), (0.0, 0, False)),
 )
 
 

@@ -171,6 +171,21 @@ def test_weight_init_with_rejection_sampling_builds(backend: Any) -> None:
     assert measure(backend, build, lambda m: None).model_bytes == linear_bytes(100, 100, 4)
 
 
+def test_clipping_that_checks_for_a_nonfinite_norm_runs(backend: Any) -> None:
+    """``clip_grad_norm_(error_if_nonfinite=True)`` reads whether the norm is finite: the
+    estimate assumes finite gradients (as for GradScaler), so it clips as with False."""
+
+    def step(checked: bool) -> Any:
+        def work(layer: Any) -> None:
+            layer(torch.randn(8, 100, device="cuda")).sum().backward()
+            nn.utils.clip_grad_norm_(layer.parameters(), 1.0, error_if_nonfinite=checked)
+
+        return measure(backend, lambda: nn.Linear(100, 100, device="cuda"), work)
+
+    checked, unchecked = step(True), step(False)
+    assert checked.peak_bytes == unchecked.peak_bytes > checked.model_bytes
+
+
 def test_every_private_torch_api_is_present() -> None:
     from pytest_vram.backends import _torch_compat
 
