@@ -249,6 +249,19 @@ def _value_dependent(func: Any, args: Any) -> Any:
         answer = _value_free_answer(frames[0].filename, args[0].dtype)
         if answer is not None:
             return answer
+    hint = _transformers.value_dependent_hint(frames)
+    fix = f"{hint}; or measure" if hint else "Measure"
+    raise EstimateUnsupported(
+        f"the estimate backend cannot run {func} at {_user_line(frames)}: its result depends "
+        "on tensor values, which fake tensors do not have (e.g. .item(), nonzero, boolean "
+        f"indexing, data-dependent control flow). {fix} this test with --vram-backend=cuda, "
+        "or mark it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
+    ) from None
+
+
+def _user_line(frames: list[traceback.FrameSummary]) -> str:
+    """Where the program called what the estimator cannot run: the innermost line outside
+    torch (and torch's line inside it), and the first outside installed libraries."""
     where = next((f for f in frames if not f.filename.startswith(_TORCH_DIR)), None)
     line = f"{where.filename}:{where.lineno} ({where.line})" if where else "an unknown line"
     if frames and where is not frames[0]:
@@ -256,14 +269,50 @@ def _value_dependent(func: Any, args: Any) -> Any:
     caller = next((f for f in frames if not f.filename.startswith(_LIBRARY_DIRS)), None)
     if caller is not None and where is not None and caller is not where:
         line += f", called from {caller.filename}:{caller.lineno} ({caller.line})"
-    hint = _transformers.value_dependent_hint(frames)
-    fix = f"{hint}; or measure" if hint else "Measure"
-    raise EstimateUnsupported(
-        f"the estimate backend cannot run {func} at {line}: its result depends on tensor "
-        "values, which fake tensors do not have (e.g. .item(), nonzero, boolean indexing, "
-        f"data-dependent control flow). {fix} this test with --vram-backend=cuda, or mark "
-        "it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
-    ) from None
+    return line
+
+
+#: why an operator without a fake kernel is called, where a common idiom reaches one
+_NO_KERNEL_HINTS = {
+    "_nested_tensor_from_mask_left_aligned": (
+        "nn.TransformerEncoder's inference fast path, which packs a padded batch into "
+        "nested tensors (fake tensors have none); with enable_nested_tensor=False the "
+        "padded batch runs as in training, on the GPU too"
+    ),
+}
+
+
+#: how a ``torch.library.custom_op`` without ``register_fake`` fails in the fake mode
+_CUSTOM_OP_WITHOUT_FAKE = "There was no fake impl registered for "
+
+
+def _no_kernel(func: Any, torch_advice: str | None = None) -> EstimateUnsupported:
+    """The error for an operator that has no fake (meta) kernel.
+
+    torch's fake mode would run such an operator for real on zero-filled copies of its
+    inputs (the "fallback kernel"): on a CPU-only torch that fails for CUDA tensors with
+    "Torch not compiled with CUDA enabled", and anywhere it allocates memory the estimate
+    does not see. The estimator turns the fallback off and says what to do. A custom
+    operator (``torch.library.custom_op``) gets torch's own advice (``torch_advice``).
+    """
+    where = _user_line(_torch_compat.user_frames())
+    skip = "or mark it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
+    if torch_advice is None and getattr(func, "namespace", "aten") not in ("aten", "prims"):
+        torch_advice = "torch.library.register_fake adds one"
+    if torch_advice is not None:
+        return EstimateUnsupported(
+            f"the estimate backend cannot run the custom operator {func} at {where}: it has "
+            f"no fake kernel, so what it allocates cannot be predicted ({torch_advice}). "
+            f"Register one, measure this test with --vram-backend=cuda, {skip}"
+        )
+    name = getattr(func, "__name__", str(func)).split(".")[0]
+    hint = _NO_KERNEL_HINTS.get(name)
+    because = f" (here: {hint})" if hint else ""
+    return EstimateUnsupported(
+        f"the estimate backend cannot run {func} at {where}: torch {torch.__version__} has "
+        f"no fake (meta) kernel for it, so what it allocates cannot be predicted{because}. "
+        f"Measure this test with --vram-backend=cuda, {skip}"
+    )
 
 
 def _shallow_copy(self: FakeTensor) -> torch.Tensor:
@@ -452,7 +501,8 @@ class _EstimatingFakeMode(FakeTensorMode):
     """``FakeTensorMode`` that feeds the allocator model and emulates CUDA for autograd."""
 
     def __init__(self, tracker: _StorageTracker, emulate: bool) -> None:
-        super().__init__(allow_non_fake_inputs=True)
+        # No fallback kernels: an operator without a fake kernel is refused (``_no_kernel``)
+        super().__init__(allow_non_fake_inputs=True, allow_fallback_kernels=False)
         self._tracker = tracker
         #: tensors whose every element is one known value (``_known_values``)
         self.known = tracker.known if tracker.known is not None else KnownValues()
@@ -669,6 +719,11 @@ class _EstimatingFakeMode(FakeTensorMode):
                 layout = None if depth else _fake_kernels.OUTPUT_LAYOUT.get(func)
                 if layout is not None:
                     out = _relayout(out, layout(args, kwargs, out))
+        except _fake_tensor.UnsupportedOperatorException as exc:
+            if depth:
+                raise
+            __tracebackhide__ = True
+            raise _no_kernel(exc.args[0] if exc.args else func) from None
         except _torch_compat.VALUE_DEPENDENT_ERRORS:
             if depth:
                 raise
@@ -676,6 +731,11 @@ class _EstimatingFakeMode(FakeTensorMode):
             out = self.known.scalar(args[0]) if func is _LOCAL_SCALAR_DENSE else None
             if out is None:
                 out = _value_dependent(func, args)
+        except RuntimeError as exc:  # after the value-dependent errors, also RuntimeErrors
+            if depth or not str(exc).startswith(_CUSTOM_OP_WITHOUT_FAKE):
+                raise
+            __tracebackhide__ = True
+            raise _no_kernel(func, torch_advice=str(exc)) from None
         finally:
             self._nesting.depth = depth
         if depth:

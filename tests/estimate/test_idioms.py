@@ -186,6 +186,59 @@ def test_clipping_that_checks_for_a_nonfinite_norm_runs(backend: Any) -> None:
     assert checked.peak_bytes == unchecked.peak_bytes > checked.model_bytes
 
 
+def test_an_operator_without_a_fake_kernel_is_refused_with_the_fix(backend: Any) -> None:
+    """nn.TransformerEncoder in inference with a padding mask takes its nested-tensor fast
+    path, whose operators have no fake kernel: the fake mode's fallback ran them for real
+    ("Torch not compiled with CUDA enabled" from torch's internals on a CPU-only torch)."""
+
+    def build(nested: bool) -> Callable[[], Any]:
+        def encoder() -> Any:
+            layer = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True)
+            return nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested).cuda().eval()
+
+        return encoder
+
+    def infer(model: Any) -> Any:
+        x = torch.randn(4, 16, 64, device="cuda")
+        padding = torch.zeros(4, 16, dtype=torch.bool, device="cuda")
+        padding[:, 12:] = True
+        with torch.no_grad():
+            return model(x, src_key_padding_mask=padding)
+
+    with pytest.raises(RuntimeError) as info:
+        measure(backend, build(True), infer)
+    message = str(info.value)
+    assert "_nested_tensor_from_mask_left_aligned" in message
+    assert "no fake (meta) kernel" in message and "enable_nested_tensor=False" in message
+    assert "test_idioms.py" in message and "--vram-backend=cuda" in message
+    assert measure(backend, build(False), infer).peak_bytes > 0
+
+
+@torch.library.custom_op("pytest_vram_tests::scaled", mutates_args=())
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+_library = torch.library.Library("pytest_vram_tests", "FRAGMENT")
+_library.define("doubled(Tensor x) -> Tensor")
+_library.impl("doubled", lambda x: x * 2, "CPU")  # a CPU kernel, no fake one
+
+
+@pytest.mark.parametrize(
+    ("op", "advice"),
+    [(_scaled, "_scaled.register_fake"), (torch.ops.pytest_vram_tests.doubled, "register_fake")],
+    ids=["custom_op", "Library.define"],
+)
+def test_a_custom_operator_without_a_fake_kernel_is_refused(
+    backend: Any, op: Any, advice: str
+) -> None:
+    with pytest.raises(RuntimeError) as info:
+        measure(backend, lambda: torch.empty(8, device="cuda"), op)
+    message = str(info.value)
+    assert "custom operator pytest_vram_tests." in message and "no fake kernel" in message
+    assert advice in message and "test_idioms.py" in message and "skip_estimate=" in message
+
+
 def test_every_private_torch_api_is_present() -> None:
     from pytest_vram.backends import _torch_compat
 
