@@ -27,7 +27,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -90,8 +90,9 @@ class _StorageTracker:
         #: optional attribution hook (``pytest_vram.attribution.Collector``): told of every
         #: storage made and released, and of every transient buffer
         self.observer = observer
-        #: whether this test was warned of a convolution whose workspace is unknown
-        self._warned = False
+        #: the warnings this test was given (each category once: a convolution whose
+        #: workspace is unknown, an RNN)
+        self._warned: set[type[Warning]] = set()
 
     def track(self, out: object) -> None:
         """Account for the storages of an operator's outputs (tensors, tuples, lists)."""
@@ -156,26 +157,87 @@ class _StorageTracker:
 
     def _unmodelled(self, description: str) -> None:
         """Warn, once per test, of a convolution whose cuDNN workspace is not known."""
-        if self._warned:
-            return
-        self._warned = True
         name, _ = _conv_workspace.current_table()
+        self.warn_once(
+            _conv_workspace.ConvWorkspaceUnknown,
+            f"the estimate counts no cuDNN workspace for the {description}: it is not "
+            f"in pytest_vram/backends/data/{name}, so this test's figure may be low by "
+            "up to that workspace (on the H200, 0 B to several times the input's size "
+            "for common CNN layers). Fix: measure the table on the GPU the estimate "
+            "models with benchmarks/cudnn_workspace.py from pytest-vram's repository, "
+            "or measure this test with --vram-backend=cuda. Further convolutions of "
+            "this test that are not in the table are not reported again.",
+        )
+
+    def warn_once(self, category: type[Warning], message: str) -> None:
+        """Warn of ``category`` at the user's line, the first time in this test."""
+        if category in self._warned:
+            return
+        self._warned.add(category)
         frames = _torch_compat.user_frames()
         where = next((f for f in frames if not f.filename.startswith(_TORCH_DIR)), None)
         warnings.warn_explicit(
-            _conv_workspace.ConvWorkspaceUnknown(
-                f"the estimate counts no cuDNN workspace for the {description}: it is not "
-                f"in pytest_vram/backends/data/{name}, so this test's figure may be low by "
-                "up to that workspace (on the H200, 0 B to several times the input's size "
-                "for common CNN layers). Fix: measure the table on the GPU the estimate "
-                "models with benchmarks/cudnn_workspace.py from pytest-vram's repository, "
-                "or measure this test with --vram-backend=cuda. Further convolutions of "
-                "this test that are not in the table are not reported again."
-            ),
-            _conv_workspace.ConvWorkspaceUnknown,
+            category(message),
+            category,
             where.filename if where else "<unknown>",
             (where.lineno or 0) if where else 0,
         )
+
+
+class RNNNotModelled(UserWarning):
+    """An ``nn.LSTM``/``nn.GRU``/``nn.RNN`` on CUDA tensors: cuDNN's RNN is not modelled,
+    so the estimate may be off in either direction."""
+
+
+#: the sequence RNNs of ``torch._VF`` that a GPU runs as one cuDNN call
+_RNN_FUNCTIONS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+@contextlib.contextmanager
+def _rnns_reported(tracker: _StorageTracker) -> Iterator[None]:
+    """Inside the scope, an RNN over CUDA tensors warns (:class:`RNNNotModelled`).
+
+    ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` call ``torch._VF.<mode>``, which on a GPU runs
+    cuDNN's fused RNN (its weight buffer, workspace and training reserve space are sized by
+    cuDNN). The estimate runs what this torch runs on fake tensors: without cuDNN (a
+    CPU-only torch) the native cell-by-cell path, with it ``_cudnn_rnn``'s meta kernel,
+    which has no reserve space or workspace. The cells (``nn.LSTMCell``...) are the same
+    fused CUDA kernels on both sides and are not reported.
+    """
+    vf = torch._VF
+    saved = {name: vf.__dict__.get(name) for name in _RNN_FUNCTIONS}
+    how = (
+        "counts cuDNN's call without its reserve space and workspace (torch's meta kernel has none)"
+        if torch.backends.cudnn.is_available()
+        else "follows the native cell-by-cell path (this torch has no cuDNN)"
+    )
+
+    def reporting(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def rnn(*args: Any, **kwargs: Any) -> Any:
+            if args and isinstance(args[0], torch.Tensor) and args[0].device.type == "cuda":
+                tracker.warn_once(
+                    RNNNotModelled,
+                    f"the estimate does not model cuDNN's RNN (torch._VF.{name}, which "
+                    "nn.LSTM, nn.GRU and nn.RNN call): a GPU runs one cuDNN kernel with "
+                    f"its own workspace and training reserve space, the estimate {how}, so "
+                    "this test's figure may be off in either direction. Fix: measure this "
+                    "test with --vram-backend=cuda. Further RNN calls of this test are "
+                    "not reported again.",
+                )
+            return original(*args, **kwargs)
+
+        return rnn
+
+    for name in _RNN_FUNCTIONS:
+        setattr(vf, name, reporting(name, getattr(vf.vf, name)))
+    try:
+        yield
+    finally:
+        for name, before in saved.items():
+            if before is None:
+                delattr(vf, name)
+            else:
+                setattr(vf, name, before)
 
 
 def _is_meta_device(device: object) -> bool:
@@ -780,6 +842,7 @@ class _Scope:
             stack.enter_context(self._mode)
             stack.enter_context(_transformers.reads_known_values(self._mode.known))
             stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
+            stack.enter_context(_rnns_reported(self._tracker))
             self._stack = stack.pop_all()
 
     def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -820,6 +883,7 @@ class EstimateBackend(Backend):
             )
         if self._emulate:
             install_sdpa_kernel()
+        _fake_kernels.install_missing_meta_kernels()
         self._allocator = _allocator.CachingAllocatorModel(allocator)
         self._tracker: _StorageTracker | None = None
         self._mode: _EstimatingFakeMode | None = None

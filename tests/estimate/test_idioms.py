@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ nn = torch.nn
 
 from pytest_vram.backends import create  # noqa: E402
 from pytest_vram.backends._allocator import round_size  # noqa: E402
+from pytest_vram.backends.estimate import RNNNotModelled  # noqa: E402
 from pytest_vram.measure import Meter  # noqa: E402
 
 
@@ -237,6 +239,72 @@ def test_a_custom_operator_without_a_fake_kernel_is_refused(
     message = str(info.value)
     assert "custom operator pytest_vram_tests." in message and "no fake kernel" in message
     assert advice in message and "test_idioms.py" in message and "skip_estimate=" in message
+
+
+#: a CPU-only torch says so at every RNN module call (``cudnn.is_acceptable``)
+NO_CUDNN = "ignore:PyTorch was compiled without cuDNN"
+
+
+@pytest.mark.filterwarnings(NO_CUDNN)
+@pytest.mark.parametrize("rnn", [nn.LSTM, nn.GRU, nn.RNN], ids=lambda c: c.__name__)
+def test_an_rnn_on_cuda_warns_once_that_cudnn_is_not_modelled(backend: Any, rnn: Any) -> None:
+    """A GPU runs a whole-sequence RNN as one cuDNN call (weight buffer, workspace,
+    reserve space), which the estimate does not model: one named warning per test, at
+    the user's line; the figure itself is the path this torch takes."""
+
+    def train(model: Any) -> None:
+        for _ in range(2):
+            model(torch.randn(10, 4, 32, device="cuda"))[0].sum().backward()
+
+    with pytest.warns(RNNNotModelled) as record:
+        measurement = measure(backend, lambda: rnn(32, 64).cuda(), train)
+    reports = [w for w in record if w.category is RNNNotModelled]
+    assert len(reports) == 1 and reports[0].filename == __file__
+    assert "--vram-backend=cuda" in str(reports[0].message)
+    assert measurement.peak_bytes > measurement.model_bytes
+    assert not {"lstm", "gru", "rnn_tanh"} & set(torch._VF.__dict__)  # restored on exit
+
+
+@pytest.mark.filterwarnings(NO_CUDNN)
+def test_an_rnn_on_the_cpu_and_an_rnn_cell_do_not_warn(backend: Any) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RNNNotModelled)
+        measure(backend, lambda: nn.LSTM(8, 8), lambda m: m(torch.randn(3, 2, 8)))
+        measure(
+            backend, lambda: nn.LSTMCell(8, 8).cuda(), lambda m: m(torch.randn(2, 8, device="cuda"))
+        )
+
+
+def test_a_gru_cell_allocates_what_the_cuda_kernel_allocates(backend: Any) -> None:
+    """torch has no meta kernel for the fused GRU cell: the estimator registers one with
+    the outputs of ATen's CUDA kernel (a [B, 5H] workspace and hy; in the backward the
+    two [B, 3H] gate gradients, grad_hx and the bias gradients)."""
+    batch, n_in, hidden = 4, 32, 64
+    f32 = 4
+    model = round_size(3 * hidden * n_in * f32) + round_size(3 * hidden * hidden * f32)
+    model += 2 * round_size(3 * hidden * f32)
+
+    def infer(cell: Any) -> Any:
+        with torch.no_grad():
+            return cell(torch.randn(batch, n_in, device="cuda"))
+
+    inference = measure(backend, lambda: nn.GRUCell(n_in, hidden).cuda(), infer)
+    assert inference.model_bytes == model
+    live = [
+        batch * n_in,  # the input
+        batch * hidden,  # hx, zeros
+        batch * 3 * hidden,  # input gates: linear(input, w_ih), the bias goes to the kernel
+        batch * 3 * hidden,  # hidden gates
+        batch * 5 * hidden,  # the workspace
+        batch * hidden,  # hy
+    ]
+    assert inference.peak_bytes == model + sum(round_size(n * f32) for n in live)
+
+    def train(cell: Any) -> None:
+        cell(torch.randn(batch, n_in, device="cuda")).sum().backward()
+
+    training = measure(backend, lambda: nn.GRUCell(n_in, hidden).cuda(), train)
+    assert training.peak_bytes > inference.peak_bytes  # the backward ran on fake tensors
 
 
 def test_every_private_torch_api_is_present() -> None:
