@@ -371,12 +371,60 @@ def _noop(*args: object, **kwargs: object) -> None:
     return None
 
 
+class _EmulatedStream(torch.Stream):
+    """``torch.cuda.Stream`` inside the scope: a stream of the emulated device (the CUDA
+    device guard's, so ``wait_stream``, ``synchronize``, ``query`` and ``record_event``
+    work and do nothing). Fake kernels run synchronously: streams order nothing."""
+
+    def __new__(cls, device: object = None, priority: int = 0, **kwargs: object) -> Any:
+        return super().__new__(cls, device="cuda", priority=priority)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    @property
+    def cuda_stream(self) -> int:
+        return 0
+
+
+class _EmulatedEvent(torch.Event):
+    """``torch.cuda.Event`` inside the scope: records and waits do nothing; no time passes
+    on the emulated device, so ``elapsed_time`` is 0.0 ms."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> Any:
+        return super().__new__(cls, device="cuda")
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def elapsed_time(self, end_event: object) -> float:
+        return 0.0
+
+
+def _stream(device: object = None) -> _EmulatedStream:
+    return _EmulatedStream()
+
+
 def _patches() -> list[tuple[object, str, object]]:
     """(owner, attribute, replacement) for every patch the emulation needs."""
     import torch.cuda.amp.common as amp_common
+    import torch.cuda.nvtx as nvtx
 
     return [
         (amp_common, "amp_definitely_not_available", lambda: False),
+        # the runtime calls ordinary code makes, on the one emulated device (index 0);
+        # none allocates (what the memory queries answer: the estimator's scope)
+        (torch.cuda, "synchronize", _noop),
+        (torch.cuda, "current_device", lambda: 0),
+        (torch.cuda, "set_device", _noop),
+        (torch.cuda, "Stream", _EmulatedStream),
+        (torch.cuda, "Event", _EmulatedEvent),
+        (torch.cuda, "current_stream", _stream),
+        (torch.cuda, "default_stream", _stream),
+        (torch.cuda, "set_stream", _noop),
+        (nvtx, "range_push", lambda *a, **k: 0),
+        (nvtx, "range_pop", lambda *a, **k: 0),
+        (nvtx, "mark", _noop),
         (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
         (torch.cuda, "get_rng_state", _rng_state),
         (torch.cuda, "set_rng_state", _noop),

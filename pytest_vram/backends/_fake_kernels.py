@@ -68,9 +68,17 @@ OUTPUT_LAYOUT: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {}
 #: (the fused SGD/Adagrad optimizer steps, the tensor-lr fused Adam/AdamW): their CUDA
 #: kernels update their inputs through ``multi_tensor_apply`` and allocate nothing, so the
 #: fake mode skips them (the tensors they mutate are already counted).
+#: ``record_stream`` (no meta kernel either) only marks a block for a stream: the caching
+#: allocator counts a block's bytes as freed when its tensor dies, recorded streams or not.
 NO_ALLOCATION_INPLACE = frozenset(
     overload
-    for name in ("_fused_sgd_", "_fused_adagrad_", "_fused_adam_", "_fused_adamw_")
+    for name in (
+        "_fused_sgd_",
+        "_fused_adagrad_",
+        "_fused_adam_",
+        "_fused_adamw_",
+        "record_stream",
+    )
     if hasattr(_aten, name)
     for overload in (getattr(getattr(_aten, name), o) for o in getattr(_aten, name).overloads())
 )

@@ -60,6 +60,9 @@ _CUDA = torch.device("cuda", 0)
 _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
 _LOCAL_SCALAR_DENSE = torch.ops.aten._local_scalar_dense.default
+#: ``Tensor.pin_memory()``: a copy in page-locked host memory, which no CUDA pool holds
+_PIN_MEMORY = torch.ops.aten._pin_memory.default
+_CLONE = torch.ops.aten.clone.default
 _TO = torch.ops.aten.to
 _TORCH_DIR = os.path.dirname(torch.__file__)
 #: where installed libraries live: a value read inside one is named with its caller too
@@ -182,6 +185,53 @@ class _StorageTracker:
             where.filename if where else "<unknown>",
             (where.lineno or 0) if where else 0,
         )
+
+
+@contextlib.contextmanager
+def _memory_queries(tracker: _StorageTracker) -> Iterator[None]:
+    """Inside the scope without a GPU, ``torch.cuda``'s memory queries answer from the
+    allocator model (they answered 0: no CUDA allocator), and the device's size is refused.
+
+    ``memory_allocated``/``max_memory_allocated``/``memory_reserved``/``max_memory_reserved``
+    give the model's counters, ``reset_peak_memory_stats`` resets its peaks, as on a GPU
+    (so a reset inside a measured call lowers that call's figure there too). No size is
+    emulated: ``mem_get_info`` and ``get_device_properties`` decide by the GPU's memory (a
+    device map, a batch size), which the estimate would have to guess, so they fail with
+    the fix.
+    """
+    allocator = tracker.allocator
+
+    def refused(name: str) -> Callable[..., Any]:
+        def query(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            raise EstimateUnsupported(
+                f"the estimate backend emulates no GPU size: torch.cuda.{name}() at "
+                f"{_user_line(_torch_compat.user_frames())} asks for the device's memory, "
+                "and what the program then does (a device map, a batch size) would rest on "
+                "a guess. Measure this test with --vram-backend=cuda, give the size "
+                "explicitly, or mark it @pytest.mark.vram(skip_estimate='<reason>')."
+            )
+
+        return query
+
+    patches = {
+        "memory_allocated": lambda device=None: allocator.allocated,
+        "max_memory_allocated": lambda device=None: allocator.peak,
+        "memory_reserved": lambda device=None: allocator.reserved,
+        "max_memory_reserved": lambda device=None: allocator.peak_reserved,
+        "reset_peak_memory_stats": lambda device=None: allocator.reset_peak(),
+        "reset_max_memory_allocated": lambda device=None: allocator.reset_peak(),
+        "mem_get_info": refused("mem_get_info"),
+        "get_device_properties": refused("get_device_properties"),
+    }
+    saved = {name: getattr(torch.cuda, name) for name in patches}
+    for name, value in patches.items():
+        setattr(torch.cuda, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(torch.cuda, name, value)
 
 
 class RNNNotModelled(UserWarning):
@@ -311,7 +361,7 @@ def _value_dependent(func: Any, args: Any) -> Any:
         answer = _value_free_answer(frames[0].filename, args[0].dtype)
         if answer is not None:
             return answer
-    hint = _transformers.value_dependent_hint(frames)
+    hint = _transformers.value_dependent_hint(frames) or _data_loader_hint(frames)
     fix = f"{hint}; or measure" if hint else "Measure"
     raise EstimateUnsupported(
         f"the estimate backend cannot run {func} at {_user_line(frames)}: its result depends "
@@ -319,6 +369,22 @@ def _value_dependent(func: Any, args: Any) -> Any:
         f"indexing, data-dependent control flow). {fix} this test with --vram-backend=cuda, "
         "or mark it @pytest.mark.vram(skip_estimate='<reason>') to skip it on the estimator."
     ) from None
+
+
+_DATA_DIR = os.path.join(_TORCH_DIR, "utils", "data", "")
+
+
+def _data_loader_hint(frames: list[traceback.FrameSummary]) -> str | None:
+    """The fix for a DataLoader iterated inside the scope: its base seed and its shuffling
+    (``randperm(...).tolist()``) read random tensors, which are fake there."""
+    if not any(f.filename.startswith(_DATA_DIR) for f in frames):
+        return None
+    return (
+        "torch.utils.data reads random tensors here (the DataLoader's seed, its "
+        "sampler's shuffled order), which are fake inside the measured call. Iterate the "
+        "DataLoader outside vram.run/vram.build and pass each batch in (its move to the "
+        "GPU inside is what is measured)"
+    )
 
 
 def _user_line(frames: list[traceback.FrameSummary]) -> str:
@@ -753,6 +819,10 @@ class _EstimatingFakeMode(FakeTensorMode):
             out = self.fake_tensor_converter.from_meta_and_device(self, meta, device)
             self._tracker.track(out)
             return out
+        if func is _PIN_MEMORY:
+            # No fake kernel; on a GPU the copy is host memory from the pinned allocator,
+            # never counted in CUDA's figures: a host copy, as the fake CPU tensor it is.
+            func, args, kwargs = _CLONE, args[:1], {}
         if func in _fake_kernels.NO_ALLOCATION_INPLACE:
             self.known.after(func, args, kwargs, None)  # it writes its inputs
             return None
@@ -843,6 +913,8 @@ class _Scope:
             stack.enter_context(_transformers.reads_known_values(self._mode.known))
             stack.enter_context(_fake_distributed.sharded_training(self._tracker, self._emulate))
             stack.enter_context(_rnns_reported(self._tracker))
+            if self._emulate:
+                stack.enter_context(_memory_queries(self._tracker))
             self._stack = stack.pop_all()
 
     def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:

@@ -307,6 +307,85 @@ def test_a_gru_cell_allocates_what_the_cuda_kernel_allocates(backend: Any) -> No
     assert training.peak_bytes > inference.peak_bytes  # the backward ran on fake tensors
 
 
+#: the CUDA runtime is emulated only where no GPU is usable (on a GPU it is the real one)
+emulated = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU: not emulated")
+
+
+@emulated
+def test_the_cuda_runtime_calls_of_ordinary_code_run(backend: Any) -> None:
+    """Streams, events, synchronize, the current device, NVTX ranges, record_stream and
+    pinned host copies: on a CPU-only torch each failed ("Torch not compiled with CUDA
+    enabled", "NYI: aten._pin_memory"). None allocates CUDA memory."""
+
+    def work(_: Any) -> Any:
+        torch.cuda.set_device(0)
+        assert torch.cuda.current_device() == 0
+        side = torch.cuda.Stream()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        with torch.cuda.stream(side), torch.cuda.nvtx.range("copy"):
+            host = torch.empty(1000).pin_memory()  # host memory: not in CUDA's figures
+            x = host.to("cuda", non_blocking=True)
+        torch.cuda.current_stream().wait_stream(side)
+        x.record_stream(torch.cuda.current_stream())
+        end.record()
+        torch.cuda.synchronize()
+        assert start.elapsed_time(end) == 0.0  # no time passes on the emulated device
+        return x
+
+    assert measure(backend, lambda: None, work).peak_bytes == round_size(4000)
+
+
+@emulated
+def test_memory_queries_answer_from_the_allocator_model(backend: Any) -> None:
+    seen: dict[str, int] = {}
+
+    def work(_: Any) -> None:
+        a = torch.empty(1000, device="cuda")
+        b = torch.empty(3000, device="cuda")
+        seen["allocated"] = torch.cuda.memory_allocated()
+        del b
+        seen["after del"] = torch.cuda.memory_allocated()
+        seen["peak"] = torch.cuda.max_memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        seen["peak after reset"] = torch.cuda.max_memory_allocated()
+        seen["reserved"] = torch.cuda.memory_reserved()
+        del a
+
+    measure(backend, lambda: None, work)
+    assert seen["allocated"] == seen["peak"] == round_size(4000) + round_size(12000)
+    assert seen["after del"] == seen["peak after reset"] == round_size(4000)
+    assert seen["reserved"] >= seen["allocated"]
+
+
+@emulated
+@pytest.mark.parametrize("query", ["mem_get_info", "get_device_properties"])
+def test_the_device_size_is_refused_with_the_fix(backend: Any, query: str) -> None:
+    def work(_: Any) -> Any:
+        return getattr(torch.cuda, query)(0)  # e.g. a device map sized to the GPU
+
+    with pytest.raises(RuntimeError) as info:
+        measure(backend, lambda: None, work)
+    message = str(info.value)
+    assert f"torch.cuda.{query}()" in message and "emulates no GPU size" in message
+    assert "test_idioms.py" in message and "--vram-backend=cuda" in message
+
+
+def test_a_data_loader_inside_the_measured_call_gets_the_fix(backend: Any) -> None:
+    data = torch.utils.data.TensorDataset(torch.randn(16, 8))
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)
+
+    def inside(_: Any) -> None:
+        for (x,) in loader:
+            x.to("cuda")
+
+    with pytest.raises(RuntimeError, match="Iterate the DataLoader outside vram.run"):
+        measure(backend, lambda: None, inside)
+    (batch,) = next(iter(loader))  # the fix: the batch comes in from outside
+    moved = measure(backend, lambda: None, lambda _: batch.to("cuda"))
+    assert moved.peak_bytes == round_size(4 * 8 * 4)
+
+
 def test_every_private_torch_api_is_present() -> None:
     from pytest_vram.backends import _torch_compat
 
