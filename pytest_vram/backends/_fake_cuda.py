@@ -27,6 +27,9 @@ estimator's scope is active (everything is restored on exit):
    memory-efficient, math) and calls the fused op, whose outputs and backward are the real
    ones.
 
+Besides, the runtime calls ordinary code makes (``torch.cuda.synchronize``, streams,
+events, the current device, NVTX ranges) act on one emulated device, doing nothing.
+
 On a machine with a real GPU none of this is installed: fake CUDA tensors already work
 there and SDPA's own chooser runs.
 """
