@@ -486,6 +486,36 @@ def _fake_tensor_copy() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _constants_swappable(converter: FakeTensorConverter) -> Iterator[None]:
+    """``module.to()`` of a parameter made from ``torch.tensor(value)`` (CLIP's
+    ``logit_scale``): the fake mode keeps such small real values as the fake tensor's
+    ``constant`` and tracks its aliases through weak references, and
+    ``torch.utils.swap_tensors`` (``Module._apply``) refuses a tensor with weak references
+    ("Couldn't swap CLIPModel.logit_scale"). Inside the scope a fake tensor about to be
+    swapped stops being a constant first (for every alias, as an in-place write would
+    make it), which also drops the converter's memo entry of its value.
+    """
+    original = torch.utils.swap_tensors
+    memo = converter.meta_converter
+
+    def swap_tensors(t1: torch.Tensor, t2: torch.Tensor) -> None:
+        for t in (t1, t2):
+            constant = getattr(t, "constant", None) if isinstance(t, FakeTensor) else None
+            if constant is not None:
+                converter.invalidate_constant_aliases(constant)
+                tid = memo.describer.lookup_tensor.get(constant)
+                if tid is not None:
+                    memo.tensor_memo.pop(tid, None)
+        original(t1, t2)
+
+    torch.utils.swap_tensors = swap_tensors
+    try:
+        yield
+    finally:
+        torch.utils.swap_tensors = original
+
+
+@contextlib.contextmanager
 def _optimizers_take_fake_tensors() -> Iterator[None]:
     """Let ``torch.optim`` pick its default implementation for fake tensors as for CUDA ones.
 
@@ -908,6 +938,7 @@ class _Scope:
                 # whose Python objects it would release while the interpreter finalizes.
                 stack.enter_context(torch.autograd.set_multithreading_enabled(False))
             stack.enter_context(_fake_tensor_copy())
+            stack.enter_context(_constants_swappable(self._mode.fake_tensor_converter))
             stack.enter_context(_optimizers_take_fake_tensors())
             stack.enter_context(self._mode)
             stack.enter_context(_transformers.reads_known_values(self._mode.known))

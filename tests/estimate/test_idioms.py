@@ -386,6 +386,35 @@ def test_a_data_loader_inside_the_measured_call_gets_the_fix(backend: Any) -> No
     assert moved.peak_bytes == round_size(4 * 8 * 4)
 
 
+class _WithLearnedScale(nn.Module):
+    """A layer and a scalar parameter made from a Python number, as CLIP's logit_scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(10, 10)
+        self.logit_scale = nn.Parameter(torch.tensor(2.6592))
+
+
+@pytest.mark.parametrize(
+    ("convert", "itemsize"),
+    [
+        (lambda m: m.to("cuda"), 4),
+        (lambda m: m.cuda(), 4),
+        (lambda m: m.half().to("cuda"), 2),
+        (lambda m: m.to("cuda", dtype=torch.bfloat16), 2),
+    ],
+    ids=["to", "cuda", "half-then-to", "to-dtype"],
+)
+def test_a_parameter_made_from_a_python_number_moves(
+    backend: Any, convert: Any, itemsize: int
+) -> None:
+    """``torch.tensor(2.6592)`` is a fake tensor holding its real value, whose aliases the
+    fake mode tracks by weak reference: swapping it in ``Module._apply`` failed with
+    "Couldn't swap CLIPModel.logit_scale"."""
+    measurement = measure(backend, lambda: convert(_WithLearnedScale()), lambda m: m.logit_scale)
+    assert measurement.model_bytes == linear_bytes(10, 10, itemsize) + round_size(itemsize)
+
+
 def test_every_private_torch_api_is_present() -> None:
     from pytest_vram.backends import _torch_compat
 
