@@ -60,6 +60,16 @@ _CUDA = torch.device("cuda", 0)
 _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
 _LOCAL_SCALAR_DENSE = torch.ops.aten._local_scalar_dense.default
+#: the most elements of a CPU tensor whose real values the fake mode keeps (its
+#: ``constant``; torch keeps one element): enough for the values ordinary code computes on
+#: the CPU and reads (a stochastic-depth schedule, ``torch.linspace(0, rate, depth)``),
+#: small enough that computing them costs nothing
+CPU_CONSTANT_NUMEL_LIMIT = 1024
+#: deterministic factories whose small CPU results are computed, so their values are known
+_CPU_VALUE_FACTORIES = frozenset(
+    {torch.ops.aten.linspace.default, torch.ops.aten.logspace.default}
+    | {getattr(torch.ops.aten.arange, name) for name in ("default", "start", "start_step")}
+)
 #: ``Tensor.pin_memory()``: a copy in page-locked host memory, which no CUDA pool holds
 _PIN_MEMORY = torch.ops.aten._pin_memory.default
 _CLONE = torch.ops.aten.clone.default
@@ -671,6 +681,31 @@ class _EstimatingFakeMode(FakeTensorMode):
         #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)
         self._fake_templates: dict[torch.device, dict[str, Any]] = {}
 
+    def may_turn_const(self, t: torch.Tensor) -> bool:
+        """Whether the real result ``t`` of an operator on constants stays a constant: on
+        the CPU up to ``CPU_CONSTANT_NUMEL_LIMIT`` elements (torch: 1), elsewhere as torch.
+
+        A CPU constant's values are what the program computes there too (on the CPU, on
+        a GPU machine as here), so reading them (``.tolist()``, ``.item()``) is exact.
+        """
+        if t.device.type == "cpu" and t.numel() <= CPU_CONSTANT_NUMEL_LIMIT:
+            return t.layout == torch.strided and not self.is_our_fake(t)
+        return super().may_turn_const(t)
+
+    def _cpu_constant(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        """A small CPU ``linspace``/``logspace``/``arange``, computed: a fake tensor with its
+        values (None: not on the CPU, or too large; made as any fake tensor)."""
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type != "cpu":
+            return None
+        with _fake_tensor.no_dispatch():
+            if func(*args, **{**kwargs, "device": "meta"}).numel() > CPU_CONSTANT_NUMEL_LIMIT:
+                return None  # (its size from the meta kernel: nothing real is made)
+            real = func(*args, **kwargs)
+        out = self.fake_tensor_converter.from_real_tensor(self, real, make_constant=True)
+        self._tracker.track(out)
+        return out
+
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         """No ``torch._disable_dynamo`` wrapper around :meth:`__torch_dispatch__`.
@@ -849,6 +884,10 @@ class _EstimatingFakeMode(FakeTensorMode):
             out = self.fake_tensor_converter.from_meta_and_device(self, meta, device)
             self._tracker.track(out)
             return out
+        if func in _CPU_VALUE_FACTORIES:
+            value = self._cpu_constant(func, args, kwargs)
+            if value is not None:
+                return value
         if func is _PIN_MEMORY:
             # No fake kernel; on a GPU the copy is host memory from the pinned allocator,
             # never counted in CUDA's figures: a host copy, as the fake CPU tensor it is.

@@ -235,6 +235,27 @@ def test_a_partial_draw_or_another_dtype_is_not_nonnegative(scope: Any) -> None:
     unknown(lambda: bool((d.view(torch.int32) < 0).any()))  # the sign bit of a float
 
 
+def test_small_cpu_schedules_have_their_values(scope: Any) -> None:
+    """A stochastic-depth schedule (timm, ConvNeXt, Swin-style models) is computed on the CPU
+    and read with .item()/.tolist() while the model is built: exactly the real values."""
+    real = torch.linspace(0, 0.1, 6).tolist()  # the expectation, computed outside the scope
+    assert [x.item() for x in torch.linspace(0, 0.1, 6, device="cpu")] == real
+    assert [x.tolist() for x in torch.linspace(0, 0.1, 6).split([2, 4])] == [real[:2], real[2:]]
+    assert torch.arange(2, 12, 3).tolist() == [2, 5, 8, 11]
+    assert (torch.arange(4) * 2 + 1).tolist() == [1, 3, 5, 7]  # propagated through ops
+    assert torch.logspace(0, 2, 3).tolist() == [1.0, 10.0, 100.0]
+    t = torch.arange(4)
+    t[0] = 9  # a write of known values keeps them
+    assert t.tolist() == [9, 1, 2, 3]
+    # what stays unknown: random writes (for every alias), CUDA, and large CPU tensors
+    view = t[:2]
+    t.add_(torch.randint(0, 3, (4,)))
+    unknown(lambda: t.tolist())
+    unknown(lambda: view.tolist())
+    unknown(lambda: torch.arange(4, device=CUDA)[1].item())
+    unknown(lambda: torch.arange(5000)[7].item())
+
+
 def test_layerdrop_of_transformers_runs_when_it_never_drops(backend: Any) -> None:
     """BART in training mode draws ``torch.rand([])`` per layer and compares it with
     ``layerdrop``: with 0.0 (its default) no layer is dropped, on the GPU and here; with
