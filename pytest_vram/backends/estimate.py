@@ -260,17 +260,12 @@ def _rnns_reported(tracker: _StorageTracker) -> Iterator[None]:
     ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` call ``torch._VF.<mode>``, which on a GPU runs
     cuDNN's fused RNN (its weight buffer, workspace and training reserve space are sized by
     cuDNN). The estimate runs what this torch runs on fake tensors: without cuDNN (a
-    CPU-only torch) the native cell-by-cell path, with it ``_cudnn_rnn``'s meta kernel,
-    which has no reserve space or workspace. The cells (``nn.LSTMCell``...) are the same
-    fused CUDA kernels on both sides and are not reported.
+    CPU-only torch) the native cell-by-cell path; with it, cuDNN's weight flattening,
+    which has no fake kernel (refused). The cells (``nn.LSTMCell``...) are the same fused
+    CUDA kernels on both sides and are not reported.
     """
     vf = torch._VF
     saved = {name: vf.__dict__.get(name) for name in _RNN_FUNCTIONS}
-    how = (
-        "counts cuDNN's call without its reserve space and workspace (torch's meta kernel has none)"
-        if torch.backends.cudnn.is_available()
-        else "follows the native cell-by-cell path (this torch has no cuDNN)"
-    )
 
     def reporting(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def rnn(*args: Any, **kwargs: Any) -> Any:
@@ -279,8 +274,10 @@ def _rnns_reported(tracker: _StorageTracker) -> Iterator[None]:
                     RNNNotModelled,
                     f"the estimate does not model cuDNN's RNN (torch._VF.{name}, which "
                     "nn.LSTM, nn.GRU and nn.RNN call): a GPU runs one cuDNN kernel with "
-                    f"its own workspace and training reserve space, the estimate {how}, so "
-                    "this test's figure may be off in either direction. Fix: measure this "
+                    "its own workspace and training reserve space, which the estimate does "
+                    "not count (it runs the cell-by-cell path, or fails where cuDNN's ops have "
+                    "no fake kernel), so this test's figure may be off in either direction. "
+                    "Fix: measure this "
                     "test with --vram-backend=cuda. Further RNN calls of this test are "
                     "not reported again.",
                 )

@@ -241,10 +241,13 @@ def test_a_custom_operator_without_a_fake_kernel_is_refused(
     assert advice in message and "test_idioms.py" in message and "skip_estimate=" in message
 
 
+#: the cell-by-cell RNN path (a CUDA build takes cuDNN's, refused: no fake kernel)
+cpu_only_torch = pytest.mark.skipif(torch.backends.cudnn.is_available(), reason="cuDNN built")
 #: a CPU-only torch says so at every RNN module call (``cudnn.is_acceptable``)
 NO_CUDNN = "ignore:PyTorch was compiled without cuDNN"
 
 
+@cpu_only_torch
 @pytest.mark.filterwarnings(NO_CUDNN)
 @pytest.mark.parametrize("rnn", [nn.LSTM, nn.GRU, nn.RNN], ids=lambda c: c.__name__)
 def test_an_rnn_on_cuda_warns_once_that_cudnn_is_not_modelled(backend: Any, rnn: Any) -> None:

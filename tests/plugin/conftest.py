@@ -8,7 +8,11 @@ from collections.abc import Callable
 import pytest
 from vram_testing import HERE, QUIET, REPO, SCRIPTED, plugin_args
 
-XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+XDIST_WORKER_VARIABLES = (
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_XDIST_TESTRUNUID",
+)
 
 
 @pytest.fixture(scope="session")
