@@ -695,6 +695,8 @@ class _EstimatingFakeMode(FakeTensorMode):
         device = kwargs.get("device")
         if device is not None and torch.device(device).type != "cpu":
             return None
+        if kwargs.get("requires_grad") or kwargs.get("pin_memory"):
+            return None  # a leaf of a graph, or page-locked memory: made as before
         with _fake_tensor.no_dispatch():
             if func(*args, **{**kwargs, "device": "meta"}).numel() > CPU_CONSTANT_NUMEL_LIMIT:
                 return None  # (its size from the meta kernel: nothing real is made)
@@ -858,8 +860,14 @@ class _EstimatingFakeMode(FakeTensorMode):
         args: Any = (),
         kwargs: Any = None,
     ) -> Any:
-        if func is _PRIM_DEVICE and self._emulate and engine_is_asking(2):
-            # Only the autograd engine gets "meta" (see _fake_cuda, point 2).
+        if (
+            func is _PRIM_DEVICE
+            and self._emulate
+            and getattr(args[0], "fake_device", None) == _CUDA
+            and engine_is_asking(2)
+        ):
+            # Only the autograd engine gets "meta" (see _fake_cuda, point 2), and only for
+            # CUDA tensors: a CPU tensor's gradients are made on the CPU, as on a GPU machine.
             return _META
         query = _METADATA_QUERIES.get(func)
         if query is not None:

@@ -256,6 +256,24 @@ def test_small_cpu_schedules_have_their_values(scope: Any) -> None:
     unknown(lambda: torch.arange(5000)[7].item())
 
 
+def test_autograd_on_the_cpu_with_small_values_stays_on_the_cpu(backend: Any) -> None:
+    """CPU tensors with known values (``torch.tensor([...], requires_grad=True)``, an
+    ``arange``) are differentiated on the CPU: their gradients are no CUDA bytes."""
+
+    def work() -> Any:
+        w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        (w * torch.arange(3.0)).sum().backward()
+        assert w.grad is not None and w.grad.device.type == "cpu"
+        assert w.grad.tolist() == [0.0, 1.0, 2.0]  # computed, as on a GPU machine's CPU
+        return torch.empty(1000, device=CUDA)
+
+    meter = Meter(backend)
+    meter.start()
+    meter.run(work)
+    meter.finish()
+    assert meter.measurements[0].peak_bytes == 4096  # the CUDA tensor alone (4000 B rounded)
+
+
 def test_layerdrop_of_transformers_runs_when_it_never_drops(backend: Any) -> None:
     """BART in training mode draws ``torch.rand([])`` per layer and compares it with
     ``layerdrop``: with 0.0 (its default) no layer is dropped, on the GPU and here; with
