@@ -61,12 +61,14 @@ def test_feature_hooks_are_registered_only_where_needed(vram_pytester):
     # The conftest is registered before the plugin's hook classes: its hook runs after theirs.
     vram_pytester.makeconftest(FEATURES_PROBE)
     vram_pytester.makepyfile(test_x="def test_x(): pass")
-    from vram_testing import QUIET, plugin_args
+    from vram_testing import QUIET, SCRIPTED, plugin_args
 
     plain = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
     plain.stdout.fnmatch_lines(["FEATURES []"])  # no vram test: nothing activated
     vram_pytester.makepyfile(test_m="def test_m(vram): pass")
-    args = (*plugin_args(), *QUIET, "-s", "--vram-no-strict")
+    # the scripted backend: an in-process estimator would import torch's compiler stack,
+    # which pytester drops afterwards, and the next test of the process re-imports it
+    args = (*plugin_args(), *QUIET, "-s", "--vram-no-strict", SCRIPTED)
     without = vram_pytester.runpytest(*args, "-p", "no:benchmark")
     without.stdout.fnmatch_lines(["FEATURES ['vram-claims']"])
     pytest.importorskip("pytest_benchmark")
@@ -94,7 +96,7 @@ def pytest_sessionfinish(session):
 def test_the_session_end_hooks_are_the_process_role(vram_pytester):
     vram_pytester.makeconftest(ROLE_PROBE)
     vram_pytester.makepyfile(test_x="def test_x(): pass")
-    from vram_testing import QUIET, plugin_args
+    from vram_testing import QUIET, SCRIPTED, plugin_args
 
     # Nothing to measure, judge or write: no session at all.
     plain = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
@@ -105,7 +107,7 @@ def test_the_session_end_hooks_are_the_process_role(vram_pytester):
     report.stdout.fnmatch_lines([f"ROLE start {roles}", f"*ROLE finish {roles}"])
     # A vram test activates it when the collection finds it.
     vram_pytester.makepyfile(test_m="def test_m(vram): pass")
-    measured = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "--vram-no-strict")
+    measured = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "--vram-no-strict", SCRIPTED)
     measured.stdout.fnmatch_lines(["ROLE start -", f"*ROLE finish {roles}"])
 
 
