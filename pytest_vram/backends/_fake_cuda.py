@@ -370,8 +370,16 @@ def _rng_state(device: object = "cuda") -> torch.Tensor:
     return torch.zeros(16, dtype=torch.uint8, device="cpu")
 
 
-def _noop(*args: object, **kwargs: object) -> None:
-    return None
+def _noop() -> Any:
+    """A new do-nothing function: one object per patched name. Dynamo maps torch's functions
+    to tracing rules by object (``trace_rules.get_torch_obj_rule_map``, built once, at the
+    first ``torch.compile``); one object under two names with different rules fails it
+    ("Duplicate torch object")."""
+
+    def stub(*args: object, **kwargs: object) -> None:
+        return None
+
+    return stub
 
 
 class _EmulatedStream(torch.Stream):
@@ -404,8 +412,13 @@ class _EmulatedEvent(torch.Event):
         return 0.0
 
 
-def _stream(device: object = None) -> _EmulatedStream:
-    return _EmulatedStream()
+def _stream() -> Any:
+    """A new ``current_stream``/``default_stream``: one object per name (see ``_noop``)."""
+
+    def stream(device: object = None) -> _EmulatedStream:
+        return _EmulatedStream()
+
+    return stream
 
 
 def _patches() -> list[tuple[object, str, object]]:
@@ -417,24 +430,24 @@ def _patches() -> list[tuple[object, str, object]]:
         (amp_common, "amp_definitely_not_available", lambda: False),
         # the runtime calls ordinary code makes, on the one emulated device (index 0);
         # none allocates (what the memory queries answer: the estimator's scope)
-        (torch.cuda, "synchronize", _noop),
+        (torch.cuda, "synchronize", _noop()),
         (torch.cuda, "current_device", lambda: 0),
-        (torch.cuda, "set_device", _noop),
+        (torch.cuda, "set_device", _noop()),
         (torch.cuda, "Stream", _EmulatedStream),
         (torch.cuda, "Event", _EmulatedEvent),
-        (torch.cuda, "current_stream", _stream),
-        (torch.cuda, "default_stream", _stream),
-        (torch.cuda, "set_stream", _noop),
+        (torch.cuda, "current_stream", _stream()),
+        (torch.cuda, "default_stream", _stream()),
+        (torch.cuda, "set_stream", _noop()),
         (nvtx, "range_push", lambda *a, **k: 0),
         (nvtx, "range_pop", lambda *a, **k: 0),
-        (nvtx, "mark", _noop),
+        (nvtx, "mark", _noop()),
         (torch.cuda, "is_bf16_supported", lambda *a, **k: True),
         (torch.cuda, "get_rng_state", _rng_state),
-        (torch.cuda, "set_rng_state", _noop),
+        (torch.cuda, "set_rng_state", _noop()),
         (torch.cuda, "get_rng_state_all", lambda: [_rng_state()]),
-        (torch.cuda, "set_rng_state_all", _noop),
-        (torch.cuda, "manual_seed", _noop),
-        (torch.cuda, "manual_seed_all", _noop),
+        (torch.cuda, "set_rng_state_all", _noop()),
+        (torch.cuda, "manual_seed", _noop()),
+        (torch.cuda, "manual_seed_all", _noop()),
         (torch.cuda, "get_device_capability", lambda *a, **k: EMULATED_CAPABILITY),
         (torch.cuda, "get_device_name", lambda *a, **k: EMULATED_NAME),
         *_python_sdpa_patches(),
