@@ -23,6 +23,14 @@ tensors, exactly and never by guess:
   keeps or sets its knowledge only when it writes one known value over the whole storage
   (or the value it already holds), and forgets it otherwise; so does a storage resize.
 
+Triangular tensors are followed as well: ``triu``/``tril`` of a known uniform tensor (a
+causal mask, ``torch.triu(torch.full((n, n), -inf), 1)``) holds one known value on and
+above (or below) a diagonal and another elsewhere, in its logical indices; copies keep it,
+``==``/``!=`` with another such tensor of the same shape and diagonal or with a known value
+give one, and ``all``/``any`` of it are known (``nn.TransformerEncoder`` compares a mask
+with a causal one it builds, ``bool((mask == causal).all())``). It holds only for that
+exact tensor (a view sees nothing), and any write to its storage forgets it.
+
 One fact that is not a value is followed too: a uniform draw (``rand``, ``rand_like``,
 ``uniform_`` from a non-negative ``from``) holds no negative element, so comparing it with
 a number at most 0 (``torch.rand([]) < 0.0``, transformers' LayerDrop with
@@ -184,6 +192,14 @@ _NONNEGATIVE_COMPARISONS: dict[Any, tuple[bool, Callable[[float], bool]]] = {
     _aten.gt: (True, lambda c: c < 0),
 }
 _MIRRORED = {_aten.lt: _aten.gt, _aten.gt: _aten.lt, _aten.le: _aten.ge, _aten.ge: _aten.le}
+#: triangles: whether an element (row i, column j of the last two dimensions) is kept
+_TRIANGLES = {_aten.triu: "triu", _aten.tril: "tril"}
+#: operators whose result holds its first argument's elements at the same logical indices
+_PATTERN_COPIES = frozenset({_aten._to_copy, _aten.clone, _aten.lift_fresh, _aten.lift_fresh_copy})
+_PATTERN_COMPARISONS = {_aten.eq: lambda a, b: a == b, _aten.ne: lambda a, b: a != b}
+_PATTERN_REDUCTIONS = frozenset({_aten.all, _aten.any})
+_PATTERN_OPS = frozenset(_TRIANGLES) | _PATTERN_COPIES | frozenset(_PATTERN_COMPARISONS)
+_PATTERN_OPS |= _PATTERN_REDUCTIONS
 
 
 class _Rule:
@@ -257,6 +273,7 @@ class _Rule:
             and not self.written
             and not self.foreign
             and packet not in _NONNEGATIVE_DRAWS
+            and packet not in _TRIANGLES
         )
 
 
@@ -279,6 +296,9 @@ class KnownValues:
         self._all_tainted = False
         #: storage key -> (weak reference to the storage, dtype) of a non-negative draw
         self._nonnegative: dict[int, tuple[weakref.ref[Any], torch.dtype]] = {}
+        #: storage key -> (weak reference, the tensor's layout, its triangle) of a
+        #: triangular tensor (see the module docstring)
+        self._patterns: dict[int, tuple[weakref.ref[Any], tuple[Any, ...], _Triangle]] = {}
 
     # -- queries ---------------------------------------------------------------------
     def value(self, t: object) -> Scalar | None:
@@ -328,6 +348,7 @@ class KnownValues:
         """Drop what is known of ``storage`` (its contents changed outside any operator)."""
         self._entries.pop(storage._cdata, None)
         self._nonnegative.pop(storage._cdata, None)
+        self._patterns.pop(storage._cdata, None)
 
     def _is_nonnegative(self, t: object) -> bool:
         """Whether ``t`` is (a view of) a non-negative draw, in the dtype it was drawn in."""
@@ -345,13 +366,21 @@ class KnownValues:
                 # operators write, and they run nested, unseen here; forget everything
                 self._entries.clear()
                 self._nonnegative.clear()
+                self._patterns.clear()
                 self._all_tainted = True
                 return
             rule = self._rules[func] = _Rule(func)
             self.idle[func] = rule.idle
         entries = self._entries
-        if not (entries or rule.source or self._reals or self._nonnegative):
+        if not (entries or rule.source or self._reals or self._nonnegative or self._patterns):
             return  # nothing known, nothing this operator could make known
+        if (
+            rule.packet in _PATTERN_OPS
+            and not rule.written
+            and (self._patterns or rule.packet in _TRIANGLES)
+            and self._pattern_result(rule, args, kwargs, out)
+        ):
+            return
         if self._nonnegative and rule.packet in _NONNEGATIVE_COMPARISONS and not rule.written:
             decided = self._compared_with_nonnegative(rule.packet, args, out)
             if decided is not None:
@@ -366,6 +395,7 @@ class KnownValues:
                 rule.quick_write
                 and _unknown_fake(args[0], entries, self._reals)
                 and not (self._nonnegative and self._is_nonnegative(args[0]))
+                and not (self._patterns and args[0].untyped_storage()._cdata in self._patterns)
             ):
                 return  # an unknown tensor updated from its own elements stays unknown
             self._after_write(rule, args, kwargs)
@@ -445,6 +475,8 @@ class KnownValues:
         for target in targets:
             if self._nonnegative:
                 self._nonnegative.pop(target.untyped_storage()._cdata, None)
+            if self._patterns:
+                self._patterns.pop(target.untyped_storage()._cdata, None)
             if value is _UNCHANGED:
                 continue
             if value is None:
@@ -470,6 +502,87 @@ class KnownValues:
         if rule.kind == "pointwise":
             return self._pointwise(rule, args, kwargs, target.dtype)
         return None
+
+    # -- triangular tensors -------------------------------------------------------------
+    def _triangle(self, t: object) -> _Triangle | None:
+        """The triangle ``t`` holds, if ``t`` is the very tensor it was recorded for."""
+        if not isinstance(t, FakeTensor):
+            return None
+        entry = self._patterns.get(t.untyped_storage()._cdata)
+        if entry is None or entry[1] != _layout(t):
+            return None
+        return entry[2]
+
+    def _operand(self, a: object) -> _Triangle | Scalar | None:
+        """A comparison's operand: a triangle, a known value (tensor or number), or None."""
+        triangle = self._triangle(a)
+        if triangle is not None:
+            return triangle
+        if isinstance(a, torch.Tensor):
+            return self.value(a)
+        return a if _is_number(a) else None
+
+    def _pattern_result(
+        self, rule: _Rule, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    ) -> bool:
+        """Record what a triangle operator's result holds; True when it was decided."""
+        if not isinstance(out, FakeTensor) or not args:
+            return False
+        packet = rule.packet
+        result: _Triangle | Scalar | None = None
+        if packet in _TRIANGLES:
+            value = self.value(args[0])
+            if value is None or out.dim() < 2:
+                return False
+            diagonal = int(_arg(args, kwargs, 1, "diagonal", 0))
+            zero = _cast(0, out.dtype)
+            result = _Triangle(_TRIANGLES[packet], diagonal, _cast(value, out.dtype), zero)
+        elif packet in _PATTERN_COPIES:
+            triangle = self._triangle(args[0])
+            if triangle is None or out.shape != args[0].shape:
+                return False
+            result = triangle.cast(out.dtype)
+        elif packet in _PATTERN_COMPARISONS:
+            if len(args) < 2:
+                return False
+            a, b = self._operand(args[0]), self._operand(args[1])
+            if a is None or b is None or not (_is_triangle(a) or _is_triangle(b)):
+                return False
+            for x, t in ((a, args[0]), (b, args[1])):
+                if _is_triangle(x) and t.shape != out.shape:
+                    return False  # broadcast: the triangle's indices are not the result's
+            result = _compare(_PATTERN_COMPARISONS[packet], a, b)
+            if result is None:
+                return False
+        else:  # all / any
+            triangle = self._triangle(args[0])
+            if triangle is None or rule.func._overloadname != "default":
+                return False
+            rows, cols = args[0].shape[-2], args[0].shape[-1]
+            present = [v for v, n in triangle.regions(rows, cols) if n]
+            if not present or args[0].numel() == 0:
+                return False
+            truths = [bool(v) for v in present]
+            result = _cast(all(truths) if packet is _aten.all else any(truths), out.dtype)
+        if _is_triangle(result):
+            simple = result.uniform(out.shape[-2], out.shape[-1]) if out.numel() else None
+            if simple is None:
+                self._record_triangle(out, result)
+                return True
+            result = simple
+        if result is None:
+            return False
+        self._write(out, result)  # type: ignore[arg-type]
+        return True
+
+    def _record_triangle(self, t: FakeTensor, triangle: _Triangle) -> None:
+        storage = t.untyped_storage()
+        key = storage._cdata
+        if key in self._reals:
+            return  # the fake of a real tensor: its data may change outside the mode
+        self._entries.pop(key, None)
+        ref = weakref.ref(storage, functools.partial(_release, self._patterns, key))
+        self._patterns[key] = (ref, _layout(t), triangle)
 
     def _mark_nonnegative(self, t: FakeTensor) -> None:
         """``t`` was just drawn, every element of its storage at least 0."""
@@ -513,6 +626,8 @@ class KnownValues:
             return  # nothing written
         storage = t.untyped_storage()
         key = storage._cdata
+        if self._patterns:
+            self._patterns.pop(key, None)
         entries = self._entries
         if t.is_neg() or t.is_conj() or key in self._reals:
             # (the fake of a real tensor: the real one's data may change outside the mode)
@@ -645,6 +760,76 @@ def _is_tensor(t: object) -> bool:
 def _is_number(c: object) -> bool:
     """A real number, not NaN (every comparison with NaN is False, decided by no rule)."""
     return isinstance(c, (bool, int, float)) and not (isinstance(c, float) and math.isnan(c))
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _layout(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.dtype, tuple(t.shape), t.stride(), t.storage_offset(), t.is_neg(), t.is_conj())
+
+
+class _Triangle:
+    """``inside`` where column - row (of the last two dimensions) is at least ``diagonal``
+    (``triu``) or at most it (``tril``), ``outside`` elsewhere."""
+
+    __slots__ = ("kind", "diagonal", "inside", "outside")
+
+    def __init__(self, kind: str, diagonal: int, inside: Any, outside: Any) -> None:
+        self.kind, self.diagonal, self.inside, self.outside = kind, diagonal, inside, outside
+
+    def same_region(self, other: _Triangle) -> bool:
+        return self.kind == other.kind and self.diagonal == other.diagonal
+
+    def cast(self, dtype: torch.dtype) -> _Triangle | None:
+        inside, outside = _cast(self.inside, dtype), _cast(self.outside, dtype)
+        if inside is None or outside is None:
+            return None
+        return _Triangle(self.kind, self.diagonal, inside, outside)
+
+    def regions(self, rows: int, cols: int) -> list[tuple[Any, int]]:
+        """(value, whether any element holds it) for the inside, then the outside."""
+        d = self.diagonal
+        # column - row ranges over [-(rows - 1), cols - 1]
+        low, high = -(rows - 1), cols - 1
+        if self.kind == "triu":
+            inside, outside = high >= d, low < d
+        else:
+            inside, outside = low <= d, high > d
+        return [
+            (self.inside, int(inside and rows > 0 and cols > 0)),
+            (self.outside, int(outside and rows > 0 and cols > 0)),
+        ]
+
+    def uniform(self, rows: int, cols: int) -> Scalar | None:
+        """The one value every element holds, if so (one region empty, or both alike)."""
+        (inside, has_in), (outside, has_out) = self.regions(rows, cols)
+        if has_in and has_out:
+            return inside if _same(inside, outside) else None
+        return inside if has_in else outside if has_out else None
+
+
+def _is_triangle(x: object) -> bool:
+    return isinstance(x, _Triangle)
+
+
+def _compare(op: Callable[[Any, Any], bool], a: Any, b: Any) -> _Triangle | Scalar | None:
+    """``op`` of two operands (triangles or values), elementwise, as a triangle."""
+    if _is_triangle(a) and _is_triangle(b):
+        if not a.same_region(b):
+            return None
+        return _Triangle(a.kind, a.diagonal, op(a.inside, b.inside), op(a.outside, b.outside))
+    triangle, value, first = (a, b, True) if _is_triangle(a) else (b, a, False)
+    if value is None or isinstance(value, complex):
+        return None
+
+    def apply(x: Any) -> bool:
+        return op(x, value) if first else op(value, x)
+
+    return _Triangle(
+        triangle.kind, triangle.diagonal, apply(triangle.inside), apply(triangle.outside)
+    )
 
 
 def _unknown_fake(t: object, entries: dict[int, Any], reals: dict[int, Any] | None = None) -> bool:

@@ -274,6 +274,54 @@ def test_autograd_on_the_cpu_with_small_values_stays_on_the_cpu(backend: Any) ->
     assert meter.measurements[0].peak_bytes == 4096  # the CUDA tensor alone (4000 B rounded)
 
 
+def test_triangular_masks_are_known(scope: Any) -> None:
+    inf = float("-inf")
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(35).to(CUDA)  # built on the CPU
+    causal = torch.triu(torch.full((35, 35), inf, device=CUDA), diagonal=1)
+    assert bool((mask == causal).all()) and not bool((mask != causal).any())
+    assert bool((mask.half() == causal.half()).all())  # copies keep it, cast
+    lower = torch.tril(torch.ones(4, 4, device=CUDA))
+    assert bool((lower == 0).any()) and not bool((lower == 0).all())
+    assert bool((torch.tril(torch.ones(3, 3, device=CUDA), -5) == 0).all())  # nothing kept
+    # what stays unknown: another diagonal, a view, a broadcast, a written copy
+    unknown(lambda: bool((mask == torch.triu(torch.full((35, 35), inf, device=CUDA), 2)).all()))
+    unknown(lambda: bool((mask[:10, :10] == causal[:10, :10]).all()))
+    unknown(lambda: bool((mask.expand(2, 35, 35) == causal).all()))
+    written = mask.clone()
+    written[0, 0] = 5.0
+    unknown(lambda: bool((written == causal).all()))
+    mask.add_(1)
+    unknown(lambda: bool((mask == causal).all()))
+
+
+def test_transformer_encoder_detects_a_causal_mask_as_on_the_gpu(backend: Any) -> None:
+    """``nn.TransformerEncoder`` asks whether the mask is causal (``_detect_is_causal_mask``:
+    ``bool((mask == causal).all())``); with the mask of PyTorch's nn.Transformer tutorial
+    the answer is yes, as on a GPU, and the figure is that of ``is_causal=True`` (in fp16
+    training the masked path allocates more, so a wrong answer would show)."""
+    nn = torch.nn
+
+    def peak(**causal: bool) -> int:
+        def step(encoder: Any) -> None:
+            x = torch.randn(4, 256, 64, device=CUDA)
+            mask = nn.Transformer.generate_square_subsequent_mask(256, device=CUDA)
+            with torch.autocast("cuda", dtype=torch.float16):
+                encoder(x, mask, **causal).float().sum().backward()
+
+        def build() -> Any:
+            layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+            return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).to(CUDA)
+
+        meter = Meter(backend)
+        meter.start()
+        meter.run(step, meter.build(build))
+        meter.finish()
+        return meter.measurements[0].peak_bytes
+
+    detected = peak()
+    assert detected == peak(is_causal=True) < peak(is_causal=False)
+
+
 def test_layerdrop_of_transformers_runs_when_it_never_drops(backend: Any) -> None:
     """BART in training mode draws ``torch.rand([])`` per layer and compares it with
     ``layerdrop``: with 0.0 (its default) no layer is dropped, on the GPU and here; with
