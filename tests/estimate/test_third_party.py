@@ -1,4 +1,5 @@
-"""Third-party models, built and run as their documentation writes them, on the estimator.
+"""Third-party models (transformers, a PyTorch tutorial), built and run as their
+documentation writes them, on the estimator.
 
 Each was tried and failed before a fix in the estimator (named per case); the suite's
 corpus (``tests/vram/test_corpus.py``) holds the accuracy figures, measured against the
@@ -126,9 +127,38 @@ def _mamba() -> tuple[Any, Callable[[Any], Any]]:
     return transformers.MambaForCausalLM(config), lambda m: m(input_ids=ids(), labels=ids())
 
 
-MODELS = {
-    f.__name__.strip("_"): f for f in (_bart, _opt, _clip, _convnext, _whisper, _swin, _mamba)
-}
+class _TutorialLM(nn.Module):
+    """PyTorch's "Language Modeling with nn.Transformer" tutorial model, as it writes it."""
+
+    def __init__(self, ntoken: int = 100, d_model: int = 32) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(ntoken, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, 4, 64, 0.1)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.linear = nn.Linear(d_model, ntoken)
+
+    def forward(self, src: Any, src_mask: Any = None) -> Any:
+        if src_mask is None:
+            src_mask = nn.Transformer.generate_square_subsequent_mask(len(src)).to(src.device)
+        return self.linear(self.encoder(self.embedding(src), src_mask))
+
+
+def _tutorial_lm() -> tuple[Any, Callable[[Any], Any]]:
+    """A causal mask without ``is_causal``: the encoder compares it with its own."""
+
+    class Loss:
+        def __init__(self, logits: Any, target: Any) -> None:
+            self.loss = nn.functional.cross_entropy(logits.view(-1, 100), target.view(-1))
+
+    def step(m: Any) -> Any:
+        src = torch.randint(0, 100, (35, 4), device="cuda")
+        return Loss(m(src), src)
+
+    return _TutorialLM(), step
+
+
+CASES = (_bart, _opt, _clip, _convnext, _whisper, _swin, _mamba, _tutorial_lm)
+MODELS = {f.__name__.strip("_"): f for f in CASES}
 
 
 def measure(backend: Any, make: Callable[[], tuple[Any, Callable[[Any], Any]]], train: bool):
@@ -158,6 +188,7 @@ def measure(backend: Any, make: Callable[[], tuple[Any, Callable[[Any], Any]]], 
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # the tutorial's, as written
 @pytest.mark.filterwarnings("ignore::pytest_vram.backends._conv_workspace.ConvWorkspaceUnknown")
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", list(MODELS))
