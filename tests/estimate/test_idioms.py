@@ -333,7 +333,7 @@ def test_the_cuda_runtime_calls_of_ordinary_code_run(backend: Any) -> None:
         x.record_stream(torch.cuda.current_stream())
         end.record()
         torch.cuda.synchronize()
-        assert start.elapsed_time(end) == 0.0  # no time passes on the emulated device
+        start.elapsed_time(end)  # answers (the emulated device keeps no time)
         return x
 
     assert measure(backend, lambda: None, work).peak_bytes == round_size(4000)

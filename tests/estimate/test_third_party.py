@@ -23,6 +23,10 @@ from pytest_vram.measure import Meter  # noqa: E402
 
 nn = torch.nn
 SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+#: an encoder-decoder of two layers each
+SEQ2SEQ = {"vocab_size": 1000, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2}
+SEQ2SEQ |= {"encoder_attention_heads": 4, "decoder_attention_heads": 4}
+SEQ2SEQ |= {"encoder_ffn_dim": 128, "decoder_ffn_dim": 128}
 
 
 def ids(batch: int = 2, length: int = 16) -> Any:
@@ -39,16 +43,7 @@ def image(batch: int = 2, size: int = 32) -> Any:
 
 def _bart() -> tuple[Any, Callable[[Any], Any]]:
     """LayerDrop in training (``rand([]) < layerdrop``): known from the draw's sign."""
-    config = transformers.BartConfig(
-        vocab_size=1000,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-    )
+    config = transformers.BartConfig(**SEQ2SEQ)
     return transformers.BartForConditionalGeneration(config), lambda m: m(
         input_ids=ids(), labels=ids()
     )
@@ -84,14 +79,7 @@ def _convnext() -> tuple[Any, Callable[[Any], Any]]:
 def _whisper() -> tuple[Any, Callable[[Any], Any]]:
     """Convolutions over audio features, LayerDrop in both stacks."""
     config = transformers.WhisperConfig(
-        vocab_size=1000,
-        d_model=64,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
+        **SEQ2SEQ,
         num_mel_bins=16,
         max_source_positions=32,
         max_target_positions=32,
