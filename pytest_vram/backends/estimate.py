@@ -863,7 +863,7 @@ class _EstimatingFakeMode(FakeTensorMode):
         if (
             func is _PRIM_DEVICE
             and self._emulate
-            and getattr(args[0], "fake_device", None) == _CUDA
+            and getattr(getattr(args[0], "fake_device", None), "type", None) == "cuda"
             and engine_is_asking(2)
         ):
             # Only the autograd engine gets "meta" (see _fake_cuda, point 2), and only for
