@@ -543,7 +543,7 @@ class KnownValues:
                 return False
             result = triangle.cast(out.dtype)
         elif packet in _PATTERN_COMPARISONS:
-            if len(args) < 2:
+            if len(args) < 2 or not _exactly_comparable(args[0], args[1]):
                 return False
             a, b = self._operand(args[0]), self._operand(args[1])
             if a is None or b is None or not (_is_triangle(a) or _is_triangle(b)):
@@ -808,6 +808,22 @@ class _Triangle:
         if has_in and has_out:
             return inside if _same(inside, outside) else None
         return inside if has_in else outside if has_out else None
+
+
+def _exactly_comparable(a: object, b: object) -> bool:
+    """Whether comparing ``a`` and ``b`` as Python numbers is what torch computes: two
+    tensors of one dtype, or a tensor and a number its dtype holds exactly (torch casts a
+    Python number to a tensor's dtype of its kind, and promotes an integer tensor compared
+    with a float; those casts are left undecided)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype
+    tensor, number = (a, b) if isinstance(a, torch.Tensor) else (b, a)
+    if not isinstance(tensor, torch.Tensor) or not _is_number(number):
+        return False
+    if isinstance(number, float) and not tensor.dtype.is_floating_point:
+        return False
+    cast = _cast(number, tensor.dtype)
+    return cast is not None and cast == number
 
 
 def _is_triangle(x: object) -> bool:
