@@ -70,6 +70,7 @@ _CPU_VALUE_FACTORIES = frozenset(
     {torch.ops.aten.linspace.default, torch.ops.aten.logspace.default}
     | {getattr(torch.ops.aten.arange, name) for name in ("default", "start", "start_step")}
 )
+_CPU_VALUE_FACTORY_IDS = frozenset(map(id, _CPU_VALUE_FACTORIES))
 #: ``Tensor.pin_memory()``: a copy in page-locked host memory, which no CUDA pool holds
 _PIN_MEMORY = torch.ops.aten._pin_memory.default
 _CLONE = torch.ops.aten.clone.default
@@ -860,15 +861,13 @@ class _EstimatingFakeMode(FakeTensorMode):
         args: Any = (),
         kwargs: Any = None,
     ) -> Any:
-        if (
-            func is _PRIM_DEVICE
-            and self._emulate
-            and getattr(getattr(args[0], "fake_device", None), "type", None) == "cuda"
-            and engine_is_asking(2)
-        ):
+        if func is _PRIM_DEVICE and self._emulate and engine_is_asking(2):
             # Only the autograd engine gets "meta" (see _fake_cuda, point 2), and only for
             # CUDA tensors: a CPU tensor's gradients are made on the CPU, as on a GPU machine.
-            return _META
+            # (``_fake_device``: what the ``fake_device`` property returns, without the call)
+            device = getattr(args[0], "_fake_device", None)
+            if device is not None and device.type == "cuda":
+                return _META
         query = _METADATA_QUERIES.get(func)
         if query is not None:
             return query(args)
@@ -889,7 +888,7 @@ class _EstimatingFakeMode(FakeTensorMode):
             out = self.fake_tensor_converter.from_meta_and_device(self, meta, device)
             self._tracker.track(out)
             return out
-        if func in _CPU_VALUE_FACTORIES:
+        if id(func) in _CPU_VALUE_FACTORY_IDS:  # (by id: an OpOverload hashes in Python)
             value = self._cpu_constant(func, args, kwargs)
             if value is not None:
                 return value
