@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_vram.longrepr import Failure, failure, text_of
 from pytest_vram.units import format_delta, format_size, parse_tolerance
 
 if TYPE_CHECKING:  # report and verdicts are imported where a test measured
@@ -258,13 +259,12 @@ class MeasuredOutputHooks:
         probe = item.stash.get(PROBE_KEY, None)
         settings = self.plugin.settings
         oom = getattr(probe, "out_of_memory", None)
-        if rep.failed and oom is not None and oom.breakdown and isinstance(rep.longrepr, str):
+        if rep.failed and oom is not None and oom.breakdown and isinstance(rep.longrepr, Failure):
             from pytest_vram import attribution
 
             lines = attribution.top_lines(oom.breakdown)
-            rep.longrepr += "\n\nlive at the highest allocation the step reached:\n" + "\n".join(
-                lines
-            )
+            text = "\n".join(["", "live at the highest allocation the step reached:", *lines])
+            rep.longrepr = failure(item, f"{text_of(rep.longrepr)}\n{text}")
         if probe is not None and settings.artifacts and (rep.failed or settings.artifacts_all):
             from pytest_vram import artifacts
 

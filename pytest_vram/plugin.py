@@ -44,6 +44,9 @@ __all__ = ["PLUGIN_KEY", "Settings", "vram", "vram_backend", "vram_figures"]
 #: ``vram_tolerance``'s default: no deviation allowed
 TOLERANCE_DEFAULT = "0"
 
+#: the ini keys of type bool (their errors say "write true or false")
+_BOOL_KEYS: set[str] = set()
+
 _BACKEND_HELP = ", ".join(CHOICES) + ", or a custom backend as 'package.module:ClassName'"
 
 
@@ -60,6 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             *names, dest=ini, default=None, help=f"{help.replace('%', '%%')} [ini: {ini}]", **kw
         )
         parser.addini(ini, help=help, type=ini_type, default=default)
+        if ini_type == "bool":
+            _BOOL_KEYS.add(ini)
 
     option(
         "--vram-backend",
@@ -390,10 +395,11 @@ def _value(config: pytest.Config, name: str) -> Any:
         return value
     try:
         value = config.getini(name)
-    except ValueError as exc:  # an ini bool such as `vram_update = maybe`
-        raise pytest.UsageError(
-            f"{name} (ini): {exc}; write true or false (or leave the key out)"
-        ) from None
+    except (ValueError, pytest.UsageError) as exc:
+        # An ini bool such as `vram_update = maybe`: pytest < 9.2 raises a ValueError,
+        # 9.2 on a UsageError; neither names the key in an ini file.
+        fix = "write true or false" if name in _BOOL_KEYS else "write the value as a string"
+        raise pytest.UsageError(f"{name} (ini): {exc}; {fix} (or leave the key out)") from None
     return _unquote(value) if isinstance(value, str) else value
 
 
@@ -482,15 +488,24 @@ def _check_rootdir(config: pytest.Config) -> None:
     if not ours:
         return
     try:
+        import inspect
+
         from _pytest.config.findpaths import determine_setup
+
+        # pytest 9 added override_ini (the -o values can name the ini file's options)
+        extra = (
+            {"override_ini": config.option.override_ini}
+            if "override_ini" in inspect.signature(determine_setup).parameters
+            else {}
+        )
 
         def rootdir(words: list[str]) -> Path:
             return determine_setup(
                 inifile=config.option.inifilename,
-                override_ini=config.option.override_ini,
                 args=words,
                 rootdir_cmd_arg=config.option.rootdir,
                 invocation_dir=Path(config.invocation_params.dir),
+                **extra,
             )[0]
 
         without = [a for i, a in enumerate(args) if i not in ours]

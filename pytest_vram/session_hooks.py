@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_vram import claiming, output, world, xdist
+from pytest_vram.longrepr import failure
 from pytest_vram.plugin import (
     CLAIMS_KEY,
     PLUGIN_KEY,
@@ -142,19 +143,19 @@ class MeasureHooks:
             failing = self.session.failures(item.nodeid, records)
             if failing:
                 rep.outcome = "failed"
-                rep.longrepr = "\n\n".join(failing)
                 explained = output.explain_failures(self.session, records)
-                if explained:
-                    rep.longrepr = f"{rep.longrepr}\n\n{explained}"
+                rep.longrepr = failure(item, "\n\n".join([*failing, *filter(None, [explained])]))
                 # An xfail test whose body passed but whose memory fails is not the failure
                 # it expected: without this pytest counts it as xfailed and exits 0.
                 with contextlib.suppress(AttributeError):
                     del rep.wasxfail
         elif call.when == "call" and call.excinfo and call.excinfo.errisinstance(VramUsageError):
-            rep.longrepr = f"{item.nodeid}: {call.excinfo.value}"
+            rep.longrepr = failure(item, f"{item.nodeid}: {call.excinfo.value}")
         elif call.when == "call" and call.excinfo and probe.out_of_memory is not None:
             if is_out_of_memory(call.excinfo.value):  # not one the test caught and went on
-                rep.longrepr = probe.out_of_memory.describe(item.nodeid, probe.device)
+                rep.longrepr = failure(
+                    item, probe.out_of_memory.describe(item.nodeid, probe.device)
+                )
                 probe.release_on_finish(call.excinfo.tb)
         elif call.when == "teardown":
             # The leak is known only now; the teardown report is also what JUnit XML reads.
@@ -248,7 +249,7 @@ def _gather_ranks(item: pytest.Item, probe: Vram, rep: pytest.TestReport) -> Non
     failed = [rank for rank, (passed, _f) in enumerate(gathered) if not passed]
     if failed and rep.passed:
         rep.outcome = "failed"
-        rep.longrepr = f"{item.nodeid}: failed on rank(s) {failed}; see their output"
+        rep.longrepr = failure(item, f"{item.nodeid}: failed on rank(s) {failed}; see their output")
     elif not failed:
         item.stash[RANKS_KEY] = gathered
 
