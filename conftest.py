@@ -7,6 +7,29 @@ from __future__ import annotations
 
 import pytest
 
+#: what tells a pytest process it is an xdist worker: a sub-session is no worker of the outer run
+XDIST_WORKER_VARIABLES = (
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_XDIST_TESTRUNUID",
+)
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester whose sub-sessions inherit nothing of the outer run's environment.
+
+    Not ``CI`` (CI machines set ``CI=true``, which turns strict mode on in every
+    sub-session, and the throw-away projects have no baselines: a test about strict mode
+    sets it itself), not the outer xdist worker's variables, and no random order
+    (pytest-randomly would shuffle the sub-session's tests, whose order some tests set).
+    """
+    monkeypatch.delenv("CI", raising=False)
+    for name in XDIST_WORKER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    return pytester
+
 
 def _cuda_available() -> bool:
     try:

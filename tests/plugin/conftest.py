@@ -8,12 +8,6 @@ from collections.abc import Callable
 import pytest
 from vram_testing import HERE, QUIET, REPO, SCRIPTED, plugin_args
 
-XDIST_WORKER_VARIABLES = (
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_XDIST_TESTRUNUID",
-)
-
 
 @pytest.fixture(scope="session")
 def torch():
@@ -30,11 +24,9 @@ def torch():
 
 @pytest.fixture
 def vram_pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A pytester where the scripted backend is importable and CI is not set."""
-    monkeypatch.delenv("CI", raising=False)
+    """A pytester (the repository's: see conftest.py) where the scripted backend is
+    importable."""
     monkeypatch.delenv("VRAM_SCRIPTED_PROFILE", raising=False)
-    for name in XDIST_WORKER_VARIABLES:  # a sub-session is no worker of the outer -n run
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "120")  # the width the VRAM table is laid out for
     pytester.syspathinsert(HERE)
     # Subprocess runs (isolation, xdist) import the plugin and the backend from here.
