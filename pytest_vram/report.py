@@ -319,7 +319,7 @@ def run_metadata(root: Path) -> dict[str, Any]:
     return {
         "commit": os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD"),
         "branch": branch or git("rev-parse", "--abbrev-ref", "HEAD"),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
             "host": platform.node(),
             "platform": platform.platform(),
