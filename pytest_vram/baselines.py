@@ -586,10 +586,40 @@ def _fsync_directory(directory: Path) -> None:
 LOCK_TIMEOUT_S = 120.0
 
 
+#: Where the update locks live: outside the project's tree, so no run leaves a file
+#: beside the baselines (a lock file must outlive its holder to serialise safely).
+LOCK_DIRECTORY = "pytest-vram-locks"
+
+
 def lock_path(path: Path) -> Path:
-    """The lock file that serialises updates of ``path``: ``.<name>.lock`` beside it."""
+    """The lock file that serialises updates of ``path``: in the machine's temporary
+    directory, named after the file and a digest of its real path, so every process of
+    this machine that updates the file (whatever its working directory or a symlink on the
+    way) takes the same lock."""
+    import hashlib
+    import tempfile
+
     target = real_path(path)
-    return target.with_name(f".{target.name}.lock")
+    digest = hashlib.sha256(os.fsencode(target)).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / LOCK_DIRECTORY / f"{target.name}-{digest}.lock"
+
+
+def _open_lock_file(lock_file: Path) -> None:
+    """Create the lock directory and file, usable by every user of the machine (like the
+    temporary directory itself: sticky, so nobody removes another's file)."""
+    directory = lock_file.parent
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(directory, 0o1777)  # mkdir's mode is cut by the umask
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o666)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -599,10 +629,9 @@ def locked(path: Path) -> Iterator[None]:
 
     lock_file = lock_path(path)
     try:
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
         # filelock retries a lock file it cannot open until the timeout, as if another
-        # process held it; opening it first turns a read-only directory into an error now.
-        os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
+        # process held it; opening it first turns that into an error now.
+        _open_lock_file(lock_file)
         lock = filelock.FileLock(lock_file, timeout=LOCK_TIMEOUT_S)
         lock.acquire()
     except filelock.Timeout:

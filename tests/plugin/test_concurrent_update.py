@@ -155,17 +155,29 @@ def test_two_pytest_processes_updating_one_file_keep_both_entries(vram_pytester)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork")
-def test_lock_file_lies_beside_the_baseline(tmp_path: Path) -> None:
+def test_an_update_leaves_nothing_beside_the_baseline(tmp_path: Path) -> None:
     path = tmp_path / "scripted.yaml"
     baselines.update(path, "scripted", {"k": Entry(0, 1)}, setup=RECORDED)
-    assert baselines.lock_path(path) == tmp_path / ".scripted.yaml.lock"
+    assert list(tmp_path.iterdir()) == [path]
+    # the lock lies in the machine's temporary directory, the same for every spelling
+    lock = baselines.lock_path(path)
+    assert lock.exists() and not lock.is_relative_to(tmp_path)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(path)
+    assert baselines.lock_path(link) == lock
+    assert baselines.lock_path(tmp_path / "sub" / ".." / "scripted.yaml") == lock
 
 
 def test_unopenable_lock_file_is_an_error_at_once(tmp_path: Path) -> None:
     # What a read-only baselines directory gives: filelock alone would wait out its timeout
     # (120 s) and then blame another run.
     path = tmp_path / "scripted.yaml"
-    baselines.lock_path(path).mkdir()  # a directory cannot be opened as the lock file
-    with pytest.raises(BaselineError, match=r"cannot write the baseline file \(Is a directory"):
-        baselines.update(path, "scripted", {"k": Entry(0, 1)}, setup=RECORDED)
+    lock = baselines.lock_path(path)
+    lock.parent.mkdir(exist_ok=True)
+    lock.mkdir()  # a directory cannot be opened as the lock file
+    try:
+        with pytest.raises(BaselineError, match=r"cannot write the baseline file \(Is a dir"):
+            baselines.update(path, "scripted", {"k": Entry(0, 1)}, setup=RECORDED)
+    finally:
+        lock.rmdir()
     assert not path.exists()

@@ -32,6 +32,12 @@ def test_update_records_new_entries(vram_pytester, run_vram):
     assert entries[A].model_bytes == 100 * MiB and entries[A].peak_bytes == 150 * MiB
     assert entries[B].model_bytes == 0 and entries[B].peak_bytes == 8 * MiB
     run_vram("--vram-strict").assert_outcomes(passed=2)  # the recorded file is in force
+    # nothing but what the user commits: no lock or temporary file in the project's tree
+    tree = {p.relative_to(vram_pytester.path).as_posix() for p in vram_pytester.path.rglob("*")}
+    assert {t for t in tree if t.startswith("baselines")} == {
+        "baselines",
+        "baselines/scripted.yaml",
+    }
 
 
 def test_update_rewrites_only_measured_entries(vram_pytester, run_vram):
