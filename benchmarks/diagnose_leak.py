@@ -26,7 +26,7 @@ def main() -> int:
     from corpus_workloads import WORKLOADS
 
     from pytest_vram.backends import create
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     backend = create("cuda")
     backend.warmup()

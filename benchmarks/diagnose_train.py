@@ -136,7 +136,7 @@ def run_estimate(preset: str, phase: str, workload: str) -> dict[str, Any]:
 
     import model_zoo
     from pytest_vram.backends import _allocator, create
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     backend = create("estimate")
     backend.warmup()

@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _session("import torch", time.perf_counter() - started)
     from pytest_vram import backends
     from pytest_vram.backends import base
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     original_create = backends.create
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from pytest_vram.backends import _transformers  # noqa: E402
 from pytest_vram.backends._known_values import KnownValues  # noqa: E402
 from pytest_vram.backends.estimate import EstimateUnsupported  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 CUDA = "cuda"
 

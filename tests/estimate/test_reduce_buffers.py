@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_vram.backends import _allocator, _fake_kernels, _reduce, create  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 aten = torch.ops.aten
 f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
