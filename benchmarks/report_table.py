@@ -9,6 +9,8 @@ protocol (inference, batch 1, 512 tokens). The report rounded to 0.01 GiB and me
 RTX 3080 Laptop GPU, where the cuBLAS workspace that persisted from the first model measured
 (about 8 MiB there) was counted in every later model's memory; the "+8 MiB" columns add it
 back to make the figures comparable.
+
+Figures: docs/results/zoo-memory.md.
 """
 
 from __future__ import annotations

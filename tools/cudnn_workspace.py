@@ -15,18 +15,19 @@ may allocate persistent handles), then is measured twice. The GPU runs with
 ``cuda`` backend sets it) and torch's default cuDNN flags (``benchmark=False``, TF32
 allowed for convolutions).
 
-    # on the GPU machine (3.5 minutes on an H200: 200 s of grid, --budget, + 5 s corpus)
-    PYTHONPATH=$PWD python benchmarks/cudnn_workspace.py --out "$OUT"
-    # more of the grid: skip what earlier runs measured
-    PYTHONPATH=$PWD python benchmarks/cudnn_workspace.py --no-corpus --budget 300 \
-        --known docs/data/h200_conv/cudnn_workspace*.jsonl.gz --out "$OUT"
-    # here: the shipped table from every run of one setup (GPU, torch, cuDNN, flags),
-    # pytest_vram/backends/data/cudnn_workspace_<arch>_cudnn<version>.json.gz
-    python benchmarks/cudnn_workspace.py --table \
-        docs/data/h200_conv/cudnn_workspace*.jsonl.gz "$OUT"/cudnn_workspace.jsonl
+    # on the GPU machine: measure (about 3.5 minutes on an H200: --budget 200 s of grid
+    # after about 5 s of the corpus's calls); writes $OUT/cudnn_workspace.jsonl
+    python tools/cudnn_workspace.py --out "$OUT"
+    # more of the grid: skip the calls the committed runs measured
+    python tools/cudnn_workspace.py --no-corpus --budget 300 \
+        --known docs/data/cudnn-workspace/*.jsonl.gz --out "$OUT"
+    # anywhere (CPU, seconds): the shipped table from every run of one setup (GPU, torch,
+    # cuDNN, flags), pytest_vram/backends/data/cudnn_workspace_<arch>_cudnn<version>.json.gz
+    python tools/cudnn_workspace.py --table \
+        docs/data/cudnn-workspace/*.jsonl.gz "$OUT"/cudnn_workspace.jsonl
 
-The H200's runs are kept as ``docs/data/h200_conv/cudnn_workspace*.jsonl.gz`` (gzipped
-files are read as they are).
+The H200's runs are kept gzipped in ``docs/data/cudnn-workspace/`` (gzipped files are read
+as they are). tools/README.md says when to regenerate the table and how to check it.
 
 The JSON-lines file is written as it goes (a first line with the setup, then one line per
 measured call), so a run cut short still returns what it measured. The order is by
@@ -518,7 +519,7 @@ def make_table(jsonls: list[Path], dest_dir: Path) -> Path:
         backends[row["backend"]] = backends.get(row["backend"], 0) + 1
     table = {
         "format": cw.TABLE_FORMAT,
-        "source": f"benchmarks/cudnn_workspace.py on {info['gpu']}",
+        "source": f"tools/cudnn_workspace.py on {info['gpu']}",
         "gpu": info["gpu"],
         "arch": info["arch"],
         "torch": info["torch"],
