@@ -52,7 +52,7 @@ def bench_parse(entries: int, repeats: int) -> dict[str, float]:
             )
             for i in range(entries)
         },
-        recorded_with={"backend": "scripted"},
+        setup={"backend": "scripted"},
     )
     text = baselines.dump(baseline)
     result = {"entries": entries, "megabytes": len(text) / 1e6}
