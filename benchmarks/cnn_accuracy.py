@@ -13,6 +13,8 @@ workspace for (``ConvWorkspaceUnknown``).
     # the estimator (CPU), then the table of both
     PYTHONPATH=$PWD python benchmarks/cnn_accuracy.py --backend estimate --out d
     python benchmarks/cnn_accuracy.py --compare "$OUT"/cnn_cuda.json d/cnn_estimate.json
+
+Figures: docs/results/estimator-accuracy.md (raw: docs/data/estimator-accuracy/cnn-*.json).
 """
 
 from __future__ import annotations

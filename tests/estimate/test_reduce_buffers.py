@@ -2,8 +2,9 @@
 
 The expected figures are real H200 measurements (torch 2.11.0+cu130, expandable
 segments): the per-operator logs of the realistic corpus workloads
-(``benchmarks/diagnose_corpus.py``; transient = peak during the call - allocated at its
-start - the rounded outputs). The workload each case comes from is named with it.
+(``docs/data/estimator-accuracy/operator-logs/``; transient = peak during the call -
+allocated at its start - the rounded outputs). The workload each case comes from is named
+with it.
 """
 
 from __future__ import annotations

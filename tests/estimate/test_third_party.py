@@ -1,7 +1,7 @@
 """Third-party models (transformers, a PyTorch tutorial), built and run as their
 documentation writes them, on the estimator.
 
-Each was tried and failed before a fix in the estimator (named per case); the suite's
+Each case exercises an idiom the estimator handles specially (named per case); the suite's
 corpus (``tests/vram/test_corpus.py``) holds the accuracy figures, measured against the
 H200. Here the claim is narrower and still falsifiable: the model builds on the CPU,
 moves with ``.to("cuda")``, runs a training step (or an inference) on the fake GPU, and
