@@ -9,24 +9,20 @@ from torch import nn
 
 def build_mlp(device: str) -> nn.Module:
     return nn.Sequential(
-        nn.Linear(1024, 4096),
-        nn.GELU(),
-        nn.Linear(4096, 4096),
-        nn.GELU(),
-        nn.Linear(4096, 10),
+        nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 4096), nn.GELU(), nn.Linear(4096, 10)
     ).to(device)
 
 
 @pytest.mark.vram(budget="512MiB")
 def test_mlp_inference(vram):
-    model = vram.build(build_mlp, vram.device)
+    model = vram.build(build_mlp, vram.device)  # what the build leaves: the model bytes
     x = vram.build(torch.randn, 256, 1024, device=vram.device)
 
     @torch.no_grad()
     def forward():
         return model(x)
 
-    vram.run(forward)
+    vram.run(forward)  # the workload's peak
 
 
 def test_mlp_train_step(vram):
