@@ -11,7 +11,9 @@
 #        the model), sharded (world-of-1 FSDP2/DDP, estimate vs real), attribution (its
 #        cost on cuda), benchmarks (pytest benchmarks/ --benchmark-only), throughput
 #        (tokens/s beside memory), cudnn (measure cuDNN convolution workspaces for the
-#        shipped table: tools/README.md)
+#        shipped table: tools/README.md), cudnn-common (the same for stems, patch
+#        embeddings, EfficientNet and ConvNeXt layers at ordinary sizes), examples (record
+#        the example project's cuda baselines into OUTDIR)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -56,6 +58,13 @@ for step in $steps; do
                   --vram-no-strict -rA --benchmark-json="$out/throughput.json" \
                   --vram-json="$out/throughput_vram.json" ;;
     cudnn) run timeout 400 python3 tools/cudnn_workspace.py --out "$out" ;;
+    cudnn-common) run timeout 400 python3 tools/cudnn_workspace.py --no-corpus --grid common \
+                    --budget "${CUDNN_BUDGET_S:-330}" --out "$out/cudnn-common"
+                  gzip -9 "$out/cudnn-common/cudnn_workspace.jsonl" ;;
+    examples) (cd examples && run timeout 200 python3 -m pytest -m vram -p no:cacheprovider \
+                 -p no:randomly --vram-backend=cuda --vram-profile=cuda-nvidia-h200 --vram-update \
+                 --vram-baselines="$out/examples")
+              rm -rf "$out/examples/breakdowns" ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
   esac
 done

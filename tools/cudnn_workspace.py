@@ -77,10 +77,12 @@ class Layer:
     stride: int
     level: int
     groups: int = 1
+    #: None: "same" padding (k // 2); a patch embedding or patchify stem has 0
+    pad: int | None = None
 
     @property
     def padding(self) -> int:
-        return self.k // 2
+        return self.k // 2 if self.pad is None else self.pad
 
 
 def _resnet_layers() -> list[Layer]:
@@ -135,15 +137,86 @@ def _mobilenet_layers() -> list[Layer]:
     return out
 
 
-def layers() -> list[Layer]:
+def _stem_layers() -> list[Layer]:
+    """First layers of ordinary image models: 3 -> 16 to 64 channels, 3x3 and 7x7, stride 1
+    (CIFAR-style) and 2."""
+    return [
+        Layer("stem", 3, cout, k, stride, 0)
+        for cout in (16, 24, 32, 48, 64)
+        for k in (3, 7)
+        for stride in (1, 2)
+    ]
+
+
+def _patch_layers() -> list[Layer]:
+    """Patch embeddings (kernel = stride = patch, no padding): ViT/DeiT 16 and 32, DINOv2
+    and CLIP-L 14, at their usual widths."""
+    widths = {14: (384, 768, 1024, 1280), 16: (192, 384, 768, 1024), 32: (768, 1024)}
+    return [
+        Layer("patch", 3, width, patch, patch, 0, pad=0)
+        for patch, ws in widths.items()
+        for width in ws
+    ]
+
+
+def _efficientnet_layers() -> list[Layer]:
+    """EfficientNet-B0's convolutions: MBConv expansions, depthwise 3x3 and 5x5, the
+    squeeze-and-excitation 1x1s (on a 1x1 map: level 8 reduces any image to 1) and the
+    projections."""
+    out = [Layer("efficientnet-stem", 3, 32, 3, 2, 0)]
+    # (input, expansion, output, depthwise kernel, stride, input level)
+    blocks = [(32, 1, 16, 3, 1, 1), (16, 6, 24, 3, 2, 1), (24, 6, 24, 3, 1, 2)]
+    blocks += [(24, 6, 40, 5, 2, 2), (40, 6, 40, 5, 1, 3), (40, 6, 80, 3, 2, 3)]
+    blocks += [(80, 6, 80, 3, 1, 4), (80, 6, 112, 5, 1, 4), (112, 6, 112, 5, 1, 4)]
+    blocks += [(112, 6, 192, 5, 2, 4), (192, 6, 192, 5, 1, 5), (192, 6, 320, 3, 1, 5)]
+    for cin, expand, cout, k, stride, level in blocks:
+        mid = cin * expand
+        if expand != 1:
+            out.append(Layer("efficientnet-pw", cin, mid, 1, 1, level))
+        out.append(Layer("efficientnet-dw", mid, mid, k, stride, level, groups=mid))
+        squeeze = max(1, cin // 4)
+        out.append(Layer("efficientnet-se", mid, squeeze, 1, 1, 8))
+        out.append(Layer("efficientnet-se", squeeze, mid, 1, 1, 8))
+        out.append(Layer("efficientnet-pw", mid, cout, 1, 1, level + (stride == 2)))
+    out.append(Layer("efficientnet-pw", 320, 1280, 1, 1, 5))
+    return out
+
+
+def _convnext_layers() -> list[Layer]:
+    """ConvNeXt-T's convolutions: the 4x4 patchify stem, the depthwise 7x7s, the 2x2
+    downsamplings (its 1x1s are linear layers)."""
+    out = [Layer("convnext-stem", 3, 96, 4, 4, 0, pad=0)]
+    widths = [(96, 2), (192, 3), (384, 4), (768, 5)]
+    for i, (width, level) in enumerate(widths):
+        out.append(Layer("convnext-dw", width, width, 7, 1, level, groups=width))
+        if i + 1 < len(widths):
+            out.append(Layer("convnext-down", width, widths[i + 1][0], 2, 2, level, pad=0))
+    return out
+
+
+def _unique(candidates: list[Layer]) -> list[Layer]:
     seen: set[Layer] = set()
     unique = []
-    for layer in _resnet_layers() + _vgg_layers() + _mobilenet_layers():
-        bare = Layer("", layer.cin, layer.cout, layer.k, layer.stride, layer.level, layer.groups)
+    for layer in candidates:
+        bare = dataclasses.replace(layer, family="")
         if bare not in seen:
             seen.add(bare)
             unique.append(layer)
     return unique
+
+
+def layers() -> list[Layer]:
+    """The layers of the model grid (ResNet, VGG, MobileNetV2)."""
+    return _unique(_resnet_layers() + _vgg_layers() + _mobilenet_layers())
+
+
+def common_layers() -> list[Layer]:
+    """The layers of the common grid: stems, patch embeddings, EfficientNet, ConvNeXt."""
+    models = set(dataclasses.replace(layer, family="") for layer in layers())
+    extra = _stem_layers() + _patch_layers() + _efficientnet_layers() + _convnext_layers()
+    return [
+        layer for layer in _unique(extra) if dataclasses.replace(layer, family="") not in models
+    ]
 
 
 def spatial(image: int, level: int) -> int:
@@ -166,8 +239,11 @@ class Config:
     bias: bool
 
 
-def _grid() -> Iterator[tuple[str, Config]]:
+def _grid(which: str = "models") -> Iterator[tuple[str, Config]]:
     """Configurations in priority order (a run cut short keeps the most useful ones)."""
+    if which == "common":
+        yield from _common_grid()
+        return
     all_layers = layers()
     batches = [1, 8, 16, 32, 64]
     done: set[Config] = set()
@@ -197,6 +273,37 @@ def _grid() -> Iterator[tuple[str, Config]]:
     rest += list(product([32, 112, 160], batches, list(DTYPES), list(FORMATS), [False, True]))
     random.Random(0).shuffle(rest)  # a cut-short run covers the rest evenly
     yield from tier("rest", iter(rest))
+
+
+def _common_grid() -> Iterator[tuple[str, Config]]:
+    """The common layers at the batch sizes and resolutions of ordinary training and
+    inference: first 224 px at batch 1 (inference) and 8 to 128 in every dtype, layout and
+    bias; then the other resolutions (CIFAR's 32 to ViT-384's and DINOv2's 518)."""
+    common = common_layers()
+    first = [layer for layer in common if layer.level == 0]  # stems and patch embeddings
+    done: set[Config] = set()
+
+    def tier(name: str, chosen: list[Layer], images: list[int], batches: list[int],
+             dtypes: list[str], fmts: list[str]) -> Iterator[tuple[str, Config]]:  # fmt: skip
+        for image, b, dt, fmt, bias in itertools.product(
+            images, batches, dtypes, fmts, [False, True]
+        ):
+            for layer in chosen:
+                h = spatial(image, layer.level)
+                if h < layer.k - 2 * layer.padding or (layer.pad == 0 and h % layer.k):
+                    continue  # the map is smaller than the kernel, or not a whole patch grid
+                c = Config(layer, b, image, dt, fmt, bias)
+                if c not in done:
+                    done.add(c)
+                    yield name, c
+
+    dtypes, fmts = list(DTYPES), list(FORMATS)
+    yield from tier("common-224", common, [224], [1, 8, 16, 32, 64, 128], dtypes, fmts)
+    yield from tier("first-layers-images", first, [32, 64, 128, 256, 384, 518], [1, 8, 32, 128],
+                    dtypes, fmts)  # fmt: skip
+    yield from tier("common-images", common, [256, 384], [8, 32], dtypes, fmts)
+    yield from tier("first-layers-batches", first, [224, 256], [2, 4, 24, 48, 96, 256],
+                    dtypes, fmts)  # fmt: skip
 
 
 # -- one call -----------------------------------------------------------------------------
@@ -425,7 +532,9 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def measure(out_dir: Path, budget: float, corpus: bool, known: set[str] | None = None) -> int:
+def measure(
+    out_dir: Path, budget: float, corpus: bool, known: set[str] | None = None, grid: str = "models"
+) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cudnn_workspace.jsonl"
     torch.empty(1, device="cuda").sum()  # context and allocator
@@ -445,7 +554,7 @@ def measure(out_dir: Path, budget: float, corpus: bool, known: set[str] | None =
             print(f"corpus: {n} calls, {time.perf_counter() - started:.1f} s", flush=True)
         grid_start = time.perf_counter()
         last_print = grid_start
-        for tier, config in _grid():
+        for tier, config in _grid(grid):
             if time.perf_counter() - grid_start > budget:
                 print(f"budget of {budget:.0f} s reached", flush=True)
                 break
@@ -543,6 +652,13 @@ def main() -> int:
     parser.add_argument("--no-corpus", action="store_true", help="skip the corpus's calls")
     parser.add_argument("--list", action="store_true", help="count the grid, no GPU")
     parser.add_argument(
+        "--grid",
+        choices=("models", "common"),
+        default="models",
+        help="models: ResNet, VGG, MobileNetV2 layers; common: stems, patch embeddings, "
+        "EfficientNet and ConvNeXt layers at ordinary batch sizes and resolutions",
+    )
+    parser.add_argument(
         "--table", type=Path, nargs="+", help="this script's .jsonl(.gz) files: write the table"
     )
     parser.add_argument(
@@ -555,9 +671,10 @@ def main() -> int:
         return 0
     if ns.list:
         counts: dict[str, int] = {}
-        for tier, _ in _grid():
+        for tier, _ in _grid(ns.grid):
             counts[tier] = counts.get(tier, 0) + 1
-        print(f"{len(layers())} layers; configurations per tier: {counts}")
+        chosen = layers() if ns.grid == "models" else common_layers()
+        print(f"{len(chosen)} layers; configurations per tier: {counts}")
         return 0
     known: set[str] = set()
     for path in ns.known:
@@ -565,7 +682,7 @@ def main() -> int:
         flags = (rows[0]["cudnn_allow_tf32"], rows[0]["cudnn_deterministic"],
                  rows[0]["cudnn_benchmark"])  # fmt: skip
         known |= {call_key(r["call"], flags) for r in rows[1:] if r["tier"] != "cudnn-disabled"}
-    return measure(ns.out, ns.budget, not ns.no_corpus, known)
+    return measure(ns.out, ns.budget, not ns.no_corpus, known, ns.grid)
 
 
 if __name__ == "__main__":
