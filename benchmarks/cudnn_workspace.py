@@ -59,8 +59,8 @@ sys.path.insert(0, str(ROOT / "tests" / "vram"))
 
 import torch  # noqa: E402
 
-from pytest_vram.backends import _conv_workspace as cw  # noqa: E402
-from pytest_vram.backends._allocator import round_size  # noqa: E402
+from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
+from pytest_vram.backends.estimate.kernels import convolution as cw  # noqa: E402
 
 aten = torch.ops.aten
 

@@ -102,7 +102,7 @@ def _log(backend_name: str, name: str, size: str) -> dict[str, Any]:
     else:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        from pytest_vram.backends import estimate
+        from pytest_vram.backends.estimate import fake_mode as estimate
 
         def alloc() -> Any:  # begin_test makes a fresh allocator model
             return backend._allocator  # type: ignore[attr-defined]
@@ -118,7 +118,7 @@ def _log(backend_name: str, name: str, size: str) -> dict[str, Any]:
             top = (
                 logging_on[0]
                 and func is not _PRIM_DEVICE
-                and isinstance(self, estimate._EstimatingFakeMode)
+                and isinstance(self, estimate.EstimatingFakeMode)
                 and getattr(self._nesting, "depth", 0) == 1
             )
             if top:

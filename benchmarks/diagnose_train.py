@@ -135,7 +135,8 @@ def run_estimate(preset: str, phase: str, workload: str) -> dict[str, Any]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import model_zoo
-    from pytest_vram.backends import _allocator, create
+    from pytest_vram.backends import create
+    from pytest_vram.backends.estimate import allocator as _allocator
     from pytest_vram.measure import Meter
 
     backend = create("estimate")

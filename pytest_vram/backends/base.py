@@ -40,6 +40,8 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+from pytest_vram.backends.patching import install_for_process, uninstall_for_process
+
 #: ``recorded_with: metric`` of each allocator mode: one definition for every backend.
 METRICS = {
     "expandable": "peak allocated, expandable segments (sum of 512-B-rounded live requests)",
@@ -134,7 +136,8 @@ def collect_garbage() -> None:
     :func:`thaw_at_next_collection`, so what a module-scoped fixture drops is collected at
     the next measured test's start). Frozen garbage cannot be collected in the middle of a
     test either, so no automatic collection can free earlier tests' memory while a test is
-    measured.
+    measured. The frozen generation stays for the process between tests
+    (``patching.PROCESS_WIDE``, "gc-freeze").
     """
     global _thaw_pending
     if _thaw_pending:
@@ -142,6 +145,7 @@ def collect_garbage() -> None:
         gc.unfreeze()
     gc.collect()
     gc.freeze()
+    install_for_process("gc-freeze")
 
 
 #: a thaw asked for by :func:`thaw_at_next_collection`, done by the next collect_garbage
@@ -167,6 +171,7 @@ def thaw_garbage() -> None:
     global _thaw_pending
     _thaw_pending = False
     gc.unfreeze()
+    uninstall_for_process("gc-freeze")
 
 
 class BackendUnavailable(RuntimeError):

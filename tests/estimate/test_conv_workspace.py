@@ -1,4 +1,4 @@
-"""cuDNN convolution workspaces on the estimator (``_conv_workspace``).
+"""cuDNN convolution workspaces on the estimator (``kernels.convolution``).
 
 The lookup is tested against a tiny table written by the test (keys computed from the
 same tensors the test convolves, sizes chosen by the test), so nothing here depends on the
@@ -20,8 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 F = pytest.importorskip("torch.nn.functional")
 
-from pytest_vram.backends import _conv_workspace as cw  # noqa: E402
 from pytest_vram.backends import create  # noqa: E402
+from pytest_vram.backends.estimate.kernels import convolution as cw  # noqa: E402
 from pytest_vram.measure import Meter  # noqa: E402
 
 MiB = 1 << 20
