@@ -126,8 +126,8 @@ def collect_garbage() -> None:
     """A full collection, then everything that survives it frozen (``gc.freeze``).
 
     A full collection visits every object the process holds: with torch and transformers
-    imported that is millions of objects and about a quarter of a second, which at two or
-    three collections per test was most of a memory suite's time. After ``gc.freeze`` the
+    imported that is millions of objects, a large part of a second, and a measured test
+    collects two or three times. After ``gc.freeze`` the
     collector skips the objects that were alive then, so the next collection visits only
     what was made since (the test's own objects: milliseconds). The figure does not change:
     what was alive at the freeze is alive at the next collection or was freed by reference
@@ -160,7 +160,7 @@ def thaw_at_next_collection() -> None:
     end of the session, a run of plain tests after the last vram test) nothing is thawed:
     pytest's own collections at exit (five, in ``unraisableexception``) then visit only
     what was made after the last freeze, instead of every object of a process that
-    imported torch (about 0.3 s apiece on the 2-core CPU machine).
+    imported torch.
     """
     global _thaw_pending
     _thaw_pending = True

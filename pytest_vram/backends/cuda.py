@@ -222,6 +222,7 @@ def _touch_cublas(torch: Any, device: str) -> None:
 
 
 def _forward_backward(torch: Any, device: str, dtype: Any, *, autocast: bool) -> None:
+    # (here: this module imports torch when the backend is created, not with the plugin)
     from torch.utils.checkpoint import checkpoint
 
     width, heads, tokens = 1024, 8, 256

@@ -422,7 +422,6 @@ def test_every_private_torch_api_is_present() -> None:
     from pytest_vram.backends.estimate import torch_compat
 
     assert torch_compat.missing(cpu_only=True) == []
-    assert torch_compat.changed() == []
 
 
 def test_compiled_module_is_refused_with_the_fix(backend: Any) -> None:

@@ -47,6 +47,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from pytest_vram.backends.base import BackendUnavailable
+from pytest_vram.backends.estimate import torch_compat
 from pytest_vram.backends.patching import Patches, install_for_process
 
 #: The modules that bound ``_get_device_handle`` by name (FSDP2 and DeviceMesh).
@@ -353,6 +355,19 @@ def _route_dtensor_rng(mode_class: type) -> None:
     _REDIRECTED.add(mode_class)
 
 
+_internals_checked = False
+
+
+def _check_internals() -> None:
+    """The torch internals patched here, checked when a world first starts (their modules
+    take about a second to import, which every estimator run would pay at creation)."""
+    global _internals_checked
+    problem = torch_compat.check_distributed()
+    if problem is not None:
+        raise BackendUnavailable(problem)
+    _internals_checked = True
+
+
 def world_initialized() -> bool:
     """Whether a default process group exists (the hooks have nothing to do otherwise)."""
     return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -368,6 +383,8 @@ def install(patches: Patches, tracker: Any, emulate: bool) -> None:
     """
     if not world_initialized():
         return
+    if not _internals_checked:
+        _check_internals()
     mode = _get_current_dispatch_mode()
     if mode is not None:
         _route_dtensor_rng(type(mode))

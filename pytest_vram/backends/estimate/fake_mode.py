@@ -230,7 +230,7 @@ class EstimatingFakeMode(FakeTensorMode):
         if device is not None and torch.device(device).type != "cpu":
             return None
         if kwargs.get("requires_grad") or kwargs.get("pin_memory"):
-            return None  # a leaf of a graph, or page-locked memory: made as before
+            return None  # a leaf of a graph, or page-locked memory: made as any other
         with _fake_tensor.no_dispatch():
             if func(*args, **{**kwargs, "device": "meta"}).numel() > CPU_CONSTANT_NUMEL_LIMIT:
                 return None  # (its size from the meta kernel: nothing real is made)
@@ -284,9 +284,9 @@ class EstimatingFakeMode(FakeTensorMode):
         """torch's dispatch-cache key of ``args``, with a cheaper key for fake tensors.
 
         Identical layers repeat identical operators, so most dispatches hit the cache, and
-        building the key was the largest part of a hit (``extract_tensor_metadata`` and its
-        flattening: a third of the estimator's time). A fake tensor of this mode, strided
-        and without a constant, is keyed by one tuple of the same metadata (marked
+        building the key is the largest part of a hit (torch's ``extract_tensor_metadata``
+        and its flattening of every argument). A fake tensor of this mode, strided and
+        without a constant, is keyed by one tuple of the same metadata (marked
         ``_TensorKey``, so no key of a plain ``FakeTensorMode`` can equal it); everything
         else goes through torch's own code.
         """
@@ -332,7 +332,7 @@ class EstimatingFakeMode(FakeTensorMode):
         if view_of is not None and not isinstance(view_of, FakeTensor):
             return super()._get_output_tensor_from_cache_entry(state, entry, key, func, args)
         # torch's kernel-invocation scope (which makes fake tensors pose as meta ones)
-        # cost twice the allocation itself.
+        # costs more than the allocation itself.
         with torch._C._DisableTorchDispatch():
             empty = torch.empty_strided(
                 metadata.shape,

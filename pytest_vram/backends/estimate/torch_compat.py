@@ -78,18 +78,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch._subclasses import fake_tensor
 
 #: the torch versions the estimator supports: pyproject.toml's requirement
 SUPPORTED_TORCH = "torch>=2.11,<2.14"
 
 
-def _value_dependent_errors() -> tuple[type[BaseException], ...]:
-    from torch._subclasses import fake_tensor
-
-    return (fake_tensor.DataDependentOutputException, fake_tensor.DynamicOutputShapeException)
-
-
-VALUE_DEPENDENT_ERRORS = _value_dependent_errors()
+#: what fake kernels raise for an operator whose result depends on tensor values
+VALUE_DEPENDENT_ERRORS: tuple[type[BaseException], ...] = (
+    fake_tensor.DataDependentOutputException,
+    fake_tensor.DynamicOutputShapeException,
+)
 
 
 def is_compile_failure(exc: BaseException) -> bool:
@@ -332,13 +331,11 @@ def _call_problem(spec: Call) -> str | None:
 
 
 def _missing_fields() -> list[str]:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     mode: Any = None
     problems = []
     for owner, fields in FIELDS:
         if owner.startswith("a new FakeTensorMode()"):
-            mode = mode if mode is not None else FakeTensorMode()
+            mode = mode if mode is not None else fake_tensor.FakeTensorMode()
             obj = mode
             if owner.endswith(".meta_converter"):
                 obj = getattr(getattr(mode, "fake_tensor_converter", None), "meta_converter", None)
