@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from pytest_vram.backends import _fake_kernels
-from pytest_vram.backends._allocator import round_size
+from pytest_vram.backends.estimate import kernels as _fake_kernels
+from pytest_vram.backends.estimate.allocator import round_size
 
 _TENSOR = re.compile(r"(\w+)\[([^\]]*)\](?:/\[([^\]]*)\])?")
 REDUCTIONS = {

@@ -32,8 +32,8 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch  # noqa: E402
 
-from pytest_vram.backends import _fake_kernels  # noqa: E402
-from pytest_vram.backends._allocator import round_size  # noqa: E402
+from pytest_vram.backends.estimate import kernels as _fake_kernels  # noqa: E402
+from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
 
 aten = torch.ops.aten
 

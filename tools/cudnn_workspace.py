@@ -22,7 +22,7 @@ allowed for convolutions).
     python tools/cudnn_workspace.py --no-corpus --budget 300 \
         --known docs/data/cudnn-workspace/*.jsonl.gz --out "$OUT"
     # anywhere (CPU, seconds): the shipped table from every run of one setup (GPU, torch,
-    # cuDNN, flags), pytest_vram/backends/data/cudnn_workspace_<arch>_cudnn<version>.json.gz
+    # cuDNN, flags), pytest_vram/backends/estimate/kernels/data/cudnn_workspace_<arch>_cudnn<version>.json.gz
     python tools/cudnn_workspace.py --table \
         docs/data/cudnn-workspace/*.jsonl.gz "$OUT"/cudnn_workspace.jsonl
 
@@ -60,8 +60,8 @@ sys.path.insert(0, str(ROOT / "tests" / "vram"))
 
 import torch  # noqa: E402
 
-from pytest_vram.backends import _conv_workspace as cw  # noqa: E402
-from pytest_vram.backends._allocator import round_size  # noqa: E402
+from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
+from pytest_vram.backends.estimate.kernels import convolution as cw  # noqa: E402
 
 aten = torch.ops.aten
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pytest_vram.backends._allocator import (
+from pytest_vram.backends.estimate.allocator import (
     CachingAllocatorModel,
     allocation_size,
     round_size,

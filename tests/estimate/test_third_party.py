@@ -177,7 +177,7 @@ def measure(backend: Any, make: Callable[[], tuple[Any, Callable[[Any], Any]]], 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # the tutorial's, as written
-@pytest.mark.filterwarnings("ignore::pytest_vram.backends._conv_workspace.ConvWorkspaceUnknown")
+@pytest.mark.filterwarnings("ignore::pytest_vram.backends.estimate.ConvWorkspaceUnknown")
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_third_party_model_runs_on_the_estimator(backend: Any, name: str, train: bool) -> None:

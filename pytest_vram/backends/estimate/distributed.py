@@ -1,8 +1,9 @@
 """Sharded training (FSDP2 ``fully_shard``, DDP) on fake CUDA tensors, one simulated rank.
 
 A test simulates a world of N ranks with torch's fake process group (one process, no
-GPU, collectives that move no data) and measures rank 0. What the estimator adds, only
-while its scope is active (everything is restored on exit):
+GPU, collectives that move no data) and measures rank 0. What the estimator adds while its
+scope is active (:func:`install`; :class:`~pytest_vram.backends.patching.Patches` restores
+each replaced attribute on exit):
 
 1. **Storage resizes are allocations.** FSDP2 keeps every unsharded parameter and its
    all-gather output as tensors whose storage it frees with ``storage.resize_(0)`` after
@@ -29,6 +30,10 @@ while its scope is active (everything is restored on exit):
 
 Collectives on the fake process group allocate nothing themselves, as NCCL's do not
 from the caching allocator's point of view (NCCL's own buffers live outside it).
+
+One change stays for the process: DTensor's random-init operator is routed to the
+estimator's fake-mode class (:func:`_route_dtensor_rng`; ``patching.PROCESS_WIDE``,
+"dtensor-rng-redirect").
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from pytest_vram.backends.base import BackendUnavailable
+from pytest_vram.backends.estimate import torch_compat
+from pytest_vram.backends.patching import Patches, install_for_process
 
 #: The modules that bound ``_get_device_handle`` by name (FSDP2 and DeviceMesh).
 _HANDLE_USERS = (
@@ -172,8 +183,9 @@ def _on_cuda(tensor: torch.Tensor) -> bool:
     return getattr(tensor, "fake_device", tensor.device).type == "cuda"
 
 
-def _resize_hooks(tracker: Any) -> list[tuple[object, str, object]]:
+def _count_resizes(patches: Patches, tracker: Any) -> None:
     """Wrap FSDP2's storage alloc/free so the allocator model sees each resize."""
+    # (here: torch.distributed's modules load only where a test starts a world)
     from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
     original_alloc = _fsdp_param.alloc_storage
@@ -191,19 +203,15 @@ def _resize_hooks(tracker: Any) -> list[tuple[object, str, object]]:
 
     alloc_storage, free_storage = counted(original_alloc), counted(original_free)
 
-    patches: list[tuple[object, str, object]] = [
-        (_fsdp_param, "alloc_storage", alloc_storage),
-        (_fsdp_param, "free_storage", free_storage),
-    ]
+    patches.set(_fsdp_param, "alloc_storage", alloc_storage)
+    patches.set(_fsdp_param, "free_storage", free_storage)
     if getattr(_fsdp_param_group, "alloc_storage", None) is original_alloc:
-        patches.append((_fsdp_param_group, "alloc_storage", alloc_storage))
-    return patches
+        patches.set(_fsdp_param_group, "alloc_storage", alloc_storage)
 
 
-def _mesh_hook() -> list[tuple[object, str, object]]:
+def _mesh_on_host(patches: Patches) -> None:
     """Run ``DeviceMesh.__init__`` on real (host) tensors, see point 2."""
-    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
-    from torch.distributed import device_mesh
+    from torch.distributed import device_mesh  # (as above)
 
     mesh_class = device_mesh.DeviceMesh
     original_init = mesh_class.__init__
@@ -234,10 +242,10 @@ def _mesh_hook() -> list[tuple[object, str, object]]:
         with unset_fake_temporarily():
             return torch.arange(ranks.numel(), dtype=ranks.dtype).view(tuple(ranks.shape))
 
-    return [(mesh_class, "__init__", __init__)]
+    patches.set(mesh_class, "__init__", __init__)
 
 
-def _rng_tracker_hook() -> list[tuple[object, str, object]]:
+def _rng_tracker_without_sync(patches: Patches) -> None:
     """DTensor's RNG tracker without its start-up state sync.
 
     ``OffsetBasedRNGTracker(mesh)`` broadcasts rank 0's RNG state and compares it with its
@@ -246,22 +254,22 @@ def _rng_tracker_hook() -> list[tuple[object, str, object]]:
     rank is rank 0, the fake group's broadcast moves nothing, and the state is no CUDA
     memory: the sync is skipped (``run_state_sync=False``), nothing else changes.
     """
-    try:
+    try:  # (as above; a torch build without DTensor needs nothing here)
         from torch.distributed.tensor import _random
     except ImportError:
-        return []
+        return
     cls = getattr(_random, "OffsetBasedRNGTracker", None)
     if cls is None:
-        return []
+        return
     original = cls.__init__
 
     def init(self: Any, device_mesh: Any, run_state_sync: bool = True) -> None:
         original(self, device_mesh, run_state_sync=False)
 
-    return [(cls, "__init__", init)]
+    patches.set(cls, "__init__", init)
 
 
-def _ddp_hooks() -> list[tuple[object, str, object]]:
+def _ddp_without_checks(patches: Patches) -> None:
     """DDP's start-up checks that read tensor data, which fake tensors have none of.
 
     ``DistributedDataParallel.__init__`` all-gathers every parameter's shape (C++ reads the
@@ -270,7 +278,7 @@ def _ddp_hooks() -> list[tuple[object, str, object]]:
     existing parameters allocates nothing on a GPU either (NCCL's own buffers are outside
     the caching allocator).
     """
-    from torch.nn.parallel import distributed
+    from torch.nn.parallel import distributed  # (as above)
 
     def _verify_param_shape_across_processes(*args: object, **kwargs: object) -> None:
         return None
@@ -286,11 +294,11 @@ def _ddp_hooks() -> list[tuple[object, str, object]]:
         if torch.distributed.get_backend(self.process_group) == "fake":
             self.register_comm_hook(None, _fake_all_reduce)
 
-    return [
-        (distributed, "_verify_param_shape_across_processes", _verify_param_shape_across_processes),
-        (distributed, "_sync_module_states", _sync_module_states),
-        (ddp, "__init__", __init__),
-    ]
+    patches.set(
+        distributed, "_verify_param_shape_across_processes", _verify_param_shape_across_processes
+    )
+    patches.set(distributed, "_sync_module_states", _sync_module_states)
+    patches.set(ddp, "__init__", __init__)
 
 
 def _fake_all_reduce(state, bucket):  # type: ignore[no-untyped-def]
@@ -310,17 +318,15 @@ def _fake_all_reduce(state, bucket):  # type: ignore[no-untyped-def]
     return future
 
 
-def _cuda_hooks() -> list[tuple[object, str, object]]:
+def _emulated_cuda(patches: Patches) -> None:
     """Point 3: a CUDA device module for FSDP2 and DeviceMesh on a CPU-only torch."""
-    patches: list[tuple[object, str, object]] = []
     for name in _HANDLE_USERS:
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "_get_device_handle"):
             original = module._get_device_handle
-            patches.append((module, "_get_device_handle", _handle_for(original)))
-    patches.append((torch._C, "_get_accelerator", _cuda_accelerator))
-    patches.append((torch.accelerator, "current_stream", _HANDLE.current_stream))
-    return patches
+            patches.set(module, "_get_device_handle", _handle_for(original))
+    patches.set(torch._C, "_get_accelerator", _cuda_accelerator)
+    patches.set(torch.accelerator, "current_stream", _HANDLE.current_stream)
 
 
 _REDIRECTED: set[type] = set()
@@ -336,7 +342,7 @@ def _route_dtensor_rng(mode_class: type) -> None:
     """
     if mode_class in _REDIRECTED:
         return
-    try:
+    try:  # (here: a torch without the operator needs no routing)
         from torch._higher_order_ops.utils import redirect_to_mode
         from torch._prims.rng_prims import run_dtensor_rng_op
     except ImportError:  # a torch without the operator: DTensor init needs no routing
@@ -345,7 +351,21 @@ def _route_dtensor_rng(mode_class: type) -> None:
 
     if mode_class not in run_dtensor_rng_op.python_key_table:
         redirect_to_mode(run_dtensor_rng_op, mode_class)
+        install_for_process("dtensor-rng-redirect")
     _REDIRECTED.add(mode_class)
+
+
+_internals_checked = False
+
+
+def _check_internals() -> None:
+    """The torch internals patched here, checked when a world first starts (their modules
+    take about a second to import, which every estimator run would pay at creation)."""
+    global _internals_checked
+    problem = torch_compat.check_distributed()
+    if problem is not None:
+        raise BackendUnavailable(problem)
+    _internals_checked = True
 
 
 def world_initialized() -> bool:
@@ -353,33 +373,29 @@ def world_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-@contextlib.contextmanager
-def sharded_training(tracker: Any, emulate: bool) -> Iterator[None]:
-    """Apply the hooks above for one scope; restore every patched attribute on exit.
+def install(patches: Patches, tracker: Any, emulate: bool) -> None:
+    """The changes above for one scope, where a default process group exists.
 
     ``tracker`` is the estimator's storage tracker (its ``resized(storage)`` re-counts a
-    storage whose size changed); ``emulate`` adds the CUDA emulation of point 3.
+    storage whose size changed); ``emulate`` adds the CUDA emulation of point 3. Called
+    with the estimator's fake mode active (its class is the one DTensor's RNG operator is
+    routed to).
     """
     if not world_initialized():
-        yield
         return
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
+    if not _internals_checked:
+        _check_internals()
     mode = _get_current_dispatch_mode()
     if mode is not None:
         _route_dtensor_rng(type(mode))
-    import torch.distributed.device_mesh  # noqa: F401  (the modules the hooks patch)
+    # (here: torch.distributed's modules load only where a test starts a world; the
+    # handle users of point 3 must be imported before they are patched)
+    import torch.distributed.device_mesh  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
 
-    patches = _resize_hooks(tracker) + _mesh_hook() + _rng_tracker_hook() + _ddp_hooks()
+    _count_resizes(patches, tracker)
+    _mesh_on_host(patches)
+    _rng_tracker_without_sync(patches)
+    _ddp_without_checks(patches)
     if emulate:
-        patches += _cuda_hooks()
-    saved: list[tuple[object, str, object]] = []
-    try:
-        for owner, name, value in patches:
-            saved.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, value)
-        yield
-    finally:
-        for owner, name, value in reversed(saved):
-            setattr(owner, name, value)
+        _emulated_cuda(patches)

@@ -7,7 +7,7 @@ algorithm wants. Both come from the caching allocator for the duration of the ca
 gone when it returns: the peak sees them, ``allocated`` does not. The algorithm, and so the
 size, depends on the GPU, the cuDNN version and every property of the call; no formula
 covers it (the ResNet-34 step on the H200 holds 0 B to 134 MB per convolution). So the
-sizes are measured on the GPU the estimate models (``benchmarks/cudnn_workspace.py``) and
+sizes are measured on the GPU the estimate models (``tools/cudnn_workspace.py``) and
 shipped as a table, ``data/cudnn_workspace_<arch>_cudnn<version>.json.gz``, keyed by
 :func:`call_key`: direction, dtype, shapes and strides of every tensor cuDNN reads, the
 convolution's parameters, bias, the backward's output mask and the global cuDNN flags
@@ -15,14 +15,14 @@ that change the choice (TF32, deterministic, benchmark).
 
 A table entry is the *transient*: the peak during the call minus what was allocated before
 it and minus its (512-byte rounded) outputs. The estimator allocates it as one buffer after
-the outputs and frees it at once (``_StorageTracker.transient``), which gives the call's
+the outputs and frees it at once (``tracker.StorageTracker.transient``), which gives the call's
 peak exactly under expandable segments, where only the sum of live requests counts.
 
 ATen's own CUDA convolutions (the NCHW depthwise kernel; ``slow_conv2d`` with cuDNN
 disabled) follow rules the same measurements confirm (:func:`_native`). A cuDNN call that
 is not in the table is counted without a workspace, since no rule covers cuDNN's choice,
 and reported: one :class:`ConvWorkspaceUnknown` warning per test
-(``estimate._StorageTracker``). :func:`cuda_memory_format` gives the results the layout
+(``tracker.StorageTracker``). :func:`cuda_memory_format` gives the results the layout
 cuDNN gives them, which the meta kernel does not know. docs/estimator.md, "cuDNN
 convolution workspaces", has the data.
 """
@@ -32,14 +32,18 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch._prims_common import suggest_memory_format
 
+from pytest_vram.backends.estimate.kernels.reductions import bias_grad_buffers
+
 DATA_DIR = Path(__file__).parent / "data"
+#: where the shipped tables are, as a user finds them in the package
+TABLE_DIR = "pytest_vram/backends/estimate/kernels/data"
 #: the GPU and cuDNN the estimate models where no GPU is usable: the H200 (sm90) with the
 #: cuDNN of torch 2.11.0+cu130
 EMULATED_ARCH = "sm90"
@@ -155,7 +159,7 @@ def load_table(name: str) -> dict[str, int] | None:
     if data.get("format") != TABLE_FORMAT:
         raise ValueError(
             f"{path}: table format {data.get('format')!r}, this plugin reads {TABLE_FORMAT}; "
-            "regenerate it with benchmarks/cudnn_workspace.py --table"
+            "regenerate it with tools/cudnn_workspace.py --table"
         )
     return {key: int(n) for key, n in data["entries"].items()}
 
@@ -238,11 +242,9 @@ def _columns(inp: Any, weight: Any, stride: Sequence[int], padding: Sequence[int
     return cin * kh * kw * h_out * w_out * inp.element_size()
 
 
-def _native(
-    direction: str, inp: Any, weight: Any, params: dict[str, Any], bias_sum: Any
-) -> Buffers | None:
+def _native(direction: str, inp: Any, weight: Any, params: dict[str, Any]) -> Buffers | None:
     """The buffers of ATen's own CUDA convolutions, where a rule measured on the H200
-    covers the call (``benchmarks/cudnn_workspace.py``: every depthwise call of the grid, 129 calls
+    covers the call (``tools/cudnn_workspace.py``: every depthwise call of the grid, 129 calls
     with cuDNN disabled); None where none does.
 
     * The native depthwise kernel (``conv_depthwise2d``, what a depthwise convolution in
@@ -261,7 +263,7 @@ def _native(
     mask = params.get("mask")
     if _is_depthwise(inp, weight, groups, transposed):
         if direction == "bwd" and mask[2]:
-            return Buffers(bias_sum(params["grad_output"], params["grad_bias"]))
+            return Buffers(bias_grad_buffers(params["grad_output"], params["grad_bias"]))
         return Buffers()
     if torch.backends.cudnn.enabled or groups != 1 or transposed:
         return None
@@ -277,9 +279,7 @@ def _native(
     return Buffers([_columns(inp, weight, params["stride"], params["padding"])])
 
 
-def _buffers(
-    direction: str, key: str, inp: Any, weight: Any, params: dict[str, Any], bias_sum: Any
-) -> Buffers:
+def _buffers(direction: str, key: str, inp: Any, weight: Any, params: dict[str, Any]) -> Buffers:
     if inp.device.type != "cuda" or inp.numel() == 0 or weight.numel() == 0:
         return Buffers()
     if torch.backends.cudnn.enabled:
@@ -294,13 +294,13 @@ def _buffers(
         groups, transposed = int(params["groups"]), bool(params["transposed"])
         if not _is_depthwise(inp, weight, groups, transposed):
             return _unknown(describe(direction, inp, weight, params))
-    rule = _native(direction, inp, weight, params, bias_sum)
+    rule = _native(direction, inp, weight, params)
     if rule is None:
         return _unknown(describe(direction, inp, weight, params))
     return rule
 
 
-def forward_buffers(args: Any, kwargs: Any, out: Any, bias_sum: Any) -> Buffers:
+def forward_buffers(args: Any, kwargs: Any, out: Any) -> Buffers:
     """The transient of one ``aten.convolution`` call (see the module's docstring)."""
     inp, weight = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight")
     params = {
@@ -311,10 +311,10 @@ def forward_buffers(args: Any, kwargs: Any, out: Any, bias_sum: Any) -> Buffers:
         "transposed": _arg(args, kwargs, 6, "transposed"),
         "groups": _arg(args, kwargs, 8, "groups"),
     }
-    return _buffers("fwd", forward_key(args, kwargs, flags()), inp, weight, params, bias_sum)
+    return _buffers("fwd", forward_key(args, kwargs, flags()), inp, weight, params)
 
 
-def backward_buffers(args: Any, kwargs: Any, out: Any, bias_sum: Any) -> Buffers:
+def backward_buffers(args: Any, kwargs: Any, out: Any) -> Buffers:
     """The transient of one ``aten.convolution_backward`` call."""
     inp, weight = _arg(args, kwargs, 1, "input"), _arg(args, kwargs, 2, "weight")
     mask = [bool(m) for m in _arg(args, kwargs, 10, "output_mask")]
@@ -329,7 +329,7 @@ def backward_buffers(args: Any, kwargs: Any, out: Any, bias_sum: Any) -> Buffers
         "mask": mask,
         "grad_bias": out[2] if mask[2] else None,
     }
-    return _buffers("bwd", backward_key(args, kwargs, flags()), inp, weight, params, bias_sum)
+    return _buffers("bwd", backward_key(args, kwargs, flags()), inp, weight, params)
 
 
 def cuda_memory_format(inp: Any, weight: Any) -> torch.memory_format | None:
@@ -364,3 +364,16 @@ def backward_layout(args: Any, kwargs: Any, out: Any) -> list[torch.memory_forma
         return [None, None, None]
     fmt = cuda_memory_format(inp, weight)
     return [fmt, fmt, None]
+
+
+#: operator overload -> (args, kwargs, outputs) -> byte sizes of transient buffers
+INTERNAL_BUFFERS: dict[Any, Callable[[Any, Any, Any], list[int]]] = {
+    torch.ops.aten.convolution.default: forward_buffers,
+    torch.ops.aten.convolution_backward.default: backward_buffers,
+}
+#: The C++ meta kernel of a convolution picks no cuDNN layout (meta is not CUDA): its
+#: results are contiguous where cuDNN makes channels-last ones.
+OUTPUT_LAYOUT: dict[Any, Callable[[Any, Any, Any], list[Any]]] = {
+    torch.ops.aten.convolution.default: forward_layout,
+    torch.ops.aten.convolution_backward.default: backward_layout,
+}

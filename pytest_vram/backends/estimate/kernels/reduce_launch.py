@@ -29,7 +29,7 @@ module ports, faithfully and in the source's order:
 Source followed: the ``Reduce.cuh`` shipped in the torch 2.11.0+cu130 wheel (git
 70d99e99), what the H200 runs; its host-side code is identical in 2.13. Device: sm90 as on
 the H200 (132 multiprocessors, 2048 threads per multiprocessor, warps of 32). Pure Python,
-torch-free; :mod:`._fake_kernels` maps operators onto it.
+torch-free; :mod:`.reductions` maps operators onto it.
 """
 
 from __future__ import annotations

@@ -3,25 +3,26 @@
 transformers asks ``is_tracing(t)`` before reading a tensor's values (is an attention mask
 all ones?), and counts a fake tensor as tracing (``is_fake_tensor``): it then takes the
 path an export needs, which is not the path the GPU run takes (it builds a mask the GPU
-run drops). Inside the estimator's scope, :func:`reads_known_values` makes
-``is_fake_tensor`` answer False for fake tensors whose value the estimator knows
-(:mod:`._known_values`), so transformers reads exactly the values that can be answered.
+run drops). Inside the estimator's scope, :func:`install` makes ``is_fake_tensor``
+answer False for fake tensors whose value the estimator knows (:mod:`.known`), so
+transformers reads exactly the values that can be answered.
 :func:`value_dependent_hint` adds the fix to the estimator's error where transformers'
 generation loop reads generated tokens. Generic: nothing here knows a model.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import importlib.abc
 import importlib.machinery
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from pytest_vram.backends._known_values import KnownValues
+from pytest_vram.backends.estimate.known import KnownValues
+from pytest_vram.backends.patching import Patches
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -56,49 +57,44 @@ class _PatchingLoader(importlib.abc.Loader):
 _TRANSFORMERS_IMPORT_UTILS = "transformers.utils.import_utils"
 
 
-@contextlib.contextmanager
-def reads_known_values(
-    known: KnownValues, module: str = _TRANSFORMERS_IMPORT_UTILS
-) -> Iterator[None]:
-    """Let transformers read a fake tensor's values where they are known (scope only).
+def install(patches: Patches, known: KnownValues, module: str = _TRANSFORMERS_IMPORT_UTILS) -> None:
+    """Let transformers read a fake tensor's values where they are known, for one scope.
 
     transformers' ``is_tracing(t)`` counts a fake tensor as tracing (``is_fake_tensor``)
     and then never asks whether, e.g., an all-ones attention mask is all ones, so it builds
     a mask that the GPU run drops. Here ``is_fake_tensor`` answers False for a fake tensor
-    whose value is known: transformers then reads only values this module answers
+    whose value is known: transformers then reads only values :mod:`.known` answers
     exactly; for every other tensor it keeps its tracing path. Installed when transformers
-    is imported, now or later inside the scope; restored on exit. A transformers without
-    ``is_fake_tensor`` is left alone. ``module``: the module to patch (tests). Why this is
-    sound for every ``is_tracing`` call of transformers 5.17: docs/estimator.md, "Known
-    values".
+    is imported, now or later inside the scope (a finder on ``sys.meta_path`` for the
+    scope); ``patches`` restores both. A transformers without ``is_fake_tensor`` is left
+    alone. ``module``: the module to patch (tests). Why this is sound for every
+    ``is_tracing`` call of transformers 5.17: docs/estimator.md, "Known values".
     """
-    originals: dict[Any, Any] = {}
+    patched: set[Any] = set()  # the modules patched (once each)
 
     def patch(target: Any) -> None:
         original = getattr(target, "is_fake_tensor", None)
-        if original is None or target in originals:
+        if original is None or target in patched:
             return
 
         def is_fake_tensor(x: object) -> bool:
             return bool(original(x)) and not known.is_known(x)
 
-        originals[target] = original
-        target.is_fake_tensor = is_fake_tensor
+        patched.add(target)
+        patches.set(target, "is_fake_tensor", is_fake_tensor)
 
     loaded = sys.modules.get(module)
-    finder = None
     if loaded is not None:
         patch(loaded)
-    else:
-        finder = _PatchOnImport(module, patch)
-        sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        if finder is not None and finder in sys.meta_path:
-            sys.meta_path.remove(finder)
-        for patched, original in originals.items():
-            patched.is_fake_tensor = original
+        return
+    finder = _PatchOnImport(module, patch)
+    sys.meta_path.insert(0, finder)
+    patches.on_restore(functools.partial(_remove_finder, finder))
+
+
+def _remove_finder(finder: _PatchOnImport) -> None:
+    if finder in sys.meta_path:
+        sys.meta_path.remove(finder)
 
 
 _GENERATION_DIR = os.path.join("transformers", "generation", "")
