@@ -9,8 +9,8 @@ and what the breakdown names at the peak. Writes ``attribution.json`` and prints
     python benchmarks/bench_attribution.py --backend estimate --out /tmp/attr
     python benchmarks/bench_attribution.py --backend cuda --out $OUT/attribution   # H200
 
-Never used as a timed test: wall time depends on the machine. The figures go into
-docs/attribution.md ("What it costs").
+Never used as a timed test: wall time depends on the machine. Figures:
+docs/results/attribution-cost.md (raw: docs/data/attribution-cost/).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Usage on the GPU machine (writes bench_build.json and bench_build.md to --out)::
     python benchmarks/bench_build.py                       # all real presets
     python benchmarks/bench_build.py --device cpu --presets tiny   # smoke check, no GPU
 
-The figures go into docs/zoo.md, section "Build benchmark (H200)".
+Figures: docs/results/model-build.md (raw: docs/data/model-build/).
 """
 
 from __future__ import annotations

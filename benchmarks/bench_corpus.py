@@ -10,6 +10,8 @@ is its own:
   memory).
 
     python benchmarks/bench_corpus.py            # prints a markdown table
+
+Figures: docs/results/estimator-speed.md.
 """
 
 from __future__ import annotations

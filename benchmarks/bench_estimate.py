@@ -8,7 +8,8 @@ prints wall time per pair, the total, and the process's peak RSS after each pair
     python benchmarks/bench_estimate.py --workload train_step
     python benchmarks/bench_estimate.py --profile 20    # cProfile, top 20 by cumulative time
 
-Never used as a timed test: wall time depends on the machine.
+Never used as a timed test: wall time depends on the machine. Figures:
+docs/results/estimator-speed.md.
 """
 
 from __future__ import annotations

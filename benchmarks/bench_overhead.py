@@ -13,7 +13,9 @@ configuration (without the plugin). Their differences should centre on 0; their 
 what one pair of runs can tell apart on this machine.
 
     python benchmarks/bench_overhead.py                    # 15 pairs, 15 noise pairs
-    python benchmarks/bench_overhead.py --pairs 25 --json docs/data/cpu/overhead.json
+    python benchmarks/bench_overhead.py --pairs 20 --instructions --json overhead.json
+
+Figures: docs/results/plugin-overhead.md (raw: docs/data/plugin-overhead-cpu.json).
 
 Never used as a timed test: wall time depends on the machine (the same suite also runs as
 ``benchmarks/test_speed.py::test_plugin_overhead`` under pytest-benchmark).

@@ -6,6 +6,8 @@ prints one line per run plus a JSON summary. Extra arguments go to pytest.
     python benchmarks/bench_suite.py                  # this machine's default backend
     python benchmarks/bench_suite.py --runs 2 -- -n 2 # under xdist
     python benchmarks/bench_suite.py --out DIR        # also write DIR/bench_suite.json
+
+Figures: docs/results/suite-speed.md.
 """
 
 from __future__ import annotations

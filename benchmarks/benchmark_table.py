@@ -1,6 +1,7 @@
-"""Print the Markdown table of a ``pytest benchmarks/ --benchmark-json=FILE`` run for the docs.
+"""Print the Markdown table of a ``pytest benchmarks/ --benchmark-json=FILE`` run.
 
-python benchmarks/benchmark_table.py docs/data/cpu/benchmarks.json
+pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
+python benchmarks/benchmark_table.py bench.json
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ workspace for (``ConvWorkspaceUnknown``).
     # the estimator (CPU), then the table of both
     PYTHONPATH=$PWD python benchmarks/cnn_accuracy.py --backend estimate --out d
     python benchmarks/cnn_accuracy.py --compare "$OUT"/cnn_cuda.json d/cnn_estimate.json
+
+Figures: docs/results/estimator-accuracy.md (raw: docs/data/estimator-accuracy/cnn-*.json).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def _gpu_conv_keys(net: str, amp: torch.dtype | None, fmt: torch.memory_format) 
     run under a dispatch mode)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from pytest_vram.backends import _conv_workspace as cw
+    from pytest_vram.backends.estimate.kernels import convolution as cw
 
     keys: set[str] = set()
 
@@ -167,7 +169,8 @@ def _gpu_conv_keys(net: str, amp: torch.dtype | None, fmt: torch.memory_format) 
 
 
 def measure(backend_name: str) -> list[dict[str, Any]]:
-    from pytest_vram.backends import _conv_workspace, create
+    from pytest_vram.backends import create
+    from pytest_vram.backends.estimate.kernels import convolution as _conv_workspace
     from pytest_vram.measure.meter import Meter
 
     backend = create(backend_name)

@@ -3,7 +3,9 @@
 Wall time depends on the machine, so these are pytest-benchmark runs whose saved JSON feeds
 the docs (``python benchmarks/benchmark_table.py OUT.json`` prints the Markdown table), never
 tests that assert a time. ``--bench-presets`` chooses the model sizes (default: the real
-ones on a GPU, ``tiny,small`` on a CPU, where building a 3B model takes minutes).
+ones on a GPU, ``tiny,small`` on a CPU, where building a 3B model takes minutes). The docs
+publish the dedicated scripts' figures (docs/results/); these runs compare two checkouts on
+one machine.
 """
 
 from __future__ import annotations

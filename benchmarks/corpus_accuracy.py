@@ -10,7 +10,7 @@ subprocess of its own (so one backend's allocations and imports cannot touch the
   estimator emulates the CUDA runtime exactly as on CI's CPU-only machine.
 
 Writes ``corpus_accuracy.json`` (every figure, the torch versions, failures with their
-traceback) and ``corpus_accuracy.md`` (the table for docs/estimator.md) under ``--out``,
+traceback) and ``corpus_accuracy.md`` (the table) under ``--out``,
 and, on a GPU, ``conv_bn_trace.json``: every allocation and free of a conv + batch-norm
 forward and backward (``torch.cuda.memory._record_memory_history``), to model cuDNN's
 workspaces.
@@ -19,6 +19,8 @@ workspaces.
     python benchmarks/corpus_accuracy.py --out "$OUT"
     # on a CPU-only machine, the estimates alone:
     python benchmarks/corpus_accuracy.py --backends estimate --out cpu
+
+Figures: docs/results/estimator-accuracy.md (raw: docs/data/estimator-accuracy/corpus.json).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ workspaces the warm-up allocates. This prints and saves (``--out DIR``,
 ``device_overhead.json``) those figures on this machine:
 
     python benchmarks/device_overhead.py --out "$OUT"
+
+Figures: docs/results/device-overhead.md (raw: docs/data/device-overhead-h200.json).
 """
 
 from __future__ import annotations

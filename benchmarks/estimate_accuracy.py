@@ -20,6 +20,9 @@ JSON are skipped unless ``--force``, and ``--budget-s`` stops starting new ones 
     # on a CPU-only machine: estimates only, optionally next to a GPU run's real figures
     python benchmarks/estimate_accuracy.py --estimate-only --out cpu \
         --real-from gpu/estimate_accuracy.json
+
+docs/results/estimator-accuracy.md compares the same pairs from the memory suite's own runs
+on both backends (``--vram-json``); this script measures them outside pytest, with timings.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
     python benchmarks/figures_equal.py report.json [report2.json ...]
 
 Prints each measurement whose model or peak bytes differ from the baseline it was judged
-against, and a count; exits 1 if any differs. Used to show that a speed change (a faster
-estimator, ``-n 2``) left every figure as it was.
+against, and a count; exits 1 if any differs: the check that a change meant to leave the
+figures alone (a faster estimator, a refactoring, ``-n 2``) did.
 """
 
 from __future__ import annotations

@@ -1,14 +1,18 @@
 """Check the reduction staging-buffer model against per-operator logs measured on a GPU.
 
-Reads the ``ops-<workload>-<size>-cuda.json.gz`` logs of ``benchmarks/diagnose_corpus.py``
-(rows: op, outputs, allocated at the op's start, peak until the next op, inputs as
-``dtype[shape]/[stride]`` and the other arguments), takes every call of an operator in
+Reads per-operator logs ``ops-<workload>-<size>-cuda.json.gz`` of corpus workloads run on
+the GPU under a logging dispatch mode (rows: op, outputs, allocated at the op's start, peak
+until the next op, inputs as ``dtype[shape]/[stride]`` and the other arguments; the H200's
+are in ``docs/data/estimator-accuracy/operator-logs/``), takes every call of an operator in
 ``_fake_kernels.INTERNAL_BUFFERS`` that is a reduction, rebuilds its arguments on the meta
 device and compares the measured transient (peak - start - the rounded outputs) with the
 model's buffers (rounded). Storage offsets are not logged: inputs are taken as starting at
 their allocation.
 
-    python benchmarks/reduce_corpus_check.py docs/data/h200_ops [--json out.json] [--all]
+    python benchmarks/reduce_corpus_check.py docs/data/estimator-accuracy/operator-logs \
+        [--json out.json] [--all]
+
+A few seconds on a CPU, no GPU needed. Figures: docs/results/estimator-accuracy.md.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from typing import Any
 
 import torch
 
-from pytest_vram.backends import _fake_kernels
-from pytest_vram.backends._allocator import round_size
+from pytest_vram.backends.estimate import kernels as _fake_kernels
+from pytest_vram.backends.estimate.allocator import round_size
 
 _TENSOR = re.compile(r"(\w+)\[([^\]]*)\](?:/\[([^\]]*)\])?")
 REDUCTIONS = {

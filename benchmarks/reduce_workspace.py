@@ -13,7 +13,8 @@ reductions (more than 2 GiB addressed).
         python benchmarks/reduce_workspace.py            # writes $OUT/reduce_workspace.json
     python benchmarks/reduce_workspace.py --model-only  # no GPU: the model's side only
 
-About 20 s on an H200.
+About 20 s on an H200. Figures: docs/results/estimator-accuracy.md (raw:
+docs/data/estimator-accuracy/reductions-h200.json).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import torch  # noqa: E402
 
-from pytest_vram.backends import _fake_kernels  # noqa: E402
-from pytest_vram.backends._allocator import round_size  # noqa: E402
+from pytest_vram.backends.estimate import kernels as _fake_kernels  # noqa: E402
+from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
 
 aten = torch.ops.aten
 

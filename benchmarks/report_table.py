@@ -9,6 +9,8 @@ protocol (inference, batch 1, 512 tokens). The report rounded to 0.01 GiB and me
 RTX 3080 Laptop GPU, where the cuBLAS workspace that persisted from the first model measured
 (about 8 MiB there) was counted in every later model's memory; the "+8 MiB" columns add it
 back to make the figures comparable.
+
+Figures: docs/results/zoo-memory.md.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def main() -> int:
     if "--claims" in sys.argv:
         return claims_table(recorded)
     print(
-        f"Ours: `{path.relative_to(ROOT)}` ({recorded.recorded_with.get('device', '?')}, "
-        f"torch {recorded.recorded_with.get('torch', '?')}).\n"
+        f"Ours: `{path.relative_to(ROOT)}` ({recorded.setup.get('device', '?')}, "
+        f"torch {recorded.setup.get('torch', '?')}).\n"
     )
     print(
         "| preset | phase | params report / ours | model GiB report / ours / ours+8 MiB "
@@ -71,7 +73,7 @@ def main() -> int:
 
 def claims_table(recorded: baselines.BaselineFile) -> int:
     """Phase 8 peak against Phase 7 peak for every size and workload of the suite."""
-    print(f"`{recorded.path.name}` (torch {recorded.recorded_with.get('torch', '?')}):\n")
+    print(f"`{recorded.path.name}` (torch {recorded.setup.get('torch', '?')}):\n")
     print("| workload | preset | Phase 7 peak (B) | Phase 8 peak (B) | Phase 8 - Phase 7 |")
     print("|---|---|--:|--:|--:|")
     for workload in ("inference", "long_context", "train"):

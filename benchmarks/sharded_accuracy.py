@@ -15,7 +15,8 @@ Cases: FSDP2 ``fully_shard`` of every block and the root (``tests/vram/test_shar
     python benchmarks/sharded_accuracy.py --out "$OUT"
 
 The CUDA allocator runs with ``expandable_segments:True`` unless ``PYTORCH_CUDA_ALLOC_CONF``
-is set (the suite's measured figure), and ``NCCL_NVLS_ENABLE=0``.
+is set (the suite's measured figure), and ``NCCL_NVLS_ENABLE=0``. No figures of it are
+published yet; ``tests/cuda/test_sharded_cuda.py`` asserts the same comparison on a GPU.
 """
 
 from __future__ import annotations

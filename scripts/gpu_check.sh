@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# What a maintainer runs on a GPU machine (it is how the committed cuda baselines and the
-# figures in docs/ were produced). Usage: scripts/gpu_check.sh OUTDIR [steps...]
+# What a maintainer runs on a GPU machine: the GPU tests, the cuda baselines, and the GPU
+# figures of docs/results/. Usage: scripts/gpu_check.sh OUTDIR [steps...]
 # steps: cuda (GPU tests), record (suite with --vram-update), suite (suite, strict, timed),
 #        xdist (suite under -n 2), subset (a few tests alone: another history, same bytes),
 #        accuracy / accuracy-train (estimate vs real), build (build benchmark),
 #        order (the order-independence proof: 7 fresh runs, strict), overhead (context and
 #        persistent workspaces a device budget must add), corpus (third-party workloads,
-#        estimate vs real), sharded (world-of-1 FSDP2/DDP, estimate vs real), attribution
-#        (its cost on cuda), benchmarks (pytest benchmarks/ --benchmark-only), throughput
-#        (tokens/s beside memory)
+#        estimate vs real), cnn (CNN training steps, real; compare with the estimate as
+#        benchmarks/cnn_accuracy.py says), reductions (CUDA reductions' buffers, real vs
+#        the model), sharded (world-of-1 FSDP2/DDP, estimate vs real), attribution (its
+#        cost on cuda), benchmarks (pytest benchmarks/ --benchmark-only), throughput
+#        (tokens/s beside memory), cudnn (measure cuDNN convolution workspaces for the
+#        shipped table: tools/README.md), cudnn-common (the same for stems, patch
+#        embeddings, EfficientNet and ConvNeXt layers at ordinary sizes), examples (record
+#        the example project's cuda baselines into OUTDIR)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -41,6 +46,8 @@ for step in $steps; do
              tests/cuda/test_order_independence.py -p no:cacheprovider -q -rA ;;
     overhead) run timeout 120 python3 benchmarks/device_overhead.py --out "$out" ;;
     corpus) run timeout 240 python3 benchmarks/corpus_accuracy.py --out "$out" ;;
+    cnn) run timeout 200 python3 benchmarks/cnn_accuracy.py --backend cuda --out "$out" ;;
+    reductions) run timeout 120 python3 benchmarks/reduce_workspace.py --out "$out" ;;
     sharded) run timeout 170 python3 benchmarks/sharded_accuracy.py --out "$out" --budget-s 120 ;;
     attribution) run timeout 150 python3 benchmarks/bench_attribution.py --backend cuda \
                    --repeat 2 --out "$out" ;;
@@ -50,6 +57,14 @@ for step in $steps; do
                   tests/vram/test_zoo_throughput.py -p no:cacheprovider --vram-backend=cuda \
                   --vram-no-strict -rA --benchmark-json="$out/throughput.json" \
                   --vram-json="$out/throughput_vram.json" ;;
+    cudnn) run timeout 400 python3 tools/cudnn_workspace.py --out "$out" ;;
+    cudnn-common) run timeout 400 python3 tools/cudnn_workspace.py --no-corpus --grid common \
+                    --budget "${CUDNN_BUDGET_S:-330}" --out "$out/cudnn-common"
+                  gzip -9 "$out/cudnn-common/cudnn_workspace.jsonl" ;;
+    examples) (cd examples && run timeout 200 python3 -m pytest -m vram -p no:cacheprovider \
+                 -p no:randomly --vram-backend=cuda --vram-profile=cuda-nvidia-h200 --vram-update \
+                 --vram-baselines="$out/examples")
+              rm -rf "$out/examples/breakdowns" ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
   esac
 done

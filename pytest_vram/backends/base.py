@@ -40,6 +40,8 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+from pytest_vram.backends.patching import install_for_process, uninstall_for_process
+
 #: ``recorded_with: metric`` of each allocator mode: one definition for every backend.
 METRICS = {
     "expandable": "peak allocated, expandable segments (sum of 512-B-rounded live requests)",
@@ -124,8 +126,8 @@ def collect_garbage() -> None:
     """A full collection, then everything that survives it frozen (``gc.freeze``).
 
     A full collection visits every object the process holds: with torch and transformers
-    imported that is millions of objects and about a quarter of a second, which at two or
-    three collections per test was most of a memory suite's time. After ``gc.freeze`` the
+    imported that is millions of objects, a large part of a second, and a measured test
+    collects two or three times. After ``gc.freeze`` the
     collector skips the objects that were alive then, so the next collection visits only
     what was made since (the test's own objects: milliseconds). The figure does not change:
     what was alive at the freeze is alive at the next collection or was freed by reference
@@ -134,7 +136,8 @@ def collect_garbage() -> None:
     :func:`thaw_at_next_collection`, so what a module-scoped fixture drops is collected at
     the next measured test's start). Frozen garbage cannot be collected in the middle of a
     test either, so no automatic collection can free earlier tests' memory while a test is
-    measured.
+    measured. The frozen generation stays for the process between tests
+    (``patching.PROCESS_WIDE``, "gc-freeze").
     """
     global _thaw_pending
     if _thaw_pending:
@@ -142,6 +145,7 @@ def collect_garbage() -> None:
         gc.unfreeze()
     gc.collect()
     gc.freeze()
+    install_for_process("gc-freeze")
 
 
 #: a thaw asked for by :func:`thaw_at_next_collection`, done by the next collect_garbage
@@ -156,7 +160,7 @@ def thaw_at_next_collection() -> None:
     end of the session, a run of plain tests after the last vram test) nothing is thawed:
     pytest's own collections at exit (five, in ``unraisableexception``) then visit only
     what was made after the last freeze, instead of every object of a process that
-    imported torch (about 0.3 s apiece on the 2-core CPU machine).
+    imported torch.
     """
     global _thaw_pending
     _thaw_pending = True
@@ -167,6 +171,7 @@ def thaw_garbage() -> None:
     global _thaw_pending
     _thaw_pending = False
     gc.unfreeze()
+    uninstall_for_process("gc-freeze")
 
 
 class BackendUnavailable(RuntimeError):

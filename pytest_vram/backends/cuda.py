@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from pytest_vram.backends.base import Backend, BackendUnavailable, collect_garbage, metric_name
+from pytest_vram.backends.patching import install_for_process
 
 # The cuBLAS/cuBLASLt workspaces are per process (per handle and stream), not per backend
 # object: a second session in the same process (pytester, a re-created backend) must not
@@ -87,6 +88,7 @@ class CudaBackend(Backend):
         self.index = torch.cuda.current_device() if device_index is None else device_index
         # Workloads that say plain "cuda" land on the measured GPU too.
         torch.cuda.set_device(self.index)
+        install_for_process("cuda-current-device")
         self._name = torch.cuda.get_device_name(self.index)
 
     @property
@@ -170,7 +172,8 @@ class CudaBackend(Backend):
 
 
 def _switch_on_expandable_segments(torch: Any) -> None:
-    """Switch the caching allocator to expandable segments for the rest of the process.
+    """Switch the caching allocator to expandable segments for the rest of the process
+    (``patching.PROCESS_WIDE``, "cuda-expandable-segments").
 
     With them ``should_split`` splits every block that leaves at least 512 B, so what a test
     allocates counts as the sum of its 512-rounded live requests whatever blocks earlier
@@ -194,6 +197,7 @@ def _switch_on_expandable_segments(torch: Any) -> None:
             f"start pytest with PYTORCH_CUDA_ALLOC_CONF={EXPANDABLE}"
         )
     setter(EXPANDABLE)
+    install_for_process("cuda-expandable-segments")
 
 
 def _touch_cublas(torch: Any, device: str) -> None:
@@ -218,6 +222,7 @@ def _touch_cublas(torch: Any, device: str) -> None:
 
 
 def _forward_backward(torch: Any, device: str, dtype: Any, *, autocast: bool) -> None:
+    # (here: this module imports torch when the backend is created, not with the plugin)
     from torch.utils.checkpoint import checkpoint
 
     width, heads, tokens = 1024, 8, 256

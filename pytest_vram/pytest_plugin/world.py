@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 #: NVLink multicast (NVLS) stays off: its buffers are allocated outside the caching
-#: allocator, and not every machine offers multicast objects.
+#: allocator, and not every machine supports multicast objects.
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0"}
 
 

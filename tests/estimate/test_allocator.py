@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pytest_vram.backends._allocator import (
+from pytest_vram.backends.estimate.allocator import (
     CachingAllocatorModel,
     allocation_size,
     round_size,
@@ -198,7 +198,7 @@ def test_address_layout_changes_the_default_figure_but_not_the_gated_one(seed: i
     ops = _requests(seed)
     increasing = _replay(CachingAllocatorModel("default"), ops)
     descending = _replay(CachingAllocatorModel("default", segment_address=_descending), ops)
-    assert increasing != descending  # the old figure depends on the layout
+    assert increasing != descending  # the default settings' figure depends on the layout
     expandable = _replay(CachingAllocatorModel("expandable"), ops)
     live_sum = sum(round_size(size) for i, (op, size) in enumerate(ops) if op == "a")
     freed = sum(round_size(ops[arg][1]) for op, arg in ops if op == "f")

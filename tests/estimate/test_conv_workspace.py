@@ -1,4 +1,4 @@
-"""cuDNN convolution workspaces on the estimator (``_conv_workspace``).
+"""cuDNN convolution workspaces on the estimator (``kernels.convolution``).
 
 The lookup is tested against a tiny table written by the test (keys computed from the
 same tensors the test convolves, sizes chosen by the test), so nothing here depends on the
@@ -20,8 +20,8 @@ import pytest
 torch = pytest.importorskip("torch")
 F = pytest.importorskip("torch.nn.functional")
 
-from pytest_vram.backends import _conv_workspace as cw  # noqa: E402
 from pytest_vram.backends import create  # noqa: E402
+from pytest_vram.backends.estimate.kernels import convolution as cw  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 
 MiB = 1 << 20
@@ -132,7 +132,7 @@ def test_an_unknown_convolution_warns_once_per_test_naming_it(
     assert "convolution of input float32[8, 16, 32, 32] (contiguous)" in message
     assert "weight [32, 16, 3, 3]" in message and "stride [1, 1], padding [1, 1]" in message
     assert "may be low" in message
-    assert "benchmarks/cudnn_workspace.py" in message and "--vram-backend=cuda" in message
+    assert "tools/cudnn_workspace.py" in message and "--vram-backend=cuda" in message
     assert caught[0].filename == __file__  # the user's line, not torch's or the plugin's
     # counted as nothing: the peak is the model and the larger output
     assert record.peak_bytes == record.model_bytes + 8 * 32 * 32 * 32 * 4

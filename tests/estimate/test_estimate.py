@@ -191,41 +191,41 @@ def test_real_presets(backend: Any, preset: str, phase: str, work: str, model_by
 
 def test_sdpa_on_hopper_is_cudnn_unless_deprioritized(monkeypatch: pytest.MonkeyPatch) -> None:
     """torch >= 2.10 on an H200 runs cuDNN attention (measured with torch 2.11)."""
-    from pytest_vram.backends import _fake_cuda
+    from pytest_vram.backends.estimate import sdpa_choice
 
     q = torch.empty(1, 16, 512, 128, device="meta", dtype=torch.float16)
-    expected = "cudnn" if _fake_cuda.prefers_cudnn_attention() else "flash"
-    assert _fake_cuda.sdp_choice(q, q, q, None, False, False) == expected
+    expected = "cudnn" if sdpa_choice.prefers_cudnn_attention() else "flash"
+    assert sdpa_choice.sdp_choice(q, q, q, None, False, False) == expected
     monkeypatch.setenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", "1")
-    assert _fake_cuda.sdp_choice(q, q, q, None, False, False) == "flash"
+    assert sdpa_choice.sdp_choice(q, q, q, None, False, False) == "flash"
 
 
 def test_sdpa_with_a_mask_strided_in_its_last_dim_takes_the_math_path() -> None:
     """check_last_dim_stride_equals_1_dense covers the mask: T5's position bias, a permuted
     view (stride num_heads), sends training to the math path on an H200."""
-    from pytest_vram.backends import _fake_cuda
+    from pytest_vram.backends.estimate import sdpa_choice
 
     q = torch.empty(2, 12, 512, 64, device="meta")
     bias = torch.empty(512, 512, 12, device="meta").permute(2, 0, 1).unsqueeze(0)
-    assert _fake_cuda.sdp_choice(q, q, q, bias.contiguous(), False, False) == "efficient"
-    assert _fake_cuda.sdp_choice(q, q, q, bias, False, False) == "math"
+    assert sdpa_choice.sdp_choice(q, q, q, bias.contiguous(), False, False) == "efficient"
+    assert sdpa_choice.sdp_choice(q, q, q, bias, False, False) == "math"
 
 
 @pytest.mark.parametrize(("heads", "measured"), [(16, 4_227_328), (24, 6_340_864)])
 def test_cudnn_attention_backward_workspace_as_measured(heads: int, measured: int) -> None:
     """The workspace the H200 allocated inside cuDNN's SDPA backward (S=512, D=128)."""
-    from pytest_vram.backends import _fake_kernels
+    from pytest_vram.backends.estimate.kernels import attention
 
     q = torch.empty(1, heads, 512, 128, device="meta", dtype=torch.float16)
     args = (q, q, q, q, q)
-    assert _fake_kernels._cudnn_sdpa_bwd_buffers(args, {}, None) == [measured]
+    assert attention._cudnn_sdpa_bwd_buffers(args, {}, None) == [measured]
 
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_cudnn_attention_forward_allocations(backend: Any, grad: bool) -> None:
-    from pytest_vram.backends import _fake_cuda
+    from pytest_vram.backends.estimate import sdpa_choice
 
-    if not _fake_cuda.prefers_cudnn_attention():
+    if not sdpa_choice.prefers_cudnn_attention():
         pytest.skip("this torch keeps flash attention first")
 
     def build() -> Any:
@@ -274,7 +274,7 @@ def test_backward_stays_on_the_calling_thread_in_the_scope(backend: Any) -> None
     one run in ten on the loaded 2-core machine. Inside the scope every backward runs on
     the calling thread, and the device thread is waited for until it has its Python
     thread state."""
-    from pytest_vram.backends import _fake_cuda
+    from pytest_vram.backends.estimate import autograd_engine
 
     if not backend._emulate:
         pytest.skip("only the CUDA emulation installs the guard")
@@ -283,6 +283,6 @@ def test_backward_stays_on_the_calling_thread_in_the_scope(backend: Any) -> None
         x = torch.empty(4, 4, device="cuda", requires_grad=True)
         (x * 2).sum().backward()
     assert torch.autograd.is_multithreading_enabled()
-    assert _fake_cuda._python_thread_states() >= (
-        threading.active_count() + _fake_cuda._autograd_device_threads()
+    assert autograd_engine._python_thread_states() >= (
+        threading.active_count() + autograd_engine._autograd_device_threads()
     )

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from pytest_vram.backends import create  # noqa: E402
-from pytest_vram.backends._allocator import round_size  # noqa: E402
 from pytest_vram.backends.estimate import RNNNotModelled  # noqa: E402
+from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 
 
@@ -419,9 +419,9 @@ def test_a_parameter_made_from_a_python_number_moves(
 
 
 def test_every_private_torch_api_is_present() -> None:
-    from pytest_vram.backends import _torch_compat
+    from pytest_vram.backends.estimate import torch_compat
 
-    assert _torch_compat.missing(cpu_only=True) == []
+    assert torch_compat.missing(cpu_only=True) == []
 
 
 def test_compiled_module_is_refused_with_the_fix(backend: Any) -> None:
@@ -464,11 +464,11 @@ def test_shallow_copy_of_a_tensor_shares_its_storage(backend: Any) -> None:
 
 
 def test_missing_torch_internals_make_the_backend_unavailable(monkeypatch: Any) -> None:
-    from pytest_vram.backends import _torch_compat
     from pytest_vram.backends.base import BackendUnavailable
+    from pytest_vram.backends.estimate import torch_compat
 
     monkeypatch.setattr(
-        _torch_compat, "REQUIRED", (*_torch_compat.REQUIRED, "torch._C._no_such_internal")
+        torch_compat, "REQUIRED", (*torch_compat.REQUIRED, "torch._C._no_such_internal")
     )
     with pytest.raises(BackendUnavailable, match=r"lacks: torch\._C\._no_such_internal;"):
         create("estimate")
@@ -520,4 +520,4 @@ def test_a_user_sees_the_reason_and_the_fix_not_internals(pytester: pytest.Pytes
     assert "test_user.py:7 (vram.run(lambda t: t[t > 0], t))" in out
     assert "--vram-backend=cuda" in out and "skip_estimate=" in out
     assert "not measurable on the estimate backend: boolean indexing" in out
-    assert "fake_tensor.py" not in out and "backends/estimate.py" not in out
+    assert "fake_tensor.py" not in out and "backends/estimate/" not in out

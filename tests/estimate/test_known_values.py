@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_vram.backends import _transformers  # noqa: E402
-from pytest_vram.backends._known_values import KnownValues  # noqa: E402
-from pytest_vram.backends.estimate import EstimateUnsupported  # noqa: E402
+from pytest_vram.backends.estimate import EstimateUnsupported, transformers_support  # noqa: E402
+from pytest_vram.backends.estimate.known import KnownValues  # noqa: E402
+from pytest_vram.backends.patching import Patches  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 
 CUDA = "cuda"
@@ -371,7 +371,8 @@ def test_is_fake_tensor_answers_false_only_for_known_values(scope: Any) -> None:
 def test_the_transformers_patch_is_restored() -> None:
     utils = pytest.importorskip("transformers.utils.import_utils")
     original = utils.is_fake_tensor
-    with _transformers.reads_known_values(KnownValues()):
+    with Patches() as patches:
+        transformers_support.install(patches, KnownValues())
         assert utils.is_fake_tensor is not original
     assert utils.is_fake_tensor is original
 
@@ -382,7 +383,8 @@ def test_a_module_imported_inside_the_scope_is_patched(
     (tmp_path / "fake_import_utils.py").write_text("def is_fake_tensor(x):\n    return True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     known = KnownValues()
-    with _transformers.reads_known_values(known, module="fake_import_utils"):
+    with Patches() as patches:
+        transformers_support.install(patches, known, module="fake_import_utils")
         import fake_import_utils
 
         assert fake_import_utils.is_fake_tensor(object())
@@ -397,7 +399,8 @@ def test_a_transformers_without_is_fake_tensor_is_left_alone(
 ) -> None:
     (tmp_path / "old_import_utils.py").write_text("VERSION = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with _transformers.reads_known_values(KnownValues(), module="old_import_utils"):
+    with Patches() as patches:
+        transformers_support.install(patches, KnownValues(), module="old_import_utils")
         import old_import_utils
 
         assert not hasattr(old_import_utils, "is_fake_tensor")

@@ -1,9 +1,10 @@
-"""The staging buffer and semaphores of CUDA reductions (``_reduce``, ``_fake_kernels``).
+"""The staging buffer and semaphores of CUDA reductions (``kernels.reductions``).
 
 The expected figures are real H200 measurements (torch 2.11.0+cu130, expandable
 segments): the per-operator logs of the realistic corpus workloads
-(``benchmarks/diagnose_corpus.py``; transient = peak during the call - allocated at its
-start - the rounded outputs). The workload each case comes from is named with it.
+(``docs/data/estimator-accuracy/operator-logs/``; transient = peak during the call -
+allocated at its start - the rounded outputs). The workload each case comes from is named
+with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_vram.backends import _allocator, _fake_kernels, _reduce, create  # noqa: E402
+from pytest_vram.backends import create  # noqa: E402
+from pytest_vram.backends.estimate import allocator, kernels  # noqa: E402
+from pytest_vram.backends.estimate.kernels import reduce_launch  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 
 aten = torch.ops.aten
@@ -106,29 +109,29 @@ def test_transient_as_measured_on_the_h200(
     x = _meta(dtype, shape, stride)
     args = (x, *rest)
     out = op(*args)
-    sizes = _fake_kernels.INTERNAL_BUFFERS[op](args, {}, out)
-    assert sum(_allocator.round_size(n) for n in sizes) == measured
+    sizes = kernels.INTERNAL_BUFFERS[op](args, {}, out)
+    assert sum(allocator.round_size(n) for n in sizes) == measured
 
 
 def test_column_sum_buffer_and_semaphores() -> None:
     """fp32 [1024, 1024] over dim 0: 16 blocks per output, 8 MiB staging + 8 semaphores."""
     x = torch.empty(1024, 1024, device="meta")
-    assert _fake_kernels.INTERNAL_BUFFERS[aten.sum.dim_IntList]((x, [0], True), {}, x[:1]) == [
+    assert kernels.INTERNAL_BUFFERS[aten.sum.dim_IntList]((x, [0], True), {}, x[:1]) == [
         8 * (1 << 20),
         32,
     ]
 
 
 def test_row_reductions_need_no_global_memory() -> None:
-    it = _reduce.build_iter([4096, 4096], [4096, 1], 0, 4, [1, 0], 4, [False, True])
-    config = _reduce.set_reduce_config(it, arg_size=4, scalar_size=4, input_vec_size=4)
+    it = reduce_launch.build_iter([4096, 4096], [4096, 1], 0, 4, [1, 0], 4, [False, True])
+    config = reduce_launch.set_reduce_config(it, arg_size=4, scalar_size=4, input_vec_size=4)
     assert not config.should_global_reduce()
     assert config.global_memory_size() == config.semaphore_size() == 0
 
 
 def test_iterator_puts_reduced_dims_first_and_coalesces() -> None:
     # sum over dims (0, 1) of a contiguous [2, 512, 1024]: one reduced dim of 1024, one kept
-    it = _reduce.build_iter(
+    it = reduce_launch.build_iter(
         [2, 512, 1024], [524288, 1024, 1], 0, 2, [0, 0, 1], 2, [True, True, False]
     )
     assert it.shape == [1024, 1024]
@@ -137,9 +140,9 @@ def test_iterator_puts_reduced_dims_first_and_coalesces() -> None:
 
 
 def test_more_than_2_gib_addressed_splits_into_32bit_reductions() -> None:
-    it = _reduce.build_iter([40000, 30000], [30000, 1], 0, 2, [0, 1], 2, [True, False])
+    it = reduce_launch.build_iter([40000, 30000], [30000, 1], 0, 2, [0, 1], 2, [True, False])
     assert not it.can_use_32bit_indexing()
-    subs = _reduce._split_32bit(it)
+    subs = reduce_launch._split_32bit(it)
     assert len(subs) > 1 and all(s.can_use_32bit_indexing() for s in subs)
     assert sum(s.shape[0] for s in subs) == 40000
 

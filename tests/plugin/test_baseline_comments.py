@@ -1,4 +1,4 @@
-"""Comments in baseline files survive ``--vram-update`` (issue 9); the canonical form stays."""
+"""Comments in baseline files survive ``--vram-update``; the canonical form stays."""
 
 from __future__ import annotations
 

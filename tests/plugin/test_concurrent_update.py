@@ -1,8 +1,8 @@
-"""Concurrent ``--vram-update`` of one baseline file: no entry is lost (issue 9, case 1).
+"""Concurrent ``--vram-update`` of one baseline file: no entry is lost.
 
-The pairs run :func:`baselines.update` in two processes released by one barrier, the
-worst case the issue found (both sides at the same instant before session finish lost an
-entry 20 times in 20). One end-to-end test runs two real pytest processes at once.
+The pairs run :func:`baselines.update` in two processes released by one barrier, the worst
+case (both sides at the same instant before session finish, where without the lock one
+side's entry is lost). One end-to-end test runs two real pytest processes at once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bounded YAML input and fuzzing (issue 9, cases 4, 5 and 8; deliverable 3).
+"""Bounded YAML input and fuzzing.
 
 Whatever a baseline file, a marker or a size/tolerance option holds, the answer is a value
 or one of the plugin's own errors (BaselineError, MarkError, UnitError) that names what is

@@ -1,7 +1,7 @@
-"""Hostile input and faults (issue 9): a clear message, the summary, a failing exit code.
+"""Hostile input and faults: a clear message, the summary, a failing exit code.
 
-Each test reproduces one case of the issue through a pytester sub-session on the scripted
-backend. "No traceback" is checked as: the output contains no ``Traceback`` and no
+Each test runs one case of bad input or a fault through a pytester sub-session on the
+scripted backend. "No traceback" is checked as: the output contains no ``Traceback`` and no
 ``INTERNALERROR``, and the message names the file, entry or option.
 """
 
@@ -31,7 +31,7 @@ def no_traceback(result: pytest.RunResult) -> None:
     assert "Traceback" not in text and "INTERNALERROR" not in text, text
 
 
-# --------------------------------------------------------------------------- case 2
+# --------------------------------------------------------------------------- exit codes
 
 
 def test_xfail_test_whose_memory_fails_is_a_failure(vram_pytester, run_vram):
@@ -53,7 +53,7 @@ def test_xfail_test_whose_memory_fails_is_a_failure(vram_pytester, run_vram):
     assert 'failures="1"' in junit and 'skipped="0"' in junit
 
 
-# --------------------------------------------------------------------------- case 3
+# ------------------------------------------------------------ report and baseline paths
 
 
 @pytest.mark.parametrize("option", ["--vram-json", "--vram-markdown"])
@@ -104,7 +104,7 @@ def test_update_refuses_a_read_only_baseline(vram_pytester, run_vram):
     no_traceback(result)
 
 
-# --------------------------------------------------------------------------- case 4
+# --------------------------------------------- bad values in baseline files and markers
 
 
 _NOT_BYTES = "peak_bytes must be a non-negative integer number of bytes, got"
@@ -152,7 +152,7 @@ def test_huge_budget_is_a_marker_error(vram_pytester, run_vram):
     no_traceback(result)
 
 
-# --------------------------------------------------------------------------- case 6
+# ------------------------------------------------------------------------- write errors
 
 
 def _fail_with(exc: OSError):
@@ -225,7 +225,7 @@ def test_unwritable_report_path_under_xdist(vram_pytester, run_vram_subprocess):
     no_traceback(result)
 
 
-# --------------------------------------------------------------------------- case 7
+# ---------------------------------------------------------------------- broken backends
 
 BROKEN_BACKENDS = {
     "abstract": ("pytest_vram.backends.base:Backend", "*is abstract: implement *"),
@@ -271,7 +271,7 @@ def test_unsafe_profile_of_a_backend_is_not_blamed_on_vram_profile(
     assert "--vram-profile" not in result.stdout.str()
 
 
-# --------------------------------------------------------------------------- case 8
+# --------------------------------------------------------------- nothing silently wrong
 
 
 def test_nested_run_keeps_the_outer_peak(vram_pytester, run_vram):
@@ -370,7 +370,7 @@ def test_conflicting_stacked_markers_are_refused(vram_pytester, run_vram):
     )
 
 
-# --------------------------------------------------------------------------- case 9
+# ---------------------------------------------- options, ini values and the vram object
 
 
 def test_nan_tolerance_does_not_suggest_nan_percent(vram_pytester, run_vram):
@@ -423,7 +423,7 @@ def test_vram_object_reused_in_a_later_test_says_so(vram_pytester, run_vram):
     assert "called more than once" not in result.stdout.str()
 
 
-# --------------------------------------------------------------------------- case 10
+# ---------------------------------------------------------------- one parse per session
 
 
 def test_baseline_file_is_parsed_once_per_session(vram_pytester, run_vram, monkeypatch):

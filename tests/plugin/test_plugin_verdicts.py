@@ -3,6 +3,8 @@ improvement, strict, budget, tolerance precedence."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from vram_testing import MiB, write_baseline
 
@@ -67,7 +69,9 @@ def test_regression_fails_with_both_figures_and_delta(vram_pytester, run_vram):
             f"FAILED {KEY} - peak +10.0 MiB (+7.14%): memory regression against baselines/*",
         ]
     )
-    longrepr = result.stdout.str().split("_ test_model _")[1].split("= VRAM =")[0]
+    # the failure text: from the test's header to the next section (VRAM, or warnings)
+    after = result.stdout.str().split("_ test_model _")[1].splitlines()[1:]
+    longrepr = "\n".join(itertools.takewhile(lambda line: not line.startswith("="), after))
     assert all(len(line) <= 80 for line in longrepr.splitlines()), longrepr
 
 

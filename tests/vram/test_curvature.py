@@ -5,7 +5,7 @@ on the hybrid path, which computes the exact O(N^2) attention. These tests fit t
 exponent of activation memory (peak minus model) over sequence length for each mode on
 the ``small`` preset, always on the estimator (no GPU needed, no real memory): linear mode
 must grow like N, a hybrid that computes the exact path and exact mode like N^2. A change
-that makes the linear mode quadratic again fails here by name.
+that makes the linear mode quadratic fails here by name.
 """
 
 from __future__ import annotations
