@@ -21,13 +21,20 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
 
     Not ``CI`` (CI machines set ``CI=true``, which turns strict mode on in every
     sub-session, and the throw-away projects have no baselines: a test about strict mode
-    sets it itself), not the outer xdist worker's variables, and no random order
-    (pytest-randomly would shuffle the sub-session's tests, whose order some tests set).
+    sets it itself), not the outer xdist worker's variables, no random order
+    (pytest-randomly would shuffle the sub-session's tests, whose order some tests set),
+    and no warning that the plugin's package cannot be assertion-rewritten: the outer
+    process imported it already, and an editable install's import finder loads it without
+    pytest's rewriting hook where the checkout is not on ``sys.path`` (``pytest``, not
+    ``python -m pytest``, in one process); that warning would stand in the sub-session's
+    output.
     """
     monkeypatch.delenv("CI", raising=False)
     for name in XDIST_WORKER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    monkeypatch.setenv(
+        "PYTEST_ADDOPTS", "-p no:randomly -W ignore::pytest.PytestAssertRewriteWarning"
+    )
     return pytester
 
 

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import model_zoo
-    from pytest_vram import attribution
     from pytest_vram.backends import create
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
+    from pytest_vram.render import breakdowns as attribution
 
     backend = create(args.backend)
     backend.warmup()

@@ -33,7 +33,7 @@ def _child(what: str) -> None:
     from corpus_workloads import WORKLOADS, _tf
 
     from pytest_vram.backends import create
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     started = time.perf_counter()
     backend = create("estimate")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import model_zoo
     from pytest_vram.backends import create
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     backend = create("estimate")
     t_import = time.perf_counter() - t0

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "plugin")
 
 from vram_scripted import ScriptedBackend  # noqa: E402
 
-from pytest_vram import baselines, strict_yaml  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
+from pytest_vram.store import baselines  # noqa: E402
+from pytest_vram.store import yaml_dialect as strict_yaml  # noqa: E402
 
 
 def _median(fn, repeats: int) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_vram.benchmarking import format_seconds  # noqa: E402
+from pytest_vram.render.terminal import format_seconds  # noqa: E402
 
 
 def table(document: dict) -> list[str]:

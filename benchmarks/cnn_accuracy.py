@@ -171,7 +171,7 @@ def _gpu_conv_keys(net: str, amp: torch.dtype | None, fmt: torch.memory_format) 
 def measure(backend_name: str) -> list[dict[str, Any]]:
     from pytest_vram.backends import create
     from pytest_vram.backends.estimate.kernels import convolution as _conv_workspace
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     backend = create(backend_name)
     backend.warmup()
@@ -224,7 +224,7 @@ def oplog(workload: str) -> list[list[Any]]:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from pytest_vram.backends import create
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     net, setting = workload.split("-", 1)
     _, amp, fmt = next(s for s in SETTINGS if s[0] == setting)

@@ -51,7 +51,7 @@ def measure_all(backend_name: str, names: list[str], budget_s: float) -> dict[st
     from corpus_workloads import EXTRA_WORKLOADS, WORKLOADS
 
     from pytest_vram.backends import create
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     backend = create(backend_name)
     backend.warmup()

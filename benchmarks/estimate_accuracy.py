@@ -52,7 +52,7 @@ MD_NAME = "estimate_accuracy.md"
 def measure(backend_name: str, preset: str, phase: str, workload: str) -> dict[str, Any]:
     """One measurement through the plugin's Meter; returns its figures and timings."""
     import model_zoo
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     backend = _backend(backend_name)
     fn_name, seq_len = WORKLOADS[workload]

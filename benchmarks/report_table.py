@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_vram import baselines  # noqa: E402
+from pytest_vram.store import baselines  # noqa: E402
 
 GiB = 2**30
 LAPTOP_WORKSPACE = 8 * 2**20

@@ -61,8 +61,8 @@ def build(preset: str, phase: str, wrap: str, device: str) -> Any:
 
 def measure(backend: Any, preset: str, phase: str, wrap: str) -> dict[str, Any]:
     import model_zoo
-    from pytest_vram import world
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
+    from pytest_vram.pytest_plugin import world
 
     if backend.name == "estimate":
         scope = world.simulated(1, "sharded_accuracy")

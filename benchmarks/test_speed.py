@@ -51,7 +51,7 @@ def estimator():
     ("preset", "phase"), [(p, ph) for p in model_zoo.REAL_PRESETS for ph in PHASES]
 )
 def test_estimate_pair(benchmark, estimator, preset: str, phase: str) -> None:
-    from pytest_vram.measure import Meter
+    from pytest_vram.measure.meter import Meter
 
     def measure() -> int:
         meter = Meter(estimator)

@@ -23,7 +23,7 @@ log="$out/gpu_check.log"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3 | tee -a "$log"
 # If the entry point did not register (an install that failed offline), load the plugin by name.
 python3 -c "import importlib.metadata as m, sys; sys.exit(not any(e.name == 'vram' for e in m.entry_points(group='pytest11')))" \
-  || export PYTEST_ADDOPTS="-p pytest_vram.plugin ${PYTEST_ADDOPTS:-}"
+  || export PYTEST_ADDOPTS="-p pytest_vram.pytest_plugin.entry ${PYTEST_ADDOPTS:-}"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$log"
 run() { echo "== $*" | tee -a "$log"; local t0=$SECONDS; "$@" 2>&1 | tee -a "$log"; echo "== exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$log"; }
 for step in $steps; do

@@ -18,7 +18,7 @@ def _plugin_args() -> list[str]:
     installed = any(ep.name == "vram" for ep in entry_points(group="pytest11"))
     if installed and not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return []  # autoloaded; naming it again would register it twice
-    return ["-p", "vram" if installed else "pytest_vram.plugin"]
+    return ["-p", "vram" if installed else "pytest_vram.pytest_plugin.entry"]
 
 
 @pytest.fixture

@@ -11,8 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from pytest_vram import artifacts, attribution  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.core.breakdown import growth  # noqa: E402
+from pytest_vram.measure import attribution  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
+from pytest_vram.render import artifacts  # noqa: E402
+from pytest_vram.store import breakdowns  # noqa: E402
 
 MiB = 1 << 20
 D = 1024  # a (D, D) fp32 weight is 4 MiB: a multiple of the allocator's 512 B
@@ -118,24 +121,24 @@ def test_growth_names_a_new_module_and_a_moved_one_is_not_new() -> None:
         ]
     }
     # "attn.inner" has another tail than "attn": only a same-named move is recognised.
-    grown = attribution.growth(current, stored)
+    grown = growth(current, stored)
     assert grown[0] == ("blocks.*.attn.inner (parameters)", 0, 50)
     assert ("blocks.*.extra (parameters)", 0, 40) in grown
     moved = {
         "patterns": [["blocks.*.wrap.attn", "parameters", 50], ["blocks.*", "parameters", 100]]
     }
-    assert attribution.growth(moved, stored) == []
+    assert growth(moved, stored) == []
 
 
 def test_store_round_trips_and_an_unchanged_update_leaves_the_file(tmp_path: Path) -> None:
-    path = attribution.store_path(tmp_path / "estimate.yaml")
+    path = breakdowns.path_for(tmp_path / "estimate.yaml")
     assert path == tmp_path / "breakdowns" / "estimate.yaml"
     breakdown = {"patterns": [["blocks.*", "parameters", 2048], ["lm_head", "activations", 512]]}
-    assert attribution.write_store(path, {"t.py::a": breakdown})
+    assert breakdowns.write(path, {"t.py::a": breakdown})
     before = path.read_bytes()
-    assert not attribution.write_store(path, {"t.py::a": breakdown})
+    assert not breakdowns.write(path, {"t.py::a": breakdown})
     assert path.read_bytes() == before
-    assert attribution.load_store(path) == {
+    assert breakdowns.load(path) == {
         "t.py::a": {"blocks.* (parameters)": 2048, "lm_head (activations)": 512}
     }
 
@@ -205,9 +208,9 @@ def test_backward_nodes_are_named_by_the_module_whose_forward_made_them() -> Non
 
 
 def test_store_drops_pruned_keys(tmp_path: Path) -> None:
-    path = attribution.store_path(tmp_path / "estimate.yaml")
+    path = breakdowns.path_for(tmp_path / "estimate.yaml")
     breakdown = {"patterns": [["lm_head", "activations", 512]]}
-    attribution.write_store(path, {"t.py::a": breakdown, "t.py::gone": breakdown})
-    assert attribution.write_store(path, {}, remove=["t.py::gone"])
-    assert set(attribution.load_store(path)) == {"t.py::a"}
-    assert not attribution.write_store(tmp_path / "none" / "x.yaml", {}, remove=["t.py::a"])
+    breakdowns.write(path, {"t.py::a": breakdown, "t.py::gone": breakdown})
+    assert breakdowns.write(path, {}, remove=["t.py::gone"])
+    assert set(breakdowns.load(path)) == {"t.py::a"}
+    assert not breakdowns.write(tmp_path / "none" / "x.yaml", {}, remove=["t.py::a"])

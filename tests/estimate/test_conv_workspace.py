@@ -22,7 +22,7 @@ F = pytest.importorskip("torch.nn.functional")
 
 from pytest_vram.backends import create  # noqa: E402
 from pytest_vram.backends.estimate.kernels import convolution as cw  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 MiB = 1 << 20
 X_SHAPE, W_SHAPE = (8, 16, 32, 32), (32, 16, 3, 3)

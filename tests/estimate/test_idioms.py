@@ -16,7 +16,7 @@ nn = torch.nn
 from pytest_vram.backends import create  # noqa: E402
 from pytest_vram.backends.estimate import RNNNotModelled  # noqa: E402
 from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 
 def measure(backend: Any, build: Callable[[], Any], work: Callable[[Any], Any] = len) -> Any:

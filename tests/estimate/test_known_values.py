@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from pytest_vram.backends.estimate import EstimateUnsupported, transformers_support  # noqa: E402
 from pytest_vram.backends.estimate.known import KnownValues  # noqa: E402
 from pytest_vram.backends.patching import Patches  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 CUDA = "cuda"
 

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 from pytest_vram.backends import create  # noqa: E402
 from pytest_vram.backends.estimate import EstimateUnsupported, RNNNotModelled  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 
 class _Base:
@@ -109,7 +109,7 @@ def _sharded_step(raise_inside: bool) -> None:
 
     from torch.distributed.fsdp import fully_shard
 
-    from pytest_vram import world
+    from pytest_vram.pytest_plugin import world
 
     pytest.importorskip("transformers.utils.import_utils")
     backend = create("estimate")
@@ -174,9 +174,9 @@ def test_after_a_scope_every_patched_attribute_is_the_original_again(
 PROCESS = """
 import json
 import torch
-from pytest_vram import world
+from pytest_vram.pytest_plugin import world
 from pytest_vram.backends import create, patching
-from pytest_vram.measure import Meter
+from pytest_vram.measure.meter import Meter
 from torch.distributed.fsdp import fully_shard
 
 backend = create("estimate")

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from pytest_vram.backends import create  # noqa: E402
 from pytest_vram.backends.estimate import allocator, kernels  # noqa: E402
 from pytest_vram.backends.estimate.kernels import reduce_launch  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 aten = torch.ops.aten
 f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16

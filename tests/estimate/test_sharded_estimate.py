@@ -25,8 +25,8 @@ import torch.nn as nn  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from pytest_vram import world  # noqa: E402
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
+from pytest_vram.pytest_plugin import world  # noqa: E402
 
 FP16 = 2  # bytes per element
 ROWS, COLS, BATCH = 1024, 1024, 8

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pytest_vram.measure import Meter  # noqa: E402
+from pytest_vram.measure.meter import Meter  # noqa: E402
 
 nn = torch.nn
 SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}

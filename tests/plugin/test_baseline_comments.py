@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from vram_testing import MiB, load
 
-from pytest_vram import __version__, baselines
-from pytest_vram.baselines import Entry
+from pytest_vram import __version__
+from pytest_vram.store import baselines
+from pytest_vram.store.baselines import Entry
 
 COMMENTED = f"""\
 # Figures of the scripted backend; re-record with `pytest --vram-update`.

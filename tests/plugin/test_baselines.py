@@ -12,8 +12,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_vram import baselines, strict_yaml
-from pytest_vram.baselines import (
+from pytest_vram.core.units import MiB, Tolerance
+from pytest_vram.store import baselines, files, yaml_dialect
+from pytest_vram.store.baselines import (
     BaselineError,
     BaselineFile,
     Change,
@@ -25,7 +26,6 @@ from pytest_vram.baselines import (
     update,
     write,
 )
-from pytest_vram.units import MiB, Tolerance
 
 PROFILE = "cuda-h200"
 KEY = "tests/vram/test_zoo.py::test_inference[maximum-phase8]"
@@ -428,7 +428,7 @@ def test_failed_write_leaves_old_file_and_no_temp_file(
     def boom(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(baselines.os, failing, boom)
+    monkeypatch.setattr(files.os, failing, boom)
     # An OSError becomes a BaselineError that names the file (the plugin reports it).
     with pytest.raises(BaselineError, match=r"cannot write the baseline file \(disk full"):
         write(make_file(path, {"tests/other.py::t": Entry(1, 2)}))
@@ -456,7 +456,7 @@ def test_interrupted_write_leaves_old_file(path: Path, monkeypatch: pytest.Monke
             self.handle.write(data[:10])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(baselines.os, "fdopen", Torn)
+    monkeypatch.setattr(files.os, "fdopen", Torn)
     with pytest.raises(KeyboardInterrupt):
         write(make_file(path, {"tests/other.py::t": Entry(1, 2)}))
     monkeypatch.undo()
@@ -612,6 +612,6 @@ def test_stale_keys(path: Path) -> None:
 def test_yaml_module_is_still_the_safe_one() -> None:
     # Guard against a refactor that swaps the strict loader for a full one: both the libyaml
     # and the pure Python variant construct with SafeConstructor and nothing richer.
-    for loader in (strict_yaml.StrictLoader, strict_yaml.PyLoader):
+    for loader in (yaml_dialect.StrictLoader, yaml_dialect.PyLoader):
         assert issubclass(loader, yaml.constructor.SafeConstructor)
         assert not issubclass(loader, yaml.constructor.FullConstructor)

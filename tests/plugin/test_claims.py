@@ -1,4 +1,5 @@
-"""Claims between two figures: exactly on the allowed limit holds, one byte over breaks."""
+"""Claims between two figures: exactly on the allowed limit holds, one byte over breaks;
+and what a verdict says."""
 
 from __future__ import annotations
 
@@ -6,18 +7,16 @@ import json
 
 import pytest
 
-from pytest_vram.claims import (
-    Claim,
-    ClaimError,
-    ClaimKind,
-    Figure,
-    activation,
-    at_most,
-    evaluate,
-    model,
-    peak,
-)
-from pytest_vram.units import MiB, Tolerance
+from pytest_vram.claims import Claim, ClaimError, Figure, activation, model, peak
+from pytest_vram.core.claims import AtMost, ClaimKind, evaluate
+from pytest_vram.core.units import MiB, Tolerance
+from pytest_vram.render.claims import message
+
+
+class _Figures:
+    def __init__(self, model_bytes: int, peak_bytes: int) -> None:
+        self.model_bytes, self.peak_bytes = model_bytes, peak_bytes
+        self.activation_bytes = peak_bytes - model_bytes
 
 
 @pytest.mark.parametrize(
@@ -33,39 +32,34 @@ from pytest_vram.units import MiB, Tolerance
     ],
 )
 def test_at_most_boundaries(value: int, limit: int, tolerance: Tolerance, holds: bool) -> None:
-    result = at_most(value, limit, tolerance=tolerance)
-    assert result.holds is holds
-    assert result.excess == value - limit
+    claim = Claim.at_most("c", peak("a"), limit, within=tolerance)
+    verdict = evaluate(claim, {"a": _Figures(0, value)})
+    assert (verdict.kind is ClaimKind.HOLDS) is holds
+    assert isinstance(verdict.finding, AtMost)
+    assert (verdict.finding.value, verdict.finding.limit) == (value, limit)
 
 
-def test_broken_claim_names_both_figures_the_excess_and_the_tolerance() -> None:
-    result = at_most(
-        6 * 2**30 + 5 * MiB,
-        6 * 2**30,
-        tolerance=Tolerance(relative=0.0005),
-        subject="maximum/train: phase8 peak",
-        reference="phase7 peak",
-    )
-    assert not result.holds
-    assert "maximum/train: phase8 peak 6149.0 MiB (6447693824 B)" in result.message
-    assert "phase7 peak 6144.0 MiB (6442450944 B)" in result.message
-    assert "exceeds phase7 peak by 5.0 MiB (5242880 B)" in result.message
-    assert "tolerance 0.05%" in result.message
+def test_broken_claim_names_both_figures_the_delta_and_the_tolerance() -> None:
+    claim = Claim.at_most("c", peak("phase8"), peak("phase7"), within="0.05%")
+    figures = {"phase8": _Figures(0, 6 * 2**30 + 5 * MiB), "phase7": _Figures(0, 6 * 2**30)}
+    verdict = evaluate(claim, figures)
+    assert verdict.kind is ClaimKind.BROKEN
+    text = message(verdict)
+    assert "peak of phase8 6149.0 MiB (6447693824 B)" in text
+    assert "peak of phase7 6144.0 MiB (6442450944 B)" in text
+    assert "+5.0 MiB (+0.08%), over the stated tolerance 0.05% (3.1 MiB)" in text
 
 
 def test_holding_claim_says_so_with_figures() -> None:
-    result = at_most(10 * MiB, 12 * MiB, subject="a", reference="b")
-    assert result.holds
-    assert result.message.startswith("holds: a 10.0 MiB")
+    verdict = evaluate(Claim.at_most("c", peak("a"), peak("b")), {
+        "a": _Figures(0, 10 * MiB), "b": _Figures(0, 12 * MiB)
+    })  # fmt: skip
+    assert verdict.kind is ClaimKind.HOLDS
+    assert message(verdict).startswith("peak of a 10.0 MiB (10485760 B) vs peak of b 12.0 MiB")
+    assert message(verdict).endswith("within the stated tolerance 0B")
 
 
 # --------------------------------------------------------------------------- declarations
-
-
-class _Figures:
-    def __init__(self, model_bytes: int, peak_bytes: int) -> None:
-        self.model_bytes, self.peak_bytes = model_bytes, peak_bytes
-        self.activation_bytes = peak_bytes - model_bytes
 
 
 def test_declared_claim_on_the_limit_holds_and_one_byte_over_breaks() -> None:
@@ -82,7 +76,7 @@ def test_expected_contradiction_quotes_the_figures_and_is_strict() -> None:
     claim = Claim.at_most("c", peak("a"), "1KiB", expect_broken="a is too big")
     broken = evaluate(claim, {"a": _Figures(0, 1025)})
     assert broken.kind is ClaimKind.BROKEN_AS_EXPECTED and not broken.fails
-    assert broken.message.startswith("a is too big: peak of a 1.0 KiB (1025 B) vs the limit")
+    assert message(broken).startswith("a is too big: peak of a 1.0 KiB (1025 B) vs the limit")
     fixed = evaluate(claim, {"a": _Figures(0, 1024)})
     assert fixed.kind is ClaimKind.HOLDS_UNEXPECTEDLY and fixed.fails
 
@@ -91,7 +85,7 @@ def test_missing_figures_never_hold() -> None:
     claim = Claim.at_most("c", peak("a"), peak("b"))
     verdict = evaluate(claim, {"a": _Figures(0, 1)}, {"b": "t.py::b was deselected"})
     assert verdict.kind is ClaimKind.INCOMPLETE
-    assert verdict.message == "not evaluated: no figures for b (t.py::b was deselected)"
+    assert message(verdict) == "not evaluated: no figures for b (t.py::b was deselected)"
 
 
 @pytest.mark.parametrize(

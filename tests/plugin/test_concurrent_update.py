@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from vram_testing import QUIET, SCRIPTED, load, plugin_args
 
-from pytest_vram import baselines
-from pytest_vram.baselines import BaselineError, Entry
+from pytest_vram.store import baselines, files
+from pytest_vram.store.baselines import BaselineError, Entry
 
 PAIRS = 20
 RECORDED = {"backend": "scripted"}
@@ -83,8 +83,8 @@ def test_conflict_is_said_in_the_session_output(vram_pytester, run_vram):
     vram_pytester.makepyfile(
         test_r="""
         from pathlib import Path
-        from pytest_vram import baselines
-        from pytest_vram.baselines import BaselineError, Entry
+        from pytest_vram.store import baselines
+        from pytest_vram.store.baselines import BaselineError, Entry
 
         def test_a(vram):
             vram.run(vram.backend.spike, 4096)
@@ -160,19 +160,19 @@ def test_an_update_leaves_nothing_beside_the_baseline(tmp_path: Path) -> None:
     baselines.update(path, "scripted", {"k": Entry(0, 1)}, setup=RECORDED)
     assert list(tmp_path.iterdir()) == [path]
     # the lock lies in the machine's temporary directory, the same for every spelling
-    lock = baselines.lock_path(path)
+    lock = files.lock_path(path)
     assert lock.exists() and not lock.is_relative_to(tmp_path)
     link = tmp_path / "link.yaml"
     link.symlink_to(path)
-    assert baselines.lock_path(link) == lock
-    assert baselines.lock_path(tmp_path / "sub" / ".." / "scripted.yaml") == lock
+    assert files.lock_path(link) == lock
+    assert files.lock_path(tmp_path / "sub" / ".." / "scripted.yaml") == lock
 
 
 def test_unopenable_lock_file_is_an_error_at_once(tmp_path: Path) -> None:
     # What a read-only baselines directory gives: filelock alone would wait out its timeout
     # (120 s) and then blame another run.
     path = tmp_path / "scripted.yaml"
-    lock = baselines.lock_path(path)
+    lock = files.lock_path(path)
     lock.parent.mkdir(exist_ok=True)
     lock.mkdir()  # a directory cannot be opened as the lock file
     try:

@@ -15,19 +15,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vram_scripted import MiB, ScriptedBackend
 
-from pytest_vram import baselines, marks, strict_yaml
-from pytest_vram.baselines import BaselineError
-from pytest_vram.measure import Meter
-from pytest_vram.units import UnitError, parse_size, parse_tolerance
+from pytest_vram.core import marks
+from pytest_vram.core.units import UnitError, parse_size, parse_tolerance
+from pytest_vram.measure.meter import Meter
+from pytest_vram.store import baselines, yaml_dialect
+from pytest_vram.store.baselines import BaselineError
 
 PATH = Path("baselines/scripted.yaml")
-LOADERS = [strict_yaml.StrictLoader, strict_yaml.PyLoader]
+LOADERS = [yaml_dialect.StrictLoader, yaml_dialect.PyLoader]
 
 
 @pytest.fixture(params=LOADERS, ids=lambda loader: loader.__name__)
 def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type:
     """Each test runs with the libyaml parser and with the pure Python one."""
-    monkeypatch.setattr(strict_yaml, "StrictLoader", request.param)
+    monkeypatch.setattr(yaml_dialect, "StrictLoader", request.param)
     return request.param
 
 
@@ -97,7 +98,7 @@ def test_committed_baselines_read_the_same_with_both_loaders() -> None:
         first = baselines.parse(text, path)
         assert baselines.dump(first) == text  # canonical: a no-change rewrite is byte-identical
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(strict_yaml, "StrictLoader", strict_yaml.PyLoader)
+            patch.setattr(yaml_dialect, "StrictLoader", yaml_dialect.PyLoader)
             assert baselines.parse(text, path) == first
 
 
@@ -207,7 +208,7 @@ _yaml_text = st.one_of(
 def test_fuzz_any_yaml_document_gives_a_baseline_or_a_baseline_error(text: str) -> None:
     for loader in LOADERS:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(strict_yaml, "StrictLoader", loader)
+            patch.setattr(yaml_dialect, "StrictLoader", loader)
             try:
                 baselines.parse(text, PATH)
             except BaselineError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_vram.measure import is_out_of_memory
+from pytest_vram.measure.meter import is_out_of_memory
 
 OUT_OF_MEMORY = """
     import pytest

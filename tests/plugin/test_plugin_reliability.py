@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from vram_testing import MiB, load, write_baseline
 
-from pytest_vram import baselines
+from pytest_vram.store import baselines, files
 
 ONE_TEST = """
     MiB = 1024**2
@@ -178,7 +178,7 @@ def test_write_error_at_update_is_reported_after_the_table(
     vram_pytester.makepyfile(test_r=ONE_TEST)
     path = write_baseline(vram_pytester, {A: (0, 4 * MiB)})
     before = path.read_bytes()
-    monkeypatch.setattr(baselines, "_open_temp", _fail_with(exc))
+    monkeypatch.setattr(files, "_open_temp", _fail_with(exc))
     result = run_vram("--vram-update")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(

@@ -1,13 +1,17 @@
 """How the plugin is put together: markers evaluated once, verdicts that keep their kind,
-feature hooks registered only where they are needed."""
+hook classes registered once at configure, no torch at import, no import cycle."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
-from pytest_vram import marks
-from pytest_vram.report import Record
-from pytest_vram.verdicts import Kind
+import pytest_vram
+from pytest_vram.core import marks
+from pytest_vram.core.records import Record
+from pytest_vram.core.verdicts import Kind
 
 
 def test_markers_are_evaluated_once_per_test(vram_pytester, run_vram, monkeypatch):
@@ -48,126 +52,207 @@ def test_a_record_reads_its_verdict_back_as_a_kind():
     assert record.kind is Kind.OVER_BUDGET
 
 
-FEATURES_PROBE = """
-def pytest_collection_finish(session):
-    config = session.config
-    names = {"vram-claims", "vram-benchmark"}
-    found = {n for n in names if config.pluginmanager.get_plugin(n) is not None}
-    print("FEATURES", sorted(found))
-"""
+HOOKS = (
+    "vram-collection",
+    "vram-session",
+    "vram-measure",
+    "vram-garbage",
+    "vram-benchmark",
+    "vram-worker",
+    "vram-aggregate",
+    "vram-controller",
+    "vram-claims",
+    "vram-reports",
+)
 
+REGISTERED_PROBE = f"""
+import os
 
-def test_feature_hooks_are_registered_only_where_needed(vram_pytester):
-    # The conftest is registered before the plugin's hook classes: its hook runs after theirs.
-    vram_pytester.makeconftest(FEATURES_PROBE)
-    vram_pytester.makepyfile(test_x="def test_x(): pass")
-    from vram_testing import QUIET, SCRIPTED, plugin_args
-
-    plain = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
-    plain.stdout.fnmatch_lines(["FEATURES []"])  # no vram test: nothing activated
-    vram_pytester.makepyfile(test_m="def test_m(vram): pass")
-    # the scripted backend: an in-process estimator would import torch's compiler stack,
-    # which pytester drops afterwards, and the next test of the process re-imports it
-    args = (*plugin_args(), *QUIET, "-s", "--vram-no-strict", SCRIPTED)
-    without = vram_pytester.runpytest(*args, "-p", "no:benchmark")
-    without.stdout.fnmatch_lines(["FEATURES ['vram-claims']"])
-    pytest.importorskip("pytest_benchmark")
-    with_benchmark = vram_pytester.runpytest(*args)
-    with_benchmark.stdout.fnmatch_lines(["FEATURES ['vram-benchmark', 'vram-claims']"])
-
-
-ROLE_PROBE = """
 import pytest
 
-def role(config, when):
-    manager = config.pluginmanager
-    names = ["vram-session", "vram-aggregate", "vram-worker", "vram-controller"]
-    print("ROLE", when, "+".join(n for n in names if manager.get_plugin(n) is not None) or "-")
+NAMES = {HOOKS!r}
 
-def pytest_sessionstart(session):
-    role(session.config, "start")
+def registered(config, when):
+    manager = config.pluginmanager
+    found = "+".join(n for n in NAMES if manager.get_plugin(n) is not None)
+    role = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(config.rootpath / f"registered-{{role}}.txt", "a") as out:
+        out.write(f"{{when}} {{found}}\\n")
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    registered(config, "configure")
+
+def pytest_collection_finish(session):
+    registered(session.config, "collected")
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session):
-    role(session.config, "finish")
+    registered(session.config, "finish")
 """
 
 
-def test_the_session_end_hooks_are_the_process_role(vram_pytester):
-    vram_pytester.makeconftest(ROLE_PROBE)
+def registered(pytester: pytest.Pytester, role: str = "main") -> list[str]:
+    """What the probe saw at configure, after collection and at the session's end, and
+    forget it for the next run."""
+    path = pytester.path / f"registered-{role}.txt"
+    lines = path.read_text().splitlines()
+    path.unlink()
+    return lines
+
+
+def names(*left_out: str) -> str:
+    return "+".join(n for n in HOOKS if n not in left_out)
+
+
+def test_hooks_are_registered_once_at_configure(vram_pytester):
+    # Whatever the run holds (plain tests, vram tests, claims, report files), the same hook
+    # classes are registered at configure and stay until the end: each acts on what there is.
+    vram_pytester.makeconftest(REGISTERED_PROBE)
     vram_pytester.makepyfile(test_x="def test_x(): pass")
     from vram_testing import QUIET, SCRIPTED, plugin_args
 
-    # Nothing to measure, judge or write: no session at all.
-    plain = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s")
-    plain.stdout.fnmatch_lines(["ROLE start -", "*ROLE finish -"])
-    # A report file is written whatever is collected: the session exists from the start.
-    roles = "vram-session+vram-aggregate+vram-controller"
-    report = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "--vram-json=r.json")
-    report.stdout.fnmatch_lines([f"ROLE start {roles}", f"*ROLE finish {roles}"])
-    # A vram test activates it when the collection finds it.
-    vram_pytester.makepyfile(test_m="def test_m(vram): pass")
-    measured = vram_pytester.runpytest(*plugin_args(), *QUIET, "-s", "--vram-no-strict", SCRIPTED)
-    measured.stdout.fnmatch_lines(["ROLE start -", f"*ROLE finish {roles}"])
+    args = (*plugin_args(), *QUIET, "--vram-no-strict", SCRIPTED)
+    single = names("vram-worker", "vram-benchmark")
+    every_phase = [f"configure {single}", f"collected {single}", f"finish {single}"]
+    vram_pytester.runpytest(*args, "-p", "no:benchmark").assert_outcomes(passed=1)
+    assert registered(vram_pytester) == every_phase
+    vram_pytester.makepyfile(
+        test_m="def test_m(vram): vram.run(vram.backend.spike, 1)",
+        test_declared="""
+        from pytest_vram.claims import Claim, peak
+
+        vram_claims = [Claim.at_most("c", peak("test_m.py::test_m"), "1MiB")]
+        """,
+    )
+    measured = vram_pytester.runpytest(*args, "-p", "no:benchmark", "--vram-json=r.json")
+    measured.assert_outcomes(passed=3)
+    assert registered(vram_pytester) == every_phase
+    pytest.importorskip("pytest_benchmark")
+    vram_pytester.runpytest(*args).assert_outcomes(passed=3)
+    assert registered(vram_pytester)[0] == f"configure {names('vram-worker')}"
 
 
-def test_a_suite_without_vram_tests_imports_only_the_entry_point(vram_pytester):
-    # Each module of the plugin costs a suite without vram tests its load through pytest's
-    # assertion-rewriting hook (docs/suite.md, "Plugin overhead").
+def test_an_xdist_worker_sends_its_collection_instead_of_aggregating(vram_pytester):
+    pytest.importorskip("xdist")
+    vram_pytester.makeconftest(REGISTERED_PROBE)
+    vram_pytester.makepyfile(test_m="def test_m(vram): vram.run(vram.backend.spike, 1)")
+    from vram_testing import QUIET, SCRIPTED, plugin_args
+
+    args = (*plugin_args(), *QUIET, "--vram-no-strict", SCRIPTED, "-p", "no:benchmark")
+    vram_pytester.runpytest_subprocess(*args, "-n", "1").assert_outcomes(passed=1)
+    controller = names("vram-worker", "vram-benchmark")
+    worker = names("vram-aggregate", "vram-controller", "vram-benchmark")
+    assert set(registered(vram_pytester)) == {f"configure {controller}", f"finish {controller}"}
+    assert registered(vram_pytester, "gw0") == [
+        f"configure {worker}",
+        f"collected {worker}",
+        f"finish {worker}",
+    ]
+
+
+def test_importing_the_plugin_imports_neither_torch_nor_a_backend(vram_pytester):
+    # A project with the plugin installed and no vram test pays nothing for torch: the
+    # backend module (and torch with it) is imported at the first measurement.
     vram_pytester.makeconftest(
         """
         import sys
 
         def pytest_unconfigure(config):
-            print("MODULES", sorted(m for m in sys.modules if m.startswith("pytest_vram")))
+            chosen = ("pytest_vram.backends.cuda", "pytest_vram.backends.estimate")
+            print("BACKENDS", sorted(m for m in sys.modules if m.startswith(chosen)))
+            print("TORCH", sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
         """
     )
     vram_pytester.makepyfile(test_x="def test_x(): pass")
     from vram_testing import QUIET, plugin_args
 
     result = vram_pytester.runpytest_subprocess(*plugin_args(), *QUIET, "-s", "-p", "no:xdist")
-    result.stdout.fnmatch_lines(
-        [
-            "MODULES ['pytest_vram', 'pytest_vram.backends', 'pytest_vram.marker', "
-            "'pytest_vram.plugin']"
-        ]
-    )
+    result.stdout.fnmatch_lines(["BACKENDS []", "TORCH []"])
 
 
-MEASURING_PROBE = """
-def pytest_collection_finish(session):
-    manager = session.config.pluginmanager
-    names = ("vram-measure", "vram-garbage", "vram-measured-output", "vram-reports")
-    print("MEASURING", [n for n in names if manager.get_plugin(n) is not None])
-"""
+def _imports(tree: ast.Module, module: str, is_package: bool) -> list[tuple[str, ...]]:
+    """What ``module`` imports, anywhere in its code (function-local imports and
+    ``TYPE_CHECKING`` blocks included): per import, the names it could mean, most specific
+    first (``from a import b`` is the module ``a.b`` if there is one, else a name in ``a``)."""
+    found: list[tuple[str, ...]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name,) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")
+                parts = parts if is_package else parts[:-1]
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            found.extend((f"{base}.{alias.name}", base) for alias in node.names)
+    return found
 
 
-def test_a_run_without_vram_tests_drops_the_hooks_of_measured_tests(vram_pytester, run_vram):
-    # The conftest is registered before the plugin's hook classes: its hook runs after theirs.
-    vram_pytester.makeconftest(MEASURING_PROBE)
-    vram_pytester.makepyfile(test_plain="def test_a(): pass\ndef test_b(): pass")
-    run_vram("-s").stdout.fnmatch_lines(["MEASURING []"])
-    vram_pytester.makepyfile(test_model="def test_m(vram): pass")
-    result = run_vram("-s", "--vram-no-strict")
-    result.stdout.fnmatch_lines(
-        ["MEASURING ['vram-measure', 'vram-garbage', 'vram-measured-output', 'vram-reports']"]
-    )
+def _graph() -> dict[str, set[str]]:
+    """The package's import graph: module -> the package's modules it imports.
+
+    A package's ``__init__`` runs before any of its modules, but that is no edge: an
+    ``__init__`` that imports its own modules is how a package presents them.
+    """
+    root = Path(pytest_vram.__file__).parent
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        files[".".join(parts)] = path
+
+    def resolve(candidates: tuple[str, ...]) -> str | None:
+        for name in candidates:
+            while name:
+                if name in files:
+                    return name
+                name = name.rpartition(".")[0]
+        return None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        found = {resolve(c) for c in _imports(tree, module, path.name == "__init__.py")}
+        graph[module] = {m for m in found if m is not None and m != module}
+    return graph
 
 
-def test_a_run_that_declares_claims_keeps_the_report_hook(vram_pytester, run_vram):
-    # Claims need every test's outcome even where no collected test measures.
-    vram_pytester.makeconftest(MEASURING_PROBE)
-    vram_pytester.makepyfile(
-        test_declared="""
-        from pytest_vram.claims import Claim, peak
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (its modules in order, the first repeated), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
 
-        vram_claims = [Claim.at_most("c", peak("test_m.py::test_m"), "1MiB")]
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
 
-        def test_a():
-            pass
-        """
-    )
-    run_vram("-s").stdout.fnmatch_lines(["MEASURING ['vram-reports']"])
+    for module in sorted(graph):
+        if module not in state and (found := visit(module)):
+            return found
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _graph()
+    assert "pytest_vram.pytest_plugin.entry" in graph  # the walk found the package
+    cycle = _cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_a_measurement_the_collection_did_not_announce_is_still_judged(vram_pytester, run_vram):

@@ -6,7 +6,7 @@ import dataclasses
 
 from vram_testing import MiB, load, write_baseline
 
-from pytest_vram import baselines
+from pytest_vram.store import baselines
 
 TWO_TESTS = """
     MiB = 1024**2

@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 from vram_testing import MiB, load
 
-from pytest_vram import baselines, marks
-from pytest_vram.baselines import BaselineFile, Entry
-from pytest_vram.plugin import Settings
-from pytest_vram.session import NOTHING_MEASURED, VramSession
-from pytest_vram.units import parse_tolerance
-from pytest_vram.verdicts import Kind
+from pytest_vram.core import marks
+from pytest_vram.core.units import parse_tolerance
+from pytest_vram.core.verdicts import Kind
+from pytest_vram.pytest_plugin.options import Settings
+from pytest_vram.pytest_plugin.session import VramSession
+from pytest_vram.render.json_report import record_property
+from pytest_vram.render.verdicts import NOTHING_MEASURED
+from pytest_vram.store import baselines
+from pytest_vram.store.baselines import BaselineFile, Entry
 
 NODE = "test_m.py::test_a"
 
@@ -55,7 +58,7 @@ def measured(session: VramSession, nodeid: str, peak: int) -> list:
     probe.finish()
     records = session.judge(nodeid, probe)
     session.add_report(nodeid, "call", True, [])
-    session.add_report(nodeid, "teardown", True, [r.to_property() for r in records])
+    session.add_report(nodeid, "teardown", True, [record_property(r) for r in records])
     return records
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_vram.units import (
+from pytest_vram.core.units import (
     GiB,
     KiB,
     MiB,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import pytest
 
-from pytest_vram.baselines import Entry
-from pytest_vram.units import GiB, MiB, Tolerance
-from pytest_vram.verdicts import SEVERITY, Kind, Verdict, failed, judge, worst
+from pytest_vram.core.figures import MemoryFigures
+from pytest_vram.core.records import Record
+from pytest_vram.core.units import GiB, MiB, Tolerance
+from pytest_vram.core.verdicts import SEVERITY, Kind, Verdict, judge, worst
+from pytest_vram.render.verdicts import detail, summary
+from pytest_vram.store.baselines import Entry
 
 KEY = "tests/vram/test_zoo.py::test_inference[maximum-phase8]"
 PATH = "baselines/cuda-h200.yaml"
@@ -23,6 +28,60 @@ def kinds(verdicts: list[Verdict]) -> list[Kind]:
     return [v.kind for v in verdicts]
 
 
+class Said(NamedTuple):
+    """A verdict with what the report says about it."""
+
+    key: str
+    kind: Kind
+    fails: bool
+    summary: str
+    detail: str
+
+
+def said(
+    measured: MemoryFigures,
+    baseline: MemoryFigures | None,
+    *,
+    key: str = KEY,
+    nodeid: str | None = None,
+    baseline_path: str = "",
+    tolerance: Tolerance,
+    budget: int | None = None,
+    reserved: int | None = None,
+    reserved_budget: int | None = None,
+    **policy: Any,
+) -> list[Said]:
+    """Judge as the session does and render each verdict as the report does."""
+    verdicts = judge(
+        measured,
+        baseline,
+        tolerance=tolerance,
+        budget=budget,
+        reserved=reserved,
+        reserved_budget=reserved_budget,
+        **policy,
+    )
+    record = Record(
+        key=key,
+        nodeid=nodeid or key,
+        name=None,
+        profile="p",
+        baseline_path=baseline_path,
+        params=None,
+        model_bytes=measured.model_bytes,
+        peak_bytes=measured.peak_bytes,
+        setup={},
+        tolerance=tolerance,
+        budget=budget,
+        baseline_model_bytes=baseline.model_bytes if baseline else None,
+        baseline_peak_bytes=baseline.peak_bytes if baseline else None,
+        verdicts=tuple(verdicts),
+        reserved_bytes=reserved,
+        reserved_budget=reserved_budget,
+    )
+    return [Said(key, v.kind, v.fails, summary(record, v), detail(record, v)) for v in verdicts]
+
+
 @pytest.mark.parametrize(
     ("peak", "expected"),
     [
@@ -34,7 +93,7 @@ def kinds(verdicts: list[Verdict]) -> list[Kind]:
     ],
 )
 def test_peak_against_baseline_and_tolerance(peak: int, expected: Kind) -> None:
-    verdicts = judge(KEY, Entry(MODEL, peak), BASE, tolerance=HALF_PERCENT)
+    verdicts = judge(Entry(MODEL, peak), BASE, tolerance=HALF_PERCENT)
     assert kinds(verdicts) == [expected]
     assert verdicts[0].fails is (expected is Kind.REGRESSION)
 
@@ -49,7 +108,7 @@ def test_peak_against_baseline_and_tolerance(peak: int, expected: Kind) -> None:
     ],
 )
 def test_model_bytes_are_compared_too(model: int, expected: Kind) -> None:
-    verdicts = judge(KEY, Entry(model, PEAK), BASE, tolerance=HALF_PERCENT)
+    verdicts = judge(Entry(model, PEAK), BASE, tolerance=HALF_PERCENT)
     assert kinds(verdicts) == [expected]
 
 
@@ -67,21 +126,21 @@ def test_model_bytes_are_compared_too(model: int, expected: Kind) -> None:
 )
 def test_tolerance_forms(tolerance: Tolerance, peak: int, expected: Kind) -> None:
     # The model is unchanged, so only the peak can move the verdict.
-    assert kinds(judge(KEY, Entry(MODEL, peak), BASE, tolerance=tolerance)) == [expected]
+    assert kinds(judge(Entry(MODEL, peak), BASE, tolerance=tolerance)) == [expected]
 
 
 def test_peak_regression_and_model_improvement_are_both_reported() -> None:
     measured = Entry(MODEL - 100 * MiB, PEAK + 100 * MiB)
-    verdicts = judge(KEY, measured, BASE, tolerance=HALF_PERCENT)
+    verdicts = said(measured, BASE, tolerance=HALF_PERCENT)
     assert kinds(verdicts) == [Kind.REGRESSION, Kind.IMPROVEMENT]
     assert "peak" in verdicts[0].detail and "model" not in verdicts[0].detail.split(". ")[1]
     assert verdicts[1].summary.startswith("model -100.0 MiB")
-    assert [v.kind for v in failed(verdicts)] == [Kind.REGRESSION]
+    assert [v.kind for v in verdicts if v.fails] == [Kind.REGRESSION]
 
 
 def test_both_fields_regressing_make_one_verdict_naming_both() -> None:
     measured = Entry(MODEL + 100 * MiB, PEAK + 100 * MiB)
-    (verdict,) = judge(KEY, measured, BASE, tolerance=HALF_PERCENT)
+    (verdict,) = said(measured, BASE, tolerance=HALF_PERCENT)
     assert verdict.kind is Kind.REGRESSION
     assert verdict.summary == "+100.0 MiB (+1.68%); model +100.0 MiB (+1.70%)"
     assert f"peak {PEAK + 100 * MiB} B" in verdict.detail
@@ -98,8 +157,8 @@ def test_both_fields_regressing_make_one_verdict_naming_both() -> None:
     ],
 )
 def test_no_baseline(strict: bool, update: bool, expected: Kind, fails: bool) -> None:
-    (verdict,) = judge(
-        KEY, BASE, None, tolerance=HALF_PERCENT, strict=strict, update=update, baseline_path=PATH
+    (verdict,) = said(
+        BASE, None, tolerance=HALF_PERCENT, strict=strict, update=update, baseline_path=PATH
     )
     assert (verdict.kind, verdict.fails) == (expected, fails)
     assert PATH in verdict.detail
@@ -116,7 +175,7 @@ def test_no_baseline(strict: bool, update: bool, expected: Kind, fails: bool) ->
     ],
 )
 def test_update_mode(peak: int, expected: Kind) -> None:
-    verdicts = judge(KEY, Entry(MODEL, peak), BASE, tolerance=HALF_PERCENT, update=True)
+    verdicts = judge(Entry(MODEL, peak), BASE, tolerance=HALF_PERCENT, update=True)
     assert kinds(verdicts) == [expected]
     assert not verdicts[0].fails
 
@@ -137,7 +196,7 @@ def test_budget_is_independent_of_the_baseline(
     peak: int, budget: int, update: bool, baseline: Entry | None, expected: list[Kind]
 ) -> None:
     verdicts = judge(
-        KEY, Entry(MODEL, peak), baseline, tolerance=HALF_PERCENT, budget=budget, update=update
+        Entry(MODEL, peak), baseline, tolerance=HALF_PERCENT, budget=budget, update=update
     )
     assert kinds(verdicts) == expected
     assert any(v.fails for v in verdicts) is (
@@ -147,8 +206,7 @@ def test_budget_is_independent_of_the_baseline(
 
 def test_regression_detail_names_figures_delta_tolerance_and_fix() -> None:
     measured = Entry(MODEL, PEAK + 12 * MiB + PEAK_ALLOWANCE)
-    (verdict,) = judge(
-        KEY,
+    (verdict,) = said(
         measured,
         BASE,
         tolerance=HALF_PERCENT,
@@ -172,10 +230,10 @@ def test_regression_detail_names_figures_delta_tolerance_and_fix() -> None:
 
 def test_improvement_tells_how_to_lock_it_in_for_the_nodeid() -> None:
     key = "tests/test_x.py::test_train[tiny]::backward"
-    (verdict,) = judge(
-        key,
+    (verdict,) = said(
         Entry(MODEL, PEAK - 100 * MiB),
         BASE,
+        key=key,
         tolerance=HALF_PERCENT,
         nodeid="tests/test_x.py::test_train[tiny]",
         baseline_path=PATH,
@@ -189,7 +247,7 @@ def test_improvement_tells_how_to_lock_it_in_for_the_nodeid() -> None:
 
 def test_over_budget_detail() -> None:
     budget = 5 * GiB
-    (verdict,) = judge(KEY, BASE, BASE, tolerance=HALF_PERCENT, budget=budget)
+    (verdict,) = said(BASE, BASE, tolerance=HALF_PERCENT, budget=budget)
     assert verdict.kind is Kind.OVER_BUDGET
     assert f"peak {PEAK} B (5947.2 MiB) is over the budget {budget} B (5120.0 MiB)" in (
         verdict.detail
@@ -199,29 +257,29 @@ def test_over_budget_detail() -> None:
 
 
 def test_missing_detail_says_how_to_record() -> None:
-    (verdict,) = judge(KEY, BASE, None, tolerance=HALF_PERCENT, strict=True, baseline_path=PATH)
+    (verdict,) = said(BASE, None, tolerance=HALF_PERCENT, strict=True, baseline_path=PATH)
     assert "strict mode" in verdict.detail
     assert f"pytest --vram-update '{KEY}'" in verdict.detail
     assert f"commit {PATH}" in verdict.detail
 
 
 def test_pass_summary_shows_the_delta() -> None:
-    (verdict,) = judge(KEY, Entry(MODEL, PEAK + MiB), BASE, tolerance=HALF_PERCENT)
+    (verdict,) = said(Entry(MODEL, PEAK + MiB), BASE, tolerance=HALF_PERCENT)
     assert verdict.summary == "+1.0 MiB (+0.02%)"
     assert "within tolerance 0.5%" in verdict.detail
 
 
 def test_zero_baseline() -> None:
     zero = Entry(0, 0)
-    assert kinds(judge(KEY, zero, zero, tolerance=HALF_PERCENT)) == [Kind.PASS]
-    (verdict,) = judge(KEY, Entry(0, 512), zero, tolerance=HALF_PERCENT)
+    assert kinds(said(zero, zero, tolerance=HALF_PERCENT)) == [Kind.PASS]
+    (verdict,) = said(Entry(0, 512), zero, tolerance=HALF_PERCENT)
     assert verdict.kind is Kind.REGRESSION
     assert verdict.summary == "+512 B (baseline 0 B)"
 
 
 def test_worst_orders_by_severity() -> None:
     def v(kind: Kind) -> Verdict:
-        return Verdict(kind, KEY, "", "", fails=kind in {Kind.REGRESSION, Kind.OVER_BUDGET})
+        return Verdict(kind, fails=kind in {Kind.REGRESSION, Kind.OVER_BUDGET})
 
     assert worst([v(Kind.PASS)]).kind is Kind.PASS
     assert worst([v(Kind.IMPROVEMENT), v(Kind.REGRESSION)]).kind is Kind.REGRESSION
@@ -242,12 +300,10 @@ def test_failing_kinds_rank_above_non_failing_ones() -> None:
     [(2 * GiB, False), (2 * GiB + 1, True), (None, True)],
 )
 def test_reserved_budget_boundary(reserved: int | None, fails: bool) -> None:
-    verdicts = judge(
-        KEY, BASE, BASE, tolerance=HALF_PERCENT, reserved=reserved, reserved_budget=2 * GiB
-    )
-    assert bool(failed(verdicts)) is fails
+    verdicts = said(BASE, BASE, tolerance=HALF_PERCENT, reserved=reserved, reserved_budget=2 * GiB)
+    assert bool([v for v in verdicts if v.fails]) is fails
     if fails:
-        (verdict,) = failed(verdicts)
+        (verdict,) = [v for v in verdicts if v.fails]
         assert verdict.kind is Kind.OVER_BUDGET
         expected = "cannot be checked" if reserved is None else "over the reserved_budget"
         assert expected in verdict.detail

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vram.core.units import Tolerance, parse_tolerance
+
 # PyYAML's C parser (the `_yaml` extension, which Python never imports twice) builds its
 # events from the `yaml` package it first saw. pytester's in-process runs drop the modules
 # a run imported, so a run that imported `yaml` first left the next one a new `yaml` whose
 # event classes the parser does not produce (UnboundLocalError in yaml.composer, in any
-# file run alone). The plugin imports PyYAML on first use; the tests import it up front.
-from pytest_vram import baselines, strict_yaml  # noqa: F401
-from pytest_vram.baselines import BaselineFile, Entry
-from pytest_vram.units import Tolerance, parse_tolerance
+# file run alone). The tests import it up front, also where the plugin is not autoloaded.
+from pytest_vram.store import baselines, yaml_dialect  # noqa: F401
+from pytest_vram.store.baselines import BaselineFile, Entry
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -30,9 +31,9 @@ def plugin_args() -> list[str]:
     """Load the plugin in sub-sessions whether or not the package is installed."""
     installed = any(ep.name == "vram" for ep in entry_points(group="pytest11"))
     if installed and not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        # It autoloads; `-p pytest_vram.plugin` on top would register the module twice.
+        # It autoloads; `-p pytest_vram.pytest_plugin.entry` on top would register the module twice.
         return []
-    return ["-p", "vram" if installed else "pytest_vram.plugin"]
+    return ["-p", "vram" if installed else "pytest_vram.pytest_plugin.entry"]
 
 
 def write_baseline(

@@ -36,9 +36,9 @@ import torch.nn as nn
 import zoo_copy
 
 import model_zoo
-from pytest_vram import baselines
 from pytest_vram.backends import create
-from pytest_vram.units import format_delta, format_size
+from pytest_vram.core.units import format_delta, format_size
+from pytest_vram.store import baselines
 
 HERE = Path(__file__).resolve().parent
 SUITE_FILE = "test_zoo_copy.py"
@@ -60,7 +60,7 @@ def plugin_args() -> list[str]:
     installed = any(ep.name == "vram" for ep in entry_points(group="pytest11"))
     if installed and not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         return []  # autoloaded; naming it again would register it twice
-    return ["-p", "vram" if installed else "pytest_vram.plugin"]
+    return ["-p", "vram" if installed else "pytest_vram.pytest_plugin.entry"]
 
 
 def allocator_bytes(nbytes: int) -> int:

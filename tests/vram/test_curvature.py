@@ -17,7 +17,7 @@ import pytest
 import model_zoo
 from pytest_vram.backends import create
 from pytest_vram.backends.base import Backend
-from pytest_vram.measure import Meter
+from pytest_vram.measure.meter import Meter
 
 pytestmark = pytest.mark.vram
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import model_zoo
-from pytest_vram.measure import Measurement
+from pytest_vram.measure.meter import Measurement
 
 #: the file whose tests measure the pairs; baseline keys are relative to the rootdir
 ZOO_TESTS = "tests/vram/test_zoo.py"

@@ -1,0 +1,160 @@
+"""Verdicts: measurement + baseline + policy -> what happened and whether a test fails.
+
+Pure functions over plain figures, no pytest: the decision stays separate from pytest
+plumbing, and every rule is testable with a table. A :class:`Verdict` is structured data
+(its kind, whether it fails, the figures it is about); :mod:`pytest_vram.render.verdicts`
+turns it into words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+from pytest_vram.core.figures import MemoryFigures
+from pytest_vram.core.units import Tolerance
+
+
+class Kind(enum.Enum):
+    """What happened to one measurement, judged against its baseline and budget."""
+
+    PASS = "pass"
+    NEW = "new"
+    MISSING = "missing"
+    REGRESSION = "regression"
+    IMPROVEMENT = "improvement"
+    OVER_BUDGET = "over budget"
+    UPDATED = "updated"
+
+
+#: Most severe first; :func:`worst` picks by this order.
+SEVERITY: tuple[Kind, ...] = (
+    Kind.OVER_BUDGET,
+    Kind.REGRESSION,
+    Kind.MISSING,
+    Kind.IMPROVEMENT,
+    Kind.NEW,
+    Kind.UPDATED,
+    Kind.PASS,
+)
+
+#: Compared fields, headline first. The peak is what runs out of memory; the model figure
+#: is compared too because a model growing inside an unchanged peak is still news.
+COMPARED = ("peak_bytes", "model_bytes")
+#: The field a ``reserved_budget`` limits.
+RESERVED = "reserved_bytes"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One judgement about one measurement.
+
+    ``fields`` are the figures it is about, headline first: the ones that crossed the
+    tolerance (REGRESSION, IMPROVEMENT), the one over its ceiling (OVER_BUDGET:
+    ``peak_bytes`` against the budget, ``reserved_bytes`` against the reserved budget), both
+    compared figures otherwise. ``updating``: judged while the baseline is rewritten, so
+    NEW is recorded and PASS needs no rewrite.
+    """
+
+    kind: Kind
+    fails: bool
+    fields: tuple[str, ...] = COMPARED
+    updating: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "fails": self.fails,
+            "fields": list(self.fields),
+            "updating": self.updating,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        return cls(
+            Kind(data["kind"]),
+            bool(data["fails"]),
+            tuple(data.get("fields", COMPARED)),
+            bool(data.get("updating", False)),
+        )
+
+
+def judge(
+    measured: MemoryFigures,
+    baseline: MemoryFigures | None,
+    *,
+    tolerance: Tolerance,
+    budget: int | None = None,
+    reserved: int | None = None,
+    reserved_budget: int | None = None,
+    strict: bool = False,
+    update: bool = False,
+    fail_improvements: bool = False,
+) -> list[Verdict]:
+    """Judge one measurement; return every applicable verdict, or a single PASS.
+
+    * ``budget`` (bytes): a peak above it is OVER_BUDGET and fails, whatever the baseline
+      says and even while updating. Exactly on the budget passes.
+    * ``reserved_budget`` (bytes): the same for ``reserved`` (the memory the allocator held
+      from the device); a backend that cannot tell (``reserved`` None) fails it, since the
+      limit cannot be checked.
+    * ``update``: the baseline is being rewritten, so baseline differences never fail:
+      NEW without a baseline, UPDATED when the figures changed, PASS when they did not.
+    * no baseline: MISSING (fails) when ``strict``, else NEW.
+    * otherwise ``peak_bytes`` and ``model_bytes`` are each compared with the baseline
+      plus/minus ``tolerance.allowance(baseline)``: above is a REGRESSION (fails), below an
+      IMPROVEMENT (reported so it can be locked in; it fails with ``fail_improvements``).
+      Exactly on the limit passes.
+    """
+    verdicts: list[Verdict] = []
+    if budget is not None and measured.peak_bytes > budget:
+        verdicts.append(Verdict(Kind.OVER_BUDGET, True, ("peak_bytes",)))
+    if reserved_budget is not None and (reserved is None or reserved > reserved_budget):
+        verdicts.append(Verdict(Kind.OVER_BUDGET, True, (RESERVED,)))
+    if update:
+        if baseline is None:
+            verdicts.append(Verdict(Kind.NEW, False, updating=True))
+        elif not _same_figures(measured, baseline):
+            verdicts.append(Verdict(Kind.UPDATED, False, updating=True))
+    elif baseline is None:
+        verdicts.append(Verdict(Kind.MISSING, True) if strict else Verdict(Kind.NEW, False))
+    else:
+        over, under = crossed(measured, baseline, tolerance)
+        if over:
+            verdicts.append(Verdict(Kind.REGRESSION, True, over))
+        if under:
+            verdicts.append(Verdict(Kind.IMPROVEMENT, fail_improvements, under))
+    if verdicts:
+        return verdicts
+    assert baseline is not None  # every path without a baseline added a verdict above
+    return [Verdict(Kind.PASS, False, ("peak_bytes",), updating=update)]
+
+
+def crossed(
+    measured: MemoryFigures, baseline: MemoryFigures, tolerance: Tolerance
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The compared fields above and below the baseline's tolerance band."""
+    over: list[str] = []
+    under: list[str] = []
+    for field in COMPARED:
+        value, reference = getattr(measured, field), getattr(baseline, field)
+        allowance = tolerance.allowance(reference)
+        if value > reference + allowance:
+            over.append(field)
+        elif value < reference - allowance:
+            under.append(field)
+    return tuple(over), tuple(under)
+
+
+def worst(verdicts: Iterable[Verdict]) -> Verdict:
+    """The most severe verdict (failing ones first, see ``SEVERITY``); ties keep the first."""
+    items = list(verdicts)
+    if not items:
+        raise ValueError("worst() needs at least one verdict")
+    return min(items, key=lambda v: SEVERITY.index(v.kind))
+
+
+def _same_figures(measured: MemoryFigures, baseline: MemoryFigures) -> bool:
+    return all(getattr(measured, f) == getattr(baseline, f) for f in COMPARED)

@@ -1,0 +1,486 @@
+"""Where the memory went: what was live at a workload's peak, by module and category.
+
+A :class:`Collector` follows one test. Every new device storage and its release is reported
+to it (by the estimator's storage tracker, or on a real GPU by :class:`_DispatchTracker`, a
+dispatch mode that watches operator outputs) together with what was running when it was
+made: the module (its path in the built model, e.g. ``blocks.3.attn``), forward or backward,
+an optimizer step, the operator and the user's source line. The collector only appends an
+event per allocation and per release; at the end of a workload it replays the events up to
+the highest total and groups what was live there.
+
+Categories: ``parameters``, ``buffers`` and ``gradients`` (by identity with the built
+models' tensors), ``optimizer state`` (tensors of an optimizer that stepped, or made during
+a step), ``activations`` (made inside a module's forward or backward), ``workspaces``
+(buffers a kernel uses internally; the estimator's model of them), ``inputs/other``
+(everything else: inputs, tensors made outside any module).
+
+A breakdown is plain JSON-able data (see :func:`Collector.breakdown`), read by
+:mod:`pytest_vram.core.breakdown`. torch is imported inside the functions that need it, so
+importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import _pytest
+import pluggy
+
+from pytest_vram.core.breakdown import pattern
+
+#: Groups kept in a breakdown (the rest is summed into one ``(other)`` group).
+MAX_GROUPS = 40
+#: Allocation sites kept in a breakdown.
+MAX_SITES = 10
+#: Module of allocations made outside any module.
+NO_MODULE = "(no module)"
+
+#: the pytest_vram package: its frames are never the user's source line
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SKIPPED_DIRS: tuple[str, ...] = ()
+
+
+def _skipped_dirs() -> tuple[str, ...]:
+    """Directories whose frames are not "the user's source line": torch, this package,
+    the standard library's contextlib/functools, pytest and pluggy."""
+    global _SKIPPED_DIRS
+    if not _SKIPPED_DIRS:
+        import torch  # on first use: importing this module does not import torch
+
+        dirs = [os.path.dirname(m.__file__ or "") for m in (torch, _pytest, pluggy)]
+        dirs += [_PACKAGE_DIR, os.path.dirname(contextlib.__file__)]
+        _SKIPPED_DIRS = tuple(d + os.sep for d in dirs)
+    return _SKIPPED_DIRS
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_user_file(filename: str) -> bool:
+    return not filename.startswith(_skipped_dirs()) and not filename.startswith("<")
+
+
+#: code object -> 0 (library), 1 (user code), 2 (a dispatch mode's handler: has the op)
+_CODE_KIND: dict[Any, int] = {}
+
+
+def _code_kind(code: Any) -> int:
+    kind = _CODE_KIND.get(code)
+    if kind is None:
+        kind = _CODE_KIND[code] = (
+            2 if code.co_name == "__torch_dispatch__" else int(_is_user_file(code.co_filename))
+        )
+    return kind
+
+
+def _call_site() -> tuple[str, str | None]:
+    """(``file:line`` of the innermost user frame, operator name if a dispatch frame has one)."""
+    frame = sys._getframe(2)
+    op = None
+    while frame is not None:
+        kind = _CODE_KIND.get(frame.f_code)
+        if kind is None:
+            kind = _code_kind(frame.f_code)
+        if kind == 1:
+            return f"{_short_path(frame.f_code.co_filename)}:{frame.f_lineno}", op
+        if kind == 2 and op is None:
+            func = frame.f_locals.get("func")
+            op = getattr(func, "__name__", None) or str(func)
+        frame = frame.f_back
+    return "?", op
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_path(filename: str) -> str:
+    """The file as its import path names it (``model_zoo/model.py``), else as given."""
+    best = ""
+    for entry in (os.getcwd(), *sys.path):
+        entry = os.path.abspath(entry or os.curdir) + os.sep
+        if filename.startswith(entry) and len(entry) > len(best):
+            best = entry
+    return filename[len(best) :] if best else filename
+
+
+class _Modules:
+    """Which module is running, from global forward hooks, named by the module's path in
+    the models the test built.
+
+    In backward, the autograd node that runs is looked up: when a module's forward returns,
+    the nodes its forward added to the graph are stamped with its name (``node.metadata``,
+    a string: it keeps no tensor alive). torch's ``ModuleTracker`` knows the module in
+    backward through autograd hooks instead, but those keep every module's graph, and so
+    its saved activations, alive until they are removed, which changes the peak it is
+    meant to explain.
+    """
+
+    _KEY = "pytest_vram.module"
+
+    def __init__(self, names: weakref.WeakKeyDictionary[Any, str]) -> None:
+        self._names = names
+        self._stack: list[str] = []
+        self._handles: list[Any] = []
+
+    def current(self) -> tuple[str, str | None]:
+        """(innermost running module or ``(no module)``, the autograd node in backward)."""
+        import torch  # torch on use
+
+        if self._stack:
+            return self._stack[-1], None
+        node = torch._C._current_autograd_node()
+        if node is not None:
+            return node.metadata.get(self._KEY, "(backward)"), node.name()
+        return NO_MODULE, None
+
+    def _pre(self, module: Any, args: Any) -> None:
+        import torch  # torch on use
+
+        name = self._names.get(module)
+        if name is None:
+            name = type(module).__name__
+        if torch.is_grad_enabled():
+            # The graph the inputs came from is the caller's: mark where this one's begins.
+            outer = self._stack[-1] if self._stack else NO_MODULE
+            self._stamp(args if isinstance(args, tuple) else (args,), outer, depth=1)
+        self._stack.append(name)
+
+    def _post(self, _module: Any, _args: Any, out: Any) -> None:
+        import torch  # torch on use
+
+        if not self._stack:
+            return
+        name = self._stack.pop()
+        if torch.is_grad_enabled():
+            # torch on use: this module is imported without it
+            from torch.utils._pytree import tree_leaves
+
+            self._stamp(tree_leaves(out), name)
+
+    def _stamp(self, tensors: Any, name: str, depth: int | None = None) -> None:
+        """Stamp the unstamped graph behind ``tensors`` (to ``depth`` nodes deep)."""
+        todo = [(getattr(t, "grad_fn", None), 0) for t in tensors]
+        while todo:
+            node, level = todo.pop()
+            # A parameter's AccumulateGrad node lives as long as the parameter: left alone.
+            if node is None or not node.next_functions and node.name().endswith("AccumulateGrad"):
+                continue
+            if self._KEY in node.metadata:
+                continue
+            node.metadata[self._KEY] = name
+            if depth is None or level + 1 < depth:
+                todo.extend((n, level + 1) for n, _ in node.next_functions)
+
+    def __enter__(self) -> _Modules:
+        # torch on use: this module is imported without it
+        from torch.nn.modules.module import (
+            register_module_forward_hook,
+            register_module_forward_pre_hook,
+        )
+
+        self._handles = [
+            register_module_forward_pre_hook(self._pre),
+            register_module_forward_hook(self._post, always_call=True),
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._stack.clear()
+
+
+class Collector:
+    """Follows one test's storages and says what was live at a workload's peak."""
+
+    def __init__(self) -> None:
+        #: (key, bytes, context id) for an allocation, (key, -1, -1) for a release
+        self.events: list[tuple[int, int, int]] = []
+        self._contexts: dict[tuple[str, str, str, str], int] = {}
+        self._context_list: list[tuple[str, str, str, str]] = []
+        self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._roots: list[weakref.ref[Any]] = []
+        self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._modules: _Modules | None = None
+        self._in_step = 0
+        self.phase = "run"
+        #: allocation event index -> (module, category) by identity, kept once known, so
+        #: that a timeline drawn after the test's objects died still names them
+        self._ident_at: dict[int, tuple[str, str]] = {}
+
+    # -- what the test built -------------------------------------------------------
+    def add_model(self, obj: Any) -> None:
+        """Name the modules of a built model by their path (the root is unnamed)."""
+        named = getattr(obj, "named_modules", None)
+        if not callable(named):
+            return
+        prefix = f"model{len(self._roots)}." if self._roots else ""
+        for name, module in named():
+            self._names.setdefault(module, (prefix + name).rstrip(".") or "(model)")
+        self._roots.append(weakref.ref(obj))
+
+    # -- the hooks -----------------------------------------------------------------
+    def allocated(self, key: int, nbytes: int, op: str | None = None) -> None:
+        """A new storage of ``nbytes`` (allocator-rounded) with identity ``key``."""
+        site, found_op = _call_site()
+        self.events.append((key, nbytes, self._context(op or found_op or "?", site)))
+
+    def freed(self, key: int) -> None:
+        self.events.append((key, -1, -1))
+
+    def transient(self, sizes: list[int]) -> None:
+        """Buffers a kernel allocates and frees internally."""
+        site, op = _call_site()
+        ctx = self._context(op or "?", site, category="workspaces")
+        for i, n in enumerate(sizes):
+            self.events.append((-1 - i, n, ctx))
+        for i in reversed(range(len(sizes))):
+            self.events.append((-1 - i, -1, -1))
+
+    def _context(self, op: str, site: str, category: str | None = None) -> int:
+        module, node = self._modules.current() if self._modules else (NO_MODULE, None)
+        backward = node is not None
+        if node is not None and op == "?":
+            op = node
+        if category is None:
+            if self._in_step:
+                category = "optimizer state"
+            elif self.phase == "build":
+                category = "inputs/other"
+            elif module != NO_MODULE or backward:
+                category = "activations"
+            else:
+                category = "inputs/other"
+        if self._in_step and module == NO_MODULE:
+            module = "(optimizer)"
+        ctx = (module, category, op, site)
+        found = self._contexts.get(ctx)
+        if found is None:
+            found = self._contexts[ctx] = len(self._context_list)
+            self._context_list.append(ctx)
+        return found
+
+    @contextlib.contextmanager
+    def following(self, phase: str) -> Iterator[None]:
+        """Around a build step or workload: module and optimizer hooks on, ``phase`` noted."""
+        # torch on use: this module is imported without it
+        from torch.optim.optimizer import (
+            register_optimizer_step_post_hook,
+            register_optimizer_step_pre_hook,
+        )
+
+        def pre(optimizer: Any, *_: Any) -> None:
+            self._optimizers.add(optimizer)
+            self._in_step += 1
+
+        def post(*_: Any) -> None:
+            self._in_step = max(0, self._in_step - 1)
+
+        self.phase = phase
+        handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+        self._modules = _Modules(self._names)
+        try:
+            with self._modules:
+                yield
+        finally:
+            self._modules = None
+            for handle in handles:
+                handle.remove()
+
+    # -- the breakdown -------------------------------------------------------------
+    def mark(self) -> int:
+        """Position in the event log; a workload's peak is searched from its mark."""
+        return len(self.events)
+
+    def breakdown(self, since: int = 0) -> dict[str, Any]:
+        """What was live at the highest total after event ``since``, grouped.
+
+        ``{"peak_bytes": total, "groups": [[module, category, bytes], ...],
+        "sites": [{"op", "source", "module", "bytes", "count"}, ...]}``, largest first.
+        """
+        live, total, best, best_at = {}, 0, -1, 0
+        for i, (key, nbytes, _ctx) in enumerate(self.events):
+            if nbytes >= 0:
+                if key not in live:
+                    live[key] = nbytes
+                    total += nbytes
+            elif key in live:
+                total -= live.pop(key)
+            if i >= since and total > best:
+                best, best_at = total, i
+        if best < 0:  # nothing happened in the workload: what was held when it started
+            best_at = since - 1
+        return self._group(best_at)
+
+    def _refresh_identities(self) -> None:
+        """Name the storages alive now by identity (parameters, gradients, ...)."""
+        known = self._identities()
+        if not known:
+            return
+        last: dict[int, int] = {}
+        for i, (key, _n, _c) in enumerate(self.events):
+            last[key] = i
+        for key, ident in known.items():
+            i = last.get(key)
+            # A key released and made again may belong to another storage: only the
+            # allocation that is still alive is this tensor's.
+            if i is not None and self.events[i][1] >= 0:
+                self._ident_at.setdefault(i, ident)
+
+    def _group(self, upto: int) -> dict[str, Any]:
+        self._refresh_identities()
+        live: dict[int, tuple[int, int, int]] = {}
+        for i, (key, nbytes, ctx) in enumerate(self.events):
+            if i > upto:
+                break
+            if nbytes >= 0:
+                live.setdefault(key, (nbytes, ctx, i))
+            else:
+                live.pop(key, None)
+        groups: dict[tuple[str, str], int] = {}
+        sites: dict[tuple[str, str, str], list[int]] = {}
+        for _key, (nbytes, ctx, made) in live.items():
+            module, category, op, site = self._context_list[ctx]
+            module, category = self._ident_at.get(made, (module, category))
+            groups[(module, category)] = groups.get((module, category), 0) + nbytes
+            entry = sites.setdefault((op, site, pattern(module)), [0, 0])
+            entry[0] += nbytes
+            entry[1] += 1
+        ordered = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+        patterns: dict[tuple[str, str], int] = {}
+        for (m, c), n in ordered:
+            patterns[(pattern(m), c)] = patterns.get((pattern(m), c), 0) + n
+        rows = [[m, c, n] for (m, c), n in ordered[:MAX_GROUPS]]
+        rest = sum(n for _, n in ordered[MAX_GROUPS:])
+        if rest:
+            rows.append(["(other)", "inputs/other", rest])
+        top_sites = sorted(sites.items(), key=lambda kv: (-kv[1][0], kv[0]))[:MAX_SITES]
+        return {
+            "peak_bytes": sum(groups.values()),
+            "groups": rows,
+            # every group, each module of all layers together: what is compared and stored
+            "patterns": [
+                [m, c, n] for (m, c), n in sorted(patterns.items(), key=lambda kv: (-kv[1], kv[0]))
+            ],
+            "sites": [
+                {"op": op, "source": src, "module": mod, "bytes": n, "count": c}
+                for (op, src, mod), (n, c) in top_sites
+            ],
+        }
+
+    def labels(self) -> dict[int, str]:
+        """Event index -> module pattern of every allocation (what a timeline colours)."""
+        self._refresh_identities()
+        out = {}
+        for i, (_key, nbytes, ctx) in enumerate(self.events):
+            if nbytes < 0:
+                continue
+            module, category = self._ident_at.get(i) or self._context_list[ctx][:2]
+            out[i] = f"{pattern(module)} ({category})"
+        return out
+
+    def _identities(self) -> dict[int, tuple[str, str]]:
+        """Storage key -> (module, category) for the built models' tensors and optimizers."""
+        found: dict[int, tuple[str, str]] = {}
+        owner: dict[int, str] = {}  # id(parameter) -> module path
+
+        def add(t: Any, module: str, category: str) -> None:
+            with contextlib.suppress(Exception):  # e.g. a meta tensor without storage
+                found.setdefault(t.untyped_storage()._cdata, (module, category))
+
+        for ref in self._roots:
+            root = ref()
+            if root is None:
+                continue
+            for module, path in list(self._names.items()):
+                for _name, p in module.named_parameters(recurse=False):
+                    owner[id(p)] = path
+                    add(p, path, "parameters")
+                    if p.grad is not None:
+                        add(p.grad, path, "gradients")
+                for name, b in module.named_buffers(recurse=False):
+                    if b is not None:
+                        add(b, f"{path}.{name}" if path != "(model)" else name, "buffers")
+        for optimizer in list(self._optimizers):
+            for p, state in getattr(optimizer, "state", {}).items():
+                for value in state.values() if isinstance(state, dict) else ():
+                    if hasattr(value, "untyped_storage") and value.dim() > 0:
+                        add(value, owner.get(id(p), "(optimizer)"), "optimizer state")
+        return found
+
+
+class _DispatchTracker:
+    """For a backend without its own storage hook (the real GPU): a dispatch mode that
+    reports every new CUDA storage an operator returns, and its release, to a collector."""
+
+    def __init__(self, collector: Collector, device_type: str = "cuda") -> None:
+        # torch on use: this module is imported without it
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        live: dict[int, Any] = {}
+
+        def release(key: int, _ref: object) -> None:
+            if live.pop(key, None) is not None:
+                collector.freed(key)
+
+        def track(t: Any, op: str) -> None:
+            if t.device.type != device_type:
+                return
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in live:
+                return
+            live[key] = weakref.ref(storage, functools.partial(release, key))
+            collector.allocated(key, _round(storage.nbytes()), op)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):  # type: ignore[no-untyped-def]
+                import torch  # torch on use
+                from torch.utils._pytree import tree_leaves
+
+                out = func(*args, **(kwargs or {}))
+                for leaf in tree_leaves(out):
+                    if isinstance(leaf, torch.Tensor):
+                        track(leaf, func.__name__)
+                return out
+
+        self.mode = Mode()
+        self.live = live
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self.mode:
+            yield
+
+
+def _round(nbytes: int) -> int:
+    return max(512, -(-nbytes // 512) * 512) if nbytes else 0
+
+
+class Attribution:
+    """The collector of one test attached to a backend: through the backend's own storage
+    hook where it has one (``backend.observe(collector)``), else a dispatch mode."""
+
+    def __init__(self, backend: Any) -> None:
+        self.collector = Collector()
+        observe = getattr(backend, "observe", None)
+        native = callable(observe) and observe(self.collector)
+        self._dispatch = None if native else _DispatchTracker(self.collector)
+        self._backend = backend
+
+    @contextlib.contextmanager
+    def following(self, phase: str) -> Iterator[None]:
+        with self.collector.following(phase):
+            if self._dispatch is None:
+                yield
+            else:
+                with self._dispatch.active():
+                    yield
+
+    def close(self) -> None:
+        observe = getattr(self._backend, "observe", None)
+        if callable(observe):
+            observe(None)

@@ -1,0 +1,239 @@
+"""The Measurement record and the one measuring logic shared by every backend.
+
+``Meter`` counts everything from the start of a test: ``model_bytes`` is what is held
+when a workload starts (the model and its inputs), ``peak_bytes`` the highest allocation
+during the workload, ``leaked_bytes`` what is still held after the test's objects are
+released. The backend only supplies counters and a scope (see ``backends.base``); torch
+is looked up only where the backend already imported it.
+
+A step that runs out of device memory is recorded as :class:`OutOfMemory` (what was held,
+how far the allocations got) and its frames are cleared, so that the tensors it made are
+freed at once rather than kept alive by the traceback for the rest of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import traceback
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pytest_vram.backends.base import Backend
+from pytest_vram.core.figures import CarriesFigures
+from pytest_vram.measure.attribution import Attribution
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement(CarriesFigures):
+    """One measured workload. All sizes are bytes counted from the start of the test."""
+
+    name: str | None
+    params: int | None
+    model_bytes: int
+    peak_bytes: int
+    #: what the figures were measured on (backend, device, torch, ...): the *setup*
+    setup: dict[str, str]
+    leaked_bytes: int | None = None
+    #: the most the allocator held from the device during the workload (fragmentation and
+    #: page granularity included), from the same start; None where the backend cannot tell
+    reserved_bytes: int | None = None
+    #: what was live at the peak by module and category (``pytest_vram.core.breakdown``),
+    #: when attribution is on
+    breakdown: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutOfMemory:
+    """A build step or workload that failed to allocate, with the figures known at that point.
+
+    Sizes are bytes counted from the start of the test, like a Measurement's.
+    """
+
+    step: str
+    #: allocated when the step started (for a workload: the model bytes)
+    held_bytes: int
+    #: the highest allocation the step reached before the allocation that failed
+    peak_bytes: int
+    #: the exception's own text (torch's names the failed request and the free memory)
+    error: str
+    #: what was live at the highest allocation the step reached, when attribution is on
+    breakdown: dict[str, Any] | None = None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's ``OutOfMemoryError`` (``torch.cuda.OutOfMemoryError``) and for any
+    ``MemoryError``. torch is looked up only if already imported: measuring never loads it.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(
+        getattr(torch, "cuda", None), "OutOfMemoryError", None
+    )
+    return isinstance(oom, type) and isinstance(exc, oom)
+
+
+def release_frames(tb: TracebackType | None) -> None:
+    """Drop the local variables of the finished frames in ``tb``, so that what they hold
+    (tensors) is freed although the traceback itself lives on."""
+    for frame, _ in traceback.walk_tb(tb):
+        try:
+            frame.clear()
+        except RuntimeError:  # still executing: the caller's own frame
+            continue
+        # Before Python 3.13 a snapshot of f_locals taken earlier (pytest takes one to look
+        # for __tracebackhide__) survives clear(); reading f_locals again re-syncs it.
+        frame.f_locals  # noqa: B018
+
+
+def count_params(obj: Any) -> int | None:
+    """Parameters of an ``nn.Module`` (shared ones once), or None for anything else."""
+    parameters = getattr(obj, "parameters", None)
+    if not callable(parameters):
+        return None
+    seen: set[int] = set()
+    total = 0
+    for p in parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+class Meter:
+    """Measures build steps and workloads of one test on one backend."""
+
+    def __init__(self, backend: Backend, attribution: bool = False) -> None:
+        self.backend = backend
+        #: collects what is live by module when ``attribution`` is on (made at ``start``)
+        self.attribution: Attribution | None = None
+        self._attribute = attribution
+        self.params: int | None = None
+        self.measurements: list[Measurement] = []
+        #: set when a build step or workload ran out of memory
+        self.out_of_memory: OutOfMemory | None = None
+        self._start: int | None = None
+        self._reserved_start: int | None = None
+        # One slot per workload running now (nested vram.run): the highest peak it saw before
+        # an inner step reset the backend's peak counter, which would otherwise lose it.
+        self._carried: list[int] = []
+
+    def start(self) -> None:
+        self.backend.collect_garbage()
+        if self._attribute:
+            self.attribution = Attribution(self.backend)
+        self.backend.begin_test()
+        self.backend.synchronize()
+        self._start = self.backend.allocated()
+        self._reserved_start = self.backend.reserved()
+
+    def _held(self) -> int:
+        if self._start is None:
+            raise RuntimeError("Meter.start() was not called")
+        self.backend.synchronize()
+        return self.backend.allocated() - self._start
+
+    def build(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a setup step (a model build) in the backend's scope; count its parameters."""
+        held = self._held()
+        self._reset_peak()  # so that running out of memory reports this step's peak
+        result = self._call(f"vram.build({_name(fn)})", held, fn, args, kwargs)
+        if self.attribution is not None:
+            self.attribution.collector.add_model(result)
+        params = count_params(result)
+        if params is not None:
+            self.params = params if self.params is None else self.params + params
+        return result
+
+    def run(self, fn: Callable[..., T], *args: Any, name: str | None = None, **kwargs: Any) -> T:
+        """Run a workload in the backend's scope and record its peak."""
+        model_bytes = self._held()
+        self._reset_peak()
+        mark = self.attribution.collector.mark() if self.attribution else 0
+        step = f"vram.run({_name(fn)}" + ("" if name is None else f", name={name!r}") + ")"
+        self._carried.append(0)
+        try:
+            result = self._call(step, model_bytes, fn, args, kwargs)
+        finally:
+            carried = self._carried.pop()
+            if self._carried:  # an enclosing workload saw everything this one saw
+                self._carried[-1] = max(self._carried[-1], carried)
+        self.backend.synchronize()
+        peak = max(self.backend.peak(), carried) - self._start  # type: ignore[operator]
+        record = Measurement(
+            name=name,
+            params=self.params,
+            model_bytes=model_bytes,
+            peak_bytes=max(peak, model_bytes),
+            setup=self.backend.context(),  # Backend.context(): the backends' public name
+            reserved_bytes=self._reserved_peak(),
+            breakdown=self.attribution.collector.breakdown(mark) if self.attribution else None,
+        )
+        self.measurements.append(record)
+        return result
+
+    def _reserved_peak(self) -> int | None:
+        # Nothing is unmapped within a test (only empty_cache does that), so reserved memory
+        # never falls and a nested step's reset cannot hide an earlier reserved peak.
+        peak = self.backend.peak_reserved()
+        if peak is None or self._reserved_start is None:
+            return None
+        return peak - self._reserved_start
+
+    def repeat(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a workload again in the backend's scope without recording it: a timing round
+        of pytest-benchmark. It waits for the device, so a round's time includes its work."""
+        with self.backend.scope():
+            result = fn(*args, **kwargs)
+        self.backend.synchronize()
+        return result
+
+    def _reset_peak(self) -> None:
+        if self._carried:  # inside a workload: keep the peak it reached so far
+            self._carried[-1] = max(self._carried[-1], self.backend.peak())
+        self.backend.reset_peak()
+
+    def _call(self, step: str, held: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in the backend's scope; running out of memory is recorded."""
+        following = (
+            self.attribution.following("build" if step.startswith("vram.build") else "run")
+            if self.attribution
+            else contextlib.nullcontext()
+        )
+        mark = self.attribution.collector.mark() if self.attribution else 0
+        try:
+            with self.backend.scope(), following:
+                return fn(*args, **kwargs)
+        except BaseException as exc:
+            if is_out_of_memory(exc):
+                peak = self.backend.peak() - self._start  # type: ignore[operator]
+                self.out_of_memory = OutOfMemory(
+                    step,
+                    held,
+                    max(peak, held),
+                    f"{type(exc).__name__}: {exc}".strip(),
+                    self.attribution.collector.breakdown(mark) if self.attribution else None,
+                )
+                # The step's frames hold every tensor it made for as long as the traceback
+                # lives, and pytest keeps it (sys.last_traceback): free them now.
+                release_frames(exc.__traceback__)
+            raise
+
+    def finish(self) -> int:
+        """Release what the test left, report what is still held, and end the test."""
+        self.backend.collect_garbage()
+        leaked = self._held()
+        self.backend.end_test()
+        if self.attribution is not None:
+            self.attribution.close()
+        self.measurements = [dataclasses.replace(m, leaked_bytes=leaked) for m in self.measurements]
+        return leaked
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__

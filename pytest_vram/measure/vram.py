@@ -1,0 +1,121 @@
+"""The object the ``vram`` fixture gives a test: its handle on the measuring :class:`Meter`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from pytest_vram.backends.base import Backend
+from pytest_vram.measure.meter import Measurement, Meter, OutOfMemory, release_frames
+
+T = TypeVar("T")
+
+
+class VramUsageError(Exception):
+    """The fixture is used in a way that would give ambiguous baseline keys."""
+
+
+class Vram:
+    """Measure a test's build step and workloads; see the ``vram`` fixture for usage."""
+
+    def __init__(self, meter: Meter, base_key: str) -> None:
+        self._meter = meter
+        self._base_key = base_key
+        self.leaked_bytes: int | None = None
+        self._failed_traceback: TracebackType | None = None
+        #: set when the test also uses pytest-benchmark's ``benchmark``: a ``run`` repeated
+        #: under the same name is a timing round, not a second measurement
+        self.timing_rounds = False
+        self._finished = False
+
+    @property
+    def backend(self) -> Backend:
+        """The measuring backend (``cuda``, ``estimate`` or a custom one)."""
+        return self._meter.backend
+
+    @property
+    def device(self) -> str:
+        """The torch device to build on, e.g. ``"cuda:0"``."""
+        return self._meter.backend.device
+
+    @property
+    def measurements(self) -> list[Measurement]:
+        """The workloads measured so far in this test, in order."""
+        return list(self._meter.measurements)
+
+    def build(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``fn(*args, **kwargs)`` (e.g. a model constructor) on the measuring backend.
+
+        What it leaves allocated counts as model bytes of every later ``run``; an
+        ``nn.Module`` result adds its parameter count to the measurement.
+        """
+        self._check_open()
+        return self._meter.build(fn, *args, **kwargs)
+
+    def run(self, fn: Callable[..., T], *args: Any, name: str | None = None, **kwargs: Any) -> T:
+        """Call ``fn(*args, **kwargs)`` and record its peak memory as one measurement.
+
+        One ``run`` per test is keyed by the test's node id; several need a distinct
+        ``name`` each and are keyed ``f"{nodeid}::{name}"``. In a test that also uses
+        pytest-benchmark, ``benchmark(vram.run, fn, ...)`` measures the first call and
+        times the others (see ``pytest_plugin.benchmarking``).
+        """
+        self._check_open()
+        if self.timing_rounds and name in [m.name for m in self._meter.measurements]:
+            return self._meter.repeat(fn, *args, **kwargs)
+        self._check_name(name)
+        return self._meter.run(fn, *args, name=name, **kwargs)
+
+    @property
+    def out_of_memory(self) -> OutOfMemory | None:
+        """Set when a build step or workload of this test ran out of memory."""
+        return self._meter.out_of_memory
+
+    def release_on_finish(self, tb: TracebackType | None) -> None:
+        """Clear the frames of ``tb`` (the test's failure) when the test finishes.
+
+        After an out-of-memory failure the test's own frame still holds its model through
+        the traceback pytest keeps; clearing it at teardown (after ``--pdb`` had its look)
+        frees that memory for the following tests and keeps it out of ``leaked_bytes``.
+        """
+        self._failed_traceback = tb
+
+    def key(self, measurement: Measurement) -> str:
+        """The baseline key of ``measurement``."""
+        if measurement.name is None:
+            return self._base_key
+        return f"{self._base_key}::{measurement.name}"
+
+    def finish(self) -> int:
+        """End the test: what is still allocated now is reported as leaked."""
+        if self._failed_traceback is not None:
+            release_frames(self._failed_traceback)
+            self._failed_traceback = None
+        self._finished = True
+        self.leaked_bytes = self._meter.finish()
+        return self.leaked_bytes
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise VramUsageError(
+                f"this `vram` object belongs to {self._base_key}, which has finished; take "
+                f"the `vram` fixture as an argument of every test that measures (do not keep "
+                f"it in a global or a wider-scoped fixture)"
+            )
+
+    def _check_name(self, name: str | None) -> None:
+        taken = [m.name for m in self._meter.measurements]
+        if name is not None and (not isinstance(name, str) or not name or "::" in name):
+            raise VramUsageError(
+                f"vram.run(name={name!r}): name must be a non-empty str without '::'"
+            )
+        if not taken:
+            return
+        if name is None or None in taken:
+            raise VramUsageError(
+                "vram.run() is called more than once in this test: give every call its own "
+                "name, e.g. vram.run(step, model, name='train'), so each gets a baseline key"
+            )
+        if name in taken:
+            raise VramUsageError(f"vram.run(name={name!r}): this name is measured already")

@@ -1,0 +1,566 @@
+"""The per-run state of pytest-vram, without pytest hooks: :class:`VramSession`.
+
+One backend (created at the first measurement), the baseline files (each read once per
+process), the collection bookkeeping, the records, judging, and the session-end work
+(stale entries, setup notes, ``--vram-update``, the stored breakdowns, the report files) as
+plain methods. The hook classes of :mod:`pytest_vram.pytest_plugin` call it; a unit test
+builds one from a :class:`~pytest_vram.pytest_plugin.options.Settings` and a rootdir,
+without pytester. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vram import __version__
+from pytest_vram.backends import Backend, BackendUnavailable, create
+from pytest_vram.core.breakdown import growth
+from pytest_vram.core.figures import MemoryFigures
+from pytest_vram.core.marks import VramMark, effective_tolerance
+from pytest_vram.core.records import Outcome, Record, records_from
+from pytest_vram.core.verdicts import judge, worst
+from pytest_vram.measure.meter import Meter
+from pytest_vram.measure.vram import Vram
+from pytest_vram.pytest_plugin import world
+from pytest_vram.pytest_plugin.options import Settings
+from pytest_vram.render import json_report, markdown
+from pytest_vram.render.breakdowns import explain
+from pytest_vram.render.verdicts import failure_text, nothing_measured
+from pytest_vram.store import baselines, breakdowns
+from pytest_vram.store.baselines import BaselineError, BaselineFile, Entry
+
+#: Context fields that change figures when they change (the plugin's version does not).
+SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
+
+
+class VramSession:
+    """Per-run state: one backend, baseline files read once, results collected.
+
+    ``worker``: an xdist worker (measures and judges; the controller reports and writes);
+    ``secondary_rank``: a launched rank other than 0 (likewise); ``profile_source``: how
+    the user spelled the profile option, for messages.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        rootpath: Path,
+        *,
+        worker: bool = False,
+        secondary_rank: bool = False,
+        profile_source: str = "--vram-profile",
+    ) -> None:
+        self.settings = settings
+        self.rootpath = rootpath
+        self.worker = worker
+        #: a launched rank other than 0 measures and judges, but rank 0 reports and writes
+        self.secondary_rank = secondary_rank
+        self.profile_source = profile_source
+        self._backend: Backend | None = None
+        self._backend_error: str | None = None
+        self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
+        update = settings.update or settings.update_new_only
+        #: everything this run learned (``ClaimHooks`` appends the judged claims)
+        self.outcome = Outcome(update=update)
+        #: stored breakdown file -> its entries, read once per process
+        self._stored_breakdowns: dict[Path, dict[str, dict[str, int]]] = {}
+        #: test files collected (deselected ones too): only their entries can be stale
+        self.collected_files: set[str] = set()
+        #: baseline key prefix -> node id of the collected test that produces it
+        self.owners: dict[str, str] = {}
+        #: baseline key -> node ids of the collected tests that all claim it (key=...)
+        self.shared_keys: dict[str, list[str]] = {}
+        #: node ids whose call phase passed (a test that measured nothing is one of them)
+        self.completed: set[str] = set()
+        #: profile -> baseline path shown, of every profile a vram test used
+        self.used_profiles: dict[str, str] = {}
+
+    # -- backend and baselines, created on first use --------------------------------
+
+    @property
+    def created_backend(self) -> Backend | None:
+        """The backend if a measurement created it already (never creates it)."""
+        return self._backend
+
+    def backend(self) -> Backend:
+        """The measuring backend, created and warmed up at the first measurement."""
+        if self._backend is None and self._backend_error is None:
+            try:
+                world.select_local_device()
+                backend = create(self.settings.backend, allocator=self.settings.allocator)
+                backend.warmup()
+            except (BackendUnavailable, ValueError, ImportError) as exc:
+                self._backend_error = str(exc)
+            except Exception as exc:  # a broken driver, a SyntaxError in a custom backend
+                self._backend_error = backend_failure(exc)
+            else:
+                self._backend = backend
+        if self._backend is None:
+            message = f"--vram-backend={self.settings.backend}: {self._backend_error}"
+            pytest.fail(message, pytrace=False)
+        return self._backend
+
+    def profile(self) -> str:
+        if self.settings.profile:
+            return self.settings.profile
+        try:
+            return self.backend().profile()
+        except Exception as exc:  # pytest.fail's exception is a BaseException: not caught
+            message = f"--vram-backend={self.settings.backend}: profile() {backend_failure(exc)}"
+            pytest.fail(message, pytrace=False)
+
+    def baseline_path(self, profile: str) -> Path:
+        return baselines.profile_path(self.settings.baselines, profile)
+
+    def baseline(self, profile: str) -> BaselineFile | None:
+        """The profile's baseline file, loaded once per process (read-only)."""
+        try:
+            path = self.baseline_path(profile)
+        except BaselineError as exc:
+            # Name what chose the profile: the option, or the backend when none was given.
+            source = (
+                self.profile_source
+                if self.settings.profile
+                else f"--vram-backend={self.settings.backend}: its profile()"
+            )
+            pytest.fail(f"{source}: {exc}", pytrace=False)
+        loaded = self._load(path)
+        if isinstance(loaded, BaselineError):
+            pytest.fail(f"{loaded}\n(the file is left untouched; fix it and rerun)", pytrace=False)
+        return loaded
+
+    def _load(self, path: Path) -> BaselineFile | None | BaselineError:
+        """The file at ``path``, parsed once per process (or the error it gave)."""
+        if path not in self._baselines:
+            try:
+                self._baselines[path] = baselines.load(path)
+            except BaselineError as exc:
+                self._baselines[path] = exc
+        return self._baselines[path]
+
+    def display(self, path: Path) -> str:
+        """``path`` relative to the rootdir when it lies inside it, for messages."""
+        try:
+            return str(path.relative_to(self.rootpath))
+        except ValueError:
+            return str(path)
+
+    # -- collection ------------------------------------------------------------------
+
+    def collect(self, nodeid: str, mark: VramMark | None, *, vram: bool) -> None:
+        """Note a collected test (deselected ones too); ``vram``: it is a vram test, whose
+        baseline key (from ``mark``, or its node id) it owns."""
+        self.collected_files.add(nodeid.split("::", 1)[0])
+        if not vram:
+            return
+        key = mark.base_key(nodeid) if mark else nodeid
+        other = self.owners.get(key)
+        if other is not None and other != nodeid:
+            self.shared_keys.setdefault(key, []).extend(
+                n for n in (other, nodeid) if n not in self.shared_keys.get(key, [])
+            )
+        self.owners[key] = nodeid
+
+    def collect_plain(self, nodeids: list[str]) -> None:
+        """Note collected tests that are not vram tests (:meth:`collect` of each, at once)."""
+        self.collected_files.update({nodeid.split("::", 1)[0] for nodeid in nodeids})
+
+    def shared_with(self, nodeid: str, key: str) -> list[str]:
+        """The other tests that use baseline ``key`` if ``nodeid`` shares it, else []."""
+        if nodeid not in self.shared_keys.get(key, ()):
+            return []
+        return [n for n in self.shared_keys[key] if n != nodeid]
+
+    def collection(self) -> dict[str, Any]:
+        """What a worker sends to the controller (see :meth:`receive`)."""
+        data = {"files": sorted(self.collected_files), "owners": self.owners}
+        return {**data, "profiles": self.used_profiles}
+
+    def receive(self, data: dict[str, Any]) -> None:
+        """Merge a worker's collection into the controller's."""
+        self.collected_files.update(data["files"])
+        self.owners.update(data["owners"])
+        self.used_profiles.update(data.get("profiles", {}))
+
+    def owner(self, key: str) -> str | None:
+        """The collected test that produces baseline ``key``."""
+        return owner(key, self.owners)
+
+    # -- one test ---------------------------------------------------------------------
+
+    def open(self, mark: VramMark, nodeid: str) -> Vram:
+        """Fixture setup: start counting for the test ``nodeid``."""
+        backend = self.backend()
+        if mark.skip_estimate is not None and backend.name == "estimate":
+            pytest.skip(f"not measurable on the estimate backend: {mark.skip_estimate}")
+        profile = self.profile()
+        self.baseline(profile)  # a malformed file fails before the workload runs
+        self.used_profiles[profile] = self.display(self.baseline_path(profile))
+        meter = Meter(backend, attribution=self.attribution_on(backend))
+        meter.start()
+        return Vram(meter, mark.base_key(nodeid))
+
+    def world(self, mark: VramMark | None, nodeid: str) -> Any:
+        """The process group of a test marked ``world_size=N`` (see :mod:`.world`)."""
+        if mark is None or mark.world_size is None:
+            return contextlib.nullcontext()
+        simulates = bool(getattr(self.backend(), "simulates_ranks", False))
+        return _world_or_fail(world.open_world(mark.world_size, simulates, nodeid))
+
+    def judge(
+        self,
+        nodeid: str,
+        probe: Vram,
+        mark: VramMark | None = None,
+        gathered: list[tuple[bool, list[tuple[int, int]]]] | None = None,
+    ) -> list[Record]:
+        """Verdicts of every measurement of the test ``nodeid`` against its baseline;
+        ``gathered``: every launched rank's figures (the worst rank is judged)."""
+        profile = self.profile()
+        baseline = self.baseline(profile)
+        path = self.display(self.baseline_path(profile))
+        records = []
+        for index, m in enumerate(probe.measurements):
+            key = probe.key(m)
+            measured = m.figures
+            setup = {**m.setup, "plugin": __version__}
+            if gathered is not None:
+                model_bytes, peak_bytes, peaks = world.worst_rank(gathered, index)
+                measured = MemoryFigures(model_bytes, peak_bytes, params=m.params)
+                setup["ranks"] = f"{len(peaks)} launched, peak per rank: {peaks}"
+            entry = baseline.entries.get(key) if baseline else None
+            tolerance = effective_tolerance(
+                mark,
+                entry.tolerance if entry else None,
+                baseline.tolerance if baseline else None,
+                self.settings.tolerance,
+            )
+            budget = mark.budget if mark else None
+            reserved_budget = mark.reserved_budget if mark else None
+            verdicts = judge(
+                measured,
+                entry,
+                tolerance=tolerance,
+                budget=budget,
+                reserved=m.reserved_bytes,
+                reserved_budget=reserved_budget,
+                strict=self.settings.strict,
+                update=self.settings.update or (self.settings.update_new_only and entry is None),
+                fail_improvements=self.settings.fail_improvements,
+            )
+            first = worst(verdicts)
+            ordered = (first, *(v for v in verdicts if v is not first))
+            records.append(
+                Record(
+                    key=key,
+                    nodeid=nodeid,
+                    name=m.name,
+                    profile=profile,
+                    baseline_path=path,
+                    params=m.params,
+                    model_bytes=measured.model_bytes,
+                    peak_bytes=measured.peak_bytes,
+                    reserved_bytes=m.reserved_bytes,
+                    setup=setup,
+                    tolerance=tolerance,
+                    budget=budget,
+                    baseline_model_bytes=entry.model_bytes if entry else None,
+                    baseline_peak_bytes=entry.peak_bytes if entry else None,
+                    verdicts=ordered,
+                    breakdown=m.breakdown,
+                    reserved_budget=reserved_budget,
+                )
+            )
+        return records
+
+    def failures(self, nodeid: str, records: list[Record]) -> list[str]:
+        """The failure texts of a judged test (strict: measuring nothing is one)."""
+        failing = [failure_text(r) for r in records if r.fails]
+        if not records and self.settings.strict:
+            failing.append(nothing_measured(nodeid))
+        return failing
+
+    def attribution_on(self, backend: Backend) -> bool:
+        """``--vram-attribution``: auto is on for the estimator (it costs little there) and
+        off for a real GPU, where the dispatch mode that follows storages slows kernels'
+        launch."""
+        if self.settings.attribution == "auto":
+            return backend.name == "estimate"
+        return self.settings.attribution == "on"
+
+    def explain(self, records: list[Record]) -> str:
+        """Top contributors at the peak and what grew, for each failing record with a
+        breakdown; the growth travels with the record (the PR comment shows it too)."""
+        parts = []
+        for record in records:
+            if not record.fails or not record.breakdown:
+                continue
+            path = breakdowns.path_for(self.baseline_path(record.profile))
+            if path not in self._stored_breakdowns:
+                self._stored_breakdowns[path] = breakdowns.load(path)
+            stored = self._stored_breakdowns[path]
+            shown = self.display(path)
+            text = explain(record.breakdown, stored.get(record.key), shown)
+            if record.key in stored:
+                record.breakdown["grown"] = growth(record.breakdown, stored[record.key])
+                record.breakdown["compared_with"] = shown
+            parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
+        return "\n\n".join(parts)
+
+    # -- aggregation (controller or single process) -----------------------------------
+
+    def add_report(self, nodeid: str, when: str, passed: bool, properties: Any) -> None:
+        """A test report's phase: a passed call completes the test; the teardown carries
+        its records (``user_properties``)."""
+        if when == "call" and passed:
+            self.completed.add(nodeid)
+        if when == "teardown" and properties:
+            self.outcome.records.extend(records_from(properties))
+
+    # -- session end ------------------------------------------------------------------
+
+    def finish(self, partly_selected: set[str] | frozenset[str] = frozenset()) -> bool:
+        """The session-end work of the controller (or single process): stale entries, setup
+        notes, ``--vram-update``, strict stale failures, report files. ``partly_selected``:
+        files of which only some tests were selected. True: the session must fail."""
+        if not self.outcome.records and not self._profiles_in_play() and not self._writes_reports:
+            return False  # nothing measured, no profile to check for stale entries, no file
+        # Under xdist records arrive in completion order; sorted, the table, the JSON and the
+        # Markdown read the same from run to run.
+        self.outcome.records.sort(key=lambda r: r.key)
+        self.find_stale(partly_selected)
+        if not self.settings.update:  # an update records this run's setup anyway
+            self.compare_setup()
+        failed = False
+        if self.settings.update or self.settings.update_new_only:
+            failed |= self.update()
+        failed |= self.fail_on_stale()
+        failed |= self.write_reports()
+        if self.settings.update and not self.outcome.errors:
+            self.store_breakdowns()
+        return failed
+
+    def store_breakdowns(self) -> None:
+        """``--vram-update``: store the measured breakdowns next to their baselines (and
+        drop those of pruned entries)."""
+        by_store: dict[Path, dict[str, dict[str, Any]]] = {}
+        for r in self.outcome.records:
+            if r.breakdown:
+                path = breakdowns.path_for(self.baseline_path(r.profile))
+                by_store.setdefault(path, {})[r.key] = r.breakdown
+        pruned: dict[Path, list[str]] = {}
+        for shown, keys in self.outcome.pruned.items():
+            baseline = Path(shown) if Path(shown).is_absolute() else self.rootpath / shown
+            pruned[breakdowns.path_for(baseline)] = keys
+        for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
+            if breakdowns.write(path, by_store.get(path, {}), pruned.get(path, ())):
+                self.outcome.written.append(self.display(path))
+
+    def write_reports(self) -> bool:
+        """``--vram-json`` and ``--vram-markdown``; True if one could not be written."""
+        failed = False
+        for option, path, render in (
+            ("--vram-json", self.settings.json_path, json_report.document),
+            ("--vram-markdown", self.settings.markdown_path, markdown.report),
+        ):
+            if path is not None:
+                failed |= self._write_report(option, path, render)
+        return failed
+
+    @property
+    def _writes_reports(self) -> bool:
+        return self.settings.json_path is not None or self.settings.markdown_path is not None
+
+    def _profiles_in_play(self) -> bool:
+        """Whether :meth:`_profiles` can name one (a test opened one, or the option did)."""
+        return bool(self.used_profiles or self.settings.profile)
+
+    def _write_report(self, option: str, path: Path, render: Callable[[Outcome], str]) -> bool:
+        try:
+            _write_text(path, render(self.outcome))
+        except OSError as exc:
+            self.outcome.errors.append(
+                f"{option}={self.display(path)}: cannot write the report "
+                f"({exc.strerror or exc}); give a writable file path"
+            )
+            return True
+        return False
+
+    def _profiles(self) -> dict[str, str]:
+        """profile -> baseline path shown to users, for every profile measured or chosen."""
+        # A profile whose tests all stopped measuring has no record but may have stale entries.
+        profiles = {
+            **self.used_profiles,
+            **{r.profile: r.baseline_path for r in self.outcome.records},
+        }
+        if self.settings.profile and self.settings.profile not in profiles:
+            with contextlib.suppress(BaselineError):  # reported by every vram test already
+                path = self.baseline_path(self.settings.profile)
+                profiles[self.settings.profile] = self.display(path)
+        return profiles
+
+    def _reread(self, profile: str) -> BaselineFile | None:
+        """The profile's file (read once per process), or None if missing or malformed.
+
+        A malformed file was already reported by every vram test that used it.
+        """
+        try:
+            loaded = self._load(self.baseline_path(profile))
+        except BaselineError:
+            return None
+        return None if isinstance(loaded, BaselineError) else loaded
+
+    def compare_setup(self) -> None:
+        """Note where a baseline was recorded on another setup (torch, device, allocator)."""
+        current = {r.profile: (r.baseline_path, r.setup) for r in self.outcome.records}
+        for profile, (shown, setup) in sorted(current.items()):
+            baseline = self._reread(profile)
+            if baseline is None:
+                continue
+            recorded = baseline.setup
+            differ = [
+                f"{key} {recorded[key]} (this run: {setup[key]})"
+                for key in SETUP_KEYS
+                if key in recorded and key in setup and recorded[key] != setup[key]
+            ]
+            if differ:
+                self.outcome.setup_changes[shown] = ", ".join(differ)
+
+    def find_stale(self, partly_selected: set[str] | frozenset[str] = frozenset()) -> None:
+        """Entries of the collected files that no completed test produced."""
+        produced = {r.key for r in self.outcome.records}
+        completed = {r.nodeid for r in self.outcome.records} | self.completed
+        for profile, shown in self._profiles().items():
+            baseline = self._reread(profile)
+            if baseline is None:
+                continue
+            # An entry whose test was collected but did not complete (deselected, skipped,
+            # failed) says nothing: count it as produced so that it is not called stale.
+            owners = {k: owner(k, self.owners) for k in baseline.entries}
+            unknown = {k for k, who in owners.items() if who not in (None, *completed)}
+            files = self.collected_files - partly_selected
+            stale = baselines.stale_keys(baseline, produced | unknown, files)
+            if stale:
+                self.outcome.stale[shown] = stale
+
+    def fail_on_stale(self) -> bool:
+        """Strict mode: stale entries fail the session (like unused snapshots in syrupy).
+        True if they do."""
+        if not self.settings.strict or self.settings.stale_warn or self.settings.update:
+            return False
+        failed = False
+        for path, keys in sorted(self.outcome.stale.items()):
+            self.outcome.errors.append(
+                f"{path}: {len(keys)} stale entr{'y' if len(keys) == 1 else 'ies'} (listed "
+                f"above) fail the session in strict mode; delete them with `pytest "
+                f"--vram-update --vram-prune`, or only list them with --vram-stale-warn"
+            )
+            failed = True
+        return failed
+
+    def update(self) -> bool:
+        """``--vram-update`` / ``--vram-update-new-only``: rewrite the measured entries
+        (and with ``--vram-prune`` delete the stale ones). True if a file could not be."""
+        failed = False
+        by_profile: dict[str, list[Record]] = {}
+        for record in self.outcome.records:
+            if self.settings.update_new_only and record.baseline_peak_bytes is not None:
+                continue  # judged against its entry, which stays as it is
+            by_profile.setdefault(record.profile, []).append(record)
+        for profile, shown in self._profiles().items():
+            records = by_profile.get(profile, [])
+            prune = self.outcome.stale.get(shown, []) if self.settings.prune else []
+            if not records and not prune:
+                continue
+            measured = {r.key: Entry.of(r.figures) for r in records}
+            setup = records[0].setup if records else {"plugin": __version__}
+            existing = self._reread(profile) if self.settings.update_new_only else None
+            if existing is not None:  # the file's figures keep the setup they came from
+                setup = existing.setup
+            path = self.baseline_path(profile)
+            seen = self._baselines.get(path)
+            try:
+                result = baselines.update(
+                    path,
+                    profile,
+                    measured,
+                    setup=setup,
+                    prune=prune,
+                    seen=None if isinstance(seen, BaselineError) else seen,
+                    read_before=path in self._baselines and not isinstance(seen, BaselineError),
+                )
+            except BaselineError as exc:
+                self.outcome.errors.append(f"{exc} (not updated; the file was left untouched)")
+                failed = True
+                continue
+            self.outcome.updated.extend(
+                (c.key, c.old.peak_bytes, c.new.peak_bytes)
+                for c in result.changed
+                if c.old is not None and c.new is not None
+            )
+            if result.removed:
+                self.outcome.pruned[shown] = [c.key for c in result.removed]
+                self.outcome.stale.pop(shown, None)
+            if result.written:
+                self.outcome.written.append(shown)
+            self.outcome.conflicts.extend(
+                f"{c.key} in {shown} was changed by another run since this one read it "
+                f"(peak {c.old.peak_bytes} B); this run's figure replaced it (last writer wins)"
+                for c in result.conflicts
+                if c.old is not None and c.new is not None
+            )
+        return failed
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a report file whole or not at all (temporary file, then rename); OSError on
+    failure, with the old file (if any) intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def backend_failure(exc: BaseException) -> str:
+    """A backend that could not be created or warmed up, said without a traceback."""
+    return (
+        f"the backend failed with {type(exc).__name__}: {exc}; check the backend's class "
+        f"(it must be a concrete pytest_vram Backend that takes no arguments) and, for cuda, "
+        f"the driver (nvidia-smi), or choose another with --vram-backend"
+    )
+
+
+@contextlib.contextmanager
+def _world_or_fail(manager: Any) -> Iterator[None]:
+    """Enter a world; one that cannot be set up fails the test with its own message."""
+    try:
+        manager.__enter__()
+    except world.WorldError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield
+    except BaseException as exc:
+        if not manager.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        manager.__exit__(None, None, None)
+
+
+def owner(key: str, owners: dict[str, str]) -> str | None:
+    """The collected test that produces baseline ``key`` (``<base>`` or ``<base>::<name>``)."""
+    if key in owners:
+        return owners[key]
+    base = key.rsplit("::", 1)[0]
+    return owners.get(base) if base != key else None

@@ -1,0 +1,103 @@
+"""``--vram-artifacts DIR``: files to open after a failure, one directory per test.
+
+* ``breakdown.txt``: what was live at each peak, by category, module and allocation site;
+* ``memory.png``: allocated memory over the test's run (x: allocations and releases in
+  order), the largest modules coloured, the peak marked; drawn with matplotlib, an optional
+  extra (``pip install 'pytest-vram[plot]'``), offline;
+* ``snapshot.pickle`` on the ``cuda`` backend: torch's memory snapshot, which opens in the
+  PyTorch memory viewer (https://pytorch.org/memory_viz).
+
+Written in the process that ran the test (an xdist worker too), while its collector lives.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from pytest_vram.core.records import Record
+from pytest_vram.measure.attribution import Collector
+from pytest_vram.measure.vram import Vram
+from pytest_vram.render.breakdowns import text_report
+from pytest_vram.render.plots import plot_timeline
+
+
+def safe_name(nodeid: str) -> str:
+    """A file name for a node id: ``tests/a.py::t[x-y]`` -> ``tests_a.py__t_x-y_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", nodeid)[:150]
+
+
+def write(root: Path, nodeid: str, probe: Vram, records: list[Record]) -> list[Path]:
+    """Write the artefacts of one test; return the files written."""
+    folder = root / safe_name(nodeid)
+    folder.mkdir(parents=True, exist_ok=True)
+    meter = getattr(probe, "_meter", None)
+    attrib = getattr(meter, "attribution", None)
+    collector: Collector | None = getattr(attrib, "collector", None)
+    written: list[Path] = []
+    text = _text(nodeid, probe, records, collector)
+    (folder / "breakdown.txt").write_text(text, encoding="utf-8")
+    written.append(folder / "breakdown.txt")
+    if collector is not None and collector.events:
+        png = folder / "memory.png"
+        if plot_timeline(collector, nodeid, png):
+            written.append(png)
+    snapshot = _dump_snapshot(folder / "snapshot.pickle")
+    if snapshot is not None:
+        written.append(snapshot)
+    return written
+
+
+def _text(nodeid: str, probe: Vram, records: list[Record], collector: Collector | None) -> str:
+    parts = []
+    for r in records:
+        if r.breakdown:
+            parts.append(text_report(r.key, r.breakdown))
+    oom = getattr(probe, "out_of_memory", None)
+    if oom is not None and oom.breakdown:
+        title = f"{nodeid}: out of memory in {oom.step}"
+        parts.append(text_report(title, oom.breakdown))
+    if not parts:
+        parts.append(
+            f"{nodeid}: no breakdown was collected; run with --vram-attribution=on "
+            f"(on the cuda backend it is off by default)\n"
+        )
+    if collector is not None and "matplotlib" not in sys.modules:
+        try:
+            import matplotlib  # noqa: F401  # only to say whether memory.png can be drawn
+        except ImportError:
+            parts.append("memory.png needs matplotlib: pip install 'pytest-vram[plot]'\n")
+    return "\n".join(parts)
+
+
+def _dump_snapshot(path: Path) -> Path | None:
+    """torch's memory snapshot, when the cuda backend recorded history for this test."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not getattr(_recording, "on", False):
+        return None
+    torch.cuda.memory._dump_snapshot(str(path))
+    return path
+
+
+class _Recording:
+    on = False
+
+
+_recording = _Recording()
+
+
+def start_recording() -> None:
+    """Record the CUDA allocator's history (stacks included) for a snapshot."""
+    import torch  # only on the cuda backend, which imported it already
+
+    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    _recording.on = True
+
+
+def stop_recording() -> None:
+    if _recording.on:
+        import torch  # only after start_recording, on the cuda backend, which imported it
+
+        torch.cuda.memory._record_memory_history(enabled=None)
+        _recording.on = False

@@ -1,0 +1,134 @@
+"""What images show, drawn with matplotlib (an optional extra: ``pip install
+'pytest-vram[plot]'``): memory over one test's run (``--vram-artifacts``' ``memory.png``)
+and the peak per test of several runs (``python -m pytest_vram chart``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pytest_vram.core.runs import Run
+from pytest_vram.core.units import format_size
+from pytest_vram.measure.attribution import Collector
+
+#: Points drawn at most; longer runs are sampled (the peak is always kept).
+MAX_POINTS = 4000
+#: Modules coloured in the image; the rest is drawn as one grey band.
+COLOURED = 8
+
+
+class PlotError(ValueError):
+    """An image that cannot be drawn; the message says why and the fix."""
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive backend, None where it is not installed."""
+    try:
+        import matplotlib  # matplotlib on use: an optional extra, slow to import
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def timeline(collector: Collector) -> tuple[list[int], dict[str, list[int]], int]:
+    """(event positions, bytes live per module label at each, position of the peak)."""
+    labels = collector.labels()
+    live: dict[int, tuple[int, str]] = {}
+    totals: dict[str, int] = {}
+    total, peak, peak_at = 0, -1, 0
+    series: list[tuple[int, dict[str, int]]] = []
+    step = max(1, len(collector.events) // MAX_POINTS)
+    for i, (key, nbytes, _ctx) in enumerate(collector.events):
+        if nbytes >= 0:
+            if key not in live:
+                label = labels[i]
+                live[key] = (nbytes, label)
+                totals[label] = totals.get(label, 0) + nbytes
+                total += nbytes
+        elif key in live:
+            n, label = live.pop(key)
+            totals[label] -= n
+            total -= n
+        if total > peak:
+            peak, peak_at = total, i
+            series.append((i, dict(totals)))
+        elif i % step == 0:
+            series.append((i, dict(totals)))
+    series.sort(key=lambda p: p[0])
+    xs = [x for x, _ in series]
+    names = sorted({k for _, t in series for k in t})
+    return xs, {k: [t.get(k, 0) for _, t in series] for k in names}, peak_at
+
+
+def plot_timeline(collector: Collector, title: str, path: Path) -> bool:
+    """Draw the timeline to ``path`` (PNG or SVG by suffix); False without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    xs, by_label, peak_at = timeline(collector)
+    at_peak = {k: v[xs.index(peak_at)] for k, v in by_label.items()} if peak_at in xs else {}
+    # What the peak is made of first, then what holds the most memory over the run.
+    by_peak = sorted(by_label, key=lambda k: (-at_peak.get(k, 0), k))[: COLOURED // 2]
+    by_area = sorted(by_label, key=lambda k: (-sum(by_label[k]), k))
+    ranked = by_peak + [k for k in by_area if k not in by_peak]
+    top = ranked[:COLOURED]
+    rest = [sum(by_label[k][i] for k in ranked[COLOURED:]) for i in range(len(xs))]
+    mib = 1024**2
+    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
+    stacks = [[v / mib for v in by_label[k]] for k in top] + [[v / mib for v in rest]]
+    colours = [plt.get_cmap("tab10")(i) for i in range(len(top))] + ["#bbbbbb"]
+    ax.stackplot(xs, *stacks, labels=[*top, "other"], colors=colours, step="post")
+    peak = sum(by_label[k][xs.index(peak_at)] for k in by_label) if peak_at in xs else 0
+    ax.axvline(peak_at, color="black", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"peak {format_size(peak)}",
+        (peak_at, peak / mib),
+        textcoords="offset points",
+        xytext=(6, -12),
+        fontsize=9,
+    )
+    ax.set_xlabel("allocations and releases, in order")
+    ax.set_ylabel("allocated (MiB)")
+    ax.set_title(title if len(title) < 90 else "..." + title[-87:], fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.margins(x=0)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def chart(runs: list[Run], path: Path, baseline: Run | None = None) -> None:
+    """Horizontal bars of peak per test, one bar per run (and the baseline), to ``path``."""
+    plt = _pyplot()
+    if plt is None:
+        raise PlotError("the chart needs matplotlib: pip install 'pytest-vram[plot]'")
+    if baseline is None:  # a --vram-json file carries the baselines it was judged against
+        recorded = {
+            k: {"peak_bytes": m["baseline_peak_bytes"]}
+            for k, m in runs[0].measurements.items()
+            if m.get("baseline_peak_bytes") is not None
+        }
+        baseline = Run("baseline", recorded) if recorded else None
+    series = ([baseline] if baseline else []) + runs
+    keys = sorted({k for r in series for k in r.measurements})
+    height = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.35 * len(keys) * len(series)), dpi=100)
+    mib = 1024**2
+    for i, run in enumerate(series):
+        values = [run.measurements.get(k, {}).get("peak_bytes", 0) / mib for k in keys]
+        ys = [y + i * height for y in range(len(keys))]
+        ax.barh(ys, values, height=height, label=run.label)
+    ax.set_yticks([y + 0.4 - height / 2 for y in range(len(keys))])
+    ax.set_yticklabels([k.split("::", 1)[-1] for k in keys], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("peak allocated (MiB)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

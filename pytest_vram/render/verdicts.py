@@ -1,0 +1,277 @@
+"""A measurement's verdicts in words: the table's one-line summary, the long detail of
+``--vram-json``, and the failure text pytest shows (figures first, then what to do)."""
+
+from __future__ import annotations
+
+import shlex
+
+from pytest_vram.core.figures import MemoryFigures
+from pytest_vram.core.records import Record
+from pytest_vram.core.units import format_delta, format_size
+from pytest_vram.core.verdicts import COMPARED, RESERVED, Kind, Verdict
+from pytest_vram.measure.meter import OutOfMemory
+
+_LABELS = {"peak_bytes": "peak", "model_bytes": "model"}
+
+NOTHING_MEASURED = (
+    "{nodeid}: is a vram test but measured nothing (--vram-strict): call "
+    "vram.run(workload, ...) and let the workload's exceptions propagate, or drop the "
+    "marker and the `vram` fixture"
+)
+
+
+def update_command(nodeid: str) -> str:
+    """The command that records ``nodeid``'s figures as its baseline."""
+    # Quoted: parametrised ids contain [] that a shell would glob.
+    return f"pytest --vram-update {shlex.quote(nodeid)}"
+
+
+def nothing_measured(nodeid: str) -> str:
+    """The failure of a vram test that measured nothing, in strict mode."""
+    return NOTHING_MEASURED.format(nodeid=nodeid)
+
+
+def _baseline(record: Record) -> MemoryFigures | None:
+    if record.baseline_model_bytes is None or record.baseline_peak_bytes is None:
+        return None
+    return MemoryFigures(record.baseline_model_bytes, record.baseline_peak_bytes)
+
+
+def _path(record: Record) -> str:
+    return record.baseline_path or "the baseline file"
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summary(record: Record, verdict: Verdict) -> str:
+    """One short line for the terminal table and the notes, e.g. ``"+12.0 MiB (+0.21%)"``."""
+    measured, baseline = record.figures, _baseline(record)
+    kind = verdict.kind
+    if kind is Kind.OVER_BUDGET and verdict.fields == (RESERVED,):
+        budget = record.reserved_budget or 0
+        if record.reserved_bytes is None:
+            return "reserved unknown"
+        return f"reserved {format_delta(record.reserved_bytes, budget)} over {format_size(budget)}"
+    if kind is Kind.OVER_BUDGET:
+        budget = record.budget or 0
+        return f"{format_delta(measured.peak_bytes, budget)} over budget {format_size(budget)}"
+    if kind is Kind.NEW:
+        return "recorded" if verdict.updating else "new, no baseline"
+    if kind is Kind.MISSING:
+        return "no baseline"
+    assert baseline is not None  # the other kinds compare with a baseline
+    if kind is Kind.UPDATED:
+        return format_delta(measured.peak_bytes, baseline.peak_bytes) + " (updated)"
+    if kind in (Kind.REGRESSION, Kind.IMPROVEMENT):
+        parts = []
+        for field in verdict.fields:
+            text = format_delta(getattr(measured, field), getattr(baseline, field))
+            parts.append(text if field == "peak_bytes" else f"model {text}")
+        return "; ".join(parts)
+    text = format_delta(measured.peak_bytes, baseline.peak_bytes)
+    return f"{text} (unchanged, nothing to update)" if verdict.updating else text
+
+
+# --------------------------------------------------------------------------- detail
+
+
+def _figure(n: int) -> str:
+    return f"{n} B ({format_size(n)})"
+
+
+def _delta(measured: int, reference: int) -> str:
+    """``"+12582912 B (+12.0 MiB, +0.20%)"``: exact bytes for the record, units to read."""
+    delta = measured - reference
+    readable = ("+" if delta >= 0 else "") + format_size(delta)
+    percent = f"{delta / reference * 100:+.2f}%" if reference else "reference is 0 B"
+    return f"{delta:+d} B ({readable}, {percent})"
+
+
+def detail(record: Record, verdict: Verdict) -> str:
+    """The long description: both figures, the delta in bytes and percent, the limit, the
+    fix (``--vram-json``'s ``detail``, and the failure text of the kinds without lines of
+    their own)."""
+    key, path = record.key, _path(record)
+    command = update_command(record.nodeid or key)
+    measured, baseline = record.figures, _baseline(record)
+    kind = verdict.kind
+    if kind is Kind.OVER_BUDGET and verdict.fields == (RESERVED,):
+        return _reserved_detail(key, record.reserved_bytes, record.reserved_budget or 0)
+    if kind is Kind.OVER_BUDGET:
+        peak, budget = measured.peak_bytes, record.budget or 0
+        return (
+            f"{key}: peak {_figure(peak)} is over the budget {_figure(budget)} by "
+            f"{_delta(peak, budget)}. A budget is a hard limit that no baseline or tolerance "
+            f"relaxes: reduce the workload's memory, or raise budget= on the vram marker if "
+            f"the limit itself was wrong."
+        )
+    if kind is Kind.NEW and verdict.updating:
+        return (
+            f"{key}: recorded peak {_figure(measured.peak_bytes)}, model "
+            f"{_figure(measured.model_bytes)} as a new entry in {path}; "
+            f"review and commit the file."
+        )
+    figures = f"peak {_figure(measured.peak_bytes)}, model {_figure(measured.model_bytes)}"
+    if kind is Kind.MISSING:
+        return (
+            f"{key}: no baseline in {path} (strict mode: every measurement "
+            f"needs one). Measured {figures}. Record it with `{command}` and "
+            f"commit {path}."
+        )
+    if kind is Kind.NEW:
+        return f"{key}: no baseline yet in {path}; measured {figures}. Record it with `{command}`."
+    assert baseline is not None  # the other kinds compare with a baseline
+    if kind is Kind.UPDATED:
+        changes = "; ".join(
+            f"{_LABELS[field]} {_figure(getattr(baseline, field))} -> "
+            f"{_figure(getattr(measured, field))}, "
+            f"{_delta(getattr(measured, field), getattr(baseline, field))}"
+            for field in COMPARED
+        )
+        return f"{key}: updated in {path}: {changes}; review and commit the file."
+    reports = ". ".join(
+        _field_report(field, measured, baseline, record) for field in verdict.fields
+    )
+    if kind is Kind.REGRESSION:
+        return (
+            f"{key}: memory regression against {path}. {reports}. "
+            f"Reduce the memory use, or if the increase is intended record it with "
+            f"`{command}` and commit {path} with the reason."
+        )
+    if kind is Kind.IMPROVEMENT:
+        text = (
+            f"{key}: uses less memory than {path} records. {reports}. "
+            f"Lock the improvement in with `{command}` so that a later regression "
+            f"back to the old figure is caught."
+        )
+        if verdict.fails:
+            text += " (--vram-fail-improvements: an unrecorded improvement fails the test.)"
+        return text
+    return _pass_detail(record, verdict, measured, baseline)
+
+
+def _reserved_detail(key: str, reserved: int | None, budget: int) -> str:
+    if reserved is None:
+        return (
+            f"{key}: reserved_budget {_figure(budget)} cannot be checked: this backend "
+            f"does not report reserved memory; use the cuda or estimate backend, or drop "
+            f"reserved_budget= from the vram marker."
+        )
+    return (
+        f"{key}: reserved {_figure(reserved)} (what the allocator held from the device, "
+        f"fragmentation included) is over the reserved_budget {_figure(budget)} by "
+        f"{_delta(reserved, budget)}. Reduce the workload's memory or its fragmentation, or "
+        f"raise reserved_budget= on the vram marker if the limit itself was wrong."
+    )
+
+
+def _field_report(
+    field: str, measured: MemoryFigures, baseline: MemoryFigures, record: Record
+) -> str:
+    tolerance = record.tolerance
+    value, reference = getattr(measured, field), getattr(baseline, field)
+    allowance = tolerance.allowance(reference)
+    figures = (
+        f"{_LABELS[field]} {_figure(value)} vs baseline {_figure(reference)}: "
+        f"{_delta(value, reference)}"
+    )
+    if allowance == 0:
+        return f"{figures}; tolerance {tolerance}: the figure must equal the baseline exactly"
+    return (
+        f"{figures}; tolerance {tolerance} allows +/-{allowance} B ({format_size(allowance)}), "
+        f"i.e. {reference - allowance}..{reference + allowance} B"
+    )
+
+
+def _pass_detail(
+    record: Record, verdict: Verdict, measured: MemoryFigures, baseline: MemoryFigures
+) -> str:
+    peak, reference = measured.peak_bytes, baseline.peak_bytes
+    allowance = record.tolerance.allowance(reference)
+    text = (
+        f"{record.key}: peak {_figure(peak)} vs baseline {_figure(reference)}: "
+        f"{_delta(peak, reference)}, within tolerance {record.tolerance} "
+        f"(+/-{allowance} B, {format_size(allowance)})"
+    )
+    return f"{text}; unchanged, nothing to update" if verdict.updating else text
+
+
+# --------------------------------------------------------------------------- failure text
+
+
+def failure_text(record: Record) -> str:
+    """A failing record's message: short lines, the figures first, then what to do.
+
+    The first line is what pytest's short summary shows after the node id, so it carries
+    the verdict and the change and does not repeat the node id.
+    """
+    parts = []
+    for verdict in record.verdicts:
+        if not verdict.fails:
+            continue
+        lines = _failure_lines(record, verdict)
+        if record.name:
+            lines[0] = f"{record.name}: {lines[0]}"
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _bytes(n: int) -> str:
+    return f"{format_size(n):>10}  {n:>14,d} B"
+
+
+def _failure_lines(r: Record, verdict: Verdict) -> list[str]:
+    fix = f"`{update_command(r.nodeid)}`\n  and commit {r.baseline_path}"
+    peak, base = r.peak_bytes, r.baseline_peak_bytes
+    kind = verdict.kind
+    if kind is Kind.OVER_BUDGET and verdict.fields != (RESERVED,) and r.budget is not None:
+        return [
+            f"peak {format_delta(peak, r.budget)} over the budget {format_size(r.budget)}",
+            f"  peak      {_bytes(peak)}",
+            f"  budget    {_bytes(r.budget)}",
+            "  a budget is a hard limit, whatever the baseline says: reduce the workload's",
+            "  memory, or raise budget= on the vram marker if the limit itself was wrong",
+        ]
+    if kind is Kind.REGRESSION and base is not None and r.baseline_model_bytes is not None:
+        lines = [f"peak {format_delta(peak, base)}: memory regression against {r.baseline_path}"]
+        for label, value, ref in (
+            ("peak", peak, base),
+            ("model", r.model_bytes, r.baseline_model_bytes),
+        ):
+            allowance = r.tolerance.allowance(ref)
+            if label == "model" and abs(value - ref) <= allowance:
+                lines.append(f"  model     {_bytes(value)}  within tolerance")
+                continue
+            lines.append(f"  {label:<9} {_bytes(value)}  ({value - ref:+,d} B)")
+            lines.append(f"  baseline  {_bytes(ref)}")
+            limit = "must equal it exactly" if allowance == 0 else f"allows +/-{allowance:,d} B"
+            lines.append(f"  tolerance {r.tolerance}: {limit}")
+        lines.append("  reduce the memory use; if the increase is intended, record it with")
+        lines.append(f"  {fix} with the reason")
+        return lines
+    if kind is Kind.MISSING:
+        return [
+            f"no baseline (strict mode): peak {format_size(peak)}, "
+            f"model {format_size(r.model_bytes)}",
+            f"  peak      {_bytes(peak)}",
+            f"  model     {_bytes(r.model_bytes)}",
+            f"  record it with {fix}",
+        ]
+    return [detail(r, verdict)]
+
+
+def out_of_memory(oom: OutOfMemory, nodeid: str, device: str) -> str:
+    """The failure text of a step that ran out of memory: the test, the step, the figures,
+    and what to do about it."""
+    return (
+        f"{nodeid}: out of memory on {device} in {oom.step}: "
+        f"{format_size(oom.held_bytes)} ({oom.held_bytes} B) were allocated when it "
+        f"started and it had reached {format_size(oom.peak_bytes)} ({oom.peak_bytes} B) "
+        f"when an allocation failed.\n{oom.error}\n"
+        f"Measure a smaller workload (batch, sequence length, model size), run it on a "
+        f"GPU with more free memory (CUDA_VISIBLE_DEVICES selects another one), or "
+        f"estimate it without allocating with --vram-backend=estimate; "
+        f"@pytest.mark.vram(budget=...) states the ceiling the workload has to fit. "
+        f"The memory the step held has been released for the following tests."
+    )

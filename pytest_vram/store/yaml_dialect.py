@@ -1,0 +1,194 @@
+"""The YAML dialect of the baseline files, built on PyYAML.
+
+Reading: :data:`StrictLoader` (libyaml's parser where PyYAML has it, else :class:`PyLoader`)
+refuses aliases, anchors, tags, deep nesting and duplicate keys, and reads plain scalars as
+null, booleans, decimal integers and decimal floats only. Writing: :func:`canonical`, the one
+block-style text of a document.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.emitter import ScalarEvent
+from yaml.events import AliasEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import BaseResolver
+from yaml.scanner import Scanner
+
+#: Input bounds. A real baseline nests four levels deep (file, entries, entry, field); far
+#: deeper nesting is a mistake or an attack, refused instead of exhausting the stack.
+MAX_DEPTH = 16
+#: Digits of an integer YAML reads as a number; longer ones stay strings and fail validation.
+MAX_INT_DIGITS = 20
+
+
+class DuplicateKey(Exception):
+    def __init__(self, where: tuple[str, ...], key: str, first_line: int, line: int) -> None:
+        super().__init__(key)
+        self.where, self.key, self.first_line, self.line = where, key, first_line, line
+
+
+class Refused(Exception):
+    """YAML that is valid but never needed in a baseline file (alias, tag, deep nesting)."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+class _Resolver(BaseResolver):
+    """Plain scalars read as null, booleans, decimal integers and decimal floats only.
+
+    YAML 1.1 also reads ``2024-13-45`` as a date, ``52:25:48`` as the base-60 number 188748
+    and ``0x1F`` as hex; in a baseline those are typos, so they stay strings here and fail
+    validation with a message that shows them.
+    """
+
+
+_DIGITS = f"[0-9]{{1,{MAX_INT_DIGITS}}}"
+_IMPLICIT = (
+    (
+        "bool",
+        "^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",
+        "yYnNtTfFoO",
+    ),
+    ("null", "^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("int", f"^[-+]?{_DIGITS}$", "-+0123456789"),
+    ("float", rf"^[-+]?(?:{_DIGITS}\.[0-9]{{0,{MAX_INT_DIGITS}}}|\.{_DIGITS})$", "-+0123456789."),
+)
+for _tag, _regexp, _first in _IMPLICIT:
+    _Resolver.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regexp), list(_first))
+
+
+class _BoundedComposer(Composer):
+    """Composer that refuses aliases, anchors, explicit tags, deep nesting, duplicate keys.
+
+    Baselines never need aliases or tags; refusing them keeps a 500-byte alias bomb from
+    expanding into gigabytes and ``!!timestamp x`` from reaching a constructor that raises.
+    Duplicate keys are refused because PyYAML silently keeps the last one, which would hide
+    one of two recorded figures after a bad merge.
+    """
+
+    _depth = 0
+
+    def compose_document(self) -> Node | None:  # type: ignore[override]
+        node = super().compose_document()
+        if node is not None:
+            _check_duplicates(node, ())
+        return node
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            raise Refused(
+                f"alias *{event.anchor} is not allowed in a baseline file; write the value out",
+                event.start_mark,
+            )
+        if getattr(event, "anchor", None) is not None:
+            raise Refused(
+                f"anchor &{event.anchor} is not allowed in a baseline file; remove it",
+                event.start_mark,
+            )
+        if getattr(event, "tag", None) is not None:
+            raise Refused(
+                f"tag {_short_tag(event.tag)} is not allowed in a baseline file; remove it "
+                f"(figures are plain integers, tolerances plain strings)",
+                event.start_mark,
+            )
+        if self._depth >= MAX_DEPTH:
+            raise Refused(
+                f"nested deeper than {MAX_DEPTH} levels; a baseline file needs 4 "
+                f"(file, entries, entry, field)",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len("tag:yaml.org,2002:") :] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+class PyLoader(Reader, Scanner, Parser, _BoundedComposer, SafeConstructor, _Resolver):
+    def __init__(self, stream: str) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _BoundedComposer.__init__(self)
+        SafeConstructor.__init__(self)
+        _Resolver.__init__(self)
+
+
+StrictLoader: type = PyLoader
+if getattr(yaml, "__with_libyaml__", False):
+    # libyaml's parser reads about three times faster than the pure Python one; composing
+    # stays in Python (first in the MRO) so that the bounds above apply either way.
+    class CLoader(_BoundedComposer, yaml._yaml.CParser, SafeConstructor, _Resolver):  # type: ignore[misc, name-defined]
+        def __init__(self, stream: str) -> None:
+            yaml._yaml.CParser.__init__(self, stream)  # type: ignore[attr-defined]
+            _BoundedComposer.__init__(self)
+            SafeConstructor.__init__(self)
+            _Resolver.__init__(self)
+
+    StrictLoader = CLoader
+
+
+def _check_duplicates(node: Node, where: tuple[str, ...]) -> None:
+    if isinstance(node, MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            key = (key_node.tag, str(key_node.value)) if isinstance(key_node, ScalarNode) else None
+            if key is not None:
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKey(where, key[1], seen[key], line)
+                seen[key] = line
+            child = str(key_node.value) if isinstance(key_node, ScalarNode) else "?"
+            _check_duplicates(value_node, (*where, child))
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicates(item, (*where, str(index)))
+
+
+# --------------------------------------------------------------------------- dumping
+
+
+class Dumper(yaml.SafeDumper):
+    """Safe dumper: no aliases, and test ids up to YAML's limit stay plain keys."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+    def check_simple_key(self) -> bool:
+        # PyYAML writes keys longer than 128 characters as "? key" (explicit form), which
+        # reads badly in review; parametrised test ids often are that long. YAML allows
+        # plain keys up to 1024 characters, and PyYAML's reader accepts them.
+        if isinstance(self.event, ScalarEvent):
+            if self.analysis is None:
+                self.analysis = self.analyze_scalar(self.event.value)
+            analysis = self.analysis
+            if len(analysis.scalar) < 1000 and not analysis.empty and not analysis.multiline:
+                return True
+        return super().check_simple_key()
+
+
+def canonical(document: dict[str, Any]) -> str:
+    return yaml.dump(
+        document,
+        Dumper=Dumper,
+        sort_keys=False,  # the order above is the canonical one
+        default_flow_style=False,
+        allow_unicode=True,
+        width=10**9,  # never fold a long test id over two lines
+        explicit_end=False,
+    )
