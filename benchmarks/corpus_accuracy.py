@@ -1,7 +1,7 @@
 """The ecosystem corpus at realistic size (100M to 1B parameters): estimate vs ``cuda``.
 
 Runs every workload of ``tests/vram/corpus_workloads.py`` at size ``realistic`` through
-:class:`pytest_vram.measure.Meter`, as the plugin does, once per backend, each backend in a
+:class:`pytest_vram.measure.meter.Meter`, as the plugin does, once per backend, each backend in a
 subprocess of its own (so one backend's allocations and imports cannot touch the other's):
 
 * ``cuda``: the real GPU, under ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` (the

@@ -7,7 +7,7 @@ For each (preset, phase) pair of the model zoo and each workload
 * ``train``      -- ``model_zoo.train_step``, 512 tokens, FP16 model
 
 it measures model and peak bytes with the ``cuda`` backend (real GPU) and the ``estimate``
-backend (fake tensors), each through :class:`pytest_vram.measure.Meter` exactly as the
+backend (fake tensors), each through :class:`pytest_vram.measure.meter.Meter` exactly as the
 plugin does, and writes ``estimate_accuracy.json`` and ``estimate_accuracy.md`` to
 ``--out`` (default ``$OUT``, else the current directory).
 

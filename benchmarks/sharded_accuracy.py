@@ -1,7 +1,7 @@
 """World size 1: the estimator's per-rank figures of sharded training against a real GPU.
 
 For each case, one rank's build and training step (``model_zoo.train_step``, 512 tokens)
-is measured twice through :class:`pytest_vram.measure.Meter`, as the plugin does for a
+is measured twice through :class:`pytest_vram.measure.meter.Meter`, as the plugin does for a
 test marked ``@pytest.mark.vram(world_size=1)``:
 
 * ``real``: the ``cuda`` backend in a real one-rank NCCL process group (file store);

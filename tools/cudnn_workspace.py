@@ -22,7 +22,8 @@ allowed for convolutions).
     python tools/cudnn_workspace.py --no-corpus --budget 300 \
         --known docs/data/cudnn-workspace/*.jsonl.gz --out "$OUT"
     # anywhere (CPU, seconds): the shipped table from every run of one setup (GPU, torch,
-    # cuDNN, flags), pytest_vram/backends/estimate/kernels/data/cudnn_workspace_<arch>_cudnn<version>.json.gz
+    # cuDNN, flags), in pytest_vram/backends/estimate/kernels/data/:
+    # cudnn_workspace_<arch>_cudnn<version>.json.gz
     python tools/cudnn_workspace.py --table \
         docs/data/cudnn-workspace/*.jsonl.gz "$OUT"/cudnn_workspace.jsonl
 

@@ -2,7 +2,7 @@
 
 A backend knows how to read allocated bytes on one device and how to make a test's code
 run there. The measuring logic (start point, model bytes, peak, leak) lives in
-``pytest_vram.measure`` and is the same for every backend; a backend only supplies the
+``pytest_vram.measure.meter`` and is the same for every backend; a backend only supplies the
 counters and the scope in which the test's build step and workload run.
 
 Contract (see docs/architecture.md):

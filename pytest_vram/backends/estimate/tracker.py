@@ -43,7 +43,7 @@ class StorageTracker:
         #: the test's known tensor values: a resized storage's contents are new
         self.known = known
         self._live: dict[int, tuple[weakref.ref[Any], Block | None]] = {}
-        #: optional attribution hook (``pytest_vram.attribution.Collector``): told of every
+        #: optional attribution hook (``pytest_vram.measure.attribution.Collector``): told of every
         #: storage made and released, and of every transient buffer
         self.observer = observer
         #: the warnings this test was given (each category once: a convolution whose
