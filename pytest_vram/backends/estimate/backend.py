@@ -92,6 +92,26 @@ class EstimateBackend(Backend):
         self._observer: Any = None
         #: the test's scope while ``test_scope`` is active
         self._whole_test: Scope | None = None
+        if self._emulate and torch.backends.cuda.is_built():
+            self._check_cuda_build_without_gpu()
+
+    def _check_cuda_build_without_gpu(self) -> None:
+        """A CUDA build of torch with no visible GPU (``pip install torch`` on a CI runner):
+        its autograd engine asks the CUDA driver for device 0's primary context at every
+        backward on a CUDA tensor, fake or not, and fails. Refused at creation, with the fix,
+        rather than in every test."""
+        try:
+            self.warmup()
+        except RuntimeError as exc:
+            if "hasPrimaryContext" not in str(exc) and "CUDA driver" not in str(exc):
+                raise
+            raise BackendUnavailable(
+                f"the estimate backend cannot run on this CUDA build of torch "
+                f"({torch.__version__}) where no GPU is visible: autograd asks the CUDA "
+                f"driver for a device it does not have ({exc}). Install torch's CPU build "
+                "(a '+cpu' wheel) to estimate GPU memory without a GPU, or run with a "
+                "visible GPU (--vram-backend=cuda)."
+            ) from None
 
     # -- identity -----------------------------------------------------------------------
     @property
