@@ -17,6 +17,16 @@ Contract (see docs/architecture.md):
 * ``begin_test()`` / ``end_test()`` bracket one test: begin releases cached, unused memory
   so that allocation history of earlier tests cannot change this test's rounding; end
   drops per-test state (the estimator's fake mode).
+* ``test_scope()`` is entered around a whole vram test: before its function-scoped
+  fixtures are set up, exited after they are torn down (so ``begin_test`` / ``end_test``
+  and every ``scope()`` run inside it). The CUDA backend needs nothing there; the
+  estimator runs the whole test on one emulated card (tensors, modules, optimizers,
+  GradScalers, autocast, streams made anywhere in the test count as inside ``scope()``),
+  makes ``scope()`` a no-op inside it, and its ``begin_test`` then releases the cache and
+  restarts the peaks as the CUDA backend's does, keeping what the fixtures made.
+* ``session_scope()`` is entered once the backend is created and exited at the session's
+  end: the estimator makes CUDA work outside every vram test fail with the user's line
+  and the fix (instead of torch's "Torch not compiled with CUDA enabled").
 * ``allocated()`` is the bytes allocated now, as the CUDA caching allocator counts them
   (``torch.cuda.memory_allocated``: block sizes after the allocator's rounding).
 * ``reset_peak()`` makes ``peak()`` start again from ``allocated()``.
@@ -96,6 +106,14 @@ class Backend(abc.ABC):
     def scope(self) -> Iterator[None]:
         """Context in which the test's build step and workload run."""
         yield
+
+    def test_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context around one whole vram test, fixtures included (default: nothing)."""
+        return contextlib.nullcontext()
+
+    def session_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context from the backend's creation to the session's end (default: nothing)."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def synchronize(self) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pytest_vram.backends.base import Backend, BackendUnavailable, collect_garbage, metric_name
+from pytest_vram.backends.cards import Card
 from pytest_vram.backends.patching import install_for_process
 
 # The cuBLAS/cuBLASLt workspaces are per process (per handle and stream), not per backend
@@ -64,11 +67,25 @@ class CudaBackend(Backend):
     ``device_index`` picks the GPU; by default, xdist worker ``gwN`` on a host with several
     visible GPUs takes GPU ``N % count`` (see :func:`worker_device`), anything else the
     current device.
+
+    ``card`` (a :class:`~pytest_vram.backends.cards.Card`, a name or a capacity such as
+    ``"8GiB"``) caps this GPU to that card while the test runs (:meth:`test_scope`): the
+    caching allocator's per-process limit (``torch.cuda.set_per_process_memory_fraction``)
+    is set to the card's capacity less its CUDA context where measured, so an allocation
+    the card could not serve raises ``OutOfMemoryError`` here too. The limit is checked
+    by torch before mapping, with the segment size a request would take, which for
+    requests of 10 MiB and more differs from the card's own page-by-page failure
+    (``estimate.allocator``, ``limit_rule="fraction"``).
     """
 
     name = "cuda"
 
-    def __init__(self, device_index: int | None = None, allocator: str = "expandable") -> None:
+    def __init__(
+        self,
+        device_index: int | None = None,
+        allocator: str = "expandable",
+        card: Card | str | None = None,
+    ) -> None:
         import torch
 
         if not torch.cuda.is_available():
@@ -90,6 +107,8 @@ class CudaBackend(Backend):
         torch.cuda.set_device(self.index)
         install_for_process("cuda-current-device")
         self._name = torch.cuda.get_device_name(self.index)
+        self.card = None if card is None else Card.parse(card)
+        self._fraction = None if self.card is None else self._cap_fraction(self.card)
 
     @property
     def device(self) -> str:
@@ -110,7 +129,43 @@ class CudaBackend(Backend):
             "cuda": str(torch.version.cuda),
             "allocator": "; ".join(dict.fromkeys(conf)) or "default",
             "metric": metric_name(self.allocator),
+            **({} if self.card is None else {"card": self._card_description()}),
         }
+
+    def _card_description(self) -> str:
+        card = self.card
+        assert card is not None
+        text = f"{card.name}, capped with a per-process limit of {card.allocator_limit} B"
+        unknown = card.unknown()
+        return f"{text} ({unknown})" if unknown else text
+
+    def _cap_fraction(self, card: Card) -> float:
+        """The fraction of this GPU whose allocator limit is the card's allocator limit."""
+        total = int(self._torch.cuda.mem_get_info(self.index)[1])
+        limit = card.allocator_limit
+        if limit > total:
+            raise BackendUnavailable(
+                f"vram backend 'cuda': card {card.name} ({limit} B usable) is larger than "
+                f"this GPU ({self._name}, {total} B): a GPU can only be capped to a smaller "
+                "card. Use a larger GPU, or estimate it with --vram-backend=estimate"
+            )
+        return limit / total
+
+    def test_scope(self) -> contextlib.AbstractContextManager[object]:
+        """With a card, the GPU capped to it for the test, the limit lifted afterwards."""
+        if self._fraction is None:
+            return contextlib.nullcontext()
+        return self._capped(self._fraction)
+
+    @contextlib.contextmanager
+    def _capped(self, fraction: float) -> Iterator[None]:
+        cuda = self._torch.cuda
+        cuda.set_per_process_memory_fraction(fraction, self.index)
+        try:
+            yield
+        finally:
+            # 1.0 is torch's "no limit": the allocator may then use the whole GPU again
+            cuda.set_per_process_memory_fraction(1.0, self.index)
 
     def warmup(self) -> None:
         if self.allocator == "expandable":

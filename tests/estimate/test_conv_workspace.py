@@ -49,7 +49,7 @@ def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         cw.load_table.cache_clear()
 
     monkeypatch.setattr(cw, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cw, "gpu_visible", lambda: False)
     write({})
     yield write
     cw.load_table.cache_clear()

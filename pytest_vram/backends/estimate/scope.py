@@ -30,6 +30,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter
 from torch.optim import optimizer as torch_optimizer
 
+from pytest_vram.backends.cards import Card
 from pytest_vram.backends.estimate import cuda_runtime, distributed, transformers_support
 from pytest_vram.backends.estimate.autograd_engine import settle_engine_threads
 from pytest_vram.backends.estimate.fake_mode import EstimatingFakeMode
@@ -160,13 +161,17 @@ class Scope:
     without torch's and the estimator's frames.
     """
 
-    def __init__(self, mode: EstimatingFakeMode, emulate: bool, tracker: StorageTracker) -> None:
+    def __init__(
+        self, mode: EstimatingFakeMode, emulate: bool, tracker: StorageTracker, card: Card
+    ) -> None:
         self._mode = mode
         self._emulate = emulate
         self._tracker = tracker
+        self._card = card
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> None:
+        global _active
         with contextlib.ExitStack() as stack:
             patches = stack.enter_context(Patches())  # restored last, after the mode exits
             if self._emulate:
@@ -183,7 +188,9 @@ class Scope:
             distributed.install(patches, self._tracker, self._emulate)
             _report_rnns(patches, self._tracker)
             if self._emulate:
-                cuda_runtime.install_memory_queries(patches, self._tracker.allocator)
+                cuda_runtime.install_device(patches, self._card, self._tracker.allocator)
+            cuda_runtime.enter_scope()
+            stack.callback(cuda_runtime.leave_scope)
             self._stack = stack.pop_all()
 
     def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -191,8 +198,27 @@ class Scope:
         self._stack.__exit__(typ, exc, tb)
         if self._emulate:
             settle_engine_threads()
-        if isinstance(exc, EstimateUnsupported):
-            raise EstimateUnsupported(str(exc)) from None
-        if exc is not None and is_compile_failure(exc):
-            raise EstimateUnsupported(compile_message(exc)) from None
-        return False
+        return _reraise(exc)
+
+
+class Reentered:
+    """A build step or workload inside a test that already runs in the estimator's scope
+    (``EstimateBackend.test_scope``): nothing to enter; what the scope does with an
+    exception on its way to the test is done here, at the step."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        return _reraise(exc)
+
+
+def _reraise(exc: BaseException | None) -> bool:
+    """Refusals reach the test with their own message, without torch's frames."""
+    __tracebackhide__ = True
+    if isinstance(exc, EstimateUnsupported):
+        raise EstimateUnsupported(str(exc)) from None
+    if exc is not None and is_compile_failure(exc):
+        raise EstimateUnsupported(compile_message(exc)) from None
+    return False

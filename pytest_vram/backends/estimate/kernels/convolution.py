@@ -180,9 +180,16 @@ def _unknown(description: str) -> Buffers:
     return buffers
 
 
+def gpu_visible() -> bool:
+    """Whether a real GPU is visible (``torch.cuda.is_available()`` without the emulation)."""
+    return torch.cuda._is_compiled() and torch._C._cuda_getDeviceCount() > 0
+
+
 def current_table() -> tuple[str, dict[str, int] | None]:
-    """The table for the GPU the estimate models, by file name, and its entries."""
-    if torch.cuda.is_available():
+    """The table for the GPU the estimate models, by file name, and its entries: a real
+    GPU's where one is visible (asked of the runtime itself: inside the estimator's scope
+    ``torch.cuda.is_available()`` answers for the emulated card), else the H200's."""
+    if gpu_visible():
         major, minor = torch.cuda.get_device_capability()
         version = torch.backends.cudnn.version() or 0
         name = table_name(f"sm{major}{minor}", int(version))
