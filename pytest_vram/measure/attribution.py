@@ -71,7 +71,9 @@ def _skipped_dirs() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_user_file(filename: str) -> bool:
+def is_user_file(filename: str) -> bool:
+    """Whether ``filename`` is the user's code (not torch, this package, pytest, pluggy,
+    contextlib)."""
     return not filename.startswith(_skipped_dirs()) and not filename.startswith("<")
 
 
@@ -83,7 +85,7 @@ def _code_kind(code: Any) -> int:
     kind = _CODE_KIND.get(code)
     if kind is None:
         kind = _CODE_KIND[code] = (
-            2 if code.co_name == "__torch_dispatch__" else int(_is_user_file(code.co_filename))
+            2 if code.co_name == "__torch_dispatch__" else int(is_user_file(code.co_filename))
         )
     return kind
 
