@@ -338,7 +338,7 @@ def off_device_explanation(off: OffDevice) -> list[str]:
         "  fix: make the model and its tensors on vram.device inside the test "
         "(model.to(vram.device), torch.randn(..., device=vram.device))"
     )
-    if not off.in_build and not (off.params or off.tensors):
+    if not off.in_build and not (off.params or off.tensors or off.causes):
         lines.append(
             "  a test whose workload uses no device memory has nothing to measure: drop "
             "the `vram` fixture and marker"
