@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from pytest_vram.backends import alloc_conf
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 from pytest_vram.backends.estimate import torch_compat
 from pytest_vram.backends.estimate.allocator import MODEL_VERSION, CachingAllocatorModel
@@ -41,6 +42,9 @@ class EstimateBackend(Backend):
     simulates_ranks = True
 
     def __init__(self, allocator: str = "expandable") -> None:
+        # The user's allocator settings, checked as the cuda backend checks them.
+        if (problem := alloc_conf.problem(allocator)) is not None:
+            raise BackendUnavailable(problem)
         self._allocator_mode = allocator
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
         # tensors behave natively and SDPA's real chooser runs.
