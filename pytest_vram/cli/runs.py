@@ -15,6 +15,7 @@ reported against the input it came from.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -121,11 +122,13 @@ class _NotANumber(Exception):
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Duplicate(key)
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # the rare case: find the key for the message
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
     return result
 
 
@@ -257,11 +260,18 @@ def _strings(value: Any) -> dict[str, str]:
 
 
 def _tolerance(value: Any) -> str:
-    try:
-        parse_tolerance(value)
-    except UnitError:
-        raise _Bad("a tolerance such as '0B', '0.5%' or '0.5% + 4MiB'") from None
+    if not isinstance(value, str) or not _is_tolerance(value):
+        raise _Bad("a tolerance such as '0B', '0.5%' or '0.5% + 4MiB'")
     return value
+
+
+@functools.lru_cache(maxsize=256)  # a run holds a handful of distinct tolerances
+def _is_tolerance(text: str) -> bool:
+    try:
+        parse_tolerance(text)
+    except UnitError:
+        return False
+    return True
 
 
 _KINDS = {k.value for k in Kind}
@@ -362,23 +372,27 @@ RECORD = (
 
 
 def _check_measurement(label: str, index: int, m: Any, required: tuple[str, ...]) -> None:
-    where = f"{label}: measurements[{index}]"
     if not isinstance(m, dict):
-        raise RunError(f"{where} must be an object with key, peak_bytes and model_bytes, got "
-                       f"{_kind(m)}; {_WRITE_IT}")  # fmt: skip
-    if isinstance(m.get("key"), str) and m["key"]:
-        where += f" ({show(m['key'])})"
+        raise RunError(f"{label}: measurements[{index}] must be an object with key, peak_bytes "
+                       f"and model_bytes, got {_kind(m)}; {_WRITE_IT}")  # fmt: skip
     for name in required:
         if name not in m:
-            raise RunError(f"{where}: {name!r} is missing; {_WRITE_IT}")
+            raise RunError(f"{_where(label, index, m)}: {name!r} is missing; {_WRITE_IT}")
     for name, check in FIELDS.items():
         if name in m:
             try:
                 check(m[name])
             except _Bad as bad:
                 raise RunError(
-                    f"{where}: {name} must be {bad.what}, got {_kind(m[name])}; {_WRITE_IT}"
+                    f"{_where(label, index, m)}: {name} must be {bad.what}, got "
+                    f"{_kind(m[name])}; {_WRITE_IT}"
                 ) from None
+
+
+def _where(label: str, index: int, m: dict[str, Any]) -> str:
+    key = m.get("key")
+    return f"{label}: measurements[{index}]" + (f" ({show(key)})" if isinstance(key, str) and key
+                                                  else "")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- documents
