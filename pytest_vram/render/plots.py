@@ -107,6 +107,8 @@ def plot_timeline(collector: Collector, title: str, path: Path) -> bool:
 #: Tests a chart draws at most: thousands of bars are neither readable nor cheap to draw
 #: (20,000 took minutes and gigabytes); the others are counted in the title.
 MAX_TESTS = 60
+#: The tallest image (at 100 dpi): Agg draws at most 65,536 pixels a side.
+MAX_HEIGHT_INCHES = 600
 
 
 def image_formats() -> dict[str, str] | None:
@@ -160,7 +162,8 @@ def chart(
     series = ([baseline] if baseline else []) + runs
     keys, total = chart_keys(series, max_tests)
     height = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.35 * max(1, len(keys)) * len(series)), dpi=100)
+    inches = min(1.2 + 0.35 * max(1, len(keys)) * len(series), MAX_HEIGHT_INCHES)
+    fig, ax = plt.subplots(figsize=(10, inches), dpi=100)
     mib = 1024**2
     for i, run in enumerate(series):
         values = [(_peak(run.measurements.get(k)) or 0) / mib for k in keys]

@@ -371,11 +371,11 @@ def _documents(draw) -> bytes:
         return json.dumps(draw(_json)).encode()
     document = vram_json(record(), record("t.py::test_b", breakdown={"groups": [["m", "c", 1]]}))
     for field in draw(st.lists(st.sampled_from(_FIELDS), min_size=1, max_size=3)):
-        target = document if field in ("version", "measurements", "run") else draw(
-            st.sampled_from(document["measurements"]) if isinstance(document["measurements"], list)
-            and document["measurements"] and isinstance(document["measurements"][0], dict)
-            else st.just(document)
-        )  # fmt: skip
+        measurements = document["measurements"]
+        dicts = [m for m in measurements if isinstance(m, dict)] if isinstance(
+            measurements, list) else []  # fmt: skip
+        top = field in ("version", "measurements", "run") or not dicts
+        target = document if top else draw(st.sampled_from(dicts))
         target[field] = draw(_json)
     return json.dumps(document).encode()
 
