@@ -295,16 +295,27 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monkeypa
     assert (tmp_path / "readonly.md").read_text() == "kept\n"
 
 
+def device(tmp_path: Path, name: str, minor: int) -> Path:
+    """A character device of the machine's own (1, minor: 3 null, 7 full) under tmp_path,
+    so that the test does not depend on (or touch) the machine's /dev."""
+    path = tmp_path / name
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    except (PermissionError, AttributeError):
+        pytest.skip("creating a device node needs root (mknod)")
+    return path
+
+
 def test_output_to_a_device_writes_into_it_and_never_replaces_it(tmp_path, capsys):
     run = tmp_path / "run.json"
     run.write_text(json.dumps(vram_json()))
-    assert main(["benchmark", str(run), "-o", os.devnull]) == 0
-    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
-    full = Path("/dev/full")
-    if full.exists():
-        assert main(["comment", str(run), "-o", str(full)]) == 2
-        assert "/dev/full: cannot write it (No space left on device)" in error_line(capsys)
-        assert stat.S_ISCHR(full.stat().st_mode)
+    null, full = device(tmp_path, "null", 3), device(tmp_path, "full", 7)
+    assert main(["benchmark", str(run), "-o", str(null)]) == 0
+    assert stat.S_ISCHR(null.stat().st_mode)
+    assert main(["comment", str(run), "-o", str(full)]) == 2
+    assert f"{full}: cannot write it (No space left on device)" in error_line(capsys)
+    assert stat.S_ISCHR(full.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "null", "run.json"]
 
 
 def test_chart_refuses_an_unknown_image_format_before_reading(tmp_path, capsys):
