@@ -40,6 +40,7 @@ MAX_BREAKDOWN_BYTES = baselines.MAX_FILE_BYTES
 MAX_COUNT = baselines.MAX_COUNT
 
 _WRITE_IT = "write it with `pytest --vram-json=PATH`"
+_BREAKDOWNS_FIX = "it is written by pytest --vram-update (baselines/breakdowns/<profile>.yaml)"
 
 
 class RunError(ValueError):
@@ -523,11 +524,11 @@ def load_records(spec: str) -> list[Record]:
 
 def load_breakdowns(spec: str) -> dict[str, dict[str, int]]:
     """A stored breakdowns file: ``{key: {"module (category)": bytes}}``, checked."""
-    return _guarded(spec, lambda: _load_breakdowns(spec))
+    return _guarded(spec, lambda: _load_breakdowns(spec), _BREAKDOWNS_FIX)
 
 
 def _load_breakdowns(spec: str) -> dict[str, dict[str, int]]:
-    fix = "it is written by pytest --vram-update (baselines/breakdowns/<profile>.yaml)"
+    fix = _BREAKDOWNS_FIX
     text, _json = read_input(spec, MAX_BREAKDOWN_BYTES)
     data = _load_yaml(spec, text)
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
@@ -586,7 +587,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _guarded(spec: str, read: Callable[[], Any]) -> Any:
+def _guarded(spec: str, read: Callable[[], Any], fix: str = _WRITE_IT) -> Any:
     """``read()``, with any error the checks did not foresee reported against ``spec``."""
     try:
         return read()
@@ -597,6 +598,5 @@ def _guarded(spec: str, read: Callable[[], Any]) -> Any:
                        ) from None  # fmt: skip
     except Exception as exc:
         raise RunError(
-            f"{spec}: cannot be read ({type(exc).__name__}: {_short(_one_line(str(exc)))}); "
-            f"{_WRITE_IT}"
+            f"{spec}: cannot be read ({type(exc).__name__}: {_short(_one_line(str(exc)))}); {fix}"
         ) from None
