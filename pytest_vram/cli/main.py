@@ -6,10 +6,13 @@
     python -m pytest_vram comment RUN.json [--breakdowns STORE.yaml ...] [-o OUT.md]
     python -m pytest_vram benchmark RUN.json [-o OUT.json]    # github-action-benchmark
     python -m pytest_vram chart RUN.json [RUN2.json ...] -o chart.png [--baseline OLD]
+                                [--max-tests N]
     python -m pytest_vram record-json RUN.json [--new-only] [--baselines DIR]
 
 A run is a ``--vram-json`` file, a baseline file, or ``git:REF:PATH`` (a baseline file as
-committed on a branch, e.g. ``git:main:baselines/estimate.yaml``).
+committed on a branch, e.g. ``git:main:baselines/estimate.yaml``). Every input and
+output path is checked before any work (:mod:`pytest_vram.cli.runs`,
+:mod:`pytest_vram.cli.outputs`): a problem exits 2 with one line naming it and the fix.
 """
 
 from __future__ import annotations
