@@ -49,11 +49,11 @@ class CollectionHooks:
         self, collector: pytest.Collector
     ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
         rep = yield
-        if (
-            isinstance(collector, pytest.Module)
-            and rep.passed
-            and getattr(collector.obj, marks.CLAIMS_ATTRIBUTE, None) is not None
-        ):
+        if not isinstance(collector, pytest.Module):
+            return rep
+        if rep.failed:
+            self.claim_hooks.module_failed(collector, rep)
+        elif rep.passed and getattr(collector.obj, marks.CLAIMS_ATTRIBUTE, None) is not None:
             self.claim_hooks.module_collected(collector, rep)
         return rep
 

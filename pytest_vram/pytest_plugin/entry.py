@@ -61,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
         worker=worker,
         strict=settings.strict,
         owner=session.owner,
+        produced_nowhere=session.produced_nowhere,
         results=session.outcome.claims,
     )
     config.stash[keys.CLAIMS] = claim_hooks

@@ -194,6 +194,20 @@ class VramSession:
         """The collected test that produces baseline ``key``."""
         return owner(key, self.owners)
 
+    def produced_nowhere(self, key: str) -> bool:
+        """Whether no test of this run's tree produces baseline ``key``: no collected test
+        owns it, and its test file was collected (so every test of it was seen) or does not
+        exist. A file that was not collected (``pytest other.py``) says nothing."""
+        if self.owner(key) is not None:
+            return False
+        file = key.split("::", 1)[0]
+        if file in self.collected_files:
+            return True
+        try:
+            return not (self.rootpath / file).exists()
+        except (OSError, ValueError):  # a name no file can have
+            return True
+
     # -- one test ---------------------------------------------------------------------
 
     def open(self, mark: VramMark, nodeid: str) -> Vram:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from pytest_vram.backends import alloc_conf
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 from pytest_vram.backends.cards import DEFAULT, Card
 from pytest_vram.backends.estimate import cuda_runtime, torch_compat
@@ -66,6 +67,9 @@ class EstimateBackend(Backend):
         GPU capped to the card with ``torch.cuda.set_per_process_memory_fraction`` (the
         ``cuda`` backend's ``card=``), whose check differs for requests of 10 MiB and more.
         """
+        # The user's allocator settings, checked as the cuda backend checks them.
+        if (problem := alloc_conf.problem(allocator)) is not None:
+            raise BackendUnavailable(problem)
         if limit_rule not in LIMIT_RULES:
             raise ValueError(f"limit_rule must be one of {LIMIT_RULES}, not {limit_rule!r}")
         self.card = DEFAULT if card is None else Card.parse(card)
