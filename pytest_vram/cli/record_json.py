@@ -48,6 +48,12 @@ def entries(path: Path, found: list[dict[str, Any]]) -> dict[str, dict[str, Entr
             baselines.check_profile_name(m["profile"])
         except BaselineError as exc:
             raise RecordError(f"{where}: {exc}") from None
+        if m.get("off_device"):
+            raise RecordError(
+                f"{where}: its figures were not counted on the device (the test failed as "
+                f"'not on device'), and --vram-update does not record such a figure either: "
+                f"fix the test (its failure names the cause), run it again and record that run"
+            )
         if m["peak_bytes"] < m["model_bytes"]:
             raise RecordError(
                 f"{where}: peak_bytes ({m['peak_bytes']}) is below model_bytes "

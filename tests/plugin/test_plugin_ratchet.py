@@ -179,6 +179,10 @@ GOOD = {"key": A, "model_bytes": 2 * MiB, "peak_bytes": 10 * MiB}
         ({"key": "t.py::\ud800"}, ".key holds an unpaired surrogate escape ('\\ud800')"),
         ({"profile": "../x"}, "profile name '../x' is not a safe file name"),
         ({"context": {"torch": 2.13}}, "context must be an object of names to strings"),
+        (
+            {"model_bytes": 0, "peak_bytes": 0, "off_device": {"headline": "model on cpu"}},
+            "its figures were not counted on the device",
+        ),
     ],
 )
 def test_record_json_refuses_figures_a_baseline_cannot_hold(tmp_path, capsys, bad, message):
