@@ -180,6 +180,7 @@ def test_cuda_work_outside_a_vram_test_names_its_line(pytester: pytest.Pytester)
     out = result.stdout.str()
     assert "CUDA work outside a vram test at " in out
     assert 'test_outside.py:5 (torch.zeros(3, device="cuda"))' in out
+    assert "or skip the test where no GPU is visible" in out
     assert "Torch not compiled with CUDA enabled" not in out
 
 
@@ -238,8 +239,9 @@ def test_with_emulate_session_the_module_level_idiom_sees_the_card(
     figures = _figures(pytester.path / "run.json")
     assert figures["test_module_device"] == figures["test_vram_device"]
     assert figures["test_vram_device"][0] == 4_194_304 + 4_096  # the weight and the bias
-    # the GPU-only test is no longer skipped: its CUDA work fails, naming its line
+    # the GPU-only test is no longer skipped: its CUDA work fails, naming its line and why
     assert "CUDA work outside a vram test at " in out and "test_idiom.py:25" in out
+    assert "or run without --vram-emulate=session" in out
 
 
 def test_emulate_takes_test_or_session(pytester: pytest.Pytester) -> None:

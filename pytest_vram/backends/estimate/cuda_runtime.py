@@ -310,13 +310,22 @@ def _refuse_outside_tests() -> None:
             "and tensors of the emulated card are answered. Measure this test with "
             "--vram-backend=cuda, or mark it @pytest.mark.vram(skip_estimate='<reason>')."
         )
+    if getattr(torch.cuda.is_available, EMULATED, False):
+        skip = (
+            "or run without --vram-emulate=session (with it, torch.cuda.is_available() "
+            "answers True for the whole session, so a test skipped where no GPU is visible "
+            "runs)"
+        )
+    else:
+        skip = (
+            "or skip the test where no GPU is visible "
+            "(@pytest.mark.skipif(not torch.cuda.is_available(), ...))"
+        )
     raise EstimateUnsupported(
         f"CUDA work outside a vram test at {where}: pytest-vram estimates GPU memory "
         f"without a GPU here (--vram-backend=estimate, torch {torch.__version__}), and CUDA "
-        "tensors exist only inside a vram test (one that uses the vram fixture or "
-        "@pytest.mark.vram), from its fixtures' setup to their teardown. Move the CUDA "
-        "work into the vram test or a function-scoped fixture it uses, creating tensors on "
-        "vram.device; or skip the test where no GPU is visible "
-        "(@pytest.mark.skipif(not torch.cuda.is_available(), ...)), or measure on a GPU "
-        "with --vram-backend=cuda."
+        "tensors exist only inside a vram test (one that uses the vram fixture), from its "
+        "fixtures' setup to their teardown. Move the CUDA work into the vram test or a "
+        f"function-scoped fixture it uses, creating tensors on vram.device; {skip}; or "
+        "measure on a GPU with --vram-backend=cuda."
     )
