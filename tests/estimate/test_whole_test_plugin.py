@@ -174,7 +174,10 @@ def test_plain():
 
 def test_cuda_work_outside_a_vram_test_names_its_line(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_outside=OUTSIDE)
-    pytester.makepyfile(test_measured="def test_measured(vram):\n    vram.run(lambda: None)\n")
+    pytester.makepyfile(
+        test_measured="import torch\n\n\ndef test_measured(vram):\n"
+        "    vram.run(lambda: torch.empty(8, device=vram.device))\n"
+    )
     result = _run(pytester)
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
@@ -220,11 +223,21 @@ def test_what_the_module_saw():
 def test_the_module_level_idiom_sees_the_machine_by_default(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_idiom=IDIOM)
     result = _run(pytester, "-s", "--vram-json=run.json")
+    # the GPU-only test is skipped where no GPU is visible, as without the plugin
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
     out = result.stdout.str()
     assert "device at import: cpu" in out
-    # the conftest-style GPU-only test is skipped where no GPU is visible, as without the plugin
-    assert result.parseoutcomes()["skipped"] == 1
-    assert torch.cuda.is_available() is False  # this process: nothing patched
+    # the model on the CPU counts nothing: the test fails with the cause and both fixes
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_module_device _*",
+            "  likely cause: DEVICE = 'cpu' (test_idiom.py:5): a device chosen with "
+            "torch.cuda.is_available() when the module was imported, *",
+            "  fix: make the model and its tensors on vram.device inside the test *",
+            "  or keep the module-level device and let the code run at import see the "
+            "emulated GPU: --vram-emulate=session *",
+        ]
+    )
 
 
 def test_with_emulate_session_the_module_level_idiom_sees_the_card(

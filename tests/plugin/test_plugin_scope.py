@@ -124,7 +124,7 @@ def test_the_backend_and_its_session_scope_exist_before_the_first_test(
             pass
 
         def test_measured(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """
     )
     run_vram("-p", "no:randomly").assert_outcomes(passed=2)
@@ -144,7 +144,7 @@ def test_a_run_without_vram_tests_creates_no_backend(run_vram, vram_pytester, ev
             pass
 
         def test_measured(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """
     )
     run_vram("-k", "plain").assert_outcomes(passed=1)
@@ -173,10 +173,10 @@ def test_the_scope_is_left_when_a_fixture_ends_the_test(
             {body}
 
         def test_it(vram, broken):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
 
         def test_next(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """
     )
     result = run_vram("-p", "no:randomly")
@@ -199,12 +199,12 @@ def test_xfail_and_skip_markers_leave_the_scope_as_they_found_it(run_vram, vram_
 
         @pytest.mark.xfail(reason="known", strict=True)
         def test_expected(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
             raise AssertionError("known")
 
         @pytest.mark.skip(reason="never here")
         def test_skipped(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """
     )
     run_vram("-p", "no:randomly").assert_outcomes(xfailed=1, skipped=1)
@@ -222,7 +222,7 @@ def test_an_interrupted_session_leaves_the_scope(run_vram_subprocess, vram_pytes
     vram_pytester.makepyfile(
         test_interrupt="""
         def test_interrupted(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
             raise KeyboardInterrupt
         """
     )
