@@ -5,8 +5,8 @@ The options (:mod:`~pytest_vram.pytest_plugin.options`), the ``vram``, ``vram_ba
 :class:`~pytest_vram.pytest_plugin.session.VramSession` and registers every hook class
 once, as pytest's cacheprovider registers its plugins: each class acts on what the run
 holds (a measured test, a declared claim, a report file) and does nothing where there is
-none. Importing this module does not import torch: the backend is created at the first
-measurement.
+none. Importing this module does not import torch: the backend is created before the
+first test of a run that holds vram tests.
 """
 
 from __future__ import annotations
