@@ -1,11 +1,11 @@
 """The per-run state of pytest-vram, without pytest hooks: :class:`VramSession`.
 
-One backend (created before the first test of a run with vram tests), the baseline files (each read once per
-process), the collection bookkeeping, the records, judging, and the session-end work
-(stale entries, setup notes, ``--vram-update``, the stored breakdowns, the report files) as
-plain methods. The hook classes of :mod:`pytest_vram.pytest_plugin` call it; a unit test
-builds one from a :class:`~pytest_vram.pytest_plugin.options.Settings` and a rootdir,
-without pytester. Importing this module does not import torch.
+One backend (created before the first test of a run with vram tests), the baseline files
+(each read once per process), the collection bookkeeping, the records, judging, and the
+session-end work (stale entries, setup notes, ``--vram-update``, the stored breakdowns, the
+report files) as plain methods. The hook classes of :mod:`pytest_vram.pytest_plugin` call
+it; a unit test builds one from a :class:`~pytest_vram.pytest_plugin.options.Settings` and
+a rootdir, without pytester. Importing this module does not import torch.
 """
 
 from __future__ import annotations
