@@ -52,6 +52,8 @@ class EstimateBackend(Backend):
     name = "estimate"
     #: a test marked world_size=N runs on a fake process group of N ranks (rank 0 measured)
     simulates_ranks = True
+    #: every test has its own fake mode and allocator: no fake tensor outlives its test
+    device_per_test = True
 
     def __init__(
         self,
@@ -78,7 +80,7 @@ class EstimateBackend(Backend):
         self._allocator_mode = allocator
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
         # tensors behave natively and SDPA's real chooser runs.
-        self._emulate = not torch.cuda.is_available()
+        self._emulate = not cuda_runtime.gpu_usable()
         problem = torch_compat.check(cpu_only=self._emulate and not torch.backends.cuda.is_built())
         if problem is not None:
             raise BackendUnavailable(problem)
@@ -137,19 +139,12 @@ class EstimateBackend(Backend):
             "allocator": (f"caching-allocator model v{MODEL_VERSION}, {self._allocator_mode}"),
             "metric": metric_name(self._allocator_mode),
         }
-        if self._enforced:
-            context["card"] = self.card_description()
+        context["card"] = self.card_description()
         return context
 
     def card_description(self) -> str:
         """The card the estimate answers as, its capacity, and whether it is enforced."""
-        card = self.card
-        text = f"{card.name}, {card.total_memory} B ({format_size(card.total_memory)})"
-        if not self._enforced:
-            return f"{text}, capacity not enforced"
-        text += f", usable by a test {self._limit()} B"
-        unknown = card.unknown()
-        return f"{text} ({unknown})" if unknown else text
+        return self.card.describe(self._limit() if self._enforced else None)
 
     # -- per test -----------------------------------------------------------------------
     def warmup(self) -> None:
@@ -214,6 +209,14 @@ class EstimateBackend(Backend):
         patches = Patches()
         if self._emulate:
             cuda_runtime.guard_outside_tests(patches)
+        return patches
+
+    def visible_device_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Where no GPU is usable, ``torch.cuda``'s identity queries answer as the card
+        outside vram tests too (``cuda_runtime.install_card``); restored on exit."""
+        patches = Patches()
+        if self._emulate:
+            cuda_runtime.install_card(patches, self.card)
         return patches
 
     def _limit(self) -> int:
