@@ -37,13 +37,14 @@ Contract (see docs/architecture.md):
   that asks for it.
 * cuDNN convolution workspaces (optional; docs/estimator.md, "cuDNN convolution
   workspaces"): ``workspace_setup()`` names the GPU architecture and cuDNN version whose
-  workspaces a backend measures or models (None: it has none). The session reads the
-  project's file of that setup (``baselines/cudnn-workspaces/``) and hands its entries to
-  ``use_workspaces()`` (the estimator looks a convolution up there before its shipped
-  table); when the run updates baselines it calls ``record_workspaces()`` instead, and a
-  backend that can measure them (``cuda``) answers True and returns what it measured from
-  ``recorded_workspaces()`` at the session's end, which the session merges into that file.
-  A backend reads no file itself: the files are the store's (``pytest_vram.store``).
+  workspaces a backend measures or models (None: it has none). When the run updates
+  baselines the session calls ``record_workspaces()``; a backend that can measure them
+  (``cuda``) answers True and returns what it measured from ``recorded_workspaces()`` at
+  the session's end, which the session merges into the project's file of that setup
+  (``baselines/cudnn-workspaces/``). Otherwise, for a backend whose ``reads_workspaces``
+  is True (the estimator), the session reads that file and hands its entries to
+  ``use_workspaces()``: the estimator looks a convolution up there before its shipped
+  table. A backend reads no file itself: the files are the store's (``pytest_vram.store``).
 
 The gated figure: ``allocated()`` must count what the CUDA caching allocator counts with
 ``expandable_segments:True`` (every block split, so each live request counts exactly its
@@ -78,6 +79,9 @@ class Backend(abc.ABC):
 
     #: Short name used on the command line (``--vram-backend=NAME``) and in profiles.
     name: str = ""
+    #: Whether the session hands this backend the project's recorded convolution
+    #: workspaces (:meth:`use_workspaces`).
+    reads_workspaces: bool = False
 
     @property
     @abc.abstractmethod

@@ -163,9 +163,9 @@ class VramSession:
 
     def attach_workspaces(self, backend: Backend) -> None:
         """Once per process (``Backend.workspace_setup``): a run that updates baselines
-        asks the backend to record the workspaces of its convolutions; otherwise, or where
-        it cannot, the backend gets the project's file of its setup. A malformed file fails
-        every vram test, as a malformed baseline does."""
+        asks the backend to record the workspaces of its convolutions; a backend that reads
+        them (``reads_workspaces``: the estimator) gets the project's file of its setup. A
+        malformed file it would read fails every vram test, as a malformed baseline does."""
         if not self._workspaces_attached:
             self._workspaces_attached = True
             try:
@@ -176,14 +176,14 @@ class VramSession:
             pytest.fail(self._workspace_error, pytrace=False)
 
     def _attach_workspaces(self, backend: Backend) -> None:
-        setup = backend.workspace_setup()
+        updating = self.settings.update or self.settings.update_new_only
+        if updating and backend.record_workspaces():
+            self._recording = backend.workspace_setup()
+            return
+        setup = backend.workspace_setup() if getattr(backend, "reads_workspaces", False) else None
         if setup is None:
             return
         path = workspaces.path_for(self.settings.baselines, setup)
-        updating = self.settings.update or self.settings.update_new_only
-        if updating and backend.record_workspaces():
-            self._recording = dict(setup)
-            return
         loaded = workspaces.load(path)
         backend.use_workspaces(loaded.entries if loaded else {}, self.display(path))
 

@@ -149,3 +149,12 @@ def test_xdist_workers_records_reach_the_file(vram_pytester, run_vram_subprocess
     result = run_vram_subprocess("--vram-update", "-n", "2", "-k", "stem or patch", backend=BACKEND)
     result.assert_outcomes(passed=2)
     assert _entries(vram_pytester.path) == {STEM: 1536, STEM_BACKWARD: 0, PATCH: 4096}
+
+
+def test_a_backend_that_only_records_never_reads_the_file(vram_pytester, run_vram) -> None:
+    # as the cuda backend: a malformed file is no reason to fail its ordinary runs
+    _malformed(vram_pytester.path)
+    vram_pytester.makepyfile(test_convs=TESTS)
+    result = run_vram("-k", "known", "-s", backend="--vram-backend=vram_scripted:MeasuringBackend")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*known: None from None"])

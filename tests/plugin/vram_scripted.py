@@ -110,6 +110,8 @@ class RecordingBackend(ScriptedBackend):
     ``key``. ``known`` and ``source`` are what the session gave ``use_workspaces``.
     """
 
+    reads_workspaces = True
+
     def __init__(self) -> None:
         super().__init__()
         self.recording = False
@@ -134,3 +136,9 @@ class RecordingBackend(ScriptedBackend):
         self.spike(size)
         if self.recording:
             self.recorded[key] = max(size, self.recorded.get(key, 0))
+
+
+class MeasuringBackend(RecordingBackend):
+    """Records workspaces but never reads them, as the ``cuda`` backend."""
+
+    reads_workspaces = False

@@ -51,6 +51,8 @@ class EstimateBackend(Backend):
     name = "estimate"
     #: a test marked world_size=N runs on a fake process group of N ranks (rank 0 measured)
     simulates_ranks = True
+    #: convolutions are looked up in the project's recorded workspaces (``use_workspaces``)
+    reads_workspaces = True
 
     def __init__(
         self,
