@@ -157,14 +157,15 @@ class CudaBackend(Backend):
             )
         return limit / total
 
-    def test_scope(self) -> contextlib.AbstractContextManager[object]:
+    @contextlib.contextmanager
+    def test_scope(self) -> Iterator[None]:
         """With a card, the GPU capped to it for the test, the limit lifted afterwards;
         while recording workspaces, the recorder active for the whole test."""
-        stack = contextlib.ExitStack()
-        if self._fraction is not None:
-            stack.enter_context(self._capped(self._fraction))
-        stack.enter_context(self._recording_scope())
-        return stack
+        with contextlib.ExitStack() as stack:
+            if self._fraction is not None:
+                stack.enter_context(self._capped(self._fraction))
+            stack.enter_context(self._recording_scope())
+            yield
 
     def scope(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to enter, except the workspace recorder while recording (and not

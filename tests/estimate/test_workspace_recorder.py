@@ -175,6 +175,7 @@ def _cuda_backend(counters: _Allocator) -> CudaBackend:
     backend._torch = types.SimpleNamespace(cuda=cuda)
     backend.index = 0
     backend._held_peak = backend._held_reserved = 0
+    backend._fraction, backend._recorder, backend._recording = None, None, False
     return backend
 
 
@@ -195,3 +196,21 @@ def test_the_cuda_backend_keeps_the_test_s_peak_across_the_recorder_s_restarts()
     assert backend.peak() == 120 * MiB == counters.allocated
     counters.alloc(-20 * MiB)
     assert backend.peak() == 120 * MiB
+
+
+def test_the_cuda_backend_records_in_its_scopes_once_asked() -> None:
+    backend = _cuda_backend(_Allocator())
+    x, w = _meta((2, 4, 9, 9)), _meta((4, 4, 3, 3))
+    params = ([1, 1], [0, 0], [3, 3], False, [0, 0], 1)
+    with backend.test_scope(), backend.scope():
+        aten.convolution(x, w, None, *params)
+    assert backend.recorded_workspaces() == {}  # an ordinary run: no recorder at all
+    # asked to record (the session does it when updating; meta stands in for the GPU)
+    backend._recorder = WorkspaceRecorder(_RecorderWindow(backend), device_type="meta")
+    # scope() inside test_scope(): the whole test's recorder, not a second one
+    with backend.test_scope(), backend.scope():
+        assert torch._C._len_torch_dispatch_stack() == 1
+        aten.convolution(x, w, None, *params)
+    assert torch._C._len_torch_dispatch_stack() == 0
+    key = cw.forward_key((x, w, None, *params), {}, cw.flags())
+    assert backend.recorded_workspaces() == {key: 0}
