@@ -11,6 +11,7 @@ without pytester. Importing this module does not import torch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from pytest_vram.core.breakdown import growth
 from pytest_vram.core.figures import MemoryFigures
 from pytest_vram.core.marks import VramMark, effective_tolerance
 from pytest_vram.core.records import Outcome, Record, records_from
-from pytest_vram.core.verdicts import judge, worst
+from pytest_vram.core.verdicts import OffDevice, judge, worst
+from pytest_vram.measure import placement
 from pytest_vram.measure.meter import Meter
 from pytest_vram.measure.vram import Vram
 from pytest_vram.pytest_plugin import world
@@ -298,9 +300,12 @@ class VramSession:
         probe: Vram,
         mark: VramMark | None = None,
         gathered: list[tuple[bool, list[tuple[int, int]]]] | None = None,
+        function: Any = None,
     ) -> list[Record]:
         """Verdicts of every measurement of the test ``nodeid`` against its baseline;
-        ``gathered``: every launched rank's figures (the worst rank is judged)."""
+        ``gathered``: every launched rank's figures (the worst rank is judged);
+        ``function``: the test function, whose code may say why a figure counted nothing
+        on the device."""
         profile = self.profile()
         baseline = self.baseline(profile)
         path = self.display(self.baseline_path(profile))
@@ -322,6 +327,7 @@ class VramSession:
             )
             budget = mark.budget if mark else None
             reserved_budget = mark.reserved_budget if mark else None
+            off_device = with_test_causes(m.off_device, function)
             verdicts = judge(
                 measured,
                 entry,
@@ -332,6 +338,7 @@ class VramSession:
                 strict=self.settings.strict,
                 update=self.settings.update or (self.settings.update_new_only and entry is None),
                 fail_improvements=self.settings.fail_improvements,
+                off_device=off_device,
             )
             first = worst(verdicts)
             ordered = (first, *(v for v in verdicts if v is not first))
@@ -354,6 +361,7 @@ class VramSession:
                     verdicts=ordered,
                     breakdown=m.breakdown,
                     reserved_budget=reserved_budget,
+                    off_device=off_device,
                 )
             )
         return records
@@ -378,8 +386,8 @@ class VramSession:
         breakdown; the growth travels with the record (the PR comment shows it too)."""
         parts = []
         for record in records:
-            if not record.fails or not record.breakdown:
-                continue
+            if not record.fails or not record.breakdown or not record.recordable:
+                continue  # a figure off the device has no growth worth explaining
             path = breakdowns.path_for(self.baseline_path(record.profile))
             if path not in self._stored_breakdowns:
                 self._stored_breakdowns[path] = breakdowns.load(path)
@@ -431,7 +439,7 @@ class VramSession:
         drop those of pruned entries)."""
         by_store: dict[Path, dict[str, dict[str, Any]]] = {}
         for r in self.outcome.records:
-            if r.breakdown:
+            if r.breakdown and r.recordable:
                 path = breakdowns.path_for(self.baseline_path(r.profile))
                 by_store.setdefault(path, {})[r.key] = r.breakdown
         pruned: dict[Path, list[str]] = {}
@@ -552,6 +560,8 @@ class VramSession:
         for record in self.outcome.records:
             if self.settings.update_new_only and record.baseline_peak_bytes is not None:
                 continue  # judged against its entry, which stays as it is
+            if not record.recordable:
+                continue  # counted none of the device's memory: failed, never recorded
             by_profile.setdefault(record.profile, []).append(record)
         for profile, shown in self._profiles().items():
             records = by_profile.get(profile, [])
@@ -596,6 +606,16 @@ class VramSession:
                 if c.old is not None and c.new is not None
             )
         return failed
+
+
+def with_test_causes(off_device: OffDevice | None, function: Any) -> OffDevice | None:
+    """``off_device`` with the likely causes the test function's module and closure show
+    (a device variable chosen at import), after those the step itself showed."""
+    if off_device is None or function is None:
+        return off_device
+    found = placement.causes([function], off_device.device)
+    merged = tuple(dict.fromkeys((*off_device.causes, *found)))
+    return dataclasses.replace(off_device, causes=merged)
 
 
 def _write_text(path: Path, text: str) -> None:
