@@ -34,7 +34,7 @@ def test_patch(vram):
 
 
 def test_known(vram):
-    vram.run(lambda: None)
+    vram.run(vram.backend.spike, 512)
     print("known:", vram.backend.known, "from", vram.backend.source)
 """
 
