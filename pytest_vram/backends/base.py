@@ -27,6 +27,13 @@ Contract (see docs/architecture.md):
 * ``session_scope()`` is entered once the backend is created and exited at the session's
   end: the estimator makes CUDA work outside every vram test fail with the user's line
   and the fix (instead of torch's "Torch not compiled with CUDA enabled").
+* ``visible_device_scope()`` (``--vram-emulate=session``): entered after ``session_scope``
+  for the rest of the session; ``torch.cuda``'s identity queries (``is_available()``...)
+  answer as the backend's device outside its tests too. A real GPU answers anyway; the
+  estimator answers as its emulated card.
+* ``device_per_test``: CUDA tensors belong to one test's device (the estimator's emulated
+  card, made for each ``test_scope()``), so none may outlive the test; the plugin refuses a
+  wider-scoped fixture that keeps one.
 * ``allocated()`` is the bytes allocated now, as the CUDA caching allocator counts them
   (``torch.cuda.memory_allocated``: block sizes after the allocator's rounding).
 * ``reset_peak()`` makes ``peak()`` start again from ``allocated()``.
@@ -79,6 +86,9 @@ class Backend(abc.ABC):
 
     #: Short name used on the command line (``--vram-backend=NAME``) and in profiles.
     name: str = ""
+    #: CUDA tensors made in a ``test_scope()`` belong to that test's device and cannot
+    #: outlive it (the estimator); False: one device for the whole process (a GPU).
+    device_per_test: bool = False
     #: Whether the session hands this backend the project's recorded convolution
     #: workspaces (:meth:`use_workspaces`).
     reads_workspaces: bool = False
@@ -126,6 +136,12 @@ class Backend(abc.ABC):
 
     def session_scope(self) -> contextlib.AbstractContextManager[object]:
         """Context from the backend's creation to the session's end (default: nothing)."""
+        return contextlib.nullcontext()
+
+    def visible_device_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context in which ``torch.cuda``'s identity queries (``is_available()``,
+        ``device_count()``, ``get_device_properties()``...) answer as this backend's device
+        outside its tests too (default: nothing; a real GPU answers anyway)."""
         return contextlib.nullcontext()
 
     @abc.abstractmethod

@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from pytest_vram.backends import alloc_conf
+from pytest_vram.backends.alloc_conf import EXPANDABLE
 from pytest_vram.backends.base import Backend, BackendUnavailable, collect_garbage, metric_name
 from pytest_vram.backends.cards import Card
 from pytest_vram.backends.patching import install_for_process
@@ -17,30 +19,9 @@ from pytest_vram.backends.patching import install_for_process
 # warm up again, nor count them as a test's memory. Keyed by device index.
 _WARMED: set[int] = set()
 
-#: Environment variables through which users configure the caching allocator.
-ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
-#: What the backend sets for the gated figure (see docs/architecture.md).
-EXPANDABLE = "expandable_segments:True"
 #: A probe request that the default settings count as a whole 20 MiB segment (its 512 KiB
 #: remainder is not split) and expandable segments as exactly itself.
 _PROBE_BYTES = (19 << 20) + (512 << 10)
-
-
-def user_alloc_conf() -> dict[str, str]:
-    """The user's allocator settings from the environment: ``{"var": "value"}`` if set."""
-    return {var: os.environ[var] for var in ALLOC_CONF_VARS if os.environ.get(var)}
-
-
-def conflicting_setting(conf: dict[str, str]) -> str | None:
-    """The user's setting that makes expandable-segment figures impossible, if any."""
-    for var, value in conf.items():
-        for item in value.split(","):
-            key, _, setting = (part.strip() for part in item.partition(":"))
-            if key == "expandable_segments" and setting.lower() in ("false", "0"):
-                return f"{var}={value} (expandable_segments:{setting})"
-            if key == "backend" and setting == "cudaMallocAsync":
-                return f"{var}={value} (backend:cudaMallocAsync has no caching-allocator figures)"
-    return None
 
 
 def slug(text: str) -> str:
@@ -94,6 +75,10 @@ class CudaBackend(Backend):
                 f"False, torch {torch.__version__}); use --vram-backend=estimate to estimate "
                 "GPU memory without a GPU"
             )
+        # The one check of the user's allocator settings that the estimator makes too.
+        problem = alloc_conf.problem(allocator)
+        if problem is not None:
+            raise BackendUnavailable(problem)
         self._torch = torch
         self.allocator = allocator
         if allocator == "expandable":
@@ -125,7 +110,7 @@ class CudaBackend(Backend):
 
     def context(self) -> dict[str, str]:
         torch = self._torch
-        conf = [f"{var}={value}" for var, value in user_alloc_conf().items()]
+        conf = [f"{var}={value}" for var, value in alloc_conf.user_settings().items()]
         if self.allocator == "expandable":
             conf.insert(0, EXPANDABLE)
         return {
@@ -320,16 +305,9 @@ def _switch_on_expandable_segments(torch: Any) -> None:
     With them ``should_split`` splits every block that leaves at least 512 B, so what a test
     allocates counts as the sum of its 512-rounded live requests whatever blocks earlier
     tests left cached. The setting takes effect for every later allocation, also in
-    segments that existed before; ``warmup`` verifies it with a probe.
+    segments that existed before; ``warmup`` verifies it with a probe. The user's own
+    settings were checked before (:func:`pytest_vram.backends.alloc_conf.problem`).
     """
-    conflict = conflicting_setting(user_alloc_conf())
-    if conflict is not None:
-        raise BackendUnavailable(
-            f"vram backend 'cuda': {conflict} rules out expandable segments, which pytest-vram "
-            f"measures under so that figures do not depend on what ran before in the process "
-            f"(docs/architecture.md). Remove that setting, or measure raw default-allocator "
-            f"figures with --vram-allocator=default (they can change with test order)"
-        )
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
     if setter is None:  # torch < 2.9
         setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)

@@ -115,9 +115,9 @@ class Meter:
 
     def __init__(self, backend: Backend, attribution: bool = False) -> None:
         self.backend = backend
-        #: collects what is live by module when ``attribution`` is on (made at ``start``)
-        self.attribution: Attribution | None = None
-        self._attribute = attribution
+        #: collects what is live by module when ``attribution`` is on; attached now, so that
+        #: a backend whose test state is made before ``start`` (``test_scope``) reports to it
+        self.attribution = Attribution(backend) if attribution else None
         self.params: int | None = None
         self.measurements: list[Measurement] = []
         #: set when a build step or workload ran out of memory
@@ -133,10 +133,14 @@ class Meter:
         #: a build step that counted nothing returned tensors on the device (made earlier)
         self._built_on_device = False
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` took the zero point."""
+        return self._start is not None
+
     def start(self) -> None:
+        """The zero point: what is allocated now is in no figure of this test."""
         self.backend.collect_garbage()
-        if self._attribute:
-            self.attribution = Attribution(self.backend)
         self.backend.begin_test()
         self.backend.synchronize()
         self._start = self.backend.allocated()
@@ -280,6 +284,11 @@ class Meter:
                 # lives, and pytest keeps it (sys.last_traceback): free them now.
                 release_frames(exc.__traceback__)
             raise
+
+    def close(self) -> None:
+        """Detach attribution from the backend (:meth:`finish` does it for a started test)."""
+        if self.attribution is not None:
+            self.attribution.close()
 
     def finish(self) -> int:
         """Release what the test left, report what is still held, and end the test."""

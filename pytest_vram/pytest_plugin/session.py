@@ -1,11 +1,11 @@
 """The per-run state of pytest-vram, without pytest hooks: :class:`VramSession`.
 
-One backend (created at the first measurement), the baseline files (each read once per
-process), the collection bookkeeping, the records, judging, and the session-end work
-(stale entries, setup notes, ``--vram-update``, the stored breakdowns, the report files) as
-plain methods. The hook classes of :mod:`pytest_vram.pytest_plugin` call it; a unit test
-builds one from a :class:`~pytest_vram.pytest_plugin.options.Settings` and a rootdir,
-without pytester. Importing this module does not import torch.
+One backend (created before the first test of a run with vram tests), the baseline files
+(each read once per process), the collection bookkeeping, the records, judging, and the
+session-end work (stale entries, setup notes, ``--vram-update``, the stored breakdowns, the
+report files) as plain methods. The hook classes of :mod:`pytest_vram.pytest_plugin` call
+it; a unit test builds one from a :class:`~pytest_vram.pytest_plugin.options.Settings` and
+a rootdir, without pytester. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class VramSession:
         self.profile_source = profile_source
         self._backend: Backend | None = None
         self._backend_error: str | None = None
+        #: the backend's session scope (and, with --vram-emulate=session, its visible
+        #: device), from its creation to :meth:`close`
+        self._session_scope = contextlib.ExitStack()
+        #: the whole tests entered and not yet left (a KeyboardInterrupt skips teardown)
+        self._open_tests: dict[str, WholeTest] = {}
         self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
         update = settings.update or settings.update_new_only
         #: everything this run learned (``ClaimHooks`` appends the judged claims)
@@ -99,22 +104,43 @@ class VramSession:
         return self._backend
 
     def backend(self) -> Backend:
-        """The measuring backend, created and warmed up at the first measurement."""
-        if self._backend is None and self._backend_error is None:
-            try:
-                world.select_local_device()
-                backend = create(self.settings.backend, allocator=self.settings.allocator)
-                backend.warmup()
-            except (BackendUnavailable, ValueError, ImportError) as exc:
-                self._backend_error = str(exc)
-            except Exception as exc:  # a broken driver, a SyntaxError in a custom backend
-                self._backend_error = backend_failure(exc)
-            else:
-                self._backend = backend
+        """The measuring backend, created and warmed up where :meth:`prepare_backend` was not
+        called (a ``vram`` fixture requested at run time, the ``vram_backend`` fixture);
+        one that cannot run fails the caller with the reason."""
+        self.prepare_backend()
         if self._backend is None:
             message = f"--vram-backend={self.settings.backend}: {self._backend_error}"
             pytest.fail(message, pytrace=False)
         return self._backend
+
+    def prepare_backend(self) -> None:
+        """Create and warm up the backend, and enter its session scope, once; a backend that
+        cannot run is remembered, for every vram test to fail with (:meth:`backend`)."""
+        if self._backend is not None or self._backend_error is not None:
+            return
+        try:
+            world.select_local_device()
+            backend = create(self.settings.backend, allocator=self.settings.allocator)
+            backend.warmup()
+            self._session_scope.enter_context(backend.session_scope())
+            if self.settings.emulate == "session":
+                self._session_scope.enter_context(backend.visible_device_scope())
+        except (BackendUnavailable, ValueError, ImportError) as exc:
+            self._backend_error = str(exc)
+        except Exception as exc:  # a broken driver, a SyntaxError in a custom backend
+            self._backend_error = backend_failure(exc)
+        else:
+            self._backend = backend
+
+    def close(self) -> None:
+        """The session's end: leave the whole tests still open (a KeyboardInterrupt skipped
+        their teardown), then the backend's session scope. Safe to call twice."""
+        try:
+            while self._open_tests:
+                _, test = self._open_tests.popitem()
+                test.close()
+        finally:
+            self._session_scope.close()
 
     def profile(self) -> str:
         if self.settings.profile:
@@ -272,10 +298,59 @@ class VramSession:
         """The collected test that produces baseline ``key``."""
         return owner(key, self.owners)
 
+    def produced_nowhere(self, key: str) -> bool:
+        """Whether no test of this run's tree produces baseline ``key``: no collected test
+        owns it, and its test file was collected (so every test of it was seen) or does not
+        exist. A file that was not collected (``pytest other.py``) says nothing."""
+        if self.owner(key) is not None:
+            return False
+        file = key.split("::", 1)[0]
+        if file in self.collected_files:
+            return True
+        try:
+            return not (self.rootpath / file).exists()
+        except (OSError, ValueError):  # a name no file can have
+            return True
+
     # -- one test ---------------------------------------------------------------------
 
     def open(self, mark: VramMark, nodeid: str) -> Vram:
-        """Fixture setup: start counting for the test ``nodeid``."""
+        """Fixture setup of a test that runs outside a whole-test scope (it requested
+        ``vram`` at run time): start counting now."""
+        backend = self._measuring_backend(mark)
+        meter = Meter(backend, attribution=self.attribution_on(backend))
+        meter.start()
+        return Vram(meter, mark.base_key(nodeid))
+
+    def enter_test(self, mark: VramMark, nodeid: str) -> WholeTest:
+        """Before the fixtures of the vram test ``nodeid`` are set up: the test's world
+        (``world_size=``), then the backend's ``test_scope()``; counting starts at its
+        first function-scoped fixture (:meth:`WholeTest.start`). Left by
+        :meth:`WholeTest.close` after the fixtures are torn down (or by :meth:`close`)."""
+        backend = self._measuring_backend(mark)
+        test = WholeTest(Meter(backend, attribution=self.attribution_on(backend)), mark, nodeid)
+        self._open_tests[nodeid] = test
+        test.stack.callback(self._open_tests.pop, nodeid, None)
+        # Left in reverse: the test scope, the world (whose process group keeps the tensors
+        # of its last collectives until it ends), then the leak is measured.
+        test.stack.callback(test.finish)
+        test.stack.enter_context(self.world(mark, nodeid))
+        test.stack.enter_context(backend.test_scope())
+        return test
+
+    def open_test(self, nodeid: str) -> WholeTest | None:
+        """The whole test ``nodeid`` if it was entered and not left yet."""
+        return self._open_tests.get(nodeid)
+
+    def leave_test(self, nodeid: str) -> None:
+        """After the test's fixtures are torn down: :meth:`WholeTest.close`."""
+        test = self._open_tests.pop(nodeid, None)
+        if test is not None:
+            test.close()
+
+    def _measuring_backend(self, mark: VramMark) -> Backend:
+        """The backend a vram test measures on, its profile's baseline file read (a malformed
+        one fails the test before its fixtures or workload run)."""
         backend = self.backend()
         if mark.skip_estimate is not None and backend.name == "estimate":
             pytest.skip(f"not measurable on the estimate backend: {mark.skip_estimate}")
@@ -283,9 +358,7 @@ class VramSession:
         self.baseline(profile)  # a malformed file fails before the workload runs
         self.attach_workspaces(backend)
         self.used_profiles[profile] = self.display(self.baseline_path(profile))
-        meter = Meter(backend, attribution=self.attribution_on(backend))
-        meter.start()
-        return Vram(meter, mark.base_key(nodeid))
+        return backend
 
     def world(self, mark: VramMark | None, nodeid: str) -> Any:
         """The process group of a test marked ``world_size=N`` (see :mod:`.world`)."""
@@ -631,6 +704,47 @@ def _write_text(path: Path, text: str) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+class WholeTest:
+    """One vram test from before its function-scoped fixtures are set up to after they are
+    torn down: the test's world, the backend's ``test_scope()``, and its :class:`Meter`,
+    whose zero point :meth:`start` takes when the first function-scoped fixture is set up.
+    """
+
+    def __init__(self, meter: Meter, mark: VramMark, nodeid: str) -> None:
+        self.meter = meter
+        self.mark = mark
+        self.nodeid = nodeid
+        #: what :meth:`close` leaves, newest first: the test scope, the world, the meter
+        self.stack = contextlib.ExitStack()
+        self.vram: Vram | None = None
+
+    def start(self) -> None:
+        """The zero point, once: the first function-scoped fixture is about to be set up."""
+        if not self.meter.started:
+            self.meter.start()
+
+    def open(self) -> Vram:
+        """The ``vram`` fixture's object (counting started at the first function-scoped
+        fixture; the ``vram`` fixture is one)."""
+        self.start()
+        self.vram = Vram(self.meter, self.mark.base_key(self.nodeid))
+        return self.vram
+
+    def finish(self) -> None:
+        """After the fixtures are torn down and the world has ended: the leak."""
+        if self.vram is not None:
+            self.vram.finish()
+        elif self.meter.started:
+            self.meter.finish()
+        else:
+            self.meter.close()
+
+    def close(self) -> None:
+        """Leave the test scope and the world, then measure the leak (each step even if one
+        before it fails)."""
+        self.stack.close()
 
 
 def backend_failure(exc: BaseException) -> str:

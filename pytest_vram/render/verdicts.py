@@ -338,6 +338,12 @@ def off_device_explanation(off: OffDevice) -> list[str]:
         "  fix: make the model and its tensors on vram.device inside the test "
         "(model.to(vram.device), torch.randn(..., device=vram.device))"
     )
+    if off.backend == "estimate" and any(c.kind == "import-time device" for c in off.causes):
+        lines.append(
+            "  or keep the module-level device and let the code run at import see the "
+            "emulated GPU: --vram-emulate=session (ini vram_emulate = session), which makes "
+            "torch.cuda.is_available() answer True for the whole session"
+        )
     if not off.in_build and not (off.params or off.tensors or off.causes):
         lines.append(
             "  a test whose workload uses no device memory has nothing to measure: drop "

@@ -5,13 +5,16 @@ Test files written by the pytester tests run with
 ``block = vram.backend.alloc(100 * MiB)`` holds 100 MiB until ``block`` is released,
 ``vram.backend.spike(50 * MiB)`` raises the peak by 50 MiB and frees it again. With
 ``vram.backend.capacity`` set, an allocation beyond it raises :class:`ScriptedOutOfMemory`
-as torch raises ``torch.OutOfMemoryError`` on a full GPU.
+as torch raises ``torch.OutOfMemoryError`` on a full GPU. Where ``VRAM_SCRIPTED_EVENTS``
+names a file, the backend appends a line to it whenever its test scope or session scope is
+entered or left, and at every ``begin_test`` (the zero point), with the bytes allocated then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from pytest_vram.backends.base import Backend
 
@@ -64,6 +67,31 @@ class ScriptedBackend(Backend):
     def warmup(self) -> None:
         self.warmups += 1
         self.persistent.append(Block(self, WARMUP_BYTES))
+
+    def _event(self, what: str) -> None:
+        path = os.environ.get("VRAM_SCRIPTED_EVENTS")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{what} {self._allocated // MiB}\n")
+
+    @contextlib.contextmanager
+    def test_scope(self) -> Iterator[None]:
+        self._event("test-scope-enter")
+        try:
+            yield
+        finally:
+            self._event("test-scope-exit")
+
+    @contextlib.contextmanager
+    def session_scope(self) -> Iterator[None]:
+        self._event("session-scope-enter")
+        try:
+            yield
+        finally:
+            self._event("session-scope-exit")
+
+    def begin_test(self) -> None:
+        self._event("begin-test")
 
     def collect_garbage(self) -> None:
         # Blocks are freed by reference counting; a test that builds a cycle says so with

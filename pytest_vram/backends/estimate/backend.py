@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from pytest_vram.backends import alloc_conf
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 from pytest_vram.backends.cards import DEFAULT, Card
 from pytest_vram.backends.estimate import cuda_runtime, torch_compat
@@ -51,6 +52,8 @@ class EstimateBackend(Backend):
     name = "estimate"
     #: a test marked world_size=N runs on a fake process group of N ranks (rank 0 measured)
     simulates_ranks = True
+    #: every test has its own fake mode and allocator: no fake tensor outlives its test
+    device_per_test = True
     #: convolutions are looked up in the project's recorded workspaces (``use_workspaces``)
     reads_workspaces = True
 
@@ -68,6 +71,9 @@ class EstimateBackend(Backend):
         GPU capped to the card with ``torch.cuda.set_per_process_memory_fraction`` (the
         ``cuda`` backend's ``card=``), whose check differs for requests of 10 MiB and more.
         """
+        # The user's allocator settings, checked as the cuda backend checks them.
+        if (problem := alloc_conf.problem(allocator)) is not None:
+            raise BackendUnavailable(problem)
         if limit_rule not in LIMIT_RULES:
             raise ValueError(f"limit_rule must be one of {LIMIT_RULES}, not {limit_rule!r}")
         self.card = DEFAULT if card is None else Card.parse(card)
@@ -76,7 +82,7 @@ class EstimateBackend(Backend):
         self._allocator_mode = allocator
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
         # tensors behave natively and SDPA's real chooser runs.
-        self._emulate = not torch.cuda.is_available()
+        self._emulate = not cuda_runtime.gpu_usable()
         problem = torch_compat.check(cpu_only=self._emulate and not torch.backends.cuda.is_built())
         if problem is not None:
             raise BackendUnavailable(problem)
@@ -137,19 +143,12 @@ class EstimateBackend(Backend):
             "allocator": (f"caching-allocator model v{MODEL_VERSION}, {self._allocator_mode}"),
             "metric": metric_name(self._allocator_mode),
         }
-        if self._enforced:
-            context["card"] = self.card_description()
+        context["card"] = self.card_description()
         return context
 
     def card_description(self) -> str:
         """The card the estimate answers as, its capacity, and whether it is enforced."""
-        card = self.card
-        text = f"{card.name}, {card.total_memory} B ({format_size(card.total_memory)})"
-        if not self._enforced:
-            return f"{text}, capacity not enforced"
-        text += f", usable by a test {self._limit()} B"
-        unknown = card.unknown()
-        return f"{text} ({unknown})" if unknown else text
+        return self.card.describe(self._limit() if self._enforced else None)
 
     # -- per test -----------------------------------------------------------------------
     def warmup(self) -> None:
@@ -216,6 +215,14 @@ class EstimateBackend(Backend):
         patches = Patches()
         if self._emulate:
             cuda_runtime.guard_outside_tests(patches)
+        return patches
+
+    def visible_device_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Where no GPU is usable, ``torch.cuda``'s identity queries answer as the card
+        outside vram tests too (``cuda_runtime.install_card``); restored on exit."""
+        patches = Patches()
+        if self._emulate:
+            cuda_runtime.install_card(patches, self.card)
         return patches
 
     def _limit(self) -> int:
