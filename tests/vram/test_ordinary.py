@@ -749,6 +749,68 @@ def test_llama_gqa_bf16_train(vram):
     vram.run(step)
 
 
+def test_precision_from_device_capability(vram):
+    """Picks the device, the autocast dtype and the batch as training scripts do, from
+    ``device_count``, ``current_device``, the capability and the free memory."""
+    assert torch.cuda.device_count() >= 1
+    device = torch.device("cuda", torch.cuda.current_device())
+    major, minor = torch.cuda.get_device_capability(device)
+    amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    props = torch.cuda.get_device_properties(device)
+    free, total = torch.cuda.mem_get_info(device)
+    assert total == props.total_memory and props.multi_processor_count > 0
+    batch_size = 32 if free > 8 * 1024**3 else 8
+    model = nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    def step():
+        x = torch.randn(batch_size, 512, device=device)
+        with torch.autocast("cuda", dtype=amp_dtype):
+            loss = model(x).float().pow(2).mean()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    vram.run(step)
+    print(
+        f"cuda:{device.index} {props.name} sm{major}{minor}, {amp_dtype}, "
+        f"reserved {torch.cuda.memory_reserved(device) / 2**20:.1f} MiB"
+    )
+
+
+def test_greedy_decoding_with_kv_cache(vram):
+    """A hand-written greedy decoding loop that feeds the cache back, as generation
+    tutorials write one before they reach ``generate``."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config).to(device).eval()
+    input_ids = torch.randint(0, config.vocab_size, (4, 32), device=device)
+
+    def decode(max_new_tokens=16):
+        generated = input_ids
+        next_input = input_ids
+        past_key_values = None
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                out = model(input_ids=next_input, past_key_values=past_key_values, use_cache=True)
+                past_key_values = out.past_key_values
+                next_token = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+                generated = torch.cat([generated, next_token], dim=-1)
+                next_input = next_token
+        return generated
+
+    vram.run(decode)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_checkpoint(tmp_path_factory):
     """A small Llama saved once for the session, as a project's conftest keeps one."""
