@@ -41,6 +41,8 @@ from transformers import (  # noqa: E402
     get_linear_schedule_with_warmup,
 )
 
+from pytest_vram import claims  # noqa: E402
+
 pytestmark = pytest.mark.vram
 
 
@@ -1000,3 +1002,66 @@ def test_diffusers_unet_ddpm_train_step(vram):
         optimizer.zero_grad()
 
     vram.run(train_step)
+
+
+# -- where the trainer is made: the body, a fixture, vram.build --------------------------------
+def make_trainer(device):
+    """A model, AdamW and a GradScaler, as a project's helper makes them."""
+    model = nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda")
+    return model, optimizer, scaler
+
+
+def amp_train_step(model, optimizer, scaler, x):
+    with torch.autocast(device_type="cuda", dtype=torch.float16):
+        loss = model(x).float().pow(2).mean()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+
+
+@pytest.fixture
+def trainer():
+    return make_trainer("cuda")
+
+
+def test_trainer_made_in_the_body(vram):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, optimizer, scaler = make_trainer(device)
+    x = torch.randn(64, 512, device=device)
+    vram.run(amp_train_step, model, optimizer, scaler, x)
+
+
+def test_trainer_made_by_a_fixture(trainer, vram):
+    x = torch.randn(64, 512, device="cuda")
+    vram.run(amp_train_step, *trainer, x)
+
+
+def test_trainer_made_in_vram_build(vram):
+    model, optimizer, scaler = vram.build(make_trainer, vram.device)
+    x = torch.randn(64, 512, device=vram.device)
+    vram.run(amp_train_step, model, optimizer, scaler, x)
+
+
+#: the three count the same bytes, on the GPU and on the estimator: the fixture's and the
+#: build step's figures equal the body's (at most it, and it at most them)
+_BODY = "tests/vram/test_ordinary.py::test_trainer_made_in_the_body"
+_ELSEWHERE = {
+    where: f"tests/vram/test_ordinary.py::test_trainer_made_{where}"
+    for where in ("by_a_fixture", "in_vram_build")
+}
+vram_claims = [
+    claim
+    for figure in (claims.model, claims.peak)
+    for where, key in _ELSEWHERE.items()
+    for claim in (
+        claims.Claim.at_most(
+            f"test_{figure.__name__}_made_{where}_at_most_in_the_body", figure(key), figure(_BODY)
+        ),
+        claims.Claim.at_most(
+            f"test_{figure.__name__}_made_in_the_body_at_most_{where}", figure(_BODY), figure(key)
+        ),
+    )
+]
