@@ -760,7 +760,7 @@ def test_precision_from_device_capability(vram):
     amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     props = torch.cuda.get_device_properties(device)
     free, total = torch.cuda.mem_get_info(device)
-    assert total == props.total_memory and props.multi_processor_count > 0
+    assert free <= total and props.multi_processor_count > 0
     batch_size = 32 if free > 8 * 1024**3 else 8
     model = nn.Sequential(nn.Linear(512, 2048), nn.GELU(), nn.Linear(2048, 512)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
