@@ -31,6 +31,11 @@ Contract (see docs/architecture.md):
   for the rest of the session; ``torch.cuda``'s identity queries (``is_available()``...)
   answer as the backend's device outside its tests too. A real GPU answers anyway; the
   estimator answers as its emulated card.
+* ``wider_fixture_scope()`` is entered, inside ``test_scope()``, around the setup of a
+  fixture of a wider scope than the test (module, class, package, session): what such a
+  fixture makes on the host outlives the test. The estimator makes its CPU tensors real
+  there (inside a test they are fake, without values), so a session-scoped dataset or a
+  checkpoint saved with ``save_pretrained`` holds what the program computed.
 * ``device_per_test``: CUDA tensors belong to one test's device (the estimator's emulated
   card, made for each ``test_scope()``), so none may outlive the test; the plugin refuses a
   wider-scoped fixture that keeps one.
@@ -132,6 +137,11 @@ class Backend(abc.ABC):
 
     def test_scope(self) -> contextlib.AbstractContextManager[object]:
         """Context around one whole vram test, fixtures included (default: nothing)."""
+        return contextlib.nullcontext()
+
+    def wider_fixture_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context, inside ``test_scope()``, around the setup of a fixture of a wider scope
+        than the test (default: nothing)."""
         return contextlib.nullcontext()
 
     def session_scope(self) -> contextlib.AbstractContextManager[object]:

@@ -209,6 +209,16 @@ class EstimateBackend(Backend):
             finally:
                 self.end_test()
 
+    def wider_fixture_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Inside a test's scope, the setup of a module-, class-, package- or
+        session-scoped fixture makes real CPU tensors (``EstimatingFakeMode.real_host``):
+        they outlive the test, and code that reads their values (``save_pretrained``, a
+        dataset's statistics) gets what the program computed. CUDA tensors it makes are
+        still fake, on the test's card, and counted (the plugin refuses the fixture)."""
+        if self._whole_test is None or self._mode is None:
+            return contextlib.nullcontext()
+        return self._mode.real_host()
+
     def session_scope(self) -> contextlib.AbstractContextManager[object]:
         """Where no GPU is usable, CUDA work outside every vram test fails with the user's
         line and the fix (``cuda_runtime.guard_outside_tests``); restored on exit."""

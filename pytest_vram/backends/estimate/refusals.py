@@ -112,15 +112,18 @@ _TORCH_DATA_DIR = os.path.join(_TORCH_DIR, "utils", "data", "")
 
 
 def _data_loader_hint(frames: list[traceback.FrameSummary]) -> str | None:
-    """The fix for a DataLoader iterated inside the scope: its base seed and its shuffling
-    (``randperm(...).tolist()``) read random tensors, which are fake there."""
+    """The fix for a shuffled order that ``data_loading`` leaves fake: a sampler or
+    ``random_split`` drawing from torch's default generator over a dataset whose items
+    may differ in size."""
     if not any(f.filename.startswith(_TORCH_DATA_DIR) for f in frames):
         return None
     return (
-        "torch.utils.data reads random tensors here (the DataLoader's seed, its "
-        "sampler's shuffled order), which are fake inside the measured call. Iterate the "
-        "DataLoader outside vram.run/vram.build and pass each batch in (its move to the "
-        "GPU inside is what is measured)"
+        "torch.utils.data shuffles here (a sampler's order, or random_split's), and over "
+        "a dataset other than a TensorDataset the order decides which items form each "
+        "batch, and so the batches' shapes; the estimate backend draws it only where it "
+        "is the same on the GPU: pass the DataLoader (or random_split) a seeded "
+        "generator=torch.Generator().manual_seed(0), or use a TensorDataset, whose "
+        "items all have one shape"
     )
 
 

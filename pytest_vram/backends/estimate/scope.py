@@ -13,6 +13,8 @@ The changes made here, for fake tensors to behave as CUDA tensors do:
 * ``copy.copy``/``copy.deepcopy`` of a fake tensor share or copy its storage;
 * ``torch.utils.swap_tensors`` accepts a fake constant (``Module._apply``);
 * ``torch.optim`` picks its foreach implementation for fake tensors, as for CUDA ones;
+* a ``DataLoader`` draws its seed, and its order where the order decides no memory, on
+  the host, and loads in the process (:mod:`.data_loading`);
 * an RNN over CUDA tensors warns that cuDNN's RNN is not modelled (:class:`RNNNotModelled`).
 
 A ``torch.compile``'d function is refused here: the compiled kernels' memory is not the
@@ -31,7 +33,13 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter
 from torch.optim import optimizer as torch_optimizer
 
 from pytest_vram.backends.cards import Card
-from pytest_vram.backends.estimate import cuda_runtime, distributed, transformers_support
+from pytest_vram.backends.estimate import (
+    cuda_runtime,
+    data_loading,
+    device_index,
+    distributed,
+    transformers_support,
+)
 from pytest_vram.backends.estimate.autograd_engine import settle_engine_threads
 from pytest_vram.backends.estimate.fake_mode import EstimatingFakeMode
 from pytest_vram.backends.estimate.kernels import convolution
@@ -177,6 +185,7 @@ class Scope:
             patches = stack.enter_context(Patches())  # restored last, after the mode exits
             if self._emulate:
                 cuda_runtime.install(patches)
+                device_index.install(patches)
                 # Every backward on the calling thread: the engine's device thread (which
                 # the emulated CUDA guard makes it start) then never holds a task's state,
                 # whose Python objects it would release while the interpreter finalizes.
@@ -186,8 +195,10 @@ class Scope:
             _copyable_fake_tensors(patches)
             _swappable_constants(patches, self._mode.fake_tensor_converter)
             _optimizers_take_fake_tensors(patches)
+            data_loading.install(patches)
             stack.enter_context(self._mode)
             transformers_support.install(patches, self._mode.known)
+            transformers_support.install_loading(patches)
             distributed.install(patches, self._tracker, self._emulate)
             _report_rnns(patches, self._tracker)
             if self._emulate:
