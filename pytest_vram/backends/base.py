@@ -49,6 +49,16 @@ Contract (see docs/architecture.md):
   allocator holds from the driver now, and the highest since ``reset_peak()``;
   informational (fragmentation and page granularity included), gated only by a budget
   that asks for it.
+* cuDNN convolution workspaces (optional; docs/estimator.md, "cuDNN convolution
+  workspaces"): ``workspace_setup()`` names the GPU architecture and cuDNN version whose
+  workspaces a backend measures or models (None: it has none). When the run updates
+  baselines the session calls ``record_workspaces()``; a backend that can measure them
+  (``cuda``) answers True and returns what it measured from ``recorded_workspaces()`` at
+  the session's end, which the session merges into the project's file of that setup
+  (``baselines/cudnn-workspaces/``). Otherwise, for a backend whose ``reads_workspaces``
+  is True (the estimator), the session reads that file and hands its entries to
+  ``use_workspaces()``: the estimator looks a convolution up there before its shipped
+  table. A backend reads no file itself: the files are the store's (``pytest_vram.store``).
 
 The gated figure: ``allocated()`` must count what the CUDA caching allocator counts with
 ``expandable_segments:True`` (every block split, so each live request counts exactly its
@@ -62,7 +72,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from pytest_vram.backends.patching import install_for_process, uninstall_for_process
@@ -93,6 +103,9 @@ class Backend(abc.ABC):
     #: ``test_scope(card=...)`` runs a test on a declared card (the estimator enforces its
     #: capacity, the cuda backend caps the GPU to it); False: a card cannot be declared.
     supports_cards: bool = False
+    #: Whether the session hands this backend the project's recorded convolution
+    #: workspaces (:meth:`use_workspaces`).
+    reads_workspaces: bool = False
 
     @property
     @abc.abstractmethod
@@ -183,6 +196,27 @@ class Backend(abc.ABC):
     def peak_reserved(self) -> int | None:
         """Highest ``reserved()`` since the last ``reset_peak``, or None."""
         return None
+
+    def workspace_setup(self) -> dict[str, str] | None:
+        """The cuDNN setup whose convolution workspaces this backend measures or models:
+        ``{"arch": "sm90", "cudnn": "91900", ...}`` (more keys describe it: device,
+        torch), or None (the default) where it has none."""
+        return None
+
+    def use_workspaces(self, entries: Mapping[str, int], source: str) -> None:  # noqa: B027
+        """The convolution workspaces the project recorded for :meth:`workspace_setup`
+        (call key -> transient bytes; empty where nothing was recorded) and the file that
+        holds them, for messages. Default: ignored."""
+
+    def record_workspaces(self) -> bool:
+        """Measure the workspace of every convolution from now on (the run updates its
+        baselines); False (the default) where this backend cannot."""
+        return False
+
+    def recorded_workspaces(self) -> dict[str, int]:
+        """Call key -> transient bytes of the convolutions measured since
+        :meth:`record_workspaces` (the largest where a call ran more than once)."""
+        return {}
 
 
 def collect_garbage() -> None:

@@ -98,6 +98,12 @@ class CudaBackend(Backend):
         self._fraction = None if self.card is None else self._cap_fraction(self.card)
         #: the card of the test in ``test_scope(card=...)``, capping this test only
         self._test_card: Card | None = None
+        # The peaks reached before the workspace recorder restarted the allocator's own
+        # (see _RecorderWindow); 0 when not recording.
+        self._held_peak = 0
+        self._held_reserved = 0
+        self._recorder: Any = None
+        self._recording = False
 
     @property
     def device(self) -> str:
@@ -146,18 +152,67 @@ class CudaBackend(Backend):
             )
         return limit / total
 
-    def test_scope(
-        self, card: Card | str | None = None
-    ) -> contextlib.AbstractContextManager[object]:
+    @contextlib.contextmanager
+    def test_scope(self, card: Card | str | None = None) -> Iterator[None]:
         """With a card (the test's ``card``, else the backend's), the GPU capped to it for
-        the test, the limit lifted afterwards. A card larger than this GPU raises
-        ``BackendUnavailable`` with the fix."""
-        if card is None:
-            if self._fraction is None:
-                return contextlib.nullcontext()
-            return self._capped(self._fraction, None)
-        parsed = Card.parse(card)
-        return self._capped(self._cap_fraction(parsed), parsed)
+        the test, the limit lifted afterwards; while recording workspaces, the recorder
+        active for the whole test. A card larger than this GPU raises
+        ``BackendUnavailable`` with the fix, when entered."""
+        parsed = None if card is None else Card.parse(card)
+        fraction = self._fraction if parsed is None else self._cap_fraction(parsed)
+        with contextlib.ExitStack() as stack:
+            if fraction is not None:
+                stack.enter_context(self._capped(fraction, parsed))
+            stack.enter_context(self._recording_scope())
+            yield
+
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to enter, except the workspace recorder while recording (and not
+        already active for the whole test)."""
+        return self._recording_scope()
+
+    # -- cuDNN convolution workspaces (Backend.workspace_setup) -------------------------
+
+    def workspace_setup(self) -> dict[str, str] | None:
+        """This GPU's architecture and cuDNN version; None without cuDNN."""
+        torch = self._torch
+        version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        if not version:
+            return None
+        major, minor = torch.cuda.get_device_capability(self.index)
+        return {
+            "arch": f"sm{major}{minor}",
+            "cudnn": str(int(version)),
+            "device": self._name,
+            "torch": str(torch.__version__),
+        }
+
+    def record_workspaces(self) -> bool:
+        """Measure every convolution's transient from now on, in :meth:`scope` and
+        :meth:`test_scope` (``backends.workspace_recorder``)."""
+        if self.workspace_setup() is None:
+            return False
+        if self._recorder is None:
+            # here: torch's dispatch-mode machinery only for a run that records
+            from pytest_vram.backends.workspace_recorder import WorkspaceRecorder
+
+            self._recorder = WorkspaceRecorder(_RecorderWindow(self))
+        return True
+
+    def recorded_workspaces(self) -> dict[str, int]:
+        return dict(self._recorder.entries) if self._recorder is not None else {}
+
+    @contextlib.contextmanager
+    def _recording_scope(self) -> Iterator[None]:
+        if self._recorder is None or self._recording:
+            yield
+            return
+        self._recording = True
+        try:
+            with self._recorder:
+                yield
+        finally:
+            self._recording = False
 
     @contextlib.contextmanager
     def _capped(self, fraction: float, card: Card | None) -> Iterator[None]:
@@ -196,7 +251,7 @@ class CudaBackend(Backend):
         # Free cached blocks of earlier tests: otherwise whether a block is split (and so
         # the rounded allocated bytes) depends on what ran before this test.
         self._torch.cuda.empty_cache()
-        self._torch.cuda.reset_peak_memory_stats(self.index)
+        self.reset_peak()
 
     def synchronize(self) -> None:
         self._torch.cuda.synchronize(self.index)
@@ -205,16 +260,17 @@ class CudaBackend(Backend):
         return int(self._torch.cuda.memory_allocated(self.index))
 
     def reset_peak(self) -> None:
+        self._held_peak = self._held_reserved = 0
         self._torch.cuda.reset_peak_memory_stats(self.index)
 
     def peak(self) -> int:
-        return int(self._torch.cuda.max_memory_allocated(self.index))
+        return max(self._held_peak, int(self._torch.cuda.max_memory_allocated(self.index)))
 
     def reserved(self) -> int:
         return int(self._torch.cuda.memory_reserved(self.index))
 
     def peak_reserved(self) -> int:
-        return int(self._torch.cuda.max_memory_reserved(self.index))
+        return max(self._held_reserved, int(self._torch.cuda.max_memory_reserved(self.index)))
 
     def _check_exact_splitting(self) -> None:
         """Fail unless a request counts exactly its rounded size (expandable segments on)."""
@@ -233,6 +289,34 @@ class CudaBackend(Backend):
                 f"PYTORCH_CUDA_ALLOC_CONF={EXPANDABLE}, or measure raw default-allocator "
                 f"figures with --vram-allocator=default (they can change with test order)"
             )
+
+
+class _RecorderWindow:
+    """The workspace recorder's view of the counters (``workspace_recorder.PeakWindow``).
+
+    Restarting the allocator's peak around a convolution would lose the peak the test
+    reached before it: the backend holds it (``_held_peak``, ``_held_reserved``) and its
+    ``peak()`` and ``peak_reserved()`` answer the larger, so the test's figures are what
+    they are without recording. ``reset_peak`` drops the held values.
+    """
+
+    def __init__(self, backend: CudaBackend) -> None:
+        self.backend = backend
+
+    def synchronize(self) -> None:
+        self.backend.synchronize()
+
+    def allocated(self) -> int:
+        return self.backend.allocated()
+
+    def restart_peak(self) -> None:
+        backend = self.backend
+        backend._held_peak = backend.peak()
+        backend._held_reserved = backend.peak_reserved()
+        backend._torch.cuda.reset_peak_memory_stats(backend.index)
+
+    def peak(self) -> int:
+        return int(self.backend._torch.cuda.max_memory_allocated(self.backend.index))
 
 
 def _switch_on_expandable_segments(torch: Any) -> None:

@@ -34,8 +34,9 @@ from pytest_vram.pytest_plugin.options import Settings
 from pytest_vram.render import json_report, markdown
 from pytest_vram.render.breakdowns import explain
 from pytest_vram.render.verdicts import failure_text, nothing_measured
-from pytest_vram.store import baselines, breakdowns
+from pytest_vram.store import baselines, breakdowns, workspaces
 from pytest_vram.store.baselines import BaselineError, BaselineFile, Entry, file_setup
+from pytest_vram.store.workspaces import WorkspaceError
 
 #: Context fields that change figures when they change (the plugin's version does not).
 SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
@@ -87,6 +88,13 @@ class VramSession:
         self.completed: set[str] = set()
         #: profile -> baseline path shown, of every profile a vram test used
         self.used_profiles: dict[str, str] = {}
+        #: cuDNN convolution workspaces: whether the backend was told of the project's file
+        #: (or asked to record), the error its file gave, the setup it records for, and
+        #: what xdist workers recorded ([setup, entries] pairs)
+        self._workspaces_attached = False
+        self._workspace_error: str | None = None
+        self._recording: dict[str, str] | None = None
+        self._received_workspaces: list[list[dict[str, Any]]] = []
 
     # -- backend and baselines, created on first use --------------------------------
 
@@ -181,6 +189,75 @@ class VramSession:
         except ValueError:
             return str(path)
 
+    # -- cuDNN convolution workspaces (store.workspaces) --------------------------------
+
+    def attach_workspaces(self, backend: Backend) -> None:
+        """Once per process (``Backend.workspace_setup``): a run that updates baselines
+        asks the backend to record the workspaces of its convolutions; a backend that reads
+        them (``reads_workspaces``: the estimator) gets the project's file of its setup. A
+        malformed file it would read fails every vram test, as a malformed baseline does."""
+        if not self._workspaces_attached:
+            self._workspaces_attached = True
+            try:
+                self._attach_workspaces(backend)
+            except WorkspaceError as exc:
+                self._workspace_error = f"{exc}\n(the file is left untouched; fix it and rerun)"
+        if self._workspace_error is not None:
+            pytest.fail(self._workspace_error, pytrace=False)
+
+    def _attach_workspaces(self, backend: Backend) -> None:
+        updating = self.settings.update or self.settings.update_new_only
+        if updating and backend.record_workspaces():
+            self._recording = backend.workspace_setup()
+            return
+        setup = backend.workspace_setup() if getattr(backend, "reads_workspaces", False) else None
+        if setup is None:
+            return
+        path = workspaces.path_for(self.settings.baselines, setup)
+        loaded = workspaces.load(path)
+        backend.use_workspaces(loaded.entries if loaded else {}, self.display(path))
+
+    def recorded_workspaces(self) -> list[list[dict[str, Any]]]:
+        """[setup, entries] of what this process's backend recorded, and what workers sent."""
+        recorded = list(self._received_workspaces)
+        if self._backend is not None and self._recording is not None:
+            entries = self._backend.recorded_workspaces()
+            if entries:
+                recorded.append([self._recording, entries])
+        return recorded
+
+    def store_workspaces(self) -> bool:
+        """``--vram-update``: merge the recorded workspaces into the project's files (one
+        per setup; entries are never dropped). True if a file could not be written."""
+        failed = False
+        merged: dict[Path, tuple[dict[str, Any], dict[str, int]]] = {}
+        for setup, entries in self.recorded_workspaces():
+            try:
+                path = workspaces.path_for(self.settings.baselines, setup)
+            except WorkspaceError as exc:  # a custom backend's setup
+                self.outcome.errors.append(str(exc))
+                failed = True
+                continue
+            into = merged.setdefault(path, (setup, {}))[1]
+            for key, size in entries.items():
+                into[key] = max(size, into.get(key, 0))
+        for path, (setup, entries) in sorted(merged.items()):
+            try:
+                result = workspaces.update(path, setup, entries)
+            except WorkspaceError as exc:
+                self.outcome.errors.append(
+                    f"{exc} (this run's convolution workspaces were not recorded; the file "
+                    f"was left untouched)"
+                )
+                failed = True
+                continue
+            if result.written:
+                self.outcome.written.append(
+                    f"{self.display(path)} ({len(result.added)} convolution workspaces "
+                    f"added, {len(result.changed)} changed)"
+                )
+        return failed
+
     # -- collection ------------------------------------------------------------------
 
     def collect(self, nodeid: str, mark: VramMark | None, *, vram: bool) -> None:
@@ -210,13 +287,14 @@ class VramSession:
     def collection(self) -> dict[str, Any]:
         """What a worker sends to the controller (see :meth:`receive`)."""
         data = {"files": sorted(self.collected_files), "owners": self.owners}
-        return {**data, "profiles": self.used_profiles}
+        return {**data, "profiles": self.used_profiles, "workspaces": self.recorded_workspaces()}
 
     def receive(self, data: dict[str, Any]) -> None:
         """Merge a worker's collection into the controller's."""
         self.collected_files.update(data["files"])
         self.owners.update(data["owners"])
         self.used_profiles.update(data.get("profiles", {}))
+        self._received_workspaces.extend(data.get("workspaces", []))
 
     def owner(self, key: str) -> str | None:
         """The collected test that produces baseline ``key``."""
@@ -287,6 +365,7 @@ class VramSession:
             pytest.skip(f"not measurable on the estimate backend: {mark.skip_estimate}")
         profile = self.profile()
         self.baseline(profile)  # a malformed file fails before the workload runs
+        self.attach_workspaces(backend)
         self.used_profiles[profile] = self.display(self.baseline_path(profile))
         return backend
 
@@ -456,6 +535,7 @@ class VramSession:
         failed = False
         if self.settings.update or self.settings.update_new_only:
             failed |= self.update()
+            failed |= self.store_workspaces()
         failed |= self.fail_on_stale()
         failed |= self.write_reports()
         if self.settings.update and not self.outcome.errors:

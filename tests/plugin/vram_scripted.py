@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from pytest_vram.backends.base import Backend
 
@@ -128,3 +128,45 @@ class ScriptedBackend(Backend):
 
     def spike(self, size: int) -> None:
         Block(self, size)  # allocated and released at once: only the peak moves
+
+
+class RecordingBackend(ScriptedBackend):
+    """A scripted backend with cuDNN convolution workspaces (``Backend.workspace_setup``).
+
+    ``vram.backend.convolve(key, size)`` is a convolution whose workspace is ``size``: the
+    peak moves by it, and while the run records (``--vram-update``) it is recorded under
+    ``key``. ``known`` and ``source`` are what the session gave ``use_workspaces``.
+    """
+
+    reads_workspaces = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recording = False
+        self.recorded: dict[str, int] = {}
+        self.known: dict[str, int] | None = None
+        self.source: str | None = None
+
+    def workspace_setup(self) -> dict[str, str]:
+        return {"arch": "sm90", "cudnn": "91900", "device": "scripted", "torch": "none"}
+
+    def use_workspaces(self, entries: Mapping[str, int], source: str) -> None:
+        self.known, self.source = dict(entries), source
+
+    def record_workspaces(self) -> bool:
+        self.recording = True
+        return True
+
+    def recorded_workspaces(self) -> dict[str, int]:
+        return dict(self.recorded)
+
+    def convolve(self, key: str, size: int) -> None:
+        self.spike(size)
+        if self.recording:
+            self.recorded[key] = max(size, self.recorded.get(key, 0))
+
+
+class MeasuringBackend(RecordingBackend):
+    """Records workspaces but never reads them, as the ``cuda`` backend."""
+
+    reads_workspaces = False

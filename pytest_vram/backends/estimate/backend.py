@@ -18,7 +18,7 @@ estimator relies on (:mod:`.torch_compat`) and makes the changes that stay for t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ from pytest_vram.backends.estimate.allocator import (
 )
 from pytest_vram.backends.estimate.autograd_engine import install_cuda_guard
 from pytest_vram.backends.estimate.fake_mode import EstimatingFakeMode
-from pytest_vram.backends.estimate.kernels import missing_meta
+from pytest_vram.backends.estimate.kernels import convolution, missing_meta
 from pytest_vram.backends.estimate.known import KnownValues
 from pytest_vram.backends.estimate.scope import Reentered, Scope
 from pytest_vram.backends.estimate.sdpa_choice import install_sdpa_kernel
@@ -56,6 +56,8 @@ class EstimateBackend(Backend):
     device_per_test = True
     #: ``test_scope(card=...)`` enforces a test's own card
     supports_cards = True
+    #: convolutions are looked up in the project's recorded workspaces (``use_workspaces``)
+    reads_workspaces = True
 
     def __init__(
         self,
@@ -100,6 +102,8 @@ class EstimateBackend(Backend):
         self._tracker: StorageTracker | None = None
         self._mode: EstimatingFakeMode | None = None
         self._observer: Any = None
+        #: the project's recorded convolution workspaces (``use_workspaces``)
+        self._workspaces = convolution.ProjectWorkspaces()
         #: the test's scope while ``test_scope`` is active
         self._whole_test: Scope | None = None
         if self._emulate and torch.backends.cuda.is_built():
@@ -181,7 +185,9 @@ class EstimateBackend(Backend):
             self._allocator.reset_peak()
             return
         self._allocator = self._new_allocator()
-        self._tracker = StorageTracker(self._allocator, self._observer, KnownValues())
+        self._tracker = StorageTracker(
+            self._allocator, self._observer, KnownValues(), self._workspaces
+        )
         self._mode = EstimatingFakeMode(self._tracker, self._emulate)
 
     def end_test(self) -> None:
@@ -283,6 +289,18 @@ class EstimateBackend(Backend):
     def empty_cache(self) -> None:
         """``torch.cuda.empty_cache()`` on the allocator model: free pages are unmapped."""
         self._allocator.empty_cache()
+
+    def workspace_setup(self) -> dict[str, str]:
+        """The GPU architecture and cuDNN version whose convolution workspaces the estimate
+        models (``kernels.convolution.current_setup``: the H200's without a GPU)."""
+        arch, cudnn = convolution.current_setup()
+        return {"arch": arch, "cudnn": str(cudnn), "torch": torch.__version__}
+
+    def use_workspaces(self, entries: Mapping[str, int], source: str) -> None:
+        """Look convolutions up in ``entries`` (the project's recorded workspaces, from
+        ``source``) before the shipped table, from now on, in the test running now too."""
+        self._workspaces.entries = dict(entries)
+        self._workspaces.source = source
 
     def observe(self, observer: Any) -> bool:
         """Report storages to ``observer`` from the next ``begin_test`` on (None: stop)."""
