@@ -324,8 +324,24 @@ class Meter:
             if not is_out_of_memory(exc):
                 raise
             oom, self.out_of_memory = self.out_of_memory, before  # caught: not the test's
-            return None, oom
-        return measurement, None
+        else:
+            return measurement, None
+        self._settle_autograd()
+        return None, oom
+
+    def _settle_autograd(self) -> None:
+        """After a step that ran out of memory: one tiny backward on the device.
+
+        A backward that fails leaves the rest of its graph's pending work (and the
+        gradients buffered for it) in the autograd engine's device queue, which drops it
+        only when it runs its next task: without this the next probe would start with
+        those tensors still allocated."""
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        with self.backend.scope():
+            x = torch.zeros(1, device=self.backend.device, requires_grad=True)
+            x.sum().backward()
 
     def _check_build(
         self, step: str, result: Any, fn: Callable[..., Any], args: Any, kwargs: Any
