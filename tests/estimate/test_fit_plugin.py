@@ -218,3 +218,54 @@ def test_reset_frees_what_a_probe_keeps(pytester: pytest.Pytester) -> None:
         """
     )
     _run(pytester).assert_outcomes(passed=1)
+
+
+BACK_OFF = (
+    LAYER.replace("WIDTH", "4096")
+    + """
+
+def halve_until_it_fits(step, batch):
+    tried = []
+    while True:
+        try:
+            step(batch)
+            return batch, tried
+        except torch.OutOfMemoryError as exc:  # the user's own handler, as on the card
+            assert "CUDA out of memory" in str(exc)
+            tried.append(batch)
+            batch //= 2
+
+
+@pytest.mark.vram(card="1GiB")
+def test_back_off_in_the_workload(vram):
+    model = vram.build(build, vram.device)
+    step = make_step(model, vram.device)
+    batch, tried = vram.run(halve_until_it_fits, step, 1 << 20)
+    assert (batch, tried) == (1 << 15, [1 << 20, 1 << 19, 1 << 18, 1 << 17, 1 << 16])
+
+
+@pytest.mark.vram(card="1GiB")
+def test_back_off_around_the_workload(vram):
+    model = vram.build(build, vram.device)
+    step = make_step(model, vram.device)
+    batch, tried = halve_until_it_fits(lambda n: vram.run(step, n, name=f"batch {n}"), 1 << 20)
+    assert (batch, tried) == (1 << 15, [1 << 20, 1 << 19, 1 << 18, 1 << 17, 1 << 16])
+"""
+)
+
+
+def test_out_of_memory_on_the_card_reaches_the_user_s_own_back_off(
+    pytester: pytest.Pytester,
+) -> None:
+    """The card's out-of-memory is torch's error, raised in the user's code: their handler
+    catches it, halves the batch and goes on, and the test passes with what then fit."""
+    pytester.makepyfile(test_back_off=BACK_OFF)
+    result = _run(pytester, "--vram-json=run.json")
+    result.assert_outcomes(passed=2)
+    measured = _measurements(pytester.path / "run.json")
+    # the largest that fits this card is 61184 rows (above): 32768 fits, 65536 does not
+    fitted = measured["test_back_off_in_the_workload"]
+    assert fitted["card"] == "1GiB" and fitted["peak_bytes"] < 1024**3
+    # around vram.run: the runs that ran out are not measurements, the one that fit is
+    assert sorted(measured) == ["batch 32768", "test_back_off_in_the_workload"]
+    assert measured["batch 32768"]["card"] == "1GiB"
