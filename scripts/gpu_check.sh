@@ -13,7 +13,8 @@
 #        (tokens/s beside memory), cudnn (measure cuDNN convolution workspaces for the
 #        shipped table: tools/README.md), cudnn-common (the same for stems, patch
 #        embeddings, EfficientNet and ConvNeXt layers at ordinary sizes), examples (record
-#        the example project's cuda baselines into OUTDIR)
+#        the example project's cuda baselines into OUTDIR), fit (the 8 GiB card's verdicts
+#        and largest batch/context: estimate vs the GPU capped to the card)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -65,6 +66,7 @@ for step in $steps; do
                  -p no:randomly --vram-backend=cuda --vram-profile=cuda-nvidia-h200 --vram-update \
                  --vram-baselines="$out/examples")
               rm -rf "$out/examples/breakdowns" ;;
+    fit) run timeout 170 python3 benchmarks/fit_accuracy.py --out "$out" --budget-s 130 ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
   esac
 done
