@@ -22,10 +22,11 @@ A question's verdict is "fits" where its first value (batch 1, 512 tokens) runs.
 estimate sides run in parallel on the CPU with the GPU hidden (``CUDA_VISIBLE_DEVICES=""``,
 as on CI), the GPU side one subject at a time. Each side checks a hint first, with its
 next value (two probes where it holds, a bisection below or above it where not): the card
-side the committed baselines' answers, the capped estimate those of ``--hints-from`` (by
-default the committed estimate half, docs/data/fit-accuracy/estimate.json), the GPU this
-run's capped estimate. With a GPU the sides are ``estimate-capped`` and ``cuda-capped``,
-without one the two estimates. Writes ``fit_accuracy.json`` (every answer, its probes, the
+side the committed baselines' answers; the capped estimate and the GPU those of
+``--hints-from`` (by default the committed estimate half,
+docs/data/fit-accuracy/estimate.json), the GPU where it has none this run's capped
+estimate's. With a GPU the sides are ``estimate-capped`` and ``cuda-capped``, without one
+the two estimates. Writes ``fit_accuracy.json`` (every answer, its probes, the
 peak and reserved bytes of the largest run, seconds, versions) and ``fit_accuracy.md``
 (the table) under ``--out``; exits 1 where a side failed.
 
@@ -429,10 +430,11 @@ def compare(
     jobs: int,
     earlier: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Every side of every subject; the GPU side of a subject after its capped estimate.
+    """Every side of every subject, the estimates in parallel, the GPU's one at a time.
 
     Hints: the card's from the committed baselines; the capped sides' from ``earlier``
-    (else the card's), the GPU's from this run's capped estimate where it ran."""
+    (else the card's); where ``earlier`` has none for a subject, its GPU side waits for this
+    run's capped estimate and takes its answers."""
     deadline = time.monotonic() + budget_s
     card_hints = baseline_hints()
     capped_hints = {n: {**card_hints.get(n, {}), **(earlier or {}).get(n, {})} for n in names}
@@ -456,7 +458,8 @@ def compare(
             if "cuda-capped" in sides:
                 hint = capped_hints.get(name, {})
                 capped = futures.get(("estimate-capped", name))
-                if capped is not None:  # this run's capped answers: two probes if equal
+                if capped is not None and name not in (earlier or {}):
+                    # no earlier answers: wait for this run's (two probes where they agree)
                     answers = capped.result()
                     hint = {q: a["largest"] for q, a in answers.items() if _answered(a)}
                 if left() <= 0:
