@@ -15,7 +15,8 @@
 #        embeddings, EfficientNet and ConvNeXt layers at ordinary sizes), examples (record
 #        the example project's cuda baselines into OUTDIR), ordinary (other people's scripts,
 #        tests/vram/test_ordinary.py, estimate vs real per test; needs transformers,
-#        accelerate and diffusers as pyproject's test extra pins them)
+#        accelerate and diffusers as pyproject's test extra pins them), fit (the 8 GiB
+#        card's verdicts and largest batch/context: estimate vs the GPU capped to the card)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -69,6 +70,7 @@ for step in $steps; do
                  -p no:randomly --vram-backend=cuda --vram-profile=cuda-nvidia-h200 --vram-update \
                  --vram-baselines="$out/examples")
               rm -rf "$out/examples/breakdowns" ;;
+    fit) run timeout 170 python3 benchmarks/fit_accuracy.py --out "$out" --budget-s 130 ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
   esac
 done

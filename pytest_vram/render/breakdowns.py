@@ -25,11 +25,17 @@ def top_lines(breakdown: dict[str, Any], limit: int = 5) -> list[str]:
     return lines
 
 
-def explain(current: dict[str, Any] | None, stored: dict[str, int] | None, stored_path: str) -> str:
-    """The lines a failure message gets: top contributors, and what grew against the store."""
+def explain(
+    current: dict[str, Any] | None,
+    stored: dict[str, int] | None,
+    stored_path: str,
+    head: str = "at the peak:",
+) -> str:
+    """The lines a failure message gets: top contributors (under ``head``), and what grew
+    against the store."""
     if not current:
         return ""
-    lines = ["at the peak:", *top_lines(current)]
+    lines = [head, *top_lines(current)]
     if stored is None:
         lines.append(f"  (no stored breakdown in {stored_path} to compare with)")
         return "\n".join(lines)
