@@ -1,0 +1,40 @@
+"""Compiled workloads on baselines: ``torch.compile``'d training and inference steps, small
+configurations (see ``compiled_workloads``; the realistic sizes run on an H200 in
+``benchmarks/compile_accuracy.py``).
+
+Each test compiles its model and warms it up in the build step, so the measured step is
+the compiled program's steady state (docs/usage.md, "Compiled code"), and starts from a
+fresh compiler, so no earlier test's compiled code or shapes change its program.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("triton", reason="Inductor needs triton: pip install 'pytest-vram[compile]'")
+
+import torch  # noqa: E402
+from compiled_workloads import WORKLOADS, warmed  # noqa: E402
+
+REFUSED = "the estimate does not model CUDA graph trees (torch.compile mode='reduce-overhead')"
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler() -> None:
+    """No compiled code from an earlier test, on every backend (the estimator does it
+    itself too): its shapes would make this test's compile dynamic."""
+    torch._dynamo.reset()
+
+
+def _params(name: str) -> object:
+    marks = [pytest.mark.vram(skip_estimate=REFUSED)] if WORKLOADS[name].refused_by_estimate else []
+    return pytest.param(name, marks=marks)
+
+
+@pytest.mark.vram
+@pytest.mark.parametrize("name", [_params(name) for name in WORKLOADS])
+def test_compiled(vram, name: str) -> None:
+    workload = WORKLOADS[name]
+    state = vram.build(warmed(workload), "small", vram.device)
+    vram.run(workload.work, state, "small", vram.device)
+    del state
