@@ -21,7 +21,8 @@ What is changed, and when:
   device (:func:`_engine_sees_meta`); Dynamo's device interface and Triton's driver
   answer as the emulated card (:func:`_emulated_compiler_device`); fake modes never run an
   operator on a device, and the constants Inductor computes while compiling are computed
-  on the CPU (:func:`_no_device_work`); ``pad_mm``'s timing is answered from
+  on the CPU (:func:`_no_device_work`); convolutions are laid out as cuDNN lays them out
+  (:func:`_convolutions_laid_out_as_cudnn`); ``pad_mm``'s timing is answered from
   :mod:`.kernels.pad_mm`; Triton kernels are not compiled (:class:`NoOpKernel`); the
   persistent caches and profiles are off (:data:`_CONFIG`) and one compile thread is
   used. ``mode="reduce-overhead"``, ``"max-autotune"`` and ``cpp_wrapper`` are refused
@@ -274,7 +275,28 @@ def _compile_time(
     _wrappers_run_on_fake(patches)
     _refuse_modes(patches)
     _optimizer_state_is_counted(patches, mode)
+    _convolutions_laid_out_as_cudnn(patches)
     pad_mm.install(patches, tracker, card.capability)
+
+
+def _convolutions_laid_out_as_cudnn(patches: Patches) -> None:
+    """The layout of a compiled convolution's results, as cuDNN gives it.
+
+    Fake tensors take a convolution's memory format from the backend torch would select
+    (``_conv_determine_backend_memory_format``); a CPU-only torch has no cuDNN to select,
+    so Inductor would plan contiguous results where the GPU's are channels-last (its
+    layout optimisation makes a CNN's activations channels-last), and the wrapper's
+    stride checks would fail on the layout the estimator gives the same call at run time
+    (``kernels.convolution.cuda_memory_format``, cuDNN's rule). Both follow that rule."""
+    from pytest_vram.backends.estimate.kernels.convolution import cuda_memory_format
+
+    original = torch._C._conv_determine_backend_memory_format
+
+    def determine(inp: Any, weight: Any, backend: Any) -> Any:
+        fmt = cuda_memory_format(inp, weight)
+        return original(inp, weight, backend) if fmt is None else fmt
+
+    patches.set(torch._C, "_conv_determine_backend_memory_format", determine)
 
 
 def _optimizer_state_is_counted(patches: Patches, mode: Any) -> None:

@@ -282,6 +282,7 @@ COMPILE_REQUIRED = (
     "torch._subclasses.functional_tensor.FunctionalTensorMode.__torch_dispatch__",
     "torch._C.TensorBase._make_wrapper_subclass",
     "torch.fx.experimental.proxy_tensor.CONSTANT_NUMEL_LIMIT",
+    "torch._C._conv_determine_backend_memory_format",
     f"{_INDUCTOR}.fx_passes.joint_graph.UniformValueConstantFolder._deduce_value",
     f"{_INDUCTOR}.runtime.hints.DeviceProperties.create",
     f"{_INDUCTOR}.async_compile.AsyncCompile.triton",
