@@ -47,7 +47,9 @@ def resolve_name(name: str) -> str:
         return name
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "estimate"
+    # the estimator's emulated card may be answering (--vram-emulate=session): it says so
+    emulated = getattr(torch.cuda.is_available, "pytest_vram_emulated", False)
+    return "cuda" if torch.cuda.is_available() and not emulated else "estimate"
 
 
 def create(name: str, allocator: str = "expandable", card: Card | str | None = None) -> Backend:

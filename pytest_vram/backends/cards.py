@@ -111,6 +111,17 @@ class Card:
             "benchmarks/device_overhead.py"
         )
 
+    def describe(self, usable: int | None = None) -> str:
+        """The card as the estimator reports it (the header, the context): name and
+        capacity, then the bytes a test may use where the capacity is enforced (``usable``),
+        or that it is not (None)."""
+        text = f"{self.name}, {self.total_memory} B ({self.total_memory / 1024**3:.2f} GiB)"
+        if usable is None:
+            return f"{text}, capacity not enforced"
+        text += f", usable by a test {usable} B"
+        unknown = self.unknown()
+        return f"{text} ({unknown})" if unknown else text
+
     def with_capacity(self, total_memory: int, key: str) -> Card:
         """This card's properties with another capacity (a declared one)."""
         return dataclasses.replace(

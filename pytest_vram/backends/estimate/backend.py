@@ -18,13 +18,14 @@ estimator relies on (:mod:`.torch_compat`) and makes the changes that stay for t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from pytest_vram.backends import alloc_conf
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 from pytest_vram.backends.cards import DEFAULT, Card
 from pytest_vram.backends.estimate import compiled, cuda_runtime, torch_compat
@@ -37,7 +38,7 @@ from pytest_vram.backends.estimate.allocator import (
 )
 from pytest_vram.backends.estimate.autograd_engine import install_cuda_guard
 from pytest_vram.backends.estimate.fake_mode import EstimatingFakeMode
-from pytest_vram.backends.estimate.kernels import missing_meta
+from pytest_vram.backends.estimate.kernels import convolution, missing_meta
 from pytest_vram.backends.estimate.known import KnownValues
 from pytest_vram.backends.estimate.scope import Reentered, Scope
 from pytest_vram.backends.estimate.sdpa_choice import install_sdpa_kernel
@@ -51,6 +52,10 @@ class EstimateBackend(Backend):
     name = "estimate"
     #: a test marked world_size=N runs on a fake process group of N ranks (rank 0 measured)
     simulates_ranks = True
+    #: every test has its own fake mode and allocator: no fake tensor outlives its test
+    device_per_test = True
+    #: convolutions are looked up in the project's recorded workspaces (``use_workspaces``)
+    reads_workspaces = True
 
     def __init__(
         self,
@@ -66,6 +71,9 @@ class EstimateBackend(Backend):
         GPU capped to the card with ``torch.cuda.set_per_process_memory_fraction`` (the
         ``cuda`` backend's ``card=``), whose check differs for requests of 10 MiB and more.
         """
+        # The user's allocator settings, checked as the cuda backend checks them.
+        if (problem := alloc_conf.problem(allocator)) is not None:
+            raise BackendUnavailable(problem)
         if limit_rule not in LIMIT_RULES:
             raise ValueError(f"limit_rule must be one of {LIMIT_RULES}, not {limit_rule!r}")
         self.card = DEFAULT if card is None else Card.parse(card)
@@ -74,7 +82,7 @@ class EstimateBackend(Backend):
         self._allocator_mode = allocator
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
         # tensors behave natively and SDPA's real chooser runs.
-        self._emulate = not torch.cuda.is_available()
+        self._emulate = not cuda_runtime.gpu_usable()
         problem = torch_compat.check(cpu_only=self._emulate and not torch.backends.cuda.is_built())
         if problem is not None:
             raise BackendUnavailable(problem)
@@ -90,6 +98,8 @@ class EstimateBackend(Backend):
         self._tracker: StorageTracker | None = None
         self._mode: EstimatingFakeMode | None = None
         self._observer: Any = None
+        #: the project's recorded convolution workspaces (``use_workspaces``)
+        self._workspaces = convolution.ProjectWorkspaces()
         #: the test's scope while ``test_scope`` is active
         self._whole_test: Scope | None = None
         if self._emulate and torch.backends.cuda.is_built():
@@ -133,19 +143,12 @@ class EstimateBackend(Backend):
             "allocator": (f"caching-allocator model v{MODEL_VERSION}, {self._allocator_mode}"),
             "metric": metric_name(self._allocator_mode),
         }
-        if self._enforced:
-            context["card"] = self.card_description()
+        context["card"] = self.card_description()
         return context
 
     def card_description(self) -> str:
         """The card the estimate answers as, its capacity, and whether it is enforced."""
-        card = self.card
-        text = f"{card.name}, {card.total_memory} B ({format_size(card.total_memory)})"
-        if not self._enforced:
-            return f"{text}, capacity not enforced"
-        text += f", usable by a test {self._limit()} B"
-        unknown = card.unknown()
-        return f"{text} ({unknown})" if unknown else text
+        return self.card.describe(self._limit() if self._enforced else None)
 
     # -- per test -----------------------------------------------------------------------
     def warmup(self) -> None:
@@ -168,7 +171,9 @@ class EstimateBackend(Backend):
             return
         compiled.forget_compiled_code()
         self._allocator = self._new_allocator()
-        self._tracker = StorageTracker(self._allocator, self._observer, KnownValues())
+        self._tracker = StorageTracker(
+            self._allocator, self._observer, KnownValues(), self._workspaces
+        )
         self._mode = EstimatingFakeMode(self._tracker, self._emulate)
 
     def end_test(self) -> None:
@@ -214,6 +219,14 @@ class EstimateBackend(Backend):
             cuda_runtime.guard_outside_tests(patches)
         return patches
 
+    def visible_device_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Where no GPU is usable, ``torch.cuda``'s identity queries answer as the card
+        outside vram tests too (``cuda_runtime.install_card``); restored on exit."""
+        patches = Patches()
+        if self._emulate:
+            cuda_runtime.install_card(patches, self.card)
+        return patches
+
     def _limit(self) -> int:
         """The bytes a test's allocator pages may reach on the card (see ``__init__``)."""
         card = self.card
@@ -253,6 +266,18 @@ class EstimateBackend(Backend):
             f"{self.card_description()}.)"
         )
         return torch.OutOfMemoryError(message)
+
+    def workspace_setup(self) -> dict[str, str]:
+        """The GPU architecture and cuDNN version whose convolution workspaces the estimate
+        models (``kernels.convolution.current_setup``: the H200's without a GPU)."""
+        arch, cudnn = convolution.current_setup()
+        return {"arch": arch, "cudnn": str(cudnn), "torch": torch.__version__}
+
+    def use_workspaces(self, entries: Mapping[str, int], source: str) -> None:
+        """Look convolutions up in ``entries`` (the project's recorded workspaces, from
+        ``source``) before the shipped table, from now on, in the test running now too."""
+        self._workspaces.entries = dict(entries)
+        self._workspaces.source = source
 
     def observe(self, observer: Any) -> bool:
         """Report storages to ``observer`` from the next ``begin_test`` on (None: stop)."""

@@ -101,9 +101,8 @@ def install(patches: Patches) -> None:
     cuda = torch.cuda
     patches.set(amp_common, "amp_definitely_not_available", lambda: False)
     # the runtime calls ordinary code makes, on the one emulated device (index 0); none
-    # allocates (what the memory queries answer: install_memory_queries)
+    # allocates (the device and memory queries: install_card, install_device)
     patches.set(cuda, "synchronize", _noop())
-    patches.set(cuda, "current_device", lambda: 0)
     patches.set(cuda, "set_device", _noop())
     patches.set(cuda, "Stream", _EmulatedStream)
     patches.set(cuda, "Event", _EmulatedEvent)
@@ -113,7 +112,6 @@ def install(patches: Patches) -> None:
     patches.set(nvtx, "range_push", lambda *a, **k: 0)
     patches.set(nvtx, "range_pop", lambda *a, **k: 0)
     patches.set(nvtx, "mark", _noop())
-    patches.set(cuda, "is_bf16_supported", lambda *a, **k: True)
     patches.set(cuda, "get_rng_state", _rng_state)
     patches.set(cuda, "set_rng_state", _noop())
     patches.set(cuda, "get_rng_state_all", lambda: [_rng_state()])
@@ -188,30 +186,71 @@ def _set(patches: Patches, name: str, value: object) -> None:
         patches.set(torch.cuda.memory, name, value)
 
 
+#: set on the ``is_available`` the emulation installs, so that an estimator created while
+#: the emulated card answers still learns that no GPU is usable (:func:`gpu_usable`)
+EMULATED = "pytest_vram_emulated"
+
+
+def _available() -> Callable[[], bool]:
+    """A new ``is_available`` answering True (one object per patched name: see ``_noop``)."""
+
+    def is_available() -> bool:
+        return True
+
+    setattr(is_available, EMULATED, True)
+    return is_available
+
+
+def gpu_usable() -> bool:
+    """Whether torch can use a GPU here: its own ``is_available()``, also while the emulated
+    card answers that question."""
+    if getattr(torch.cuda.is_available, EMULATED, False):
+        return False
+    return torch.cuda.is_available()
+
+
+def install_card(patches: Patches, card: Card) -> None:
+    """The emulated card answers ``torch.cuda``'s identity queries: available, one device
+    (index 0, current), ``card``'s name, capability and properties; ``torch.accelerator``
+    answers CUDA. No memory query: those need the test's allocator (:func:`install_device`).
+    """
+    properties = EmulatedProperties(card)
+    _set(patches, "is_available", _available())
+    _set(patches, "device_count", lambda: 1)
+    _set(patches, "current_device", lambda: 0)
+    _set(patches, "get_device_name", _query(lambda: card.name))
+    _set(patches, "get_device_capability", _query(lambda: card.capability))
+    _set(patches, "get_device_properties", _query(lambda: properties))
+    _set(patches, "is_bf16_supported", lambda *a, **k: True)
+    accelerator = torch.accelerator
+    patches.set(accelerator, "current_accelerator", lambda check_available=False: _CUDA)
+    patches.set(accelerator, "is_available", _available())
+    patches.set(accelerator, "device_count", lambda: 1)
+    patches.set(accelerator, "current_device_index", lambda: 0)
+    if hasattr(accelerator, "current_device_idx"):
+        patches.set(accelerator, "current_device_idx", lambda: 0)
+
+
 def install_device(patches: Patches, card: Card, allocator: CachingAllocatorModel) -> None:
     """The emulated card answers ``torch.cuda``'s device and memory queries for a scope.
 
     One device (index 0), available and initialised, with ``card``'s name, capability,
-    multiprocessors and capacity; the memory queries answer from the allocator model
-    (``memory_stats`` is its statistics, which ``memory_allocated`` and the others read);
-    ``mem_get_info``'s free memory is the capacity minus the model's reserved pages minus
-    what the card holds outside PyTorch where measured; ``reset_peak_memory_stats`` and
-    ``empty_cache`` act on the model, as on a GPU (so a reset inside a measured call lowers
-    that call's figure there too). ``torch.accelerator`` answers CUDA.
+    multiprocessors and capacity (:func:`install_card`); the memory queries answer from the
+    allocator model (``memory_stats`` is its statistics, which ``memory_allocated`` and the
+    others read); ``mem_get_info``'s free memory is the capacity minus the model's reserved
+    pages minus what the card holds outside PyTorch where measured;
+    ``reset_peak_memory_stats`` and ``empty_cache`` act on the model, as on a GPU (so a
+    reset inside a measured call lowers that call's figure there too). ``torch.accelerator``
+    answers CUDA.
     """
-    properties = EmulatedProperties(card)
+    install_card(patches, card)
     outside = card.outside_bytes or 0
 
     def free_and_total() -> tuple[int, int]:
         free = card.total_memory - outside - allocator.reserved
         return (max(free, 0), card.total_memory)
 
-    _set(patches, "is_available", lambda: True)
     _set(patches, "is_initialized", lambda: True)
-    _set(patches, "device_count", lambda: 1)
-    _set(patches, "get_device_name", _query(lambda: card.name))
-    _set(patches, "get_device_capability", _query(lambda: card.capability))
-    _set(patches, "get_device_properties", _query(lambda: properties))
     _set(patches, "mem_get_info", _query(free_and_total))
     _set(patches, "memory_stats_as_nested_dict", _query(allocator.stats))
     _set(patches, "reset_peak_memory_stats", _query(allocator.reset_peak))
@@ -222,10 +261,6 @@ def install_device(patches: Patches, card: Card, allocator: CachingAllocatorMode
     # max_memory_reserved read memory_stats_as_nested_dict through torch.cuda.memory; the
     # names torch.cuda binds itself are the same functions
     accelerator = torch.accelerator
-    patches.set(accelerator, "current_accelerator", lambda check_available=False: _CUDA)
-    patches.set(accelerator, "is_available", lambda: True)
-    patches.set(accelerator, "device_count", lambda: 1)
-    patches.set(accelerator, "current_device_index", lambda: 0)
     # one current stream, FSDP2's (it compares streams it gets from its device handle)
     patches.set(accelerator, "current_stream", distributed.current_stream)
     patches.set(accelerator, "set_stream", _noop())
@@ -233,8 +268,6 @@ def install_device(patches: Patches, card: Card, allocator: CachingAllocatorMode
     for name in ("set_device_index", "set_device_idx"):
         if hasattr(accelerator, name):
             patches.set(accelerator, name, _noop())
-    if hasattr(accelerator, "current_device_idx"):
-        patches.set(accelerator, "current_device_idx", lambda: 0)
     if hasattr(accelerator, "get_memory_info"):
         patches.set(accelerator, "get_memory_info", _query(free_and_total))
     for name in ("memory_allocated", "max_memory_allocated", "memory_reserved"):
@@ -287,13 +320,22 @@ def _refuse_outside_tests() -> None:
             "and tensors of the emulated card are answered. Measure this test with "
             "--vram-backend=cuda, or mark it @pytest.mark.vram(skip_estimate='<reason>')."
         )
+    if getattr(torch.cuda.is_available, EMULATED, False):
+        skip = (
+            "or run without --vram-emulate=session (with it, torch.cuda.is_available() "
+            "answers True for the whole session, so a test skipped where no GPU is visible "
+            "runs)"
+        )
+    else:
+        skip = (
+            "or skip the test where no GPU is visible "
+            "(@pytest.mark.skipif(not torch.cuda.is_available(), ...))"
+        )
     raise EstimateUnsupported(
         f"CUDA work outside a vram test at {where}: pytest-vram estimates GPU memory "
         f"without a GPU here (--vram-backend=estimate, torch {torch.__version__}), and CUDA "
-        "tensors exist only inside a vram test (one that uses the vram fixture or "
-        "@pytest.mark.vram), from its fixtures' setup to their teardown. Move the CUDA "
-        "work into the vram test or a function-scoped fixture it uses, creating tensors on "
-        "vram.device; or skip the test where no GPU is visible "
-        "(@pytest.mark.skipif(not torch.cuda.is_available(), ...)), or measure on a GPU "
-        "with --vram-backend=cuda."
+        "tensors exist only inside a vram test (one that uses the vram fixture), from its "
+        "fixtures' setup to their teardown. Move the CUDA work into the vram test or a "
+        f"function-scoped fixture it uses, creating tensors on vram.device; {skip}; or "
+        "measure on a GPU with --vram-backend=cuda."
     )

@@ -40,6 +40,7 @@ from pytest_vram.backends.estimate import (
 )
 from pytest_vram.backends.estimate.autograd_engine import settle_engine_threads
 from pytest_vram.backends.estimate.fake_mode import EstimatingFakeMode
+from pytest_vram.backends.estimate.kernels import convolution
 from pytest_vram.backends.estimate.refusals import EstimateUnsupported, compile_message
 from pytest_vram.backends.estimate.torch_compat import is_compile_failure
 from pytest_vram.backends.estimate.tracker import StorageTracker
@@ -186,6 +187,8 @@ class Scope:
                 # the emulated CUDA guard makes it start) then never holds a task's state,
                 # whose Python objects it would release while the interpreter finalizes.
                 stack.enter_context(torch.autograd.set_multithreading_enabled(False))
+            if self._tracker.workspaces is not None:
+                patches.set(convolution, "project", self._tracker.workspaces)
             _copyable_fake_tensors(patches)
             _swappable_constants(patches, self._mode.fake_tensor_converter)
             _optimizers_take_fake_tensors(patches)
