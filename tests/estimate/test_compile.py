@@ -222,24 +222,6 @@ def run_workload(backend: Any, name: str) -> tuple[Any, list[warnings.WarningMes
 
 
 @needs_triton
-@pytest.mark.parametrize(
-    "name",
-    [
-        "gpt2-inference",
-        "gpt2-train-adamw",
-        "llama-block-sdpa-gqa-bf16-train",
-        "resnet-train-sgd-momentum",
-    ],
-)
-def test_compiled_model_is_estimated(backend: Any, name: str) -> None:
-    """Each runs in the default mode without a warning (a convolution's workspace, a
-    matmul's padding: all known) and holds more at its peak than its model."""
-    record, warned = run_workload(backend, name)
-    assert warned == []
-    assert record.peak_bytes > record.model_bytes > 0
-
-
-@needs_triton
 def test_llama_block_runs_the_fused_attention_kernel_of_sm90(
     backend: Any, wrappers: list[str]
 ) -> None:
