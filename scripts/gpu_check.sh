@@ -13,7 +13,8 @@
 #        (tokens/s beside memory), cudnn (measure cuDNN convolution workspaces for the
 #        shipped table: tools/README.md), cudnn-common (the same for stems, patch
 #        embeddings, EfficientNet and ConvNeXt layers at ordinary sizes), examples (record
-#        the example project's cuda baselines into OUTDIR)
+#        the example project's cuda baselines into OUTDIR), compile (torch.compile'd
+#        workloads at realistic size, estimate vs real, each in a fresh process)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -46,6 +47,8 @@ for step in $steps; do
              tests/cuda/test_order_independence.py -p no:cacheprovider -q -rA ;;
     overhead) run timeout 120 python3 benchmarks/device_overhead.py --out "$out" ;;
     corpus) run timeout 240 python3 benchmarks/corpus_accuracy.py --out "$out" ;;
+    compile) run timeout 260 python3 benchmarks/compile_accuracy.py --out "$out/compile" \
+               --budget-s 200 ;;
     cnn) run timeout 200 python3 benchmarks/cnn_accuracy.py --backend cuda --out "$out" ;;
     reductions) run timeout 120 python3 benchmarks/reduce_workspace.py --out "$out" ;;
     sharded) run timeout 170 python3 benchmarks/sharded_accuracy.py --out "$out" --budget-s 120 ;;
