@@ -370,3 +370,43 @@ def test_without_triton_inductor_is_refused_with_the_install_line(
     assert "test_user.py:6" in out
     assert "--vram-backend=cuda" in out and "skip_estimate=" in out
     assert "backends/estimate/" not in out
+
+
+REDUCE_OVERHEAD_TEST = """
+import pytest
+import torch
+
+
+def build(device):
+    return torch.compile(torch.nn.Linear(8, 8).to(device), mode="reduce-overhead")
+
+
+def test_graphs(vram):
+    model = vram.build(build, vram.device)
+    vram.run(lambda: model(torch.empty(4, 8, device=vram.device)))
+
+
+@pytest.mark.vram(skip_estimate="CUDA graph trees: measured on cuda")
+def test_graphs_on_cuda_only(vram):
+    model = vram.build(build, vram.device)
+    vram.run(lambda: model(torch.empty(4, 8, device=vram.device)))
+"""
+
+
+@needs_triton
+def test_reduce_overhead_fails_naming_the_mode_and_skip_estimate_skips_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """Through the plugin: the test fails with the mode, the user's line and the fixes,
+    no traceback of the estimator's; the marked test is skipped with its reason."""
+    pytester.makepyfile(test_user=REDUCE_OVERHEAD_TEST)
+    result = pytester.runpytest_subprocess(
+        "--vram-backend=estimate", "-p", "no:cacheprovider", "-p", "no:randomly", "-rs"
+    )
+    result.assert_outcomes(failed=1, skipped=1)
+    out = result.stdout.str()
+    assert 'torch.compile(mode="reduce-overhead")' in out
+    assert "test_user.py:11" in out
+    assert "--vram-backend=cuda" in out and "skip_estimate=" in out
+    assert "CUDA graph trees: measured on cuda" in out
+    assert "backends/estimate/" not in out
