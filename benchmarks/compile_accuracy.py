@@ -33,7 +33,7 @@ whole run (about 200 s on an H200 for all of them);
     python benchmarks/compile_accuracy.py --backends estimate --out cpu
 
 ``scripts/gpu_check.sh OUT compile`` runs the first. Figures: docs/estimator.md,
-"torch.compile".
+"Compiled models".
 """
 
 from __future__ import annotations

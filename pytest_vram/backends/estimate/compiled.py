@@ -10,7 +10,7 @@ allocator model through the storage tracker, a ``# reuse`` or in-place buffer is
 ``del bufN`` frees, extern kernels (cuBLAS ``mm`` with ``out=``) and fallback operators
 run through the fake mode with their kernel models; Triton kernel launches do nothing.
 The figure is therefore Inductor's own program, counted by the same allocator model as
-eager code (docs/estimator.md, "torch.compile").
+eager code (docs/estimator.md, "Compiled models").
 
 What is changed, and when:
 
@@ -81,7 +81,6 @@ def install(patches: Patches, mode: Any, card: Card, tracker: Any, emulate: bool
     the scope's fake mode)."""
     from torch._dynamo import callback as dynamo_callback
 
-    _dynamo_skips_the_estimator()
     compiling = _Compiling(mode, card, tracker, emulate)
     handler = dynamo_callback.callback_handler
 
@@ -127,7 +126,8 @@ def forget_compiled_code() -> None:
 
 
 def _dynamo_skips_the_estimator() -> None:
-    """Dynamo never traces the estimator's code that C++ calls (once per process).
+    """Dynamo never traces the estimator's code that C++ calls (once per process, at its
+    first compile in a scope).
 
     Where compiled code breaks its graph, Dynamo runs the rest of the frame eagerly with
     its frame callback still set, and tries to trace every Python frame entered from
@@ -197,6 +197,9 @@ class _Compiling:
         if self._patches is not None:
             return
         _compiled[0] = True
+        # before anything of this compile is traced; a process that never compiles keeps
+        # Dynamo's defaults for the estimator's code
+        _dynamo_skips_the_estimator()
         problem = _compile_internals_problem()
         if problem is not None:
             raise EstimateUnsupported(
