@@ -75,8 +75,10 @@ All counters are absolute; ``measure`` subtracts the value at the start of the t
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import gc
+import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -252,7 +254,29 @@ def collect_garbage() -> None:
         gc.unfreeze()
     gc.collect()
     gc.freeze()
+    if not _exit_thaw:
+        _exit_thaw.append(atexit.register(_thaw_for_nanobind))
     install_for_process("gc-freeze")
+
+
+#: the exit hook, once registered
+_exit_thaw: list[object] = []
+
+
+def _thaw_for_nanobind() -> None:
+    """At exit, where triton is loaded: thaw and collect, so that its extension finds no
+    objects of its own alive when the interpreter finalizes.
+
+    triton's bindings (nanobind) print "nanobind: leaked N instances!" and hundreds of
+    lines more at exit for every object of theirs still alive then; objects in reference
+    cycles that the freeze moved to the permanent generation are never collected, so
+    every run that imported torch's compiler with triton installed (the ``compile``
+    extra) would end with that report. A full collection at exit (about half a second
+    with torch loaded) frees them; without triton nothing is done.
+    """
+    if "triton._C.libtriton" in sys.modules:
+        gc.unfreeze()
+        gc.collect()
 
 
 #: a thaw asked for by :func:`thaw_at_next_collection`, done by the next collect_garbage

@@ -411,15 +411,6 @@ def test_every_private_torch_api_is_present() -> None:
     assert torch_compat.missing(cpu_only=True) == []
 
 
-def test_compiled_module_is_refused_with_the_fix(backend: Any) -> None:
-    def work(m: Any) -> Any:
-        return m(torch.empty(4, 64, device="cuda"))
-
-    build = lambda: torch.compile(nn.Linear(64, 64, device="cuda"))  # noqa: E731
-    with pytest.raises(RuntimeError, match=r"torch.compile'd function, called at .*test_idioms"):
-        measure(backend, build, work)
-
-
 @emulated
 def test_dynamo_can_map_torch_functions_inside_the_scope(backend: Any) -> None:
     """Dynamo maps torch's functions to tracing rules by object, once, at the first

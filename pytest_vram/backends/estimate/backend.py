@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from pytest_vram.backends import alloc_conf
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 from pytest_vram.backends.cards import DEFAULT, Card
-from pytest_vram.backends.estimate import cuda_runtime, torch_compat
+from pytest_vram.backends.estimate import compiled, cuda_runtime, torch_compat
 from pytest_vram.backends.estimate.allocator import (
     LIMIT_RULES,
     MODEL_VERSION,
@@ -177,13 +177,15 @@ class EstimateBackend(Backend):
             self.end_test()
 
     def begin_test(self) -> None:
-        """A fresh fake mode and an empty allocator; inside ``test_scope``, what the CUDA
-        backend does instead: release the cache (``empty_cache``) and restart the peaks,
-        keeping what the test's fixtures made."""
+        """A fresh fake mode, an empty allocator and no compiled code; inside
+        ``test_scope``, what the CUDA backend does instead: release the cache
+        (``empty_cache``) and restart the peaks, keeping what the test's fixtures made
+        (compiled code included)."""
         if self._whole_test is not None:
             self._allocator.empty_cache()
             self._allocator.reset_peak()
             return
+        compiled.forget_compiled_code()
         self._allocator = self._new_allocator()
         self._tracker = StorageTracker(
             self._allocator, self._observer, KnownValues(), self._workspaces

@@ -314,8 +314,9 @@ class EstimatingFakeMode(FakeTensorMode):
         ``TorchDispatchMode`` wraps a subclass's ``__torch_dispatch__`` so that Dynamo does
         not compile inside it; each call then sets and restores the frame evaluation
         callback, about a microsecond on every one of the 10^5 operators a training step
-        dispatches. Nothing compiles inside the estimator's scope (``torch.compile`` is
-        refused there, see ``scope``), so the wrapper guards nothing here.
+        dispatches. Where code is compiled in the scope, Dynamo is kept out of this method
+        and everything it calls by an execution strategy on its code object instead, which
+        costs nothing where nothing compiles (``compiled._dynamo_skips_the_estimator``).
         """
         return False
 

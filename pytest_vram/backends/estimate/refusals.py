@@ -1,11 +1,11 @@
 """What the estimator refuses, and how it says so: the user's line, the reason, the fix.
 
 An operation whose result (and so the memory after it) depends on tensor values, an
-operator without a fake kernel, a ``torch.compile``'d function: each fails the test with
-:class:`EstimateUnsupported`, whose message names the user's line (not torch's or the
-estimator's), why the estimate cannot follow, and what to do instead. Where such a read
-only decides values, never memory (weight initialisation, an optimizer's step count), a
-fixed answer is given instead (:data:`_VALUE_FREE_CALLERS`).
+operator without a fake kernel, a ``torch.compile`` the estimate cannot follow: each fails
+the test with :class:`EstimateUnsupported`, whose message names the user's line (not
+torch's or the estimator's), why the estimate cannot follow, and what to do instead. Where
+such a read only decides values, never memory (weight initialisation, an optimizer's step
+count), a fixed answer is given instead (:data:`_VALUE_FREE_CALLERS`).
 """
 
 from __future__ import annotations
@@ -184,14 +184,17 @@ def no_kernel(func: Any, torch_advice: str | None = None) -> EstimateUnsupported
 
 
 def compile_message(exc: BaseException) -> str:
+    """A ``torch.compile`` failure on the estimator: the user's line, torch's error, the fix."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if not f.filename.startswith((_TORCH_DIR, _PACKAGE_DIR))]
     line = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else "?"
+    cause = getattr(exc, "inner_exception", None) or exc
+    what = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     return (
-        f"the estimate backend cannot run a torch.compile'd function, called at {line}: "
-        "the compiled kernels' memory (fusion, Inductor's buffer reuse) is not what the "
-        "eager operators allocate, and the compiler needs a real GPU. Measure this test "
-        "with --vram-backend=cuda, call the uncompiled module (e.g. the "
-        "OptimizedModule's ._orig_mod) for the estimate, or mark the test "
+        f"the estimate backend could not compile the torch.compile'd code called at {line}: "
+        f"{type(cause).__name__}: {what[:500]} (docs/estimator.md, 'torch.compile', says what "
+        "the estimate of compiled code supports). Measure this test with "
+        "--vram-backend=cuda, call the uncompiled module (e.g. the OptimizedModule's "
+        "._orig_mod) for the estimate, or mark the test "
         "@pytest.mark.vram(skip_estimate='torch.compile')."
     )

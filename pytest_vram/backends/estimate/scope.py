@@ -17,8 +17,9 @@ The changes made here, for fake tensors to behave as CUDA tensors do:
   the host, and loads in the process (:mod:`.data_loading`);
 * an RNN over CUDA tensors warns that cuDNN's RNN is not modelled (:class:`RNNNotModelled`).
 
-A ``torch.compile``'d function is refused here: the compiled kernels' memory is not the
-eager operators', and the compiler needs a GPU (``refusals.compile_message``).
+``torch.compile``'d code compiled in the scope runs Inductor's program for the emulated
+card on fake tensors (:mod:`.compiled`); a compile the estimate cannot follow is refused
+with the user's line and the fix (``compiled.refusal_in``, ``refusals.compile_message``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch.optim import optimizer as torch_optimizer
 
 from pytest_vram.backends.cards import Card
 from pytest_vram.backends.estimate import (
+    compiled,
     cuda_runtime,
     data_loading,
     device_index,
@@ -203,6 +205,7 @@ class Scope:
             _report_rnns(patches, self._tracker)
             if self._emulate:
                 cuda_runtime.install_device(patches, self._card, self._tracker.allocator)
+            compiled.install(patches, self._mode, self._card, self._tracker, self._emulate)
             cuda_runtime.enter_scope()
             stack.callback(cuda_runtime.leave_scope)
             self._stack = stack.pop_all()
@@ -229,10 +232,16 @@ class Reentered:
 
 
 def _reraise(exc: BaseException | None) -> bool:
-    """Refusals reach the test with their own message, without torch's frames."""
+    """Refusals reach the test with their own message, without torch's frames; so does a
+    refusal made while compiling, which torch.compile wraps in its own errors."""
     __tracebackhide__ = True
+    if exc is None:
+        return False
     if isinstance(exc, EstimateUnsupported):
         raise EstimateUnsupported(str(exc)) from None
-    if exc is not None and is_compile_failure(exc):
+    refusal = compiled.refusal_in(exc)
+    if refusal is not None:
+        raise EstimateUnsupported(str(refusal)) from None
+    if is_compile_failure(exc):
         raise EstimateUnsupported(compile_message(exc)) from None
     return False
