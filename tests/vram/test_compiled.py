@@ -9,8 +9,8 @@ the estimator does not know (a convolution's workspace, a matmul's padding) is a
 here: every workload is known to the byte.
 
 The transformers and the CNN take tens of seconds each to compile on CI's two cores: they
-carry ``slow_compile``, which CI runs in its test job (``-m "not vram or slow_compile"``)
-and leaves out of the memory job (``-m "vram and not slow_compile"``), see docs/suite.md.
+carry ``slow_compile``, so that a quick local run can leave them out
+(``-m "vram and not slow_compile"``); the memory job runs them all, see docs/suite.md.
 """
 
 from __future__ import annotations
