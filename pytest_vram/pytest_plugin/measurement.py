@@ -100,14 +100,12 @@ class MeasureHooks:
             where = placement.user_line(call.excinfo.tb)
             error = call.excinfo.exconly().splitlines()[0]
             rep.longrepr = failure(item, off_device_failure(off, error, where))
-        elif call.excinfo and _device_error(call.excinfo):
-            off = _mixed_devices(item, probe, call.excinfo)
-            if off is not None:
-                where = placement.user_line(call.excinfo.tb)
-                error = call.excinfo.exconly().splitlines()[0]
-                session = self.session.settings.emulate == "session"
-                text = mixed_devices_failure(off, error, where, session_emulated=session)
-                rep.longrepr = failure(item, text)
+        elif call.excinfo and (mixed := _mixed_devices(item, probe, call.excinfo)):
+            where = placement.user_line(call.excinfo.tb)
+            error = call.excinfo.exconly().splitlines()[0]
+            session = self.session.settings.emulate == "session"
+            text = mixed_devices_failure(mixed, error, where, session_emulated=session)
+            rep.longrepr = failure(item, text)
         elif (
             call.excinfo
             and probe.out_of_memory is not None
@@ -186,8 +184,11 @@ class GarbageHooks:
 
 def _device_error(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
     """An error about devices (tensors on two devices, CUDA not compiled in): after a
-    build step left its model elsewhere, that is the likely reason."""
+    build step left its model elsewhere, that is the likely reason. Running out of memory
+    on a device is not one (it has a failure text of its own)."""
     exc = excinfo.value
+    if is_out_of_memory(exc):
+        return False
     return "device" in type(exc).__name__.lower() or "device" in str(exc).lower()
 
 
@@ -197,6 +198,8 @@ def _mixed_devices(
     """A device error in a test whose code holds tensors on the measured device and on
     another (a batch made on the CPU by a device chosen at import): what is elsewhere and
     the likely causes, from the failing frames, the fixtures' values and their code."""
+    if not _device_error(excinfo):
+        return None
     device = probe.device
     values = [v for name, v in item.funcargs.items() if name != "vram"]  # type: ignore[attr-defined]
     held = placement.survey([*placement.user_frame_values(excinfo.tb), *values], device)
