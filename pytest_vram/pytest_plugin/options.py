@@ -19,7 +19,8 @@ except ImportError:  # pytest's internals moved: no rootdir check rather than no
 
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
 from pytest_vram.core.units import Tolerance, UnitError, parse_tolerance
-from pytest_vram.store import baselines, files
+from pytest_vram.store import artifacts as artifact_files
+from pytest_vram.store import baselines, breakdowns, files
 from pytest_vram.store.baselines import BaselineError
 
 #: ``vram_tolerance``'s default: no deviation allowed
@@ -328,10 +329,18 @@ class Settings(NamedTuple):
                 f"{source(config, 'vram_attribution')}: expected on, off or auto, "
                 f"got {attribution!r}"
             )
+        artifacts_all = bool(_value(config, "vram_artifacts_all"))
+        artifacts = _output_path(config, "vram_artifacts", "DIR", "vram-artifacts")
+        if artifacts is None and config.getoption("vram_artifacts_all"):
+            # From an ini file it is a preference for the runs that ask for artefacts.
+            raise pytest.UsageError(
+                "--vram-artifacts-all says which tests get artefacts, but no directory is "
+                "given: add --vram-artifacts=DIR (or leave --vram-artifacts-all out)"
+            )
         settings = cls(
             attribution=attribution,
-            artifacts=_optional_path(config, "vram_artifacts"),
-            artifacts_all=bool(_value(config, "vram_artifacts_all")),
+            artifacts=artifacts,
+            artifacts_all=artifacts_all,
             backend=backend,
             allocator=allocator,
             update=update,
@@ -343,10 +352,11 @@ class Settings(NamedTuple):
             tolerance=tolerance,
             profile=profile,
             baselines=_path(config, "vram_baselines", config.rootpath),
-            json_path=_optional_path(config, "vram_json"),
-            markdown_path=_optional_path(config, "vram_markdown"),
+            json_path=_output_path(config, "vram_json", "PATH", "vram.json"),
+            markdown_path=_output_path(config, "vram_markdown", "PATH", "vram.md"),
         )
         _check_report_paths(config, settings)
+        _check_artifacts_path(config, settings)
         return settings
 
 
@@ -406,6 +416,35 @@ def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
         seen[real] = source(config, name)
 
 
+def _check_artifacts_path(config: pytest.Config, settings: Settings) -> None:
+    """Refuse an artefacts directory that is a file, a device or lies under a file, or
+    that would be created over a baseline file or a report file."""
+    root = settings.artifacts
+    if root is None:
+        return
+    shown = f"{source(config, 'vram_artifacts')}={root}"
+    problem = artifact_files.check_root(root)
+    if problem is not None:
+        raise pytest.UsageError(f"{shown}: {problem}; give a directory (it is created if missing)")
+    real = files.real_path(root)
+    baseline_dir = files.real_path(settings.baselines)
+    in_store = real.parent in (baseline_dir, baseline_dir / breakdowns.STORE_DIR)
+    if in_store and real.suffix.lower() in (".yaml", ".yml"):
+        raise pytest.UsageError(
+            f"{shown} would take the place of a baseline file in {settings.baselines}; "
+            f"write the artefacts elsewhere (e.g. --vram-artifacts=vram-artifacts)"
+        )
+    for name, path in (
+        ("vram_json", settings.json_path),
+        ("vram_markdown", settings.markdown_path),
+    ):
+        if path is not None and files.real_path(path) == real:
+            raise pytest.UsageError(
+                f"{shown} and {source(config, name)} name one path; give the artefacts a "
+                f"directory of their own"
+            )
+
+
 def _looks_like_target(name: str) -> bool:
     module, sep, cls = name.partition(":")
     return bool(sep) and all(p.isidentifier() for p in module.split(".")) and cls.isidentifier()
@@ -424,8 +463,24 @@ def _path(config: pytest.Config, name: str, ini_base: Path) -> Path:
     return (base / value).resolve()
 
 
-def _optional_path(config: pytest.Config, name: str) -> Path | None:
-    return _path(config, name, config.rootpath) if _value(config, name) else None
+def _output_path(config: pytest.Config, name: str, metavar: str, example: str) -> Path | None:
+    """Where a report or the artefacts go; None when not asked for.
+
+    Absolute, but symlinks are not resolved: ``/dev/stdout`` must stay ``/dev/stdout``
+    (resolved, it is ``/proc/<pid>/fd/pipe:[...]``, which no one can open), and a symlinked
+    report is written through its link.
+    """
+    value = _value(config, name)
+    given = config.getoption(name) is not None
+    if given and not str(value).strip():
+        option = "--" + name.replace("_", "-")
+        raise pytest.UsageError(
+            f"{option} is empty; give a {metavar}, e.g. {option}={example}, or leave the option out"
+        )
+    if not value or not str(value).strip():
+        return None  # an empty ini value is the default: not asked for
+    base = config.invocation_params.dir if given else config.rootpath
+    return Path(os.path.abspath(base / str(value)))
 
 
 def check_rootdir(config: pytest.Config) -> None:
