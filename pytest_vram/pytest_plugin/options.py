@@ -422,7 +422,7 @@ def _check_artifacts_path(config: pytest.Config, settings: Settings) -> None:
     root = settings.artifacts
     if root is None:
         return
-    shown = f"{source(config, 'vram_artifacts')}={root}"
+    shown = f"{source(config, 'vram_artifacts')}={_shown(config, root)}"
     problem = artifact_files.check_root(root)
     if problem is not None:
         raise pytest.UsageError(f"{shown}: {problem}; give a directory (it is created if missing)")
@@ -431,7 +431,8 @@ def _check_artifacts_path(config: pytest.Config, settings: Settings) -> None:
     in_store = real.parent in (baseline_dir, baseline_dir / breakdowns.STORE_DIR)
     if in_store and real.suffix.lower() in (".yaml", ".yml"):
         raise pytest.UsageError(
-            f"{shown} would take the place of a baseline file in {settings.baselines}; "
+            f"{shown} would take the place of a baseline file in "
+            f"{_shown(config, settings.baselines)}; "
             f"write the artefacts elsewhere (e.g. --vram-artifacts=vram-artifacts)"
         )
     for name, path in (
@@ -443,6 +444,14 @@ def _check_artifacts_path(config: pytest.Config, settings: Settings) -> None:
                 f"{shown} and {source(config, name)} name one path; give the artefacts a "
                 f"directory of their own"
             )
+
+
+def _shown(config: pytest.Config, path: Path) -> str:
+    """``path`` relative to the rootdir when it lies inside it, for messages."""
+    try:
+        return str(path.relative_to(config.rootpath))
+    except ValueError:
+        return str(path)
 
 
 def _looks_like_target(name: str) -> bool:

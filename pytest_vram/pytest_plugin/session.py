@@ -330,12 +330,10 @@ class VramSession:
             stored = self._stored_breakdowns[path]
             shown = self.display(path)
             if isinstance(stored, BreakdownError):
-                text = explain(record.breakdown, None, shown)
-                text += f"\n(not compared with the stored breakdowns: {stored})"
-                parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
-                continue
-            text = explain(record.breakdown, stored.get(record.key), shown)
-            if record.key in stored:
+                text = explain(record.breakdown, None, shown, unreadable=str(stored))
+            else:
+                text = explain(record.breakdown, stored.get(record.key), shown)
+            if not isinstance(stored, BreakdownError) and record.key in stored:
                 record.breakdown["grown"] = growth(record.breakdown, stored[record.key])
                 record.breakdown["compared_with"] = shown
             parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
@@ -368,7 +366,7 @@ class VramSession:
         shown = f"--vram-artifacts={self.display(root)}"
         try:
             made = artifacts.contents(nodeid, probe, records)
-            return artifact_files.write(root, nodeid, made)
+            return artifact_files.write(root, nodeid, made, shown=self.display(root))
         except artifact_files.ArtifactError as exc:
             self._artifacts_broken = f"{shown}: {exc} (no more artefacts in this process)"
         except Exception as exc:  # drawing or the snapshot failed: the run goes on

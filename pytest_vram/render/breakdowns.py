@@ -25,11 +25,20 @@ def top_lines(breakdown: dict[str, Any], limit: int = 5) -> list[str]:
     return lines
 
 
-def explain(current: dict[str, Any] | None, stored: dict[str, int] | None, stored_path: str) -> str:
-    """The lines a failure message gets: top contributors, and what grew against the store."""
+def explain(
+    current: dict[str, Any] | None,
+    stored: dict[str, int] | None,
+    stored_path: str,
+    unreadable: str | None = None,
+) -> str:
+    """The lines a failure message gets: top contributors, and what grew against the store
+    (``unreadable``: why the store could not be read, said instead)."""
     if not current:
         return ""
     lines = ["at the peak:", *top_lines(current)]
+    if unreadable is not None:
+        lines.append(f"  (not compared with the stored breakdowns: {unreadable})")
+        return "\n".join(lines)
     if stored is None:
         lines.append(f"  (no stored breakdown in {stored_path} to compare with)")
         return "\n".join(lines)

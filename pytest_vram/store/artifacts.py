@@ -46,28 +46,30 @@ def check_root(root: Path) -> str | None:
     return None
 
 
-def write(root: Path, nodeid: str, contents: dict[str, bytes]) -> list[Path]:
+def write(root: Path, nodeid: str, contents: dict[str, bytes], shown: str = "") -> list[Path]:
     """Write one test's artefacts (file name -> bytes) into ``root/<safe name>/``; the files
-    written, in order. ArtifactError on the first that cannot be written."""
+    written, in order. ArtifactError on the first that cannot be written; ``shown``: how
+    to call ``root`` in it (default: its path)."""
     folder = root / safe_name(nodeid)
     written: list[Path] = []
     try:
         files.ensure_directory(folder)
     except OSError as exc:
-        raise ArtifactError(_message(folder, exc)) from None
+        raise ArtifactError(_message(folder, root, shown, exc)) from None
     for name, data in contents.items():
         path = folder / name
         try:
             files.write_output(path, data)
         except OSError as exc:
-            raise ArtifactError(_message(path, exc)) from None
+            raise ArtifactError(_message(path, root, shown, exc)) from None
         written.append(path)
     return written
 
 
-def _message(path: Path, exc: OSError) -> str:
+def _message(path: Path, root: Path, shown: str, exc: OSError) -> str:
     if isinstance(exc, (files.NotRegular, files.InTheWay, files.ReadOnly)):
         fix = "remove what is there or give another directory"
     else:
         fix = "give a writable directory with free space"
-    return f"cannot write {path} ({files.describe(exc)}); {fix}"
+    name = Path(shown or root) / path.relative_to(root)
+    return f"cannot write {name} ({files.describe(exc, about=path)}); {fix}"

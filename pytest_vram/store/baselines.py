@@ -19,6 +19,7 @@ import filelock
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pytest_vram.core.figures import MemoryFigures
+from pytest_vram.core.names import unstorable
 from pytest_vram.core.units import Tolerance, UnitError, parse_size, parse_tolerance
 from pytest_vram.store import files, yaml_dialect
 
@@ -553,6 +554,13 @@ def update(
     check_profile_name(profile)
     if path.stem != profile:
         raise BaselineError(f"{path}: cannot hold profile {profile!r}; use {profile}.yaml")
+    for key in measured:
+        why = unstorable(key) if isinstance(key, str) and key else "it is not a non-empty string"
+        if why is not None:  # written, the next run could not read the file back
+            raise BaselineError(
+                f"{path}: entry {key!r} cannot be stored: {why}; give the test a key of "
+                f"printable text (nothing was written)"
+            )
     with locked(path):
         text = read_text(path)
         if text is None:

@@ -254,7 +254,4 @@ def _write_error(path: Path, exc: OSError) -> str:
         fix = f"make {path} a regular file (or move what is there), then rerun --vram-update"
     else:
         fix = "make its directory writable and free some space, then rerun with --vram-update"
-    return (
-        f"{path}: cannot write the stored breakdowns ({files.describe(exc)}); {fix} "
-        f"(the file was left as it was)"
-    )
+    return f"{path}: cannot write the stored breakdowns ({files.describe(exc)}); {fix}"

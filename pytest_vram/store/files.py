@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,7 +43,7 @@ LOCK_DIRECTORY = "pytest-vram-locks"
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 #: ``/proc/self/fd/1``, ``/proc/123/fd/1``, ``/dev/fd/1``: an open descriptor of a process
-_DESCRIPTOR = re.compile(r"^/(?:proc/(?:self|thread-self|[0-9]+)|dev)/fd/[0-9]+$")
+_DESCRIPTOR = re.compile(r"^/(?:proc/(?P<pid>self|thread-self|[0-9]+)|dev)/fd/(?P<fd>[0-9]+)$")
 
 
 class TooLarge(ValueError):
@@ -82,8 +83,9 @@ def _errno(mode: int) -> int:
     return errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
 
 
-def describe(exc: OSError) -> str:
-    """An ``OSError`` of these functions in a few words (without the path it names)."""
+def describe(exc: OSError, about: Path | None = None) -> str:
+    """An ``OSError`` of these functions in a few words, with the path it names unless that
+    is ``about`` (the file the message is about already)."""
     if isinstance(exc, (NotRegular, ReadOnly, InTheWay)) or exc.errno is None:
         return exc.strerror or str(exc)
     reasons = {
@@ -99,10 +101,16 @@ def describe(exc: OSError) -> str:
         errno.EPIPE: "the reader went away",
     }
     reason = reasons.get(exc.errno, exc.strerror or str(exc))
+    if exc.errno == errno.ENOTDIR and exc.filename is not None:
+        blocking = _first_non_directory(Path(os.fsdecode(exc.filename)))
+        if blocking is not None:
+            return f"{blocking} is {kind(os.stat(blocking).st_mode)}, not a directory"
     directory = getattr(exc, "creating_in", None)
     if directory is not None:  # the temporary file of an atomic write
         return f"cannot create a file in {directory}: {reason}"
-    return reason if exc.filename is None else f"{reason}: {exc.filename}"
+    if exc.filename is None or (about is not None and str(exc.filename) == str(about)):
+        return reason
+    return f"{reason}: {exc.filename}"
 
 
 def real_path(path: Path) -> Path:
@@ -142,8 +150,8 @@ def check_replaceable(path: Path) -> None:
     """
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # to be created (a file on the way is ensure_directory's to name)
     if stat.S_ISDIR(mode):
         raise NotRegular(errno.EISDIR, "it is a directory", str(path))
     if not stat.S_ISREG(mode):
@@ -151,7 +159,7 @@ def check_replaceable(path: Path) -> None:
             errno.EINVAL, f"it is {kind(mode)}, not a regular file: never replaced", str(path)
         )
     if not mode & 0o222:
-        raise ReadOnly(errno.EACCES, f"it is read-only (mode {mode & 0o777:04o})", str(path))
+        raise ReadOnly(errno.EACCES, f"it is read-only, mode {mode & 0o777:04o}", str(path))
 
 
 def ensure_directory(path: Path) -> None:
@@ -220,54 +228,69 @@ def write_atomic(path: Path, data: bytes) -> None:
 def write_output(path: Path, data: bytes) -> None:
     """Write a report or an artefact to ``path``.
 
-    A character device or a FIFO (``/dev/null``, a named pipe, a terminal) and a
-    descriptor of this process (``/dev/stdout``, ``/dev/fd/N``, also when it is a
-    redirected file: appended to, as the shell's redirection expects) are written through,
-    never replaced; a FIFO nobody reads is an error (ENXIO), not a hang. Anything else goes
-    through :func:`write_atomic` (so a directory, a socket, a block device and a read-only
-    file are refused).
+    A descriptor of this process (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``) is
+    written on that descriptor, after Python's own buffered output to it, whatever it is (a
+    terminal, a pipe, a file the shell redirected it to). A character device or a FIFO
+    (``/dev/null``, a named pipe, a terminal) is written through, never replaced, and a
+    FIFO nobody reads is an error (ENXIO), not a hang. Anything else goes through
+    :func:`write_atomic` (so a directory, a socket, a block device and a read-only file are
+    refused).
     """
-    if names_a_descriptor(path):
-        _write_through(path, data, append=True)
+    fd = own_descriptor(path)
+    if fd is not None:
+        _flush_python_streams(fd)
+        _write_all(fd, data, path)
         return
     try:
         mode = os.stat(path).st_mode
     except OSError:
         mode = 0
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
-        _write_through(path, data, append=False)
+        fd = os.open(path, os.O_WRONLY | _O_BINARY | _O_NONBLOCK)
+        try:
+            os.set_blocking(fd, True)  # a slow reader is waited for, not an error
+            _write_all(fd, data, path)
+        finally:
+            os.close(fd)
     else:
         write_atomic(path, data)
 
 
-def names_a_descriptor(path: Path) -> bool:
-    """Whether ``path`` (following symlinks, e.g. ``/dev/stdout``) is an open descriptor of a
-    process, ``/proc/<pid>/fd/N`` or ``/dev/fd/N``, whose target may not be a real path."""
+def own_descriptor(path: Path) -> int | None:
+    """The descriptor of this process that ``path`` names (following symlinks, as from
+    ``/dev/stdout`` to ``/proc/self/fd/1``), or None."""
     current = os.path.abspath(path)
     for _ in range(40):  # the kernel's own limit on symlinks followed
-        if _DESCRIPTOR.match(current):
-            return True
+        match = _DESCRIPTOR.match(current)
+        if match:
+            pid = match.group("pid")
+            if pid in (None, "self", "thread-self") or int(pid) == os.getpid():
+                return int(match.group("fd"))
+            return None  # another process's: opened like any file
         try:
             target = os.readlink(current)
         except OSError:
-            return False
+            return None
         current = os.path.normpath(os.path.join(os.path.dirname(current), target))
-    return False
+    return None
 
 
-def _write_through(path: Path, data: bytes, *, append: bool) -> None:
-    flags = os.O_WRONLY | _O_BINARY | _O_NONBLOCK | (os.O_APPEND if append else 0)
-    fd = os.open(path, flags)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
-            raise NotRegular(errno.EINVAL, f"it is {kind(mode)}: cannot write to it", str(path))
-        os.set_blocking(fd, True)  # a slow reader is waited for, not an error
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
+def _flush_python_streams(fd: int) -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # replaced by a capturing object, or closed
+
+
+def _write_all(fd: int, data: bytes, path: Path) -> None:
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+        raise NotRegular(errno.EINVAL, f"it is {kind(mode)}: cannot write to it", str(path))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _open_temp(temp: Path) -> int:
