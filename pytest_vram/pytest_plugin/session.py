@@ -382,7 +382,8 @@ class VramSession:
         """The session-end work of the controller (or single process): stale entries, setup
         notes, ``--vram-update``, strict stale failures, report files. ``partly_selected``:
         files of which only some tests were selected. True: the session must fail."""
-        if not self.outcome.records and not self._profiles_in_play() and not self._writes_reports:
+        quiet = not (self._profiles_in_play() or self._writes_reports or self.report_errors)
+        if not self.outcome.records and quiet:
             return False  # nothing measured, no profile to check for stale entries, no file
         # Under xdist records arrive in completion order; sorted, the table, the JSON and the
         # Markdown read the same from run to run.
