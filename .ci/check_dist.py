@@ -5,13 +5,12 @@ python .ci/check_dist.py DIST_DIR
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
-#: what the distributions must hold beyond pytest_vram/*.py
-DATA = ("backends/data/cudnn_workspace_sm90_",)
 #: top-level names an sdist may carry besides the package
 SDIST_EXTRA = {"PKG-INFO", "README.md", "pyproject.toml", "setup.cfg", "pytest_vram.egg-info"}
 
@@ -22,13 +21,17 @@ def check(names: list[str], what: str, allowed_top: set[str]) -> list[str]:
         for n in names
         if n.split("/")[0] not in allowed_top
     ]
-    package = [n for n in names if n.startswith("pytest_vram/")]
-    if "pytest_vram/__init__.py" not in package:
-        problems.append(f"{what}: pytest_vram/__init__.py is missing")
-    for data in DATA:
-        if not any(n.startswith("pytest_vram/" + data) and n.endswith(".json.gz") for n in package):
-            problems.append(f"{what}: the data file pytest_vram/{data}*.json.gz is missing")
+    missing = sorted(set(tracked_package_files()) - set(names))
+    problems += [f"{what}: {n} is missing" for n in missing]
     return problems
+
+
+def tracked_package_files() -> list[str]:
+    """The files of the package in the source tree (git's view: no caches, no builds)."""
+    out = subprocess.run(
+        ["git", "ls-files", "pytest_vram"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if line]
 
 
 def main(dist: Path) -> int:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_vram.backends.base import Backend, BackendUnavailable
+    from pytest_vram.backends.cards import Card
 
 #: name -> "module:Class"; imported only when chosen, so unused backends cost nothing.
 BUILTIN = {
@@ -46,14 +47,17 @@ def resolve_name(name: str) -> str:
         return name
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "estimate"
+    # the estimator's emulated card may be answering (--vram-emulate=session): it says so
+    emulated = getattr(torch.cuda.is_available, "pytest_vram_emulated", False)
+    return "cuda" if torch.cuda.is_available() and not emulated else "estimate"
 
 
-def create(name: str, allocator: str = "expandable") -> Backend:
+def create(name: str, allocator: str = "expandable", card: Card | str | None = None) -> Backend:
     """Instantiate the backend called ``name`` (``auto``, a built-in, or ``module:Class``).
 
-    ``allocator`` (one of ``ALLOCATOR_MODES``) is passed to the built-in backends; a custom
-    backend defines its own figure.
+    ``allocator`` (one of ``ALLOCATOR_MODES``) and ``card`` (``backends.cards``: a name or a
+    capacity such as ``"8GiB"``; None: the estimator answers as the H200 and nothing is
+    capped) are passed to the built-in backends; a custom backend defines its own figure.
     """
     if allocator not in ALLOCATOR_MODES:
         raise ValueError(
@@ -83,7 +87,9 @@ def create(name: str, allocator: str = "expandable") -> Backend:
             f"vram backend {target!r} is abstract: implement {', '.join(abstract)} in a subclass"
         )
     try:
-        return cls(allocator=allocator) if name in BUILTIN else cls()
+        if name not in BUILTIN:
+            return cls()
+        return cls(allocator=allocator) if card is None else cls(allocator=allocator, card=card)
     except BackendUnavailable:
         raise  # its own message says why and what to use instead
     except TypeError as exc:

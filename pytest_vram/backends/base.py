@@ -17,6 +17,23 @@ Contract (see docs/architecture.md):
 * ``begin_test()`` / ``end_test()`` bracket one test: begin releases cached, unused memory
   so that allocation history of earlier tests cannot change this test's rounding; end
   drops per-test state (the estimator's fake mode).
+* ``test_scope()`` is entered around a whole vram test: before its function-scoped
+  fixtures are set up, exited after they are torn down (so ``begin_test`` / ``end_test``
+  and every ``scope()`` run inside it). The CUDA backend needs nothing there; the
+  estimator runs the whole test on one emulated card (tensors, modules, optimizers,
+  GradScalers, autocast, streams made anywhere in the test count as inside ``scope()``),
+  makes ``scope()`` a no-op inside it, and its ``begin_test`` then releases the cache and
+  restarts the peaks as the CUDA backend's does, keeping what the fixtures made.
+* ``session_scope()`` is entered once the backend is created and exited at the session's
+  end: the estimator makes CUDA work outside every vram test fail with the user's line
+  and the fix (instead of torch's "Torch not compiled with CUDA enabled").
+* ``visible_device_scope()`` (``--vram-emulate=session``): entered after ``session_scope``
+  for the rest of the session; ``torch.cuda``'s identity queries (``is_available()``...)
+  answer as the backend's device outside its tests too. A real GPU answers anyway; the
+  estimator answers as its emulated card.
+* ``device_per_test``: CUDA tensors belong to one test's device (the estimator's emulated
+  card, made for each ``test_scope()``), so none may outlive the test; the plugin refuses a
+  wider-scoped fixture that keeps one.
 * ``allocated()`` is the bytes allocated now, as the CUDA caching allocator counts them
   (``torch.cuda.memory_allocated``: block sizes after the allocator's rounding).
 * ``reset_peak()`` makes ``peak()`` start again from ``allocated()``.
@@ -25,6 +42,16 @@ Contract (see docs/architecture.md):
   allocator holds from the driver now, and the highest since ``reset_peak()``;
   informational (fragmentation and page granularity included), gated only by a budget
   that asks for it.
+* cuDNN convolution workspaces (optional; docs/estimator.md, "cuDNN convolution
+  workspaces"): ``workspace_setup()`` names the GPU architecture and cuDNN version whose
+  workspaces a backend measures or models (None: it has none). When the run updates
+  baselines the session calls ``record_workspaces()``; a backend that can measure them
+  (``cuda``) answers True and returns what it measured from ``recorded_workspaces()`` at
+  the session's end, which the session merges into the project's file of that setup
+  (``baselines/cudnn-workspaces/``). Otherwise, for a backend whose ``reads_workspaces``
+  is True (the estimator), the session reads that file and hands its entries to
+  ``use_workspaces()``: the estimator looks a convolution up there before its shipped
+  table. A backend reads no file itself: the files are the store's (``pytest_vram.store``).
 
 The gated figure: ``allocated()`` must count what the CUDA caching allocator counts with
 ``expandable_segments:True`` (every block split, so each live request counts exactly its
@@ -38,7 +65,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from pytest_vram.backends.patching import install_for_process, uninstall_for_process
 
@@ -59,6 +86,12 @@ class Backend(abc.ABC):
 
     #: Short name used on the command line (``--vram-backend=NAME``) and in profiles.
     name: str = ""
+    #: CUDA tensors made in a ``test_scope()`` belong to that test's device and cannot
+    #: outlive it (the estimator); False: one device for the whole process (a GPU).
+    device_per_test: bool = False
+    #: Whether the session hands this backend the project's recorded convolution
+    #: workspaces (:meth:`use_workspaces`).
+    reads_workspaces: bool = False
 
     @property
     @abc.abstractmethod
@@ -97,6 +130,20 @@ class Backend(abc.ABC):
         """Context in which the test's build step and workload run."""
         yield
 
+    def test_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context around one whole vram test, fixtures included (default: nothing)."""
+        return contextlib.nullcontext()
+
+    def session_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context from the backend's creation to the session's end (default: nothing)."""
+        return contextlib.nullcontext()
+
+    def visible_device_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context in which ``torch.cuda``'s identity queries (``is_available()``,
+        ``device_count()``, ``get_device_properties()``...) answer as this backend's device
+        outside its tests too (default: nothing; a real GPU answers anyway)."""
+        return contextlib.nullcontext()
+
     @abc.abstractmethod
     def synchronize(self) -> None:
         """Wait until queued device work is done, so counters are final."""
@@ -120,6 +167,27 @@ class Backend(abc.ABC):
     def peak_reserved(self) -> int | None:
         """Highest ``reserved()`` since the last ``reset_peak``, or None."""
         return None
+
+    def workspace_setup(self) -> dict[str, str] | None:
+        """The cuDNN setup whose convolution workspaces this backend measures or models:
+        ``{"arch": "sm90", "cudnn": "91900", ...}`` (more keys describe it: device,
+        torch), or None (the default) where it has none."""
+        return None
+
+    def use_workspaces(self, entries: Mapping[str, int], source: str) -> None:  # noqa: B027
+        """The convolution workspaces the project recorded for :meth:`workspace_setup`
+        (call key -> transient bytes; empty where nothing was recorded) and the file that
+        holds them, for messages. Default: ignored."""
+
+    def record_workspaces(self) -> bool:
+        """Measure the workspace of every convolution from now on (the run updates its
+        baselines); False (the default) where this backend cannot."""
+        return False
+
+    def recorded_workspaces(self) -> dict[str, int]:
+        """Call key -> transient bytes of the convolutions measured since
+        :meth:`record_workspaces` (the largest where a call ran more than once)."""
+        return {}
 
 
 def collect_garbage() -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
+from pytest_vram.backends import alloc_conf
+from pytest_vram.backends.alloc_conf import EXPANDABLE
 from pytest_vram.backends.base import Backend, BackendUnavailable, collect_garbage, metric_name
+from pytest_vram.backends.cards import Card
 from pytest_vram.backends.patching import install_for_process
 
 # The cuBLAS/cuBLASLt workspaces are per process (per handle and stream), not per backend
@@ -14,30 +19,9 @@ from pytest_vram.backends.patching import install_for_process
 # warm up again, nor count them as a test's memory. Keyed by device index.
 _WARMED: set[int] = set()
 
-#: Environment variables through which users configure the caching allocator.
-ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
-#: What the backend sets for the gated figure (see docs/architecture.md).
-EXPANDABLE = "expandable_segments:True"
 #: A probe request that the default settings count as a whole 20 MiB segment (its 512 KiB
 #: remainder is not split) and expandable segments as exactly itself.
 _PROBE_BYTES = (19 << 20) + (512 << 10)
-
-
-def user_alloc_conf() -> dict[str, str]:
-    """The user's allocator settings from the environment: ``{"var": "value"}`` if set."""
-    return {var: os.environ[var] for var in ALLOC_CONF_VARS if os.environ.get(var)}
-
-
-def conflicting_setting(conf: dict[str, str]) -> str | None:
-    """The user's setting that makes expandable-segment figures impossible, if any."""
-    for var, value in conf.items():
-        for item in value.split(","):
-            key, _, setting = (part.strip() for part in item.partition(":"))
-            if key == "expandable_segments" and setting.lower() in ("false", "0"):
-                return f"{var}={value} (expandable_segments:{setting})"
-            if key == "backend" and setting == "cudaMallocAsync":
-                return f"{var}={value} (backend:cudaMallocAsync has no caching-allocator figures)"
-    return None
 
 
 def slug(text: str) -> str:
@@ -64,11 +48,25 @@ class CudaBackend(Backend):
     ``device_index`` picks the GPU; by default, xdist worker ``gwN`` on a host with several
     visible GPUs takes GPU ``N % count`` (see :func:`worker_device`), anything else the
     current device.
+
+    ``card`` (a :class:`~pytest_vram.backends.cards.Card`, a name or a capacity such as
+    ``"8GiB"``) caps this GPU to that card while the test runs (:meth:`test_scope`): the
+    caching allocator's per-process limit (``torch.cuda.set_per_process_memory_fraction``)
+    is set to the card's capacity less its CUDA context where measured, so an allocation
+    the card could not serve raises ``OutOfMemoryError`` here too. The limit is checked
+    by torch before mapping, with the segment size a request would take, which for
+    requests of 10 MiB and more differs from the card's own page-by-page failure
+    (``estimate.allocator``, ``limit_rule="fraction"``).
     """
 
     name = "cuda"
 
-    def __init__(self, device_index: int | None = None, allocator: str = "expandable") -> None:
+    def __init__(
+        self,
+        device_index: int | None = None,
+        allocator: str = "expandable",
+        card: Card | str | None = None,
+    ) -> None:
         import torch
 
         if not torch.cuda.is_available():
@@ -77,6 +75,10 @@ class CudaBackend(Backend):
                 f"False, torch {torch.__version__}); use --vram-backend=estimate to estimate "
                 "GPU memory without a GPU"
             )
+        # The one check of the user's allocator settings that the estimator makes too.
+        problem = alloc_conf.problem(allocator)
+        if problem is not None:
+            raise BackendUnavailable(problem)
         self._torch = torch
         self.allocator = allocator
         if allocator == "expandable":
@@ -90,6 +92,14 @@ class CudaBackend(Backend):
         torch.cuda.set_device(self.index)
         install_for_process("cuda-current-device")
         self._name = torch.cuda.get_device_name(self.index)
+        self.card = None if card is None else Card.parse(card)
+        self._fraction = None if self.card is None else self._cap_fraction(self.card)
+        # The peaks reached before the workspace recorder restarted the allocator's own
+        # (see _RecorderWindow); 0 when not recording.
+        self._held_peak = 0
+        self._held_reserved = 0
+        self._recorder: Any = None
+        self._recording = False
 
     @property
     def device(self) -> str:
@@ -100,7 +110,7 @@ class CudaBackend(Backend):
 
     def context(self) -> dict[str, str]:
         torch = self._torch
-        conf = [f"{var}={value}" for var, value in user_alloc_conf().items()]
+        conf = [f"{var}={value}" for var, value in alloc_conf.user_settings().items()]
         if self.allocator == "expandable":
             conf.insert(0, EXPANDABLE)
         return {
@@ -110,7 +120,95 @@ class CudaBackend(Backend):
             "cuda": str(torch.version.cuda),
             "allocator": "; ".join(dict.fromkeys(conf)) or "default",
             "metric": metric_name(self.allocator),
+            **({} if self.card is None else {"card": self._card_description()}),
         }
+
+    def _card_description(self) -> str:
+        card = self.card
+        assert card is not None
+        text = f"{card.name}, capped with a per-process limit of {card.allocator_limit} B"
+        unknown = card.unknown()
+        return f"{text} ({unknown})" if unknown else text
+
+    def _cap_fraction(self, card: Card) -> float:
+        """The fraction of this GPU whose allocator limit is the card's allocator limit."""
+        total = int(self._torch.cuda.mem_get_info(self.index)[1])
+        limit = card.allocator_limit
+        if limit > total:
+            raise BackendUnavailable(
+                f"vram backend 'cuda': card {card.name} ({limit} B usable) is larger than "
+                f"this GPU ({self._name}, {total} B): a GPU can only be capped to a smaller "
+                "card. Use a larger GPU, or estimate it with --vram-backend=estimate"
+            )
+        return limit / total
+
+    @contextlib.contextmanager
+    def test_scope(self) -> Iterator[None]:
+        """With a card, the GPU capped to it for the test, the limit lifted afterwards;
+        while recording workspaces, the recorder active for the whole test."""
+        with contextlib.ExitStack() as stack:
+            if self._fraction is not None:
+                stack.enter_context(self._capped(self._fraction))
+            stack.enter_context(self._recording_scope())
+            yield
+
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to enter, except the workspace recorder while recording (and not
+        already active for the whole test)."""
+        return self._recording_scope()
+
+    # -- cuDNN convolution workspaces (Backend.workspace_setup) -------------------------
+
+    def workspace_setup(self) -> dict[str, str] | None:
+        """This GPU's architecture and cuDNN version; None without cuDNN."""
+        torch = self._torch
+        version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        if not version:
+            return None
+        major, minor = torch.cuda.get_device_capability(self.index)
+        return {
+            "arch": f"sm{major}{minor}",
+            "cudnn": str(int(version)),
+            "device": self._name,
+            "torch": str(torch.__version__),
+        }
+
+    def record_workspaces(self) -> bool:
+        """Measure every convolution's transient from now on, in :meth:`scope` and
+        :meth:`test_scope` (``backends.workspace_recorder``)."""
+        if self.workspace_setup() is None:
+            return False
+        if self._recorder is None:
+            # here: torch's dispatch-mode machinery only for a run that records
+            from pytest_vram.backends.workspace_recorder import WorkspaceRecorder
+
+            self._recorder = WorkspaceRecorder(_RecorderWindow(self))
+        return True
+
+    def recorded_workspaces(self) -> dict[str, int]:
+        return dict(self._recorder.entries) if self._recorder is not None else {}
+
+    @contextlib.contextmanager
+    def _recording_scope(self) -> Iterator[None]:
+        if self._recorder is None or self._recording:
+            yield
+            return
+        self._recording = True
+        try:
+            with self._recorder:
+                yield
+        finally:
+            self._recording = False
+
+    @contextlib.contextmanager
+    def _capped(self, fraction: float) -> Iterator[None]:
+        cuda = self._torch.cuda
+        cuda.set_per_process_memory_fraction(fraction, self.index)
+        try:
+            yield
+        finally:
+            # 1.0 is torch's "no limit": the allocator may then use the whole GPU again
+            cuda.set_per_process_memory_fraction(1.0, self.index)
 
     def warmup(self) -> None:
         if self.allocator == "expandable":
@@ -132,7 +230,7 @@ class CudaBackend(Backend):
         # Free cached blocks of earlier tests: otherwise whether a block is split (and so
         # the rounded allocated bytes) depends on what ran before this test.
         self._torch.cuda.empty_cache()
-        self._torch.cuda.reset_peak_memory_stats(self.index)
+        self.reset_peak()
 
     def synchronize(self) -> None:
         self._torch.cuda.synchronize(self.index)
@@ -141,16 +239,17 @@ class CudaBackend(Backend):
         return int(self._torch.cuda.memory_allocated(self.index))
 
     def reset_peak(self) -> None:
+        self._held_peak = self._held_reserved = 0
         self._torch.cuda.reset_peak_memory_stats(self.index)
 
     def peak(self) -> int:
-        return int(self._torch.cuda.max_memory_allocated(self.index))
+        return max(self._held_peak, int(self._torch.cuda.max_memory_allocated(self.index)))
 
     def reserved(self) -> int:
         return int(self._torch.cuda.memory_reserved(self.index))
 
     def peak_reserved(self) -> int:
-        return int(self._torch.cuda.max_memory_reserved(self.index))
+        return max(self._held_reserved, int(self._torch.cuda.max_memory_reserved(self.index)))
 
     def _check_exact_splitting(self) -> None:
         """Fail unless a request counts exactly its rounded size (expandable segments on)."""
@@ -171,6 +270,34 @@ class CudaBackend(Backend):
             )
 
 
+class _RecorderWindow:
+    """The workspace recorder's view of the counters (``workspace_recorder.PeakWindow``).
+
+    Restarting the allocator's peak around a convolution would lose the peak the test
+    reached before it: the backend holds it (``_held_peak``, ``_held_reserved``) and its
+    ``peak()`` and ``peak_reserved()`` answer the larger, so the test's figures are what
+    they are without recording. ``reset_peak`` drops the held values.
+    """
+
+    def __init__(self, backend: CudaBackend) -> None:
+        self.backend = backend
+
+    def synchronize(self) -> None:
+        self.backend.synchronize()
+
+    def allocated(self) -> int:
+        return self.backend.allocated()
+
+    def restart_peak(self) -> None:
+        backend = self.backend
+        backend._held_peak = backend.peak()
+        backend._held_reserved = backend.peak_reserved()
+        backend._torch.cuda.reset_peak_memory_stats(backend.index)
+
+    def peak(self) -> int:
+        return int(self.backend._torch.cuda.max_memory_allocated(self.backend.index))
+
+
 def _switch_on_expandable_segments(torch: Any) -> None:
     """Switch the caching allocator to expandable segments for the rest of the process
     (``patching.PROCESS_WIDE``, "cuda-expandable-segments").
@@ -178,16 +305,9 @@ def _switch_on_expandable_segments(torch: Any) -> None:
     With them ``should_split`` splits every block that leaves at least 512 B, so what a test
     allocates counts as the sum of its 512-rounded live requests whatever blocks earlier
     tests left cached. The setting takes effect for every later allocation, also in
-    segments that existed before; ``warmup`` verifies it with a probe.
+    segments that existed before; ``warmup`` verifies it with a probe. The user's own
+    settings were checked before (:func:`pytest_vram.backends.alloc_conf.problem`).
     """
-    conflict = conflicting_setting(user_alloc_conf())
-    if conflict is not None:
-        raise BackendUnavailable(
-            f"vram backend 'cuda': {conflict} rules out expandable segments, which pytest-vram "
-            f"measures under so that figures do not depend on what ran before in the process "
-            f"(docs/architecture.md). Remove that setting, or measure raw default-allocator "
-            f"figures with --vram-allocator=default (they can change with test order)"
-        )
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
     if setter is None:  # torch < 2.9
         setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)

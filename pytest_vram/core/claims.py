@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pytest_vram.core.units import Tolerance, parse_size, parse_tolerance
+from pytest_vram.core.units import Tolerance, UnitError, parse_size, parse_tolerance
 
 EXACT = Tolerance()
 
@@ -27,6 +27,10 @@ EXACT = Tolerance()
 
 #: Figure fields a claim may read, as named in the ``--vram-json`` measurements.
 FIELDS = ("peak_bytes", "model_bytes", "activation_bytes")
+#: The relations a claim declares, each made by the classmethod of its name.
+RELATIONS = ("at_most", "grows_like")
+#: What a figure is written as in a declaration (named in messages).
+FIGURE_HELP = "peak(key), model(key) or activation(key)"
 
 
 class ClaimError(ValueError):
@@ -45,7 +49,13 @@ class Figure:
     field: str = "peak_bytes"
 
     def __post_init__(self) -> None:
-        if self.field not in FIELDS:
+        __tracebackhide__ = True  # the user's declaration is the line to show
+        if not isinstance(self.key, str) or not self.key.strip():
+            raise ClaimError(
+                f"Figure({self.key!r}, ...): the key must be a measurement's baseline key, a "
+                f"non-empty string such as 'tests/test_x.py::test_a' (or 'nodeid::name')"
+            )
+        if not isinstance(self.field, str) or self.field not in FIELDS:
             raise ClaimError(
                 f"Figure({self.key!r}, {self.field!r}): unknown field; valid fields are "
                 f"{', '.join(FIELDS)}"
@@ -105,6 +115,36 @@ class Claim:
     #: the reason the claim is known not to hold (strict: holding fails)
     expect_broken: str | None = None
 
+    def __post_init__(self) -> None:
+        """Every declaration is checked where it is made: the module's collection fails
+        with the claim's name and the fix, never the judgement after the test loop."""
+        __tracebackhide__ = True
+        name = _check_name(self.name)
+        if self.relation not in RELATIONS:
+            raise ClaimError(
+                f"claim {name!r}: unknown relation {self.relation!r}; valid relations are "
+                f"{', '.join(RELATIONS)}: declare it with Claim.at_most(...) or "
+                f"Claim.grows_like(...)"
+            )
+        if self.expect_broken is not None and (
+            not isinstance(self.expect_broken, str) or not self.expect_broken.strip()
+        ):
+            raise ClaimError(
+                f"claim {name!r}: expect_broken must be the reason it does not hold, a "
+                f"non-empty string, got {self.expect_broken!r}"
+            )
+        if not isinstance(self.tolerance, Tolerance):
+            raise ClaimError(
+                f"claim {name!r}: tolerance must be a Tolerance, got {self.tolerance!r}; give "
+                f"within='0.1%' to Claim.at_most"
+            )
+        if self.relation == "at_most":
+            _check_at_most(self)
+        else:
+            _check_series(name, self.series)
+            _number(name, "exponent", self.exponent)
+            _number(name, "within", self.within, minimum=0.0)
+
     @classmethod
     def at_most(
         cls,
@@ -119,17 +159,27 @@ class Claim:
 
         ``within`` is a tolerance of the reference ("0.1%", "4MiB", "0.1% + 1MiB").
         """
-        tolerance = parse_tolerance(within, what=f"claim {name!r}: within")
+        __tracebackhide__ = True
+        name = _check_name(name)
+        _check_figure(name, "the subject", subject)
+        try:
+            tolerance = parse_tolerance(within, what=f"claim {name!r}: within")
+        except UnitError as exc:
+            raise ClaimError(str(exc)) from None
         if isinstance(reference, Figure):
             return cls(
-                _check_name(name), "at_most", subject, reference, None, tolerance,
-                expect_broken=expect_broken,
-            )  # fmt: skip
-        limit = parse_size(reference, what=f"claim {name!r}: limit")
-        return cls(
-            _check_name(name), "at_most", subject, None, limit, tolerance,
-            expect_broken=expect_broken,
-        )  # fmt: skip
+                name, "at_most", subject, reference, None, tolerance, expect_broken=expect_broken
+            )
+        if isinstance(reference, str) and "::" in reference:
+            raise ClaimError(
+                f"claim {name!r}: the reference {reference!r} is a key, not a size; write "
+                f"peak({reference!r}) (or model/activation), or a size such as '8GiB'"
+            )
+        try:
+            limit = parse_size(reference, what=f"claim {name!r}: limit")  # type: ignore[arg-type]
+        except UnitError as exc:
+            raise ClaimError(f"{exc} (or a figure: {FIGURE_HELP})") from None
+        return cls(name, "at_most", subject, None, limit, tolerance, expect_broken=expect_broken)
 
     @classmethod
     def grows_like(
@@ -145,12 +195,18 @@ class Claim:
         points): the least-squares slope of log(figure) over log(x) is within ``within`` of
         ``exponent``. E.g. ``{512: activation(a), 8192: activation(b)}``, exponent 1: linear
         in sequence length."""
-        points = tuple(sorted(series.items()))
-        if len(points) < 2 or any(x <= 0 for x, _ in points):
-            raise ClaimError(f"claim {name!r}: grows_like needs at least two points with x > 0")
+        __tracebackhide__ = True
+        name = _check_name(name)
+        if not isinstance(series, Mapping):
+            raise ClaimError(
+                f"claim {name!r}: grows_like needs a dict {{x: figure}} of at least two points, "
+                f"e.g. {{512: activation(a), 8192: activation(b)}}, got {type(series).__name__}"
+            )
+        _check_series(name, tuple(series.items()))
+        points = tuple(sorted(series.items(), key=lambda point: point[0]))
         return cls(
-            _check_name(name), "grows_like", series=points, exponent=float(exponent),
-            within=float(within), expect_broken=expect_broken,
+            name, "grows_like", series=points, exponent=_number(name, "exponent", exponent),
+            within=_number(name, "within", within, minimum=0.0), expect_broken=expect_broken,
         )  # fmt: skip
 
     @property
@@ -196,9 +252,82 @@ class Claim:
 
 
 def _check_name(name: str) -> str:
+    __tracebackhide__ = True
     if not isinstance(name, str) or not name or "::" in name or name != name.strip():
         raise ClaimError(f"claim name {name!r}: must be a non-empty str without '::'")
     return name
+
+
+def _check_figure(name: str, what: str, figure: Any) -> None:
+    __tracebackhide__ = True
+    if not isinstance(figure, Figure):
+        raise ClaimError(
+            f"claim {name!r}: {what} must be a figure, {FIGURE_HELP}, got {figure!r}"[:300]
+        )
+
+
+def _check_at_most(claim: Claim) -> None:
+    __tracebackhide__ = True
+    _check_figure(claim.name, "the subject", claim.subject)
+    if claim.series:
+        raise ClaimError(f"claim {claim.name!r}: at_most compares two figures, not a series")
+    if (claim.reference is None) == (claim.limit is None):
+        raise ClaimError(
+            f"claim {claim.name!r}: at_most needs one reference, a figure or a limit; "
+            f"declare it with Claim.at_most(name, subject, reference)"
+        )
+    if claim.reference is not None:
+        _check_figure(claim.name, "the reference", claim.reference)
+    elif isinstance(claim.limit, bool) or not isinstance(claim.limit, int) or claim.limit < 0:
+        raise ClaimError(
+            f"claim {claim.name!r}: the limit must be a size such as '8GiB' or a number of "
+            f"bytes, got {claim.limit!r}"
+        )
+
+
+def _finite(value: Any) -> bool:
+    """A finite int or float (bool is an int subclass, but True is no point on an axis)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def _number(name: str, what: str, value: Any, minimum: float | None = None) -> float:
+    """``value`` as a finite float (at least ``minimum``), or ClaimError naming it."""
+    __tracebackhide__ = True
+    ok = _finite(value) and (minimum is None or value >= minimum)
+    if not ok:
+        bound = " and not negative" if minimum is not None else ""
+        raise ClaimError(
+            f"claim {name!r}: {what} must be a finite number{bound}, got {value!r}"[:300]
+        )
+    return float(value)
+
+
+def _check_series(name: str, points: tuple[tuple[Any, Any], ...]) -> None:
+    """At least two points, x a finite number > 0, each a figure of one field."""
+    __tracebackhide__ = True
+    if not isinstance(points, tuple) or len(points) < 2:
+        raise ClaimError(f"claim {name!r}: grows_like needs at least two points with x > 0")
+    for point in points:
+        if not (isinstance(point, tuple) and len(point) == 2):
+            raise ClaimError(f"claim {name!r}: a series point must be (x, figure), got {point!r}")
+        x, figure = point
+        if not (_finite(x) and x > 0):
+            raise ClaimError(
+                f"claim {name!r}: every x of grows_like must be a finite number > 0 (e.g. a "
+                f"sequence length), got {x!r}"[:300]
+            )
+        _check_figure(name, f"the figure at x={x!r}", figure)
+    fields = sorted({figure.field for _, figure in points})
+    if len(fields) > 1:
+        raise ClaimError(
+            f"claim {name!r}: grows_like reads one field at every point, got "
+            f"{' and '.join(fields)}; use peak(), model() or activation() throughout"
+        )
 
 
 def _figure_dict(figure: Figure | None) -> dict[str, str] | None:

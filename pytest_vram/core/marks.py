@@ -34,6 +34,10 @@ MARKER_HELP = (
     "whose memory depends on tensor values)."
 )
 
+#: The largest world a marker may declare: beyond any cluster, and what the estimator's
+#: fake process group and a device mesh over it still build in a fraction of a second
+#: (torch's process groups take a C int; a mesh of 2**31 ranks exhausts the memory).
+MAX_WORLD_SIZE = 2**20
 OPTIONS = ("budget", "key", "reserved_budget", "skip_estimate", "tolerance", "world_size")
 
 
@@ -151,11 +155,14 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
         )
     world_size = options.get("world_size")
     if world_size is not None and (
-        isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1
+        isinstance(world_size, bool)
+        or not isinstance(world_size, int)
+        or not 1 <= world_size <= MAX_WORLD_SIZE
     ):
+        shown = repr(world_size) if len(repr(world_size)) <= 40 else repr(world_size)[:37] + "..."
         raise MarkError(
             f"{nodeid}: @pytest.mark.vram(world_size=...): world_size must be a positive int "
-            f"(the number of ranks), got {world_size!r}"
+            f"(the number of ranks) of at most {MAX_WORLD_SIZE} (2**20), got {shown}"
         )
     return VramMark(
         tolerance=tolerance,

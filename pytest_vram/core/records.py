@@ -17,7 +17,7 @@ from typing import Any
 from pytest_vram.core.claims import ClaimVerdict
 from pytest_vram.core.figures import CarriesFigures
 from pytest_vram.core.units import Tolerance, parse_tolerance
-from pytest_vram.core.verdicts import Kind, Verdict
+from pytest_vram.core.verdicts import Kind, OffDevice, Verdict
 
 #: Name of the ``report.user_properties`` entries that carry a Record.
 PROPERTY = "vram"
@@ -52,6 +52,13 @@ class Record(CarriesFigures):
     breakdown: dict[str, Any] | None = None
     #: the marker's ceiling on ``reserved_bytes``
     reserved_budget: int | None = None
+    #: why the figures cannot be the test's device memory (verdict NOT_ON_DEVICE)
+    off_device: OffDevice | None = None
+
+    @property
+    def recordable(self) -> bool:
+        """Whether ``--vram-update`` may write these figures (not a NOT_ON_DEVICE one)."""
+        return self.off_device is None
 
     @property
     def kind(self) -> Kind:
@@ -68,6 +75,7 @@ class Record(CarriesFigures):
         data["context"] = data.pop("setup")  # the setup's key in --vram-json and JUnit
         data["tolerance"] = str(self.tolerance)
         data["verdicts"] = [v.to_dict() for v in self.verdicts]
+        data["off_device"] = self.off_device.to_dict() if self.off_device else None
         data["activation_bytes"] = self.activation_bytes
         data["verdict"] = self.kind.value
         return data
@@ -78,6 +86,8 @@ class Record(CarriesFigures):
         data = {("setup" if k == "context" else k): v for k, v in data.items()}  # see to_dict
         data["tolerance"] = parse_tolerance(data["tolerance"])
         data["verdicts"] = tuple(Verdict.from_dict(v) for v in data["verdicts"])
+        if data.get("off_device"):
+            data["off_device"] = OffDevice.from_dict(data["off_device"])
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

@@ -27,10 +27,13 @@ class Kind(enum.Enum):
     IMPROVEMENT = "improvement"
     OVER_BUDGET = "over budget"
     UPDATED = "updated"
+    #: the figures counted none of the test's device memory (see :class:`OffDevice`)
+    NOT_ON_DEVICE = "not on device"
 
 
 #: Most severe first; :func:`worst` picks by this order.
 SEVERITY: tuple[Kind, ...] = (
+    Kind.NOT_ON_DEVICE,
     Kind.OVER_BUDGET,
     Kind.REGRESSION,
     Kind.MISSING,
@@ -45,6 +48,71 @@ SEVERITY: tuple[Kind, ...] = (
 COMPARED = ("peak_bytes", "model_bytes")
 #: The field a ``reserved_budget`` limits.
 RESERVED = "reserved_bytes"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cause:
+    """A likely reason, found in the test's code, why its tensors are not on the device.
+
+    ``kind``: ``import-time device`` (a module-level device variable holding another
+    device, in a module that calls ``torch.cuda.is_available()``), ``device variable``
+    (such a variable without that call), ``device argument`` (a step was given another
+    device), ``is_available in step`` (a step chooses its device with
+    ``torch.cuda.is_available()``). ``name``: the variable or the step; ``value``: the
+    device it holds; ``where``: ``file:line``.
+    """
+
+    kind: str
+    name: str
+    value: str = ""
+    where: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class OffDevice:
+    """Figures that cannot be the test's device memory: a build step whose result holds
+    parameters or tensors on another device (the CPU) and that counted no bytes on the
+    measured device (``step`` is a ``vram.build``), or a workload that counted nothing on
+    the device while nothing it used lives there (``step`` is the ``vram.run``).
+
+    A workload that allocates nothing while its model is on the device (in-place work)
+    is none of these: its figures are right.
+    """
+
+    #: ``vram.build(make_model)`` or ``vram.run(step)``
+    step: str
+    #: the device the backend measures, e.g. ``cuda:0``
+    device: str
+    #: the measuring backend's name (the estimator has its own likely causes)
+    backend: str
+    #: parameters (elements) found on another device
+    params: int = 0
+    #: other tensors (buffers, inputs, outputs) found on another device
+    tensors: int = 0
+    #: the device types they are on, e.g. ``("cpu",)``
+    elsewhere: tuple[str, ...] = ()
+    causes: tuple[Cause, ...] = ()
+
+    @property
+    def in_build(self) -> bool:
+        return self.step.startswith("vram.build")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["elsewhere"] = list(self.elsewhere)
+        data["causes"] = [c.to_dict() for c in self.causes]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OffDevice:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["elsewhere"] = tuple(values.get("elsewhere", ()))
+        values["causes"] = tuple(Cause(**c) for c in values.get("causes", ()))
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +160,12 @@ def judge(
     strict: bool = False,
     update: bool = False,
     fail_improvements: bool = False,
+    off_device: OffDevice | None = None,
 ) -> list[Verdict]:
     """Judge one measurement; return every applicable verdict, or a single PASS.
+
+    * ``off_device``: the figures counted none of the test's device memory: NOT_ON_DEVICE,
+      alone, which fails also while updating (such a figure is never recorded).
 
     * ``budget`` (bytes): a peak above it is OVER_BUDGET and fails, whatever the baseline
       says and even while updating. Exactly on the budget passes.
@@ -108,6 +180,8 @@ def judge(
       IMPROVEMENT (reported so it can be locked in; it fails with ``fail_improvements``).
       Exactly on the limit passes.
     """
+    if off_device is not None:
+        return [Verdict(Kind.NOT_ON_DEVICE, True, updating=update)]
     verdicts: list[Verdict] = []
     if budget is not None and measured.peak_bytes > budget:
         verdicts.append(Verdict(Kind.OVER_BUDGET, True, ("peak_bytes",)))

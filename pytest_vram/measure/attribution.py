@@ -8,11 +8,17 @@ an optimizer step, the operator and the user's source line. The collector only a
 event per allocation and per release; at the end of a workload it replays the events up to
 the highest total and groups what was live there.
 
-Categories: ``parameters``, ``buffers`` and ``gradients`` (by identity with the built
-models' tensors), ``optimizer state`` (tensors of an optimizer that stepped, or made during
-a step), ``activations`` (made inside a module's forward or backward), ``workspaces``
-(buffers a kernel uses internally; the estimator's model of them), ``inputs/other``
-(everything else: inputs, tensors made outside any module).
+Categories say what a tensor *is*, whenever the peak falls: ``parameters`` and
+``buffers`` (of the built models and of every module that runs), ``gradients`` (a
+parameter's ``.grad``, noted when backward accumulates it and when an optimizer steps, so
+a ``zero_grad()`` after the step does not turn it into something else), ``optimizer
+state`` (in an optimizer's ``state`` after its step), ``temporaries`` (made during an
+optimizer step and not kept in its state), ``activations`` (made inside a module's
+forward or in backward), ``workspaces`` (buffers a kernel uses internally; the
+estimator's model of them), ``inputs/other`` (everything else: inputs, tensors made
+outside any module). What a tensor is becomes known at different moments; each is noted
+with the position in the event log at which it was true, and names the allocation that
+was live at that position.
 
 A breakdown is plain JSON-able data (see :func:`Collector.breakdown`), read by
 :mod:`pytest_vram.core.breakdown`. torch is imported inside the functions that need it, so
@@ -26,7 +32,7 @@ import functools
 import os
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import _pytest
@@ -40,6 +46,11 @@ MAX_GROUPS = 40
 MAX_SITES = 10
 #: Module of allocations made outside any module.
 NO_MODULE = "(no module)"
+#: Module of an optimizer's allocations whose parameter belongs to no known module.
+OPTIMIZER = "(optimizer)"
+#: Categories known by identity; where one storage is noted as two, the first listed wins.
+IDENTITIES = ("parameters", "buffers", "gradients", "optimizer state")
+_RANK = {category: rank for rank, category in enumerate(IDENTITIES)}
 
 #: the pytest_vram package: its frames are never the user's source line
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +71,9 @@ def _skipped_dirs() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_user_file(filename: str) -> bool:
+def is_user_file(filename: str) -> bool:
+    """Whether ``filename`` is the user's code (not torch, this package, pytest, pluggy,
+    contextlib)."""
     return not filename.startswith(_skipped_dirs()) and not filename.startswith("<")
 
 
@@ -72,7 +85,7 @@ def _code_kind(code: Any) -> int:
     kind = _CODE_KIND.get(code)
     if kind is None:
         kind = _CODE_KIND[code] = (
-            2 if code.co_name == "__torch_dispatch__" else int(_is_user_file(code.co_filename))
+            2 if code.co_name == "__torch_dispatch__" else int(is_user_file(code.co_filename))
         )
     return kind
 
@@ -119,8 +132,11 @@ class _Modules:
 
     _KEY = "pytest_vram.module"
 
-    def __init__(self, names: weakref.WeakKeyDictionary[Any, str]) -> None:
+    def __init__(
+        self, names: weakref.WeakKeyDictionary[Any, str], adopt: Callable[[Any], str]
+    ) -> None:
         self._names = names
+        self._adopt = adopt
         self._stack: list[str] = []
         self._handles: list[Any] = []
 
@@ -139,8 +155,8 @@ class _Modules:
         import torch  # torch on use
 
         name = self._names.get(module)
-        if name is None:
-            name = type(module).__name__
+        if name is None:  # a module the test made outside vram.build
+            name = self._adopt(module)
         if torch.is_grad_enabled():
             # The graph the inputs came from is the caller's: mark where this one's begins.
             outer = self._stack[-1] if self._stack else NO_MODULE
@@ -202,11 +218,21 @@ class Collector:
         self._contexts: dict[tuple[str, str, str, str], int] = {}
         self._context_list: list[tuple[str, str, str, str]] = []
         self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        #: modules that ran without having been built: named by their class
+        self._adopted: weakref.WeakSet[Any] = weakref.WeakSet()
         self._roots: list[weakref.ref[Any]] = []
         self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._modules: _Modules | None = None
+        #: hooks on the known parameters while a step is followed (their gradients)
+        self._grad_hooks: list[Any] = []
         self._in_step = 0
         self.phase = "run"
+        #: (storage key, event position, module, category): what a storage was, noted when
+        #: it was known; resolved to the allocation live at that position
+        self._notes: list[tuple[int, int, str, str]] = []
+        self._resolved = 0
+        self._scanned = 0
+        self._scan_live: dict[int, int] = {}
         #: allocation event index -> (module, category) by identity, kept once known, so
         #: that a timeline drawn after the test's objects died still names them
         self._ident_at: dict[int, tuple[str, str]] = {}
@@ -219,8 +245,23 @@ class Collector:
             return
         prefix = f"model{len(self._roots)}." if self._roots else ""
         for name, module in named():
+            if module in self._adopted:  # ran before it was returned: its path wins
+                self._adopted.discard(module)
+                self._names.pop(module, None)
             self._names.setdefault(module, (prefix + name).rstrip(".") or "(model)")
         self._roots.append(weakref.ref(obj))
+        self._note_modules(list(self._names.items()))
+
+    def _adopt(self, module: Any) -> str:
+        """A module that runs but was not built (made in the workload or the test body):
+        named by its class; its parameters and buffers are known from now on."""
+        name = type(module).__name__
+        self._names[module] = name
+        self._adopted.add(module)
+        self._note_modules([(module, name)])
+        if self._modules is not None:
+            self._hook_gradients([(module, name)])
+        return name
 
     # -- the hooks -----------------------------------------------------------------
     def allocated(self, key: int, nbytes: int, op: str | None = None) -> None:
@@ -247,7 +288,8 @@ class Collector:
             op = node
         if category is None:
             if self._in_step:
-                category = "optimizer state"
+                # what the step keeps is named optimizer state when the step ends
+                category = "temporaries"
             elif self.phase == "build":
                 category = "inputs/other"
             elif module != NO_MODULE or backward:
@@ -255,7 +297,7 @@ class Collector:
             else:
                 category = "inputs/other"
         if self._in_step and module == NO_MODULE:
-            module = "(optimizer)"
+            module = OPTIMIZER
         ctx = (module, category, op, site)
         found = self._contexts.get(ctx)
         if found is None:
@@ -265,7 +307,8 @@ class Collector:
 
     @contextlib.contextmanager
     def following(self, phase: str) -> Iterator[None]:
-        """Around a build step or workload: module and optimizer hooks on, ``phase`` noted."""
+        """Around a build step or workload: module, optimizer and gradient hooks on,
+        ``phase`` noted."""
         # torch on use: this module is imported without it
         from torch.optim.optimizer import (
             register_optimizer_step_post_hook,
@@ -274,21 +317,110 @@ class Collector:
 
         def pre(optimizer: Any, *_: Any) -> None:
             self._optimizers.add(optimizer)
+            self._note_gradients_of(optimizer)  # also those an optimizer was handed
             self._in_step += 1
 
-        def post(*_: Any) -> None:
+        def post(optimizer: Any, *_: Any) -> None:
             self._in_step = max(0, self._in_step - 1)
+            self._note_state_of(optimizer, self._owners())
 
+        outer, outer_phase, outer_hooks = self._modules, self.phase, self._grad_hooks
         self.phase = phase
         handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
-        self._modules = _Modules(self._names)
+        self._modules = _Modules(self._names, self._adopt)
+        self._grad_hooks = []
+        self._hook_gradients(list(self._names.items()))
         try:
             with self._modules:
                 yield
         finally:
-            self._modules = None
-            for handle in handles:
+            for handle in (*handles, *self._grad_hooks):
                 handle.remove()
+            self._modules, self.phase, self._grad_hooks = outer, outer_phase, outer_hooks
+
+    # -- what a tensor is ------------------------------------------------------------
+    def _note(self, t: Any, module: str, category: str) -> None:
+        """``t``'s storage is ``category`` of ``module`` at this point of the event log."""
+        with contextlib.suppress(Exception):  # e.g. a meta tensor without storage
+            key = t.untyped_storage()._cdata
+            self._notes.append((key, len(self.events), module, category))
+
+    def _note_modules(self, modules: list[tuple[Any, str]]) -> None:
+        for module, path in modules:
+            for _name, p in module.named_parameters(recurse=False):
+                self._note(p, path, "parameters")
+                if p.grad is not None:
+                    self._note(p.grad, path, "gradients")
+            for name, b in module.named_buffers(recurse=False):
+                if b is not None:
+                    self._note(b, f"{path}.{name}" if path != "(model)" else name, "buffers")
+
+    def _hook_gradients(self, modules: list[tuple[Any, str]]) -> None:
+        """Note each parameter's ``.grad`` when backward has accumulated it: a gradient
+        stays one after a ``zero_grad()`` freed it, wherever the peak fell."""
+        for module, path in modules:
+            for _name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                with contextlib.suppress(RuntimeError):  # a parameter that takes no hooks
+                    self._grad_hooks.append(
+                        p.register_post_accumulate_grad_hook(
+                            functools.partial(self._accumulated, path)
+                        )
+                    )
+
+    def _accumulated(self, path: str, p: Any) -> None:
+        if p.grad is not None:
+            self._note(p.grad, path, "gradients")
+
+    def _owners(self) -> dict[int, str]:
+        """id(parameter) -> the path of the known module that holds it."""
+        owner: dict[int, str] = {}
+        for module, path in list(self._names.items()):
+            for _name, p in module.named_parameters(recurse=False):
+                owner.setdefault(id(p), path)
+        return owner
+
+    def _note_gradients_of(self, optimizer: Any) -> None:
+        owner = self._owners()
+        for group in getattr(optimizer, "param_groups", ()):
+            for p in group.get("params", ()):
+                if getattr(p, "grad", None) is not None:
+                    self._note(p.grad, owner.get(id(p), OPTIMIZER), "gradients")
+
+    def _note_state_of(self, optimizer: Any, owner: dict[int, str]) -> None:
+        for p, state in getattr(optimizer, "state", {}).items():
+            for value in state.values() if isinstance(state, dict) else ():
+                if hasattr(value, "untyped_storage"):
+                    self._note(value, owner.get(id(p), OPTIMIZER), "optimizer state")
+
+    def _resolve(self) -> None:
+        """Name the allocations the new notes are about (one pass over new events)."""
+        live, events = self._scan_live, self.events
+        for key, position, module, category in self._notes[self._resolved :]:
+            for i in range(self._scanned, min(position, len(events))):
+                k, nbytes, _ctx = events[i]
+                if nbytes >= 0:
+                    live.setdefault(k, i)
+                else:
+                    live.pop(k, None)
+            self._scanned = max(self._scanned, min(position, len(events)))
+            made = live.get(key)
+            if made is None:
+                continue
+            known = self._ident_at.get(made)
+            if known is None or _RANK[category] < _RANK[known[1]]:
+                self._ident_at[made] = (module, category)
+        self._resolved = len(self._notes)
+
+    def _refresh_identities(self) -> None:
+        """Note what the live objects are now (parameters, gradients, optimizer state),
+        then name every allocation noted so far."""
+        self._note_modules(list(self._names.items()))
+        owner = self._owners()
+        for optimizer in list(self._optimizers):
+            self._note_state_of(optimizer, owner)
+        self._resolve()
 
     # -- the breakdown -------------------------------------------------------------
     def mark(self) -> int:
@@ -314,21 +446,6 @@ class Collector:
         if best < 0:  # nothing happened in the workload: what was held when it started
             best_at = since - 1
         return self._group(best_at)
-
-    def _refresh_identities(self) -> None:
-        """Name the storages alive now by identity (parameters, gradients, ...)."""
-        known = self._identities()
-        if not known:
-            return
-        last: dict[int, int] = {}
-        for i, (key, _n, _c) in enumerate(self.events):
-            last[key] = i
-        for key, ident in known.items():
-            i = last.get(key)
-            # A key released and made again may belong to another storage: only the
-            # allocation that is still alive is this tensor's.
-            if i is not None and self.events[i][1] >= 0:
-                self._ident_at.setdefault(i, ident)
 
     def _group(self, upto: int) -> dict[str, Any]:
         self._refresh_identities()
@@ -381,35 +498,6 @@ class Collector:
             module, category = self._ident_at.get(i) or self._context_list[ctx][:2]
             out[i] = f"{pattern(module)} ({category})"
         return out
-
-    def _identities(self) -> dict[int, tuple[str, str]]:
-        """Storage key -> (module, category) for the built models' tensors and optimizers."""
-        found: dict[int, tuple[str, str]] = {}
-        owner: dict[int, str] = {}  # id(parameter) -> module path
-
-        def add(t: Any, module: str, category: str) -> None:
-            with contextlib.suppress(Exception):  # e.g. a meta tensor without storage
-                found.setdefault(t.untyped_storage()._cdata, (module, category))
-
-        for ref in self._roots:
-            root = ref()
-            if root is None:
-                continue
-            for module, path in list(self._names.items()):
-                for _name, p in module.named_parameters(recurse=False):
-                    owner[id(p)] = path
-                    add(p, path, "parameters")
-                    if p.grad is not None:
-                        add(p.grad, path, "gradients")
-                for name, b in module.named_buffers(recurse=False):
-                    if b is not None:
-                        add(b, f"{path}.{name}" if path != "(model)" else name, "buffers")
-        for optimizer in list(self._optimizers):
-            for p, state in getattr(optimizer, "state", {}).items():
-                for value in state.values() if isinstance(state, dict) else ():
-                    if hasattr(value, "untyped_storage") and value.dim() > 0:
-                        add(value, owner.get(id(p), "(optimizer)"), "optimizer state")
-        return found
 
 
 class _DispatchTracker:

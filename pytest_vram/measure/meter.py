@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 from pytest_vram.backends.base import Backend
 from pytest_vram.core.figures import CarriesFigures
+from pytest_vram.core.verdicts import OffDevice
+from pytest_vram.measure import placement
 from pytest_vram.measure.attribution import Attribution
 
 T = TypeVar("T")
@@ -45,6 +47,9 @@ class Measurement(CarriesFigures):
     #: what was live at the peak by module and category (``pytest_vram.core.breakdown``),
     #: when attribution is on
     breakdown: dict[str, Any] | None = None
+    #: set when the figures counted none of the test's device memory (a model built on the
+    #: CPU, a workload that used no device memory): they must not pass or be recorded
+    off_device: OffDevice | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +115,9 @@ class Meter:
 
     def __init__(self, backend: Backend, attribution: bool = False) -> None:
         self.backend = backend
-        #: collects what is live by module when ``attribution`` is on (made at ``start``)
-        self.attribution: Attribution | None = None
-        self._attribute = attribution
+        #: collects what is live by module when ``attribution`` is on; attached now, so that
+        #: a backend whose test state is made before ``start`` (``test_scope``) reports to it
+        self.attribution = Attribution(backend) if attribution else None
         self.params: int | None = None
         self.measurements: list[Measurement] = []
         #: set when a build step or workload ran out of memory
@@ -122,11 +127,20 @@ class Meter:
         # One slot per workload running now (nested vram.run): the highest peak it saw before
         # an inner step reset the backend's peak counter, which would otherwise lose it.
         self._carried: list[int] = []
+        #: the first build step that counted nothing while its result is elsewhere (the CPU):
+        #: every later measurement is wrong, and an error the test then hits likely follows
+        self.off_device_build: OffDevice | None = None
+        #: a build step that counted nothing returned tensors on the device (made earlier)
+        self._built_on_device = False
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` took the zero point."""
+        return self._start is not None
 
     def start(self) -> None:
+        """The zero point: what is allocated now is in no figure of this test."""
         self.backend.collect_garbage()
-        if self._attribute:
-            self.attribution = Attribution(self.backend)
         self.backend.begin_test()
         self.backend.synchronize()
         self._start = self.backend.allocated()
@@ -142,7 +156,10 @@ class Meter:
         """Run a setup step (a model build) in the backend's scope; count its parameters."""
         held = self._held()
         self._reset_peak()  # so that running out of memory reports this step's peak
-        result = self._call(f"vram.build({_name(fn)})", held, fn, args, kwargs)
+        step = f"vram.build({_name(fn)})"
+        result = self._call(step, held, fn, args, kwargs)
+        if self._held() <= held:  # counted nothing: is the result on the device at all?
+            self._check_build(step, result, fn, args, kwargs)
         if self.attribution is not None:
             self.attribution.collector.add_model(result)
         params = count_params(result)
@@ -165,17 +182,61 @@ class Meter:
                 self._carried[-1] = max(self._carried[-1], carried)
         self.backend.synchronize()
         peak = max(self.backend.peak(), carried) - self._start  # type: ignore[operator]
+        off_device = self.off_device_build
+        if off_device is None and max(peak, model_bytes) <= 0:
+            off_device = self._check_run(step, result, fn, args, kwargs)
         record = Measurement(
             name=name,
             params=self.params,
             model_bytes=model_bytes,
             peak_bytes=max(peak, model_bytes),
+            off_device=off_device,
             setup=self.backend.context(),  # Backend.context(): the backends' public name
             reserved_bytes=self._reserved_peak(),
             breakdown=self.attribution.collector.breakdown(mark) if self.attribution else None,
         )
         self.measurements.append(record)
         return result
+
+    def _check_build(
+        self, step: str, result: Any, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> None:
+        """A build step that counted no device bytes: if its result holds parameters or
+        tensors elsewhere (the CPU), every later measurement of the test is wrong."""
+        device = self.backend.device
+        held = placement.survey([result], device)
+        if held.on_device:
+            self._built_on_device = True
+        elif held.off_device and self.off_device_build is None:
+            self.off_device_build = self._off_device(step, held, fn, [*args, *kwargs.values()])
+
+    def _check_run(
+        self, step: str, result: Any, fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> OffDevice | None:
+        """A workload that counted nothing on the device, with a model that holds nothing
+        there: unless what it used lives on the device (in-place work on a model made
+        before counting started), the figure is not the test's device memory."""
+        if self._built_on_device:
+            return None
+        values = [*args, *kwargs.values()]
+        held = placement.survey([*values, *placement.reachable(fn), result], self.backend.device)
+        if held.on_device:
+            return None
+        return self._off_device(step, held, fn, values)
+
+    def _off_device(
+        self, step: str, held: placement.Held, fn: Callable[..., Any], values: list[Any]
+    ) -> OffDevice:
+        device = self.backend.device
+        return OffDevice(
+            step=step,
+            device=device,
+            backend=self.backend.name,
+            params=held.params,
+            tensors=held.tensors,
+            elsewhere=tuple(sorted(held.elsewhere)),
+            causes=placement.causes([fn], device, step, values),
+        )
 
     def _reserved_peak(self) -> int | None:
         # Nothing is unmapped within a test (only empty_cache does that), so reserved memory
@@ -223,6 +284,11 @@ class Meter:
                 # lives, and pytest keeps it (sys.last_traceback): free them now.
                 release_frames(exc.__traceback__)
             raise
+
+    def close(self) -> None:
+        """Detach attribution from the backend (:meth:`finish` does it for a started test)."""
+        if self.attribution is not None:
+            self.attribution.close()
 
     def finish(self) -> int:
         """Release what the test left, report what is still held, and end the test."""

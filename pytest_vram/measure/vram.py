@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from pytest_vram.backends.base import Backend
 from pytest_vram.core.names import unstorable
+from pytest_vram.core.verdicts import OffDevice
 from pytest_vram.measure.meter import Measurement, Meter, OutOfMemory, release_frames
 
 T = TypeVar("T")
@@ -67,6 +68,12 @@ class Vram:
             return self._meter.repeat(fn, *args, **kwargs)
         self._check_name(name)
         return self._meter.run(fn, *args, name=name, **kwargs)
+
+    @property
+    def off_device_build(self) -> OffDevice | None:
+        """Set when a build step counted nothing on the device while its result holds
+        parameters or tensors elsewhere (a model left on the CPU)."""
+        return self._meter.off_device_build
 
     @property
     def out_of_memory(self) -> OutOfMemory | None:

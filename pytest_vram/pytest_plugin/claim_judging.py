@@ -31,7 +31,9 @@ class ClaimHooks:
     """Collects declarations and figures; on the controller, judges and reports the claims.
 
     ``owner`` maps a baseline key to the collected test that produces it (None: no
-    collected test does); ``strict`` makes a claim with missing figures fail, not skip.
+    collected test does); ``produced_nowhere`` says of a key that no test of the run's tree
+    can produce it (a typo, a renamed test); ``strict`` makes a claim with missing figures
+    fail, not skip, and also one that reads a key produced nowhere.
     """
 
     def __init__(
@@ -42,11 +44,13 @@ class ClaimHooks:
         strict: bool,
         owner: Callable[[str], str | None],
         results: list[tuple[str, ClaimVerdict]],
+        produced_nowhere: Callable[[str], bool] = lambda key: False,
     ) -> None:
         self.config = config
         self.worker = worker
         self.strict = strict
         self.owner = owner
+        self.produced_nowhere = produced_nowhere
         #: (node id, verdict) of the claims judged in this session (the session's outcome
         #: holds the same list, for ``--vram-json`` and ``--vram-markdown``)
         self.results = results
@@ -69,6 +73,18 @@ class ClaimHooks:
         except ClaimError as exc:
             rep.outcome = "failed"
             rep.longrepr = f"{collector.nodeid}: {ATTRIBUTE}: {exc}"
+
+    def module_failed(self, collector: pytest.Module, rep: pytest.CollectReport) -> None:
+        """A module whose import failed: where a claim declared in it was refused
+        (:class:`ClaimError`), its collection error is that one line, at the declaration,
+        instead of a traceback through the dataclass that refused it."""
+        call = getattr(rep, "call", None)  # pytest's CallInfo, kept for collect_one_node
+        excinfo = getattr(call, "excinfo", None)
+        if excinfo is None or not isinstance(excinfo.value, ClaimError):
+            return
+        lines = [entry.lineno + 1 for entry in excinfo.traceback if entry.path == collector.path]
+        where = f"{collector.nodeid}:{lines[-1]}" if lines else collector.nodeid
+        rep.longrepr = f"{where}: {ATTRIBUTE}: {excinfo.value}"
 
     def _declare(self, module: str, declared: Any) -> None:
         if not isinstance(declared, (list, tuple)):
@@ -124,8 +140,17 @@ class ClaimHooks:
             # A claim is in play when one of its tests ran: `pytest -m "not vram"` or one
             # unrelated file leaves it out, a partial selection (`-k phase7`) reports it.
             # A test that skipped itself (a GPU-only or multi-GPU test elsewhere) did not
-            # run: a claim over skipped tests alone is not in play either.
-            if any(self.ran.get(owner, "skipped") != "skipped" for owner in owners.values()):
+            # run: a claim over skipped tests alone is not in play either. Figures of a
+            # test that asked for `vram` at run time count although it owns no key.
+            ran = any(self.ran.get(owner, "skipped") != "skipped" for owner in owners.values())
+            measured = any(key in self.figures for key in claim.keys)
+            # A key no test can produce is a mistake in the declaration: strict mode,
+            # which must decide every claim, fails it even when nothing else ran.
+            nowhere = self.strict and any(
+                owner is None and key not in self.figures and self.produced_nowhere(key)
+                for key, owner in owners.items()
+            )
+            if ran or measured or nowhere:
                 judged.append((nodeid, evaluate(claim, self.figures, missing)))
             else:
                 reasons = "; ".join(f"{key}: {why}" for key, why in missing.items())
@@ -139,7 +164,10 @@ class ClaimHooks:
 
     def _why_missing(self, owner: str | None) -> str:
         if owner is None:
-            return "no collected test produces it"
+            return (
+                "no collected test produces it: check the key, the test's node id or "
+                "nodeid::name as the VRAM table shows it"
+            )
         outcome = self.ran.get(owner)
         if outcome is None:
             return f"{owner} was deselected or did not run"

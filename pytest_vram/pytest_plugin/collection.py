@@ -7,6 +7,7 @@ from collections.abc import Generator
 
 import pytest
 
+from pytest_vram.backends import cards
 from pytest_vram.core import marks
 from pytest_vram.pytest_plugin.claim_judging import ClaimHooks
 from pytest_vram.pytest_plugin.keys import MARK
@@ -42,6 +43,8 @@ class CollectionHooks:
             strict=settings.strict,
             attribution=settings.attribution,
             allocator=settings.allocator,
+            card=estimator_card(settings.backend),
+            emulate=settings.emulate,
         )
 
     @pytest.hookimpl(wrapper=True)
@@ -49,11 +52,11 @@ class CollectionHooks:
         self, collector: pytest.Collector
     ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
         rep = yield
-        if (
-            isinstance(collector, pytest.Module)
-            and rep.passed
-            and getattr(collector.obj, marks.CLAIMS_ATTRIBUTE, None) is not None
-        ):
+        if not isinstance(collector, pytest.Module):
+            return rep
+        if rep.failed:
+            self.claim_hooks.module_failed(collector, rep)
+        elif rep.passed and getattr(collector.obj, marks.CLAIMS_ATTRIBUTE, None) is not None:
             self.claim_hooks.module_collected(collector, rep)
         return rep
 
@@ -108,6 +111,15 @@ class CollectionHooks:
                 f"add a `vram` argument and measure with vram.run(workload, ...)",
                 pytrace=False,
             )
+
+
+def estimator_card(backend: str) -> str | None:
+    """The card the estimator follows where ``--vram-backend`` may choose it (``estimate``;
+    ``auto`` where no GPU is visible), as its context names it; None for any other."""
+    if backend not in ("auto", "estimate"):
+        return None
+    text = cards.DEFAULT.describe()
+    return text if backend == "estimate" else f"{text} (where no GPU is visible)"
 
 
 def evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:

@@ -5,8 +5,8 @@ The options (:mod:`~pytest_vram.pytest_plugin.options`), the ``vram``, ``vram_ba
 :class:`~pytest_vram.pytest_plugin.session.VramSession` and registers every hook class
 once, as pytest's cacheprovider registers its plugins: each class acts on what the run
 holds (a measured test, a declared claim, a report file) and does nothing where there is
-none. Importing this module does not import torch: the backend is created at the first
-measurement.
+none. Importing this module does not import torch: the backend is created before the
+first test of a run that holds vram tests.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pytest_vram.pytest_plugin.claim_judging import ClaimHooks
 from pytest_vram.pytest_plugin.collection import CollectionHooks, valid_mark
 from pytest_vram.pytest_plugin.measurement import GarbageHooks, MeasureHooks
 from pytest_vram.pytest_plugin.options import Settings
+from pytest_vram.pytest_plugin.scoping import ScopeHooks
 from pytest_vram.pytest_plugin.session import VramSession
 
 __all__ = ["vram", "vram_backend", "vram_figures"]
@@ -56,17 +57,22 @@ def pytest_configure(config: pytest.Config) -> None:
         profile_source=options.source(config, "vram_profile"),
     )
     config.stash[keys.SESSION] = session
+    if settings.emulate == "session" and not xdist.is_controller(config):
+        # Test modules are imported during collection: the card must answer before it.
+        session.prepare_backend()
     claim_hooks = ClaimHooks(
         config,
         worker=worker,
         strict=settings.strict,
         owner=session.owner,
+        produced_nowhere=session.produced_nowhere,
         results=session.outcome.claims,
     )
     config.stash[keys.CLAIMS] = claim_hooks
     register = config.pluginmanager.register
     register(CollectionHooks(config, session, claim_hooks), "vram-collection")
     register(session, "vram-session")  # no hooks of its own: found by name
+    register(ScopeHooks(session), "vram-scope")
     register(MeasureHooks(session), "vram-measure")
     register(GarbageHooks(), "vram-garbage")
     if config.pluginmanager.hasplugin("benchmark"):  # pytest-benchmark is active
@@ -91,11 +97,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     """Measure the GPU memory of a model build and of workloads in this test.
 
-    ``vram.build(fn, *args, **kw)`` runs a setup step (e.g. building the model on
-    ``vram.device``); what it leaves allocated is the model's memory. ``vram.run(fn, *args,
-    name=None, **kw)`` runs a workload and records its peak: one ``run`` per test is keyed
-    by the test's node id, several by ``f"{nodeid}::{name}"``. Counting starts at fixture
-    setup; at teardown what is still allocated is reported as leaked. After the test the
+    The whole test, its function-scoped fixtures included, runs on the measuring device
+    (on the estimator: one emulated GPU). Counting starts when the test's first
+    function-scoped fixture is set up. ``vram.build(fn, *args, **kw)`` runs a setup step
+    (e.g. building the model on ``vram.device``); ``vram.run(fn, *args, name=None, **kw)``
+    runs a workload and records its peak: what is allocated when it starts (made by
+    fixtures, ``vram.build`` or the body) is the model's memory. One ``run`` per test is
+    keyed by the test's node id, several by ``f"{nodeid}::{name}"``. What is still
+    allocated after the fixtures are torn down is reported as leaked. After the test the
     measurements are compared with ``baselines/<profile>.yaml``; a regression or a budget
     overrun fails the test. A test that uses this fixture is treated as marked
     ``@pytest.mark.vram`` (options on the marker: tolerance=, budget=, key=).
@@ -103,6 +112,13 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     """
     session = request.config.stash[keys.SESSION]
     item = request.node
+    test = session.open_test(item.nodeid)
+    if test is not None:  # the whole test runs in the backend's scope (pytest_plugin.scoping)
+        probe = test.open()
+        item.stash[keys.VRAM] = probe
+        yield probe
+        return  # the leak is measured once every fixture of the test is torn down
+    # Requested at run time (request.getfixturevalue): counting starts now.
     mark = valid_mark(item)
     with session.world(mark, item.nodeid):
         probe = session.open(mark or VramMark(), item.nodeid)

@@ -12,18 +12,19 @@ from typing import Any
 import pytest
 
 from pytest_vram.backends.base import thaw_at_next_collection
+from pytest_vram.measure import placement
 from pytest_vram.measure.meter import is_out_of_memory
 from pytest_vram.measure.vram import Vram, VramUsageError
 from pytest_vram.pytest_plugin import world
 from pytest_vram.pytest_plugin.collection import valid_mark
 from pytest_vram.pytest_plugin.keys import RANKS, RECORDS, VRAM
-from pytest_vram.pytest_plugin.session import ERROR_PROPERTY, VramSession
+from pytest_vram.pytest_plugin.session import ERROR_PROPERTY, VramSession, with_test_causes
 from pytest_vram.render import artifacts
 from pytest_vram.render.breakdowns import top_lines
 from pytest_vram.render.json_report import record_property
 from pytest_vram.render.longrepr import Failure, failure, text_of
 from pytest_vram.render.terminal import peaks
-from pytest_vram.render.verdicts import out_of_memory
+from pytest_vram.render.verdicts import off_device_failure, out_of_memory
 from pytest_vram.store.artifacts import ArtifactError
 
 
@@ -77,7 +78,10 @@ class MeasureHooks:
         if rep.passed:
             # Only a workload that ran to completion is judged (and may become a baseline).
             gathered = item.stash.get(RANKS, None)
-            records = self.session.judge(item.nodeid, probe, valid_mark(item), gathered)
+            function = getattr(item, "function", None)
+            records = self.session.judge(
+                item.nodeid, probe, valid_mark(item), gathered, function=function
+            )
             item.stash[RECORDS] = records
             failing = self.session.failures(item.nodeid, records)
             if failing:
@@ -90,6 +94,12 @@ class MeasureHooks:
                     del rep.wasxfail
         elif call.excinfo and call.excinfo.errisinstance(VramUsageError):
             rep.longrepr = failure(item, f"{item.nodeid}: {call.excinfo.value}")
+        elif call.excinfo and _device_error(call.excinfo) and probe.off_device_build:
+            # torch's device mismatch deep in its internals, caused by a model left on the CPU
+            off = with_test_causes(probe.off_device_build, getattr(item, "function", None))
+            where = placement.user_line(call.excinfo.tb)
+            error = call.excinfo.exconly().splitlines()[0]
+            rep.longrepr = failure(item, off_device_failure(off, error, where))
         elif (
             call.excinfo
             and probe.out_of_memory is not None
@@ -170,6 +180,13 @@ class GarbageHooks:
         module = getattr(item, "module", None)
         if nextitem is not None and getattr(nextitem, "module", None) is not module:
             thaw_at_next_collection()
+
+
+def _device_error(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
+    """An error about devices (tensors on two devices, CUDA not compiled in): after a
+    build step left its model elsewhere, that is the likely reason."""
+    exc = excinfo.value
+    return "device" in type(exc).__name__.lower() or "device" in str(exc).lower()
 
 
 def _gather_ranks(item: pytest.Item, probe: Vram, rep: pytest.TestReport) -> None:

@@ -26,6 +26,9 @@ from pytest_vram.store.baselines import BaselineError
 #: ``vram_tolerance``'s default: no deviation allowed
 TOLERANCE_DEFAULT = "0"
 
+#: ``--vram-emulate``: the emulated card answers inside vram tests, or for the whole session
+EMULATE_CHOICES = ("test", "session")
+
 #: the ini keys of type bool (their errors say "write true or false")
 _BOOL_KEYS: set[str] = set()
 
@@ -165,6 +168,18 @@ def add_options(parser: pytest.Parser) -> None:
         "(on for the estimate backend, off for cuda, where it costs time; see docs/attribution.md)",
     )
     option(
+        "--vram-emulate",
+        ini="vram_emulate",
+        ini_type="string",
+        default="test",
+        metavar="WHEN",
+        help="where no GPU is usable, when the estimator's emulated card answers torch.cuda's "
+        "queries (is_available() and the device properties): 'test', inside each vram test "
+        "(from its fixtures' setup to their teardown), or 'session', also from pytest's "
+        "configuration on, so that code run when test modules are imported (DEVICE = "
+        "'cuda' if torch.cuda.is_available() else 'cpu') sees the card (default: test)",
+    )
+    option(
         "--vram-artifacts",
         ini="vram_artifacts",
         ini_type="string",
@@ -277,6 +292,8 @@ class Settings(NamedTuple):
     attribution: str = "auto"
     artifacts: Path | None = None
     artifacts_all: bool = False
+    #: when the emulated card answers: "test" (inside vram tests) or "session"
+    emulate: str = "test"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -329,6 +346,12 @@ class Settings(NamedTuple):
                 f"{source(config, 'vram_attribution')}: expected on, off or auto, "
                 f"got {attribution!r}"
             )
+        emulate = str(_value(config, "vram_emulate")).strip().lower()
+        if emulate not in EMULATE_CHOICES:
+            raise pytest.UsageError(
+                f"{source(config, 'vram_emulate')}: expected {' or '.join(EMULATE_CHOICES)}, "
+                f"got {emulate!r}"
+            )
         artifacts_all = bool(_value(config, "vram_artifacts_all"))
         artifacts = _output_path(config, "vram_artifacts", "DIR", "vram-artifacts")
         if artifacts is None and config.getoption("vram_artifacts_all"):
@@ -339,6 +362,7 @@ class Settings(NamedTuple):
             )
         settings = cls(
             attribution=attribution,
+            emulate=emulate,
             artifacts=artifacts,
             artifacts_all=artifacts_all,
             backend=backend,

@@ -1,16 +1,17 @@
 """The per-run state of pytest-vram, without pytest hooks: :class:`VramSession`.
 
-One backend (created at the first measurement), the baseline files (each read once per
-process), the collection bookkeeping, the records, judging, and the session-end work
-(stale entries, setup notes, ``--vram-update``, the stored breakdowns, the report files) as
-plain methods. The hook classes of :mod:`pytest_vram.pytest_plugin` call it; a unit test
-builds one from a :class:`~pytest_vram.pytest_plugin.options.Settings` and a rootdir,
-without pytester. Importing this module does not import torch.
+One backend (created before the first test of a run with vram tests), the baseline files
+(each read once per process), the collection bookkeeping, the records, judging, and the
+session-end work (stale entries, setup notes, ``--vram-update``, the stored breakdowns, the
+report files) as plain methods. The hook classes of :mod:`pytest_vram.pytest_plugin` call
+it; a unit test builds one from a :class:`~pytest_vram.pytest_plugin.options.Settings` and
+a rootdir, without pytester. Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from pytest_vram.core.figures import MemoryFigures
 from pytest_vram.core.marks import VramMark, effective_tolerance
 from pytest_vram.core.names import unstorable
 from pytest_vram.core.records import Outcome, Record, records_from
-from pytest_vram.core.verdicts import judge, worst
+from pytest_vram.core.verdicts import OffDevice, judge, worst
+from pytest_vram.measure import placement
 from pytest_vram.measure.meter import Meter
 from pytest_vram.measure.vram import Vram
 from pytest_vram.pytest_plugin import world
@@ -33,9 +35,10 @@ from pytest_vram.render import artifacts, json_report, markdown
 from pytest_vram.render.breakdowns import explain
 from pytest_vram.render.verdicts import failure_text, nothing_measured
 from pytest_vram.store import artifacts as artifact_files
-from pytest_vram.store import baselines, breakdowns, files
+from pytest_vram.store import baselines, breakdowns, files, workspaces
 from pytest_vram.store.baselines import BaselineError, BaselineFile, Entry
 from pytest_vram.store.breakdowns import BreakdownError
+from pytest_vram.store.workspaces import WorkspaceError
 
 #: Context fields that change figures when they change (the plugin's version does not).
 SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
@@ -70,6 +73,11 @@ class VramSession:
         self.profile_source = profile_source
         self._backend: Backend | None = None
         self._backend_error: str | None = None
+        #: the backend's session scope (and, with --vram-emulate=session, its visible
+        #: device), from its creation to :meth:`close`
+        self._session_scope = contextlib.ExitStack()
+        #: the whole tests entered and not yet left (a KeyboardInterrupt skips teardown)
+        self._open_tests: dict[str, WholeTest] = {}
         self._baselines: dict[Path, BaselineFile | None | BaselineError] = {}
         update = settings.update or settings.update_new_only
         #: everything this run learned (``ClaimHooks`` appends the judged claims)
@@ -91,6 +99,13 @@ class VramSession:
         self.completed: set[str] = set()
         #: profile -> baseline path shown, of every profile a vram test used
         self.used_profiles: dict[str, str] = {}
+        #: cuDNN convolution workspaces: whether the backend was told of the project's file
+        #: (or asked to record), the error its file gave, the setup it records for, and
+        #: what xdist workers recorded ([setup, entries] pairs)
+        self._workspaces_attached = False
+        self._workspace_error: str | None = None
+        self._recording: dict[str, str] | None = None
+        self._received_workspaces: list[list[dict[str, Any]]] = []
 
     # -- backend and baselines, created on first use --------------------------------
 
@@ -100,22 +115,43 @@ class VramSession:
         return self._backend
 
     def backend(self) -> Backend:
-        """The measuring backend, created and warmed up at the first measurement."""
-        if self._backend is None and self._backend_error is None:
-            try:
-                world.select_local_device()
-                backend = create(self.settings.backend, allocator=self.settings.allocator)
-                backend.warmup()
-            except (BackendUnavailable, ValueError, ImportError) as exc:
-                self._backend_error = str(exc)
-            except Exception as exc:  # a broken driver, a SyntaxError in a custom backend
-                self._backend_error = backend_failure(exc)
-            else:
-                self._backend = backend
+        """The measuring backend, created and warmed up where :meth:`prepare_backend` was not
+        called (a ``vram`` fixture requested at run time, the ``vram_backend`` fixture);
+        one that cannot run fails the caller with the reason."""
+        self.prepare_backend()
         if self._backend is None:
             message = f"--vram-backend={self.settings.backend}: {self._backend_error}"
             pytest.fail(message, pytrace=False)
         return self._backend
+
+    def prepare_backend(self) -> None:
+        """Create and warm up the backend, and enter its session scope, once; a backend that
+        cannot run is remembered, for every vram test to fail with (:meth:`backend`)."""
+        if self._backend is not None or self._backend_error is not None:
+            return
+        try:
+            world.select_local_device()
+            backend = create(self.settings.backend, allocator=self.settings.allocator)
+            backend.warmup()
+            self._session_scope.enter_context(backend.session_scope())
+            if self.settings.emulate == "session":
+                self._session_scope.enter_context(backend.visible_device_scope())
+        except (BackendUnavailable, ValueError, ImportError) as exc:
+            self._backend_error = str(exc)
+        except Exception as exc:  # a broken driver, a SyntaxError in a custom backend
+            self._backend_error = backend_failure(exc)
+        else:
+            self._backend = backend
+
+    def close(self) -> None:
+        """The session's end: leave the whole tests still open (a KeyboardInterrupt skipped
+        their teardown), then the backend's session scope. Safe to call twice."""
+        try:
+            while self._open_tests:
+                _, test = self._open_tests.popitem()
+                test.close()
+        finally:
+            self._session_scope.close()
 
     def profile(self) -> str:
         if self.settings.profile:
@@ -164,6 +200,75 @@ class VramSession:
                 pass
         return str(path)
 
+    # -- cuDNN convolution workspaces (store.workspaces) --------------------------------
+
+    def attach_workspaces(self, backend: Backend) -> None:
+        """Once per process (``Backend.workspace_setup``): a run that updates baselines
+        asks the backend to record the workspaces of its convolutions; a backend that reads
+        them (``reads_workspaces``: the estimator) gets the project's file of its setup. A
+        malformed file it would read fails every vram test, as a malformed baseline does."""
+        if not self._workspaces_attached:
+            self._workspaces_attached = True
+            try:
+                self._attach_workspaces(backend)
+            except WorkspaceError as exc:
+                self._workspace_error = f"{exc}\n(the file is left untouched; fix it and rerun)"
+        if self._workspace_error is not None:
+            pytest.fail(self._workspace_error, pytrace=False)
+
+    def _attach_workspaces(self, backend: Backend) -> None:
+        updating = self.settings.update or self.settings.update_new_only
+        if updating and backend.record_workspaces():
+            self._recording = backend.workspace_setup()
+            return
+        setup = backend.workspace_setup() if getattr(backend, "reads_workspaces", False) else None
+        if setup is None:
+            return
+        path = workspaces.path_for(self.settings.baselines, setup)
+        loaded = workspaces.load(path)
+        backend.use_workspaces(loaded.entries if loaded else {}, self.display(path))
+
+    def recorded_workspaces(self) -> list[list[dict[str, Any]]]:
+        """[setup, entries] of what this process's backend recorded, and what workers sent."""
+        recorded = list(self._received_workspaces)
+        if self._backend is not None and self._recording is not None:
+            entries = self._backend.recorded_workspaces()
+            if entries:
+                recorded.append([self._recording, entries])
+        return recorded
+
+    def store_workspaces(self) -> bool:
+        """``--vram-update``: merge the recorded workspaces into the project's files (one
+        per setup; entries are never dropped). True if a file could not be written."""
+        failed = False
+        merged: dict[Path, tuple[dict[str, Any], dict[str, int]]] = {}
+        for setup, entries in self.recorded_workspaces():
+            try:
+                path = workspaces.path_for(self.settings.baselines, setup)
+            except WorkspaceError as exc:  # a custom backend's setup
+                self.outcome.errors.append(str(exc))
+                failed = True
+                continue
+            into = merged.setdefault(path, (setup, {}))[1]
+            for key, size in entries.items():
+                into[key] = max(size, into.get(key, 0))
+        for path, (setup, entries) in sorted(merged.items()):
+            try:
+                result = workspaces.update(path, setup, entries)
+            except WorkspaceError as exc:
+                self.outcome.errors.append(
+                    f"{exc} (this run's convolution workspaces were not recorded; the file "
+                    f"was left untouched)"
+                )
+                failed = True
+                continue
+            if result.written:
+                self.outcome.written.append(
+                    f"{self.display(path)} ({len(result.added)} convolution workspaces "
+                    f"added, {len(result.changed)} changed)"
+                )
+        return failed
+
     # -- collection ------------------------------------------------------------------
 
     def collect(self, nodeid: str, mark: VramMark | None, *, vram: bool) -> None:
@@ -193,38 +298,94 @@ class VramSession:
     def collection(self) -> dict[str, Any]:
         """What a worker sends to the controller (see :meth:`receive`)."""
         data = {"files": sorted(self.collected_files), "owners": self.owners}
-        return {**data, "profiles": self.used_profiles}
+        return {**data, "profiles": self.used_profiles, "workspaces": self.recorded_workspaces()}
 
     def receive(self, data: dict[str, Any]) -> None:
         """Merge a worker's collection into the controller's."""
         self.collected_files.update(data["files"])
         self.owners.update(data["owners"])
         self.used_profiles.update(data.get("profiles", {}))
+        self._received_workspaces.extend(data.get("workspaces", []))
 
     def owner(self, key: str) -> str | None:
         """The collected test that produces baseline ``key``."""
         return owner(key, self.owners)
 
+    def produced_nowhere(self, key: str) -> bool:
+        """Whether no test of this run's tree produces baseline ``key``: no collected test
+        owns it, and its test file was collected (so every test of it was seen) or does not
+        exist. A file that was not collected (``pytest other.py``) says nothing."""
+        if self.owner(key) is not None:
+            return False
+        file = key.split("::", 1)[0]
+        if file in self.collected_files:
+            return True
+        try:
+            return not (self.rootpath / file).exists()
+        except (OSError, ValueError):  # a name no file can have
+            return True
+
     # -- one test ---------------------------------------------------------------------
 
     def open(self, mark: VramMark, nodeid: str) -> Vram:
-        """Fixture setup: start counting for the test ``nodeid``."""
+        """Fixture setup of a test that runs outside a whole-test scope (it requested
+        ``vram`` at run time): start counting now."""
+        self._check_key(mark, nodeid)
+        backend = self._measuring_backend(mark)
+        meter = Meter(backend, attribution=self.attribution_on(backend))
+        meter.start()
+        return Vram(meter, mark.base_key(nodeid))
+
+    def enter_test(self, mark: VramMark, nodeid: str) -> WholeTest:
+        """Before the fixtures of the vram test ``nodeid`` are set up: the test's world
+        (``world_size=``), then the backend's ``test_scope()``; counting starts at its
+        first function-scoped fixture (:meth:`WholeTest.start`). Left by
+        :meth:`WholeTest.close` after the fixtures are torn down (or by :meth:`close`)."""
+        self._check_key(mark, nodeid)
+        backend = self._measuring_backend(mark)
+        test = WholeTest(Meter(backend, attribution=self.attribution_on(backend)), mark, nodeid)
+        self._open_tests[nodeid] = test
+        test.stack.callback(self._open_tests.pop, nodeid, None)
+        # Left in reverse: the test scope, the world (whose process group keeps the tensors
+        # of its last collectives until it ends), then the leak is measured.
+        test.stack.callback(test.finish)
+        test.stack.enter_context(self.world(mark, nodeid))
+        test.stack.enter_context(backend.test_scope())
+        return test
+
+    def open_test(self, nodeid: str) -> WholeTest | None:
+        """The whole test ``nodeid`` if it was entered and not left yet."""
+        return self._open_tests.get(nodeid)
+
+    def leave_test(self, nodeid: str) -> None:
+        """After the test's fixtures are torn down: :meth:`WholeTest.close`."""
+        test = self._open_tests.pop(nodeid, None)
+        if test is not None:
+            test.close()
+
+    @staticmethod
+    def _check_key(mark: VramMark, nodeid: str) -> None:
+        """Fail a test whose id is its baseline key but no baseline file could hold it (a
+        ``key=`` was checked with the marker)."""
         why = unstorable(mark.base_key(nodeid)) if mark.key is None else None
-        if why is not None:  # a key= was checked with the marker
+        if why is not None:
             pytest.fail(
                 f"{nodeid!r}: the test id is its baseline key, but {why}; give the test a key "
                 f"of printable text with @pytest.mark.vram(key='...') or rename it",
                 pytrace=False,
             )
+
+    def _measuring_backend(self, mark: VramMark) -> Backend:
+        """The backend a vram test measures on, its profile's baseline file read (a malformed
+        one fails the test before its fixtures or workload run)."""
         backend = self.backend()
         if mark.skip_estimate is not None and backend.name == "estimate":
             pytest.skip(f"not measurable on the estimate backend: {mark.skip_estimate}")
         profile = self.profile()
         self.baseline(profile)  # a malformed file fails before the workload runs
+        self.attach_workspaces(backend)
         self.used_profiles[profile] = self.display(self.baseline_path(profile))
-        meter = Meter(backend, attribution=self.attribution_on(backend))
-        meter.start()
-        return Vram(meter, mark.base_key(nodeid))
+        return backend
 
     def world(self, mark: VramMark | None, nodeid: str) -> Any:
         """The process group of a test marked ``world_size=N`` (see :mod:`.world`)."""
@@ -239,9 +400,12 @@ class VramSession:
         probe: Vram,
         mark: VramMark | None = None,
         gathered: list[tuple[bool, list[tuple[int, int]]]] | None = None,
+        function: Any = None,
     ) -> list[Record]:
         """Verdicts of every measurement of the test ``nodeid`` against its baseline;
-        ``gathered``: every launched rank's figures (the worst rank is judged)."""
+        ``gathered``: every launched rank's figures (the worst rank is judged);
+        ``function``: the test function, whose code may say why a figure counted nothing
+        on the device."""
         profile = self.profile()
         baseline = self.baseline(profile)
         path = self.display(self.baseline_path(profile))
@@ -263,6 +427,7 @@ class VramSession:
             )
             budget = mark.budget if mark else None
             reserved_budget = mark.reserved_budget if mark else None
+            off_device = with_test_causes(m.off_device, function)
             verdicts = judge(
                 measured,
                 entry,
@@ -273,6 +438,7 @@ class VramSession:
                 strict=self.settings.strict,
                 update=self.settings.update or (self.settings.update_new_only and entry is None),
                 fail_improvements=self.settings.fail_improvements,
+                off_device=off_device,
             )
             first = worst(verdicts)
             ordered = (first, *(v for v in verdicts if v is not first))
@@ -295,6 +461,7 @@ class VramSession:
                     verdicts=ordered,
                     breakdown=m.breakdown,
                     reserved_budget=reserved_budget,
+                    off_device=off_device,
                 )
             )
         return records
@@ -319,8 +486,8 @@ class VramSession:
         breakdown; the growth travels with the record (the PR comment shows it too)."""
         parts = []
         for record in records:
-            if not record.fails or not record.breakdown:
-                continue
+            if not record.fails or not record.breakdown or not record.recordable:
+                continue  # a figure off the device has no growth worth explaining
             path = breakdowns.path_for(self.baseline_path(record.profile))
             if path not in self._stored_breakdowns:
                 try:
@@ -394,6 +561,7 @@ class VramSession:
         failed = False
         if self.settings.update or self.settings.update_new_only:
             failed |= self.update()
+            failed |= self.store_workspaces()
         failed |= self.fail_on_stale()
         if self.settings.update and not self.outcome.errors:
             failed |= self.store_breakdowns()
@@ -409,7 +577,7 @@ class VramSession:
         it was, with every other test's entries."""
         by_store: dict[Path, dict[str, dict[str, Any]]] = {}
         for r in self.outcome.records:
-            if r.breakdown:
+            if r.breakdown and r.recordable:
                 path = breakdowns.path_for(self.baseline_path(r.profile))
                 by_store.setdefault(path, {})[r.key] = r.breakdown
         pruned: dict[Path, list[str]] = {}
@@ -546,6 +714,8 @@ class VramSession:
         for record in self.outcome.records:
             if self.settings.update_new_only and record.baseline_peak_bytes is not None:
                 continue  # judged against its entry, which stays as it is
+            if not record.recordable:
+                continue  # counted none of the device's memory: failed, never recorded
             by_profile.setdefault(record.profile, []).append(record)
         for profile, shown in self._profiles().items():
             records = by_profile.get(profile, [])
@@ -590,6 +760,57 @@ class VramSession:
                 if c.old is not None and c.new is not None
             )
         return failed
+
+
+def with_test_causes(off_device: OffDevice | None, function: Any) -> OffDevice | None:
+    """``off_device`` with the likely causes the test function's module and closure show
+    (a device variable chosen at import), after those the step itself showed."""
+    if off_device is None or function is None:
+        return off_device
+    found = placement.causes([function], off_device.device)
+    merged = tuple(dict.fromkeys((*off_device.causes, *found)))
+    return dataclasses.replace(off_device, causes=merged)
+
+
+class WholeTest:
+    """One vram test from before its function-scoped fixtures are set up to after they are
+    torn down: the test's world, the backend's ``test_scope()``, and its :class:`Meter`,
+    whose zero point :meth:`start` takes when the first function-scoped fixture is set up.
+    """
+
+    def __init__(self, meter: Meter, mark: VramMark, nodeid: str) -> None:
+        self.meter = meter
+        self.mark = mark
+        self.nodeid = nodeid
+        #: what :meth:`close` leaves, newest first: the test scope, the world, the meter
+        self.stack = contextlib.ExitStack()
+        self.vram: Vram | None = None
+
+    def start(self) -> None:
+        """The zero point, once: the first function-scoped fixture is about to be set up."""
+        if not self.meter.started:
+            self.meter.start()
+
+    def open(self) -> Vram:
+        """The ``vram`` fixture's object (counting started at the first function-scoped
+        fixture; the ``vram`` fixture is one)."""
+        self.start()
+        self.vram = Vram(self.meter, self.mark.base_key(self.nodeid))
+        return self.vram
+
+    def finish(self) -> None:
+        """After the fixtures are torn down and the world has ended: the leak."""
+        if self.vram is not None:
+            self.vram.finish()
+        elif self.meter.started:
+            self.meter.finish()
+        else:
+            self.meter.close()
+
+    def close(self) -> None:
+        """Leave the test scope and the world, then measure the leak (each step even if one
+        before it fails)."""
+        self.stack.close()
 
 
 def backend_failure(exc: BaseException) -> str:

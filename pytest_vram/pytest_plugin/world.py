@@ -8,7 +8,9 @@ from depends on the backend and on how pytest was started:
   data), created before the test's counting starts and destroyed after it; this process
   is rank 0.
 * **launched** (``torchrun --nproc-per-node=N -m pytest ...``, which sets ``WORLD_SIZE``,
-  ``RANK`` and ``LOCAL_RANK``): every rank runs the same session on its own GPU
+  ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; all but ``LOCAL_RANK`` are
+  what the ``env://`` rendezvous needs, so a launch is recognised only with all of them
+  consistent): every rank runs the same session on its own GPU
   (``LOCAL_RANK``); the default process group (NCCL on CUDA, gloo otherwise) is created at
   the first such test and kept for the session. Tests whose ``world_size`` differs from
   the launched world are skipped with the command that runs them.
@@ -39,15 +41,42 @@ class WorldError(Exception):
     """The test's world cannot be set up as declared (the message says why and the fix)."""
 
 
+#: What a launcher sets and the ``env://`` rendezvous reads (``LOCAL_RANK`` defaults to 0).
+LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def launched_world() -> tuple[int, int, int] | None:
-    """(world size, rank, local rank) when a launcher (torchrun) started this process."""
-    size = os.environ.get("WORLD_SIZE")
-    if size is None or "RANK" not in os.environ:
-        return None
+    """(world size, rank, local rank) when a launcher (torchrun) started this process.
+
+    Variables left in the environment (``WORLD_SIZE``/``RANK`` exported in a shell, a CI
+    job's matrix) are no launch: without ``MASTER_ADDR``/``MASTER_PORT`` the rendezvous
+    cannot happen, and inconsistent numbers are no world either; :func:`stray_launch`
+    names them where it matters.
+    """
+    return _launch()[0]
+
+
+def stray_launch() -> str | None:
+    """Why the launch variables in the environment, if any, were not taken as a launch."""
+    return _launch()[1]
+
+
+def _launch() -> tuple[tuple[int, int, int] | None, str | None]:
+    present = [v for v in (*LAUNCH_VARIABLES, "LOCAL_RANK") if v in os.environ]
+    if not present:
+        return None, None
+    shown = ", ".join(f"{v}={os.environ[v]!r}" for v in present)
+    missing = [v for v in LAUNCH_VARIABLES if not os.environ.get(v)]
+    if missing:
+        return None, f"{shown} are set but not {', '.join(missing)}: not a launched run"
     try:
-        return int(size), int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError:
-        return None
+        return None, f"{shown} are not whole numbers: not a launched run"
+    if not (size >= 1 and 0 <= rank < size and local >= 0):
+        return None, f"{shown} are no consistent world: not a launched run"
+    return (size, rank, local), None
 
 
 def is_secondary_rank() -> bool:
@@ -161,10 +190,12 @@ def open_world(world_size: int, simulates_ranks: bool, nodeid: str) -> Any:
         return launched(world_size, nodeid)
     if world_size == 1:
         return world_of_one(nodeid)
+    stray = stray_launch()
     pytest.skip(
         f"world_size={world_size} runs one process per GPU; run it with "
         f"`torchrun --nproc-per-node={world_size} -m pytest {nodeid}` "
         "(or estimate it with --vram-backend=estimate)"
+        + (f" ({stray}, so they are ignored)" if stray else "")
     )
 
 

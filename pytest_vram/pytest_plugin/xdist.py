@@ -24,6 +24,15 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def is_controller(config: pytest.Config) -> bool:
+    """True in the process that hands tests to xdist workers (it runs none itself)."""
+    if is_worker(config):
+        return False
+    option = config.option
+    workers = getattr(option, "numprocesses", None) or getattr(option, "tx", None)
+    return bool(workers) and getattr(option, "dist", "no") != "no"
+
+
 def send(config: pytest.Config, data: dict[str, Any]) -> None:
     """Hand ``data`` to the controller at the end of this worker's session."""
     config.workeroutput[WORKEROUTPUT_KEY] = data  # type: ignore[attr-defined]

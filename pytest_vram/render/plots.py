@@ -4,6 +4,8 @@ and the peak per test of several runs (``python -m pytest_vram chart``)."""
 
 from __future__ import annotations
 
+import heapq
+import io
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +104,51 @@ def plot_timeline(collector: Collector, title: str, path: Path) -> bool:
     return True
 
 
-def chart(runs: list[Run], path: Path, baseline: Run | None = None) -> None:
-    """Horizontal bars of peak per test, one bar per run (and the baseline), to ``path``."""
+#: Tests a chart draws at most: thousands of bars are neither readable nor cheap to draw
+#: (20,000 took minutes and gigabytes); the others are counted in the title.
+MAX_TESTS = 60
+#: The tallest image (at 100 dpi): Agg draws at most 65,536 pixels a side.
+MAX_HEIGHT_INCHES = 600
+
+
+def image_formats() -> dict[str, str] | None:
+    """File suffix (``"png"``) -> description of the formats matplotlib writes; None
+    without matplotlib."""
+    if _pyplot() is None:
+        return None
+    from matplotlib.backend_bases import FigureCanvasBase  # matplotlib on use
+
+    return dict(FigureCanvasBase.get_supported_filetypes())
+
+
+def chart_keys(series: list[Run], max_tests: int = MAX_TESTS) -> tuple[list[str], int]:
+    """The keys a chart of ``series`` shows (sorted) and how many there are in all: every
+    key, or the ``max_tests`` whose peak changed most between the first and the last
+    series (a key in only one of them by its whole peak), then the largest peaks."""
+    keys: set[str] = set()
+    for run in series:
+        keys.update(run.measurements)
+    if len(keys) <= max_tests:
+        return sorted(keys), len(keys)
+    first, last = series[0].measurements, series[-1].measurements
+
+    def rank(key: str) -> tuple[int, int, str]:
+        old, new = _peak(first.get(key)), _peak(last.get(key))
+        change = abs(new - old) if old is not None and new is not None else (old or new or 0)
+        return -change, -max(old or 0, new or 0), key
+
+    return sorted(heapq.nsmallest(max_tests, keys, key=rank)), len(keys)
+
+
+def _peak(measurement: dict[str, Any] | None) -> int | None:
+    return None if measurement is None else int(measurement.get("peak_bytes", 0))
+
+
+def chart(
+    runs: list[Run], fmt: str, baseline: Run | None = None, max_tests: int = MAX_TESTS
+) -> bytes:
+    """Horizontal bars of peak per test, one bar per run (and the baseline), as an image
+    in ``fmt`` (a suffix of :func:`image_formats`)."""
     plt = _pyplot()
     if plt is None:
         raise PlotError("the chart needs matplotlib: pip install 'pytest-vram[plot]'")
@@ -115,20 +160,36 @@ def chart(runs: list[Run], path: Path, baseline: Run | None = None) -> None:
         }
         baseline = Run("baseline", recorded) if recorded else None
     series = ([baseline] if baseline else []) + runs
-    keys = sorted({k for r in series for k in r.measurements})
+    keys, total = chart_keys(series, max_tests)
     height = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.35 * len(keys) * len(series)), dpi=100)
+    inches = min(1.2 + 0.35 * max(1, len(keys)) * len(series), MAX_HEIGHT_INCHES)
+    fig, ax = plt.subplots(figsize=(10, inches), dpi=100)
     mib = 1024**2
     for i, run in enumerate(series):
-        values = [run.measurements.get(k, {}).get("peak_bytes", 0) / mib for k in keys]
+        values = [(_peak(run.measurements.get(k)) or 0) / mib for k in keys]
         ys = [y + i * height for y in range(len(keys))]
-        ax.barh(ys, values, height=height, label=run.label)
+        ax.barh(ys, values, height=height, label=_legend(run.label))
     ax.set_yticks([y + 0.4 - height / 2 for y in range(len(keys))])
-    ax.set_yticklabels([k.split("::", 1)[-1] for k in keys], fontsize=8)
+    ax.set_yticklabels([_legend(k.split("::", 1)[-1]) for k in keys], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("peak allocated (MiB)")
+    if total > len(keys):
+        ax.set_title(
+            f"{len(keys)} of {total} tests: the largest peak changes "
+            f"({_legend(series[0].label)} to {_legend(series[-1].label)})",
+            fontsize=9,
+        )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    out = io.BytesIO()
+    try:
+        fig.savefig(out, format=fmt)
+    finally:
+        plt.close(fig)
+    return out.getvalue()
+
+
+def _legend(text: str, limit: int = 60) -> str:
+    # matplotlib reads "$...$" as mathtext, which raises on unbalanced or unknown commands.
+    text = text.replace("$", r"\$")
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]

@@ -24,13 +24,21 @@ def header(
     strict: bool,
     attribution: str,
     allocator: str,
+    card: str | None = None,
+    emulate: str = "test",
 ) -> str:
-    """The ``vram:`` line of pytest's header: the options in force."""
+    """The ``vram:`` line of pytest's header: the options in force; ``card``: the card the
+    estimator follows, where it may measure."""
     profile = profile or "the backend's"
-    return (
+    line = (
         f"vram: backend {backend}, profile {profile}, baselines {baselines}/, "
         f"strict {'on' if strict else 'off'}, attribution {attribution}, allocator {allocator}"
     )
+    if card is not None:
+        line += f", estimator card {card}"
+        if emulate == "session":
+            line += ", answering from configure on (--vram-emulate=session)"
+    return line
 
 
 def peaks(records: list[Record]) -> str:
@@ -41,15 +49,16 @@ def peaks(records: list[Record]) -> str:
 def in_force(records: list[Record], strict: bool, width: int = 80) -> list[str]:
     """First lines of the VRAM section: the setup the figures were measured and judged on,
     as few lines as ``width`` allows."""
-    seen: dict[tuple[str, str, str, str, str], None] = {}
+    seen: dict[tuple[str, str, str, str, str, str], None] = {}
     for r in records:
         ctx = r.setup
         where = (ctx.get("backend", "?"), ctx.get("device", "?"), r.profile, r.baseline_path)
-        seen[(*where, ctx.get("metric", METRIC))] = None
+        seen[(*where, ctx.get("metric", METRIC), ctx.get("card", ""))] = None
     lines: list[str] = []
-    for backend, device, profile, path, metric in seen:
+    for backend, device, profile, path, metric, card in seen:
         parts = [
             f"backend {backend} on {device}",
+            *([f"card {card}"] if card else []),
             f"profile {profile}",
             f"baseline {path}",
             f"strict {'on' if strict else 'off'}",

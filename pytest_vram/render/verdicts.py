@@ -8,7 +8,7 @@ import shlex
 from pytest_vram.core.figures import MemoryFigures
 from pytest_vram.core.records import Record
 from pytest_vram.core.units import format_delta, format_size
-from pytest_vram.core.verdicts import COMPARED, RESERVED, Kind, Verdict
+from pytest_vram.core.verdicts import COMPARED, RESERVED, Cause, Kind, OffDevice, Verdict
 from pytest_vram.measure.meter import OutOfMemory
 
 _LABELS = {"peak_bytes": "peak", "model_bytes": "model"}
@@ -48,6 +48,8 @@ def summary(record: Record, verdict: Verdict) -> str:
     """One short line for the terminal table and the notes, e.g. ``"+12.0 MiB (+0.21%)"``."""
     measured, baseline = record.figures, _baseline(record)
     kind = verdict.kind
+    if kind is Kind.NOT_ON_DEVICE and record.off_device is not None:
+        return _off_device_headline(record.off_device)
     if kind is Kind.OVER_BUDGET and verdict.fields == (RESERVED,):
         budget = record.reserved_budget or 0
         if record.reserved_bytes is None:
@@ -96,6 +98,8 @@ def detail(record: Record, verdict: Verdict) -> str:
     command = update_command(record.nodeid or key)
     measured, baseline = record.figures, _baseline(record)
     kind = verdict.kind
+    if kind is Kind.NOT_ON_DEVICE and record.off_device is not None:
+        return f"{key}: " + " ".join(line.strip() for line in off_device_lines(record))
     if kind is Kind.OVER_BUDGET and verdict.fields == (RESERVED,):
         return _reserved_detail(key, record.reserved_bytes, record.reserved_budget or 0)
     if kind is Kind.OVER_BUDGET:
@@ -225,6 +229,8 @@ def _failure_lines(r: Record, verdict: Verdict) -> list[str]:
     fix = f"`{update_command(r.nodeid)}`\n  and commit {r.baseline_path}"
     peak, base = r.peak_bytes, r.baseline_peak_bytes
     kind = verdict.kind
+    if kind is Kind.NOT_ON_DEVICE and r.off_device is not None:
+        return off_device_lines(r)
     if kind is Kind.OVER_BUDGET and verdict.fields != (RESERVED,) and r.budget is not None:
         return [
             f"peak {format_delta(peak, r.budget)} over the budget {format_size(r.budget)}",
@@ -259,6 +265,129 @@ def _failure_lines(r: Record, verdict: Verdict) -> list[str]:
             f"  record it with {fix}",
         ]
     return [detail(r, verdict)]
+
+
+# --------------------------------------------------------------------------- off device
+
+
+def _params(n: int) -> str:
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _elsewhere(off: OffDevice) -> str:
+    """``"16.78M parameters on cpu"``, ``"2 tensors on cpu"``, or both."""
+    parts = []
+    if off.params:
+        parts.append(f"{_params(off.params)} parameters")
+    if off.tensors:
+        parts.append(f"{off.tensors} tensor{'s' if off.tensors != 1 else ''}")
+    return f"{' and '.join(parts)} on {', '.join(off.elsewhere) or 'another device'}"
+
+
+def _off_device_headline(off: OffDevice) -> str:
+    where = ", ".join(off.elsewhere)
+    if off.in_build:
+        place = "the CPU" if where == "cpu" else f"{where}, not {off.device}"
+        what = "the model is" if off.params else "the built tensors are"
+        return f"{what} on {place} ({_elsewhere(off)})"
+    if off.params or off.tensors:
+        return f"nothing counted on {off.device}: the workload's tensors are on {where}"
+    return f"nothing counted on {off.device}: the workload used no device memory"
+
+
+def off_device_lines(r: Record) -> list[str]:
+    """The failure of figures that counted none of the test's device memory: what was
+    found, the likely cause, the fix; such a figure is never recorded."""
+    off = r.off_device
+    assert off is not None
+    figures = f"model {format_size(r.model_bytes)}, peak {format_size(r.peak_bytes)}"
+    return [
+        f"{_off_device_headline(off)}; the figures ({figures}) are not the test's "
+        f"device memory and are not recorded",
+        *off_device_explanation(off),
+    ]
+
+
+def off_device_explanation(off: OffDevice) -> list[str]:
+    """What was found where, the likely cause and the fix, as indented lines."""
+    if off.in_build:
+        found = f"  {off.step} counted no bytes on {off.device}; its result holds {_elsewhere(off)}"
+    elif off.params or off.tensors:
+        found = (
+            f"  {off.step} allocated nothing on {off.device}; what it uses holds "
+            f"{_elsewhere(off)} and nothing on {off.device}"
+        )
+    else:
+        found = (
+            f"  {off.step} allocated nothing on {off.device}, and no model or tensor on "
+            f"{off.device} is in its arguments, closure or result"
+        )
+    lines = [found]
+    causes = [_cause(c, off) for c in off.causes]
+    if not causes and off.in_build:
+        causes = ["the model was made on the CPU and never moved to the device"]
+    if len(causes) == 1:
+        lines.append(f"  likely cause: {causes[0]}")
+    elif causes:
+        lines.append("  likely causes:")
+        lines.extend(f"  - {c}" for c in causes)
+    lines.append(
+        "  fix: make the model and its tensors on vram.device inside the test "
+        "(model.to(vram.device), torch.randn(..., device=vram.device))"
+    )
+    if off.backend == "estimate" and any(c.kind == "import-time device" for c in off.causes):
+        lines.append(
+            "  or keep the module-level device and let the code run at import see the "
+            "emulated GPU: --vram-emulate=session (ini vram_emulate = session), which makes "
+            "torch.cuda.is_available() answer True for the whole session"
+        )
+    if not off.in_build and not (off.params or off.tensors or off.causes):
+        lines.append(
+            "  a test whose workload uses no device memory has nothing to measure: drop "
+            "the `vram` fixture and marker"
+        )
+    return lines
+
+
+def off_device_failure(off: OffDevice, error: str, where: str) -> str:
+    """A test that failed after a build step left its model on another device: that is
+    the likely reason, before the error it led to (e.g. tensors on two devices)."""
+    at = f" at {where}" if where else ""
+    return "\n".join(
+        [
+            f"{_off_device_headline(off)}; the test then failed{at}:",
+            f"  {error}",
+            *off_device_explanation(off),
+        ]
+    )
+
+
+def _cause(cause: Cause, off: OffDevice) -> str:
+    at = f" ({cause.where})" if cause.where else ""
+    if cause.kind == "import-time device":
+        before = (
+            "before the estimator's emulated GPU existed"
+            if off.backend == "estimate"
+            else f"before {off.device} was visible"
+        )
+        return (
+            f"{cause.name} = {cause.value!r}{at}: a device chosen with "
+            f"torch.cuda.is_available() when the module was imported, {before}: use "
+            f"vram.device inside the test"
+        )
+    if cause.kind == "device variable":
+        return f"{cause.name} = {cause.value!r}{at}: use vram.device instead"
+    if cause.kind == "device argument":
+        return f"{cause.name} was given the device {cause.value!r}: pass vram.device instead"
+    if cause.kind == "is_available in step":
+        return (
+            f"{cause.name} chooses its device with torch.cuda.is_available(){at}: "
+            f"pass vram.device to it instead"
+        )
+    return f"{cause.kind}: {cause.name} {cause.value}{at}".strip()
 
 
 def out_of_memory(oom: OutOfMemory, nodeid: str, device: str) -> str:

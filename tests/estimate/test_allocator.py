@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
 
 from pytest_vram.backends.estimate.allocator import (
     CachingAllocatorModel,
+    DeviceOutOfMemory,
     allocation_size,
     round_size,
 )
@@ -214,3 +216,58 @@ def test_address_layout_changes_the_default_figure_but_not_the_gated_one(seed: i
 def test_segment_address_only_for_default_mode() -> None:
     with pytest.raises(ValueError, match="default"):
         CachingAllocatorModel("expandable", segment_address=_descending)
+
+
+# -- expandable segments: the segment's structure under any sequence -------------------------
+
+
+def _mapped_bytes(model: CachingAllocatorModel, small: bool) -> int:
+    """Walk one pool's segment: contiguous, merged, indexed; returns the mapped bytes."""
+    addrs = model._unmapped[small]
+    if not addrs:
+        return 0
+    block = model._unmapped_at[addrs[0]]
+    while block.prev is not None:
+        block = block.prev
+    addr, mapped = block.addr, 0
+    while block is not None:
+        assert block.addr == addr
+        addr += block.size
+        if block.mapped:
+            mapped += block.size
+            if not block.allocated:
+                assert model._by_key[block.key()] is block
+        nxt = block.next
+        if nxt is not None:
+            assert nxt.prev is block
+            assert block.allocated or nxt.allocated or block.mapped != nxt.mapped  # merged
+        block = nxt
+    return mapped
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rule", ["device", "fraction"])
+def test_expandable_segments_stay_consistent_with_a_limit(seed: int, rule: str) -> None:
+    """Allocations, frees, empty_cache and out-of-memory retries in any order: the segment
+    stays one contiguous, merged range whose mapped pages are the reserved bytes, the
+    device rule never maps past its limit, and everything is unmapped at the end."""
+    rng = random.Random(seed)
+    model = CachingAllocatorModel(limit=rng.choice([120, 400]) * MiB, limit_rule=rule)
+    live = []
+    sizes = [512, 3000, MiB // 2, MiB, 3 * MiB, 9 * MiB, 11 * MiB + 1, 45 * MiB]
+    for _ in range(600):
+        r = rng.random()
+        if live and r < 0.45:
+            model.free(live.pop(rng.randrange(len(live))))
+        elif r < 0.48:
+            model.empty_cache()
+        else:
+            with contextlib.suppress(DeviceOutOfMemory):
+                live.append(model.malloc(rng.choice(sizes)))
+        assert _mapped_bytes(model, True) + _mapped_bytes(model, False) == model.reserved
+        assert rule == "fraction" or model.reserved <= model.limit
+        assert model.allocated == sum(block.size for block in live)
+    for block in live:
+        model.free(block)
+    model.empty_cache()
+    assert model.reserved == model.allocated == 0

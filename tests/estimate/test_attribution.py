@@ -94,6 +94,83 @@ def test_gradients_and_optimizer_state_by_identity(backend: Any) -> None:
     assert found[("second", "optimizer state")] == D * D * 4
 
 
+def train_steps(backend: Any, zero_grad: str) -> list[dict[tuple[str, str], int]]:
+    """Two AdamW steps on ``Net`` with ``opt.zero_grad()`` at the ``zero_grad`` end of the
+    step; the breakdown of each."""
+    meter = Meter(backend, attribution=True)
+    meter.start()
+    net = meter.build(build)
+    opt = meter.build(torch.optim.AdamW, net.parameters())
+    x = meter.build(torch.empty, 256, D, device="cuda")
+
+    def step(net: Net, opt: Any, x: Any) -> None:
+        if zero_grad == "start":
+            opt.zero_grad()
+        net(x).sum().backward()
+        opt.step()
+        if zero_grad == "end":
+            opt.zero_grad()
+
+    meter.run(step, net, opt, x, name="first")
+    meter.run(step, net, opt, x, name="steady")
+    del net, opt, x
+    meter.finish()
+    return [groups(m.breakdown) for m in meter.measurements]
+
+
+def test_zero_grad_first_or_last_names_the_same_bytes_the_same(backend: Any) -> None:
+    first = train_steps(backend, "start")
+    last = train_steps(backend, "end")
+    assert first == last
+    weight = D * D * 4
+    for found in last:  # the peak is in AdamW's step: its grouped update terms live
+        for module in ("first", "second"):
+            assert found[(module, "parameters")] == weight
+            assert found[(module, "gradients")] == weight
+            assert found[(module, "optimizer state")] == 2 * weight  # exp_avg, exp_avg_sq
+            assert (module, "activations") not in found
+        assert found[("(optimizer)", "temporaries")] == 2 * weight
+
+
+def test_a_gradient_accumulated_by_backward_is_a_gradient(backend: Any) -> None:
+    def work(net: Net) -> None:
+        for _ in range(2):  # gradient accumulation: the second backward adds into .grad
+            net(torch.empty(8, D, device="cuda")).sum().backward()
+        net.zero_grad(set_to_none=True)  # the gradients are gone when the step ends
+
+    record, _ = measured(backend, work)
+    found = groups(record.breakdown)
+    assert found[("first", "gradients")] == D * D * 4
+    assert found[("second", "gradients")] == D * D * 4
+
+
+def test_adamw_state_made_in_the_workload_is_optimizer_state(backend: Any) -> None:
+    def work(net: Net) -> None:
+        opt = torch.optim.AdamW(net.parameters())  # dies with the workload
+        net(torch.empty(8, D, device="cuda")).sum().backward()
+        opt.step()
+        states = [opt.state[p] for p in net.parameters()]
+        assert all({"exp_avg", "exp_avg_sq"} <= set(s) for s in states)
+        opt.zero_grad()
+
+    record, _ = measured(backend, work)
+    found = groups(record.breakdown)
+    for module in ("first", "second"):
+        assert found[(module, "optimizer state")] == 2 * D * D * 4
+        assert found[(module, "gradients")] == D * D * 4
+
+
+def test_a_module_made_in_the_workload_has_parameters(backend: Any) -> None:
+    def work(net: Net) -> Any:
+        head = nn.Linear(D, D, bias=False, device="cuda")
+        with torch.no_grad():
+            return head(net(torch.empty(8, D, device="cuda")))
+
+    record, _ = measured(backend, work)
+    found = groups(record.breakdown)
+    assert found[("Linear", "parameters")] == D * D * 4
+
+
 def test_attribution_does_not_change_the_figures(backend: Any) -> None:
     def work(net: Net) -> Any:
         net(torch.empty(64, D, device="cuda")).sum().backward()

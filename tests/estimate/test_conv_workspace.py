@@ -49,7 +49,7 @@ def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         cw.load_table.cache_clear()
 
     monkeypatch.setattr(cw, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cw, "gpu_visible", lambda: False)
     write({})
     yield write
     cw.load_table.cache_clear()
@@ -71,10 +71,17 @@ class _Transients:
         self.sizes.append(sizes)
 
 
-def _run(fn: Callable[..., Any], *shapes: tuple[int, ...], observer: Any = None) -> Meter:
+def _run(
+    fn: Callable[..., Any],
+    *shapes: tuple[int, ...],
+    observer: Any = None,
+    recorded: dict[str, int] | None = None,
+) -> Meter:
     backend = create("estimate")
     if observer is not None:
         backend.observe(observer)
+    if recorded is not None:
+        backend.use_workspaces(recorded, "baselines/cudnn-workspaces/recorded.yaml")
     meter = Meter(backend)
     meter.start()
     tensors = meter.build(lambda: [torch.empty(s, device="cuda") for s in shapes])
@@ -96,6 +103,31 @@ def test_a_convolution_in_the_table_holds_its_transient(table: Callable[..., Non
     output = 8 * 32 * 32 * 32 * 4  # 1 MiB
     assert record.model_bytes == 8 * 16 * 32 * 32 * 4 + 32 * 16 * 9 * 4
     assert record.peak_bytes == record.model_bytes + output + 3 * MiB
+
+
+def test_the_project_s_recorded_workspaces_come_before_the_shipped_table(
+    table: Callable[..., None],
+) -> None:
+    strided = cw.forward_key(
+        (_meta(X_SHAPE), _meta(W_SHAPE), None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1),
+        {},
+        cw.flags(),
+    )
+    table({_forward_key(): 1 * MiB})  # the stride-2 convolution is not in it
+
+    def both(x: torch.Tensor, w: torch.Tensor) -> None:
+        F.conv2d(x, w, padding=1)
+        F.conv2d(x, w, padding=1, stride=2)
+
+    recorded = {_forward_key(): 3 * MiB, strided: 7 * MiB}
+    seen = _Transients()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cw.ConvWorkspaceUnknown)
+        record = _run(both, X_SHAPE, W_SHAPE, observer=seen, recorded=recorded).measurements[0]
+    assert seen.sizes == [[3 * MiB], [7 * MiB]]
+    output, strided_output = 8 * 32 * 32 * 32 * 4, 8 * 32 * 16 * 16 * 4
+    assert record.peak_bytes == record.model_bytes + strided_output + 7 * MiB
+    assert record.peak_bytes > record.model_bytes + output + 3 * MiB  # the larger of the two
 
 
 def test_a_backward_convolution_is_looked_up_with_autograd_s_mask(
@@ -132,7 +164,12 @@ def test_an_unknown_convolution_warns_once_per_test_naming_it(
     assert "convolution of input float32[8, 16, 32, 32] (contiguous)" in message
     assert "weight [32, 16, 3, 3]" in message and "stride [1, 1], padding [1, 1]" in message
     assert "may be low" in message
-    assert "tools/cudnn_workspace.py" in message and "--vram-backend=cuda" in message
+    # the fix a user of the installed plugin can follow: record it on the GPU, commit it
+    assert "pytest --vram-backend=cuda --vram-update" in message
+    assert "test_an_unknown_convolution_warns_once_per_test_naming_it" in message
+    assert f"cudnn-workspaces/{cw.EMULATED_ARCH}_cudnn{cw.EMULATED_CUDNN}.yaml" in message
+    assert "make the estimate exact; commit that file" in message
+    assert "Or measure this test with --vram-backend=cuda" in message
     assert caught[0].filename == __file__  # the user's line, not torch's or the plugin's
     # counted as nothing: the peak is the model and the larger output
     assert record.peak_bytes == record.model_bytes + 8 * 32 * 32 * 32 * 4
@@ -244,3 +281,61 @@ def test_a_user_sees_one_warning_per_test_in_the_summary(pytester: pytest.Pytest
     )
     assert f"test_user.py:{line}: ConvWorkspaceUnknown" in out
     assert "dilation [3, 3]" in out
+    arch, cudnn = cw.current_setup()
+    assert f"baselines/cudnn-workspaces/{arch}_cudnn{cudnn}.yaml" in out
+    assert "pytest --vram-backend=cuda --vram-update 'test_user.py::test_dilated'" in out
+
+
+def _recorded_file(directory: Path, entries: dict[str, int]) -> Path:
+    """The project's workspace file for the setup the estimate models, written by hand as
+    ``pytest --vram-backend=cuda --vram-update`` writes it."""
+    arch, cudnn = cw.current_setup()
+    path = directory / "baselines" / "cudnn-workspaces" / f"{arch}_cudnn{cudnn}.yaml"
+    path.parent.mkdir(parents=True)
+    lines = ["format: 1", f"arch: {arch}", f"cudnn: {cudnn}", "entries:"]
+    lines += [f"  {key}: {size}" for key, size in entries.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _dilated_key(dilation: int) -> str:
+    x, w = _meta((2, 4, 9, 9)), _meta((4, 4, 3, 3))
+    params = ([1, 1], [0, 0], [dilation] * 2, False, [0, 0], 1)
+    return cw.forward_key((x, w, None, *params), {}, cw.flags())
+
+
+def test_a_convolution_recorded_in_the_project_is_counted_exactly(
+    pytester: pytest.Pytester,
+) -> None:
+    # both convolutions are outside the shipped table (the test above warns of them)
+    _recorded_file(pytester.path, {_dilated_key(3): 2 * MiB, _dilated_key(2): 0})
+    pytester.makepyfile(test_user=USER_TEST)
+    report = pytester.path / "vram.json"
+    result = pytester.runpytest_subprocess(
+        "--vram-backend=estimate", f"--vram-json={report}", "-p", "no:cacheprovider",
+        "-p", "no:xdist", "-W", "error::pytest_vram.backends.estimate.ConvWorkspaceUnknown",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert "ConvWorkspaceUnknown" not in result.stdout.str()
+    figures = {m["key"]: m for m in json.loads(report.read_text())["measurements"]}
+    model = 3072 + 1024  # x (2592 B) and w (576 B), each rounded up to 512 B
+    # the outputs: 2 x 4 x 3 x 3 and 2 x 4 x 5 x 5 floats (288 B and 800 B, rounded up)
+    assert {key.rsplit("::", 1)[1]: m["peak_bytes"] for key, m in figures.items()} == {
+        "dilated-3": model + 512 + 2 * MiB,
+        "dilated-2": model + 1024,
+    }
+    assert all(m["model_bytes"] == model for m in figures.values())
+
+
+def test_a_malformed_workspace_file_fails_the_test_naming_it(pytester: pytest.Pytester) -> None:
+    path = _recorded_file(pytester.path, {_dilated_key(3): 2 * MiB})
+    path.write_text(path.read_text().replace(str(2 * MiB), "2 MiB"))
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest_subprocess(
+        "--vram-backend=estimate", "-p", "no:cacheprovider", "-p", "no:xdist"
+    )
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert f"{path.relative_to(pytester.path)}: entry 'fwd float32 x=2,4,9,9" in out
+    assert "must be a non-negative integer of bytes" in out and "got a string '2 MiB'" in out
+    assert "Traceback" not in out

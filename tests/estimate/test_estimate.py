@@ -286,3 +286,59 @@ def test_backward_stays_on_the_calling_thread_in_the_scope(backend: Any) -> None
     assert autograd_engine._python_thread_states() >= (
         threading.active_count() + autograd_engine._autograd_device_threads()
     )
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        "expandable_segments:False",
+        "backend:cudaMallocAsync",
+        "expandable_segments:True,expandable_segments:False",
+        "roundup_power2_divisions:4",
+        "expandable_segments:maybe",
+        "garbage",
+    ],
+)
+def test_the_estimator_refuses_the_allocator_settings_the_cuda_backend_refuses(
+    monkeypatch: pytest.MonkeyPatch, conf: str
+) -> None:
+    from pytest_vram.backends import BackendUnavailable, alloc_conf, create
+
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", conf)
+    with pytest.raises(BackendUnavailable) as info:
+        create("estimate")
+    assert str(info.value) == alloc_conf.problem("expandable")  # the cuda backend's message
+    assert f"PYTORCH_CUDA_ALLOC_CONF={conf}" in str(info.value).replace("'", "")
+
+
+def test_the_estimator_accepts_what_leaves_the_gated_figure_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_vram.backends import create
+
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:True,max_split_size_mb:128")
+    assert create("estimate").name == "estimate"
+
+
+def test_a_refused_allocator_setting_errors_every_vram_test_with_the_fix(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")
+    pytester.makepyfile(
+        """
+        def test_a(vram):
+            vram.run(lambda: None)
+
+        def test_b(vram):
+            vram.run(lambda: None)
+        """
+    )
+    result = pytester.runpytest_subprocess("--vram-backend=estimate", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*--vram-backend=estimate: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False "
+            "(expandable_segments:False) rules out expandable segments*--vram-allocator=default*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()

@@ -27,7 +27,8 @@ MiB = 1024**2
 
 @pytest.fixture
 def sub(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in ("CI", "VRAM_SCRIPTED_PROFILE", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+    for name in ("CI", "VRAM_SCRIPTED_PROFILE", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                 "MASTER_ADDR", "MASTER_PORT"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "120")
     paths = [str(PLUGIN_TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]
@@ -102,6 +103,25 @@ def test_world_size_must_be_a_positive_int(sub: pytest.Pytester) -> None:
     )
 
 
+def test_world_size_has_an_upper_bound(sub: pytest.Pytester) -> None:
+    sub.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.vram(world_size=10**12)
+        def test_x(vram):
+            vram.run(lambda: None)
+        """
+    )
+    result = run(sub, SCRIPTED)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*test_x: @pytest.mark.vram(world_size=...): world_size must be a positive int (the "
+         "number of ranks) of at most 1048576 (2**20), got 1000000000000"]
+    )  # fmt: skip
+    assert "TypeError" not in result.stdout.str()
+
+
 REAL = """
 import pytest
 import torch.distributed as dist
@@ -133,6 +153,29 @@ def test_world_of_one_runs_for_real_and_larger_worlds_name_the_launch(
             "`torchrun --nproc-per-node=2 -m pytest test_real.py::test_two`*"
         ]
     )
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_launch_variables_left_in_the_environment_are_no_launch(
+    sub: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, rank: str
+) -> None:
+    """WORLD_SIZE and RANK without a launcher's MASTER_ADDR/MASTER_PORT: no rendezvous to
+    join, so the session runs as any other (and, with RANK=1, still reports)."""
+    sub.makepyfile(test_real=REAL)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    result = run(sub, SCRIPTED, "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*world_size=2 runs one process per GPU; run it with "
+            "`torchrun --nproc-per-node=2 -m pytest test_real.py::test_two` (or estimate it "
+            f"with --vram-backend=estimate) (WORLD_SIZE='2', RANK='{rank}' are set but not "
+            "MASTER_ADDR, MASTER_PORT: not a launched run, so they are ignored)",
+        ]
+    )
+    assert "MASTER_ADDR expected" not in result.stdout.str()
+    assert "VRAM" in result.stdout.str()  # this process reports: it is no secondary rank
 
 
 LAUNCHED = """

@@ -114,3 +114,55 @@ def test_bad_declarations_say_what_is_wrong() -> None:
         Figure("k", "peak")
     with pytest.raises(ClaimError, match="at least two points"):
         Claim.grows_like("c", {512: activation("x")})
+
+
+@pytest.mark.parametrize(
+    ("declare", "message"),
+    [
+        (lambda: Claim.at_most("c", "t.py::a", "1GiB"),
+         "claim 'c': the subject must be a figure, peak(key), model(key) or activation(key), "
+         "got 't.py::a'"),
+        (lambda: Claim.at_most("c", peak("a"), "t.py::b"),
+         "claim 'c': the reference 't.py::b' is a key, not a size; write peak('t.py::b')"),
+        (lambda: Claim.at_most("c", peak("a"), "8 gigs"), "claim 'c': limit: "),
+        (lambda: Claim.at_most("c", peak("a"), peak("b"), within=float("nan")),
+         "claim 'c': within must be a finite tolerance"),
+        (lambda: Claim.at_most("c", peak(1), peak("b")), "Figure(1, ...): the key must be"),
+        (lambda: Claim.at_most("c", peak("a"), peak("b"), expect_broken=""),
+         "claim 'c': expect_broken must be the reason it does not hold"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), "2": peak("b")}),
+         "claim 'c': every x of grows_like must be a finite number > 0 (e.g. a sequence "
+         "length), got '2'"),
+        (lambda: Claim.grows_like("c", {2: peak("a"), True: peak("b")}), "got True"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), float("inf"): peak("b")}), "got inf"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), 2: "t.py::b"}),
+         "claim 'c': the figure at x=2 must be a figure"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), 2: activation("b")}),
+         "grows_like reads one field at every point, got activation_bytes and peak_bytes"),
+        (lambda: Claim.grows_like("c", [peak("a"), peak("b")]),
+         "claim 'c': grows_like needs a dict {x: figure}"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), 2: peak("b")}, exponent="abc"),
+         "claim 'c': exponent must be a finite number, got 'abc'"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), 2: peak("b")}, exponent=float("nan")),
+         "claim 'c': exponent must be a finite number, got nan"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), 2: peak("b")}, exponent=10**400),
+         "claim 'c': exponent must be a finite number"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), 2: peak("b")}, within=float("nan")),
+         "claim 'c': within must be a finite number and not negative, got nan"),
+        (lambda: Claim.grows_like("c", {1: peak("a"), 2: peak("b")}, within=-0.1),
+         "got -0.1"),
+        (lambda: Claim("c", "at_least", peak("a"), None, 5),
+         "claim 'c': unknown relation 'at_least'; valid relations are at_most, grows_like"),
+        (lambda: Claim("c", "at_most", peak("a")), "at_most needs one reference"),
+        (lambda: Claim("c", "grows_like"), "grows_like needs at least two points"),
+    ],
+)  # fmt: skip
+def test_every_declaration_is_checked_where_it_is_made(declare, message) -> None:
+    with pytest.raises(ClaimError) as info:
+        declare()
+    assert message in str(info.value)
+
+
+def test_a_series_of_ints_and_floats_sorts_by_x() -> None:
+    claim = Claim.grows_like("c", {2.5: peak("b"), 1: peak("a")}, exponent=1, within=0.5)
+    assert [x for x, _ in claim.series] == [1, 2.5]

@@ -224,3 +224,103 @@ def test_vram_figures_gives_this_process_figures_by_key(vram_pytester, run_vram)
         """
     )
     run_vram().assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    ("declaration", "message"),
+    [
+        ('Claim.at_most("fits", "test_m.py::test_a", "1GiB")',
+         "claim 'fits': the subject must be a figure, peak(key), model(key) or activation(key), "
+         "got 'test_m.py::test_a'"),
+        ('Claim.at_most("mixed", peak("test_m.py::test_a"), peak(7))',
+         "Figure(7, ...): the key must be a measurement's baseline key"),
+        ('Claim.grows_like("mixed", {1: peak("test_m.py::test_a"), "2": peak("test_m.py::b")})',
+         "claim 'mixed': every x of grows_like must be a finite number > 0"),
+        ('Claim.grows_like("lin", {1: peak("test_m.py::test_a"), 2: peak("test_m.py::b")}, '
+         'within=float("nan"))',
+         "claim 'lin': within must be a finite number and not negative, got nan"),
+        ('Claim.grows_like("lin", {1: peak("test_m.py::test_a"), 2: peak("test_m.py::b")}, '
+         'exponent="abc")',
+         "claim 'lin': exponent must be a finite number, got 'abc'"),
+        ('Claim("rel", "at_least", peak("test_m.py::test_a"), None, 5)',
+         "claim 'rel': unknown relation 'at_least'; valid relations are at_most, grows_like"),
+    ],
+)  # fmt: skip
+def test_a_bad_claim_is_a_collection_error_at_its_line(vram_pytester, run_vram, declaration,
+                                                        message):  # fmt: skip
+    vram_pytester.makepyfile(
+        test_m="def test_a(vram):\n    vram.run(vram.backend.spike, 1)\n",
+        test_declared=f"from pytest_vram.claims import Claim, peak\n\nvram_claims = [\n"
+        f"    {declaration},\n]\n",
+    )
+    result = run_vram()
+    result.assert_outcomes(errors=1)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines([f"test_declared.py:4: vram_claims: {message}*"])
+    text = result.stdout.str()
+    assert "Traceback" not in text and "pytest_vram/" not in text and "<string>" not in text
+
+
+TYPO = """
+    from pytest_vram.claims import Claim, peak
+
+    vram_claims = [
+        Claim.at_most("typo", peak("test_m.py::test_aa"), "1GiB"),
+        Claim.at_most("gone_file", peak("test_gone.py::test_a"), peak("test_m.py::test_a")),
+    ]
+"""
+
+
+def test_a_claim_no_test_can_produce_fails_in_strict_mode(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        test_m="def test_a(vram):\n    vram.run(vram.backend.spike, 1)\n", test_declared=TYPO
+    )
+    run_vram("--vram-update")
+    relaxed = run_vram("-rs")
+    relaxed.assert_outcomes(passed=1, skipped=1)
+    assert relaxed.ret == pytest.ExitCode.OK
+    relaxed.stdout.fnmatch_lines(
+        ["not evaluated: test_declared.py::typo: none of its tests ran (test_m.py::test_aa: no "
+         "collected test produces it: check the key*"]
+    )  # fmt: skip
+    strict = run_vram("--vram-strict")
+    strict.assert_outcomes(passed=1, failed=2)
+    strict.stdout.fnmatch_lines(
+        [
+            "*test_declared.py::typo: not evaluated: no figures for test_m.py::test_aa (no "
+            "collected test produces it: check the key, the test's node id or nodeid::name as "
+            "the VRAM table shows it) (strict mode: every claim must be decided)",
+            "*test_declared.py::gone_file: not evaluated: no figures for test_gone.py::test_a*",
+        ]
+    )
+
+
+def test_a_claim_over_tests_of_a_file_not_collected_is_left_alone(vram_pytester, run_vram):
+    # `pytest test_declared.py` alone says nothing about the tests of test_m.py.
+    vram_pytester.makepyfile(
+        test_m="def test_a(vram):\n    vram.run(vram.backend.spike, 1)\n",
+        test_declared="""
+        from pytest_vram.claims import Claim, peak
+        vram_claims = [Claim.at_most("fits", peak("test_m.py::test_a"), "1GiB")]
+        """,
+    )
+    result = run_vram("--vram-strict", "test_declared.py")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_a_claim_reads_a_test_that_asked_for_vram_at_run_time(vram_pytester, run_vram):
+    vram_pytester.makepyfile(
+        test_m="""
+        def test_late(request):
+            vram = request.getfixturevalue("vram")
+            vram.run(vram.backend.spike, 1024)
+        """,
+        test_declared="""
+        from pytest_vram.claims import Claim, peak
+        vram_claims = [Claim.at_most("late_fits", peak("test_m.py::test_late"), "1KiB")]
+        """,
+    )
+    result = run_vram("--vram-json=vram.json")
+    result.assert_outcomes(passed=2)
+    claims = json.loads((vram_pytester.path / "vram.json").read_text())["claims"]
+    assert [(c["name"], c["kind"]) for c in claims] == [("late_fits", "holds")]

@@ -57,18 +57,19 @@ def test_a_module_fixtures_cycle_is_collected_before_the_next_module_measures(
         test_a="""
         def test_holds(vram, cyclic):
             vram.backend.cycles = True
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
 
         def test_holds_still(vram, cyclic):
             vram.backend.cycles = True
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """,
         test_b="""
         from conftest import REFS
 
         def test_after(vram):
             vram.backend.cycles = True
-            vram.run(lambda: None)  # the measurement's start collected the dropped cycle
+            # the measurement's start collected the dropped cycle
+            vram.run(vram.backend.spike, 1024)
             assert REFS and REFS[0]() is None
         """,
     )
@@ -93,7 +94,10 @@ def test_the_last_measurement_stays_frozen_for_pytests_collections_at_exit(
             print("FROZEN at exit", gc.get_freeze_count() > 0)
         """
     )
-    measuring = "def test_{0}(vram):\n    vram.backend.cycles = True\n    vram.run(lambda: None)\n"
+    measuring = (
+        "def test_{0}(vram):\n    vram.backend.cycles = True\n"
+        "    vram.run(vram.backend.spike, 1024)\n"
+    )
     vram_pytester.makepyfile(
         test_a=measuring.format("a"),
         test_b=measuring.format("b"),

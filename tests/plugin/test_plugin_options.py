@@ -125,7 +125,7 @@ def test_marker_options_are_validated_at_setup(vram_pytester, run_vram, options,
 
         @pytest.mark.vram({options})
         def test_marked(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """
     )
     result = run_vram()
@@ -143,7 +143,7 @@ import pytest
 
 @pytest.mark.vram(skip_estimate="boolean indexing of the batch")
 def test_masked(vram):
-    vram.run(lambda: None)
+    vram.run(vram.backend.spike, 1024)
 """
 
 
@@ -198,7 +198,7 @@ def test_fixture_users_are_selected_by_dash_m_vram(vram_pytester, run_vram):
         import pytest
 
         def test_fixture_only(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
 
         def test_plain():
             pass
@@ -292,7 +292,7 @@ def test_marker_key_overrides_the_node_id(vram_pytester, run_vram):
 
         @pytest.mark.vram(key="shared/inference")
         def test_keyed(vram):
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """
     )
     run_vram().stdout.fnmatch_lines(["shared/inference * new"])
@@ -307,12 +307,12 @@ def test_warmup_is_not_counted_and_runs_once(vram_pytester, run_vram):
         def test_a(vram, vram_backend):
             assert vram.backend is vram_backend
             assert vram.backend.warmups == 1
-            vram.run(lambda: None)
-            assert vram.measurements[0].peak_bytes == 0
+            vram.run(vram.backend.spike, 1024)
+            assert vram.measurements[0].peak_bytes == 1024  # the warm-up's 32 MiB is not in it
 
         def test_b(vram):
             assert vram.backend.warmups == 1
-            vram.run(lambda: None)
+            vram.run(vram.backend.spike, 1024)
         """
     )
     run_vram().assert_outcomes(passed=3)
@@ -431,7 +431,7 @@ def test_vram_numprocesses_runs_the_memory_job_on_workers(vram_pytester, run_vra
 def test_vram_numprocesses_rejects_a_bad_value(vram_pytester, run_vram_subprocess):
     pytest.importorskip("xdist")
     vram_pytester.makeini("[pytest]\nvram_numprocesses = many\n")
-    vram_pytester.makepyfile(test_mem="def test_a(vram):\n    vram.run(len, [])\n")
+    vram_pytester.makepyfile(test_mem="def test_a(vram):\n    vram.run(vram.backend.spike, 1024)\n")
     result = run_vram_subprocess("-m", "vram")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "vram_numprocesses = 'many'" in result.stderr.str()
@@ -444,7 +444,7 @@ def test_a_report_path_as_its_own_word_that_moved_the_rootdir_is_refused(
     an existing PATH outside the project became the rootdir, the project's ini was not
     read and every measurement lacked its baseline."""
     vram_pytester.makeini("[pytest]\nvram_baselines = baselines\n")
-    vram_pytester.makepyfile(test_mem="def test_a(vram):\n    vram.run(len, [])\n")
+    vram_pytester.makepyfile(test_mem="def test_a(vram):\n    vram.run(vram.backend.spike, 1024)\n")
     outside = vram_pytester.path.parent / "reports"
     outside.mkdir(exist_ok=True)
     report = outside / "run.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from pytest_vram.core.figures import MemoryFigures
 from pytest_vram.core.records import Record
 from pytest_vram.core.units import GiB, MiB, Tolerance
-from pytest_vram.core.verdicts import SEVERITY, Kind, Verdict, judge, worst
+from pytest_vram.core.verdicts import SEVERITY, Cause, Kind, OffDevice, Verdict, judge, worst
 from pytest_vram.render.verdicts import detail, summary
 from pytest_vram.store.baselines import Entry
 
@@ -291,7 +292,7 @@ def test_worst_orders_by_severity() -> None:
 
 
 def test_failing_kinds_rank_above_non_failing_ones() -> None:
-    failing = {Kind.OVER_BUDGET, Kind.REGRESSION, Kind.MISSING}
+    failing = {Kind.NOT_ON_DEVICE, Kind.OVER_BUDGET, Kind.REGRESSION, Kind.MISSING}
     assert set(SEVERITY[: len(failing)]) == failing
 
 
@@ -307,3 +308,51 @@ def test_reserved_budget_boundary(reserved: int | None, fails: bool) -> None:
         assert verdict.kind is Kind.OVER_BUDGET
         expected = "cannot be checked" if reserved is None else "over the reserved_budget"
         assert expected in verdict.detail
+
+
+OFF = OffDevice(
+    step="vram.build(make_model)",
+    device="cuda:0",
+    backend="estimate",
+    params=16_781_312,
+    elsewhere=("cpu",),
+    causes=(Cause("import-time device", "DEVICE", "cpu", "tests/test_model.py:5"),),
+)
+
+
+@pytest.mark.parametrize("update", [False, True])
+@pytest.mark.parametrize("baseline", [None, BASE])
+def test_figures_off_the_device_fail_alone_also_while_updating(
+    update: bool, baseline: MemoryFigures | None
+) -> None:
+    zero = MemoryFigures(0, 0)
+    verdicts = judge(
+        zero, baseline, tolerance=HALF_PERCENT, budget=GiB, update=update, off_device=OFF
+    )
+    assert [(v.kind, v.fails, v.updating) for v in verdicts] == [(Kind.NOT_ON_DEVICE, True, update)]
+
+
+def test_a_record_off_the_device_travels_and_is_not_recordable() -> None:
+    record = Record(
+        key=KEY,
+        nodeid=KEY,
+        name=None,
+        profile="estimate",
+        baseline_path=PATH,
+        params=OFF.params,
+        model_bytes=0,
+        peak_bytes=0,
+        setup={},
+        tolerance=Tolerance(),
+        budget=None,
+        baseline_model_bytes=None,
+        baseline_peak_bytes=None,
+        verdicts=(Verdict(Kind.NOT_ON_DEVICE, True),),
+        off_device=OFF,
+    )
+    back = Record.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert back == record and not back.recordable
+    assert summary(back, back.verdicts[0]) == ("the model is on the CPU (16.78M parameters on cpu)")
+    text = detail(back, back.verdicts[0])
+    assert "DEVICE = 'cpu' (tests/test_model.py:5): a device chosen with" in text
+    assert "before the estimator's emulated GPU existed: use vram.device" in text

@@ -7,12 +7,16 @@ Test files written by the pytester tests run with
 ``--vram-attribution=on`` the blocks are reported to the collector, so a measurement has a
 breakdown (everything in ``(no module)``, ``inputs/other``). With
 ``vram.backend.capacity`` set, an allocation beyond it raises :class:`ScriptedOutOfMemory`
-as torch raises ``torch.OutOfMemoryError`` on a full GPU.
+as torch raises ``torch.OutOfMemoryError`` on a full GPU. Where ``VRAM_SCRIPTED_EVENTS``
+names a file, the backend appends a line to it whenever its test scope or session scope is
+entered or left, and at every ``begin_test`` (the zero point), with the bytes allocated then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 
 from pytest_vram.backends.base import Backend
 
@@ -77,6 +81,31 @@ class ScriptedBackend(Backend):
         self.warmups += 1
         self.persistent.append(Block(self, WARMUP_BYTES))
 
+    def _event(self, what: str) -> None:
+        path = os.environ.get("VRAM_SCRIPTED_EVENTS")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{what} {self._allocated // MiB}\n")
+
+    @contextlib.contextmanager
+    def test_scope(self) -> Iterator[None]:
+        self._event("test-scope-enter")
+        try:
+            yield
+        finally:
+            self._event("test-scope-exit")
+
+    @contextlib.contextmanager
+    def session_scope(self) -> Iterator[None]:
+        self._event("session-scope-enter")
+        try:
+            yield
+        finally:
+            self._event("session-scope-exit")
+
+    def begin_test(self) -> None:
+        self._event("begin-test")
+
     def collect_garbage(self) -> None:
         # Blocks are freed by reference counting; a test that builds a cycle says so with
         # vram.backend.cycles = True.
@@ -112,3 +141,45 @@ class ScriptedBackend(Backend):
 
     def spike(self, size: int) -> None:
         Block(self, size)  # allocated and released at once: only the peak moves
+
+
+class RecordingBackend(ScriptedBackend):
+    """A scripted backend with cuDNN convolution workspaces (``Backend.workspace_setup``).
+
+    ``vram.backend.convolve(key, size)`` is a convolution whose workspace is ``size``: the
+    peak moves by it, and while the run records (``--vram-update``) it is recorded under
+    ``key``. ``known`` and ``source`` are what the session gave ``use_workspaces``.
+    """
+
+    reads_workspaces = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recording = False
+        self.recorded: dict[str, int] = {}
+        self.known: dict[str, int] | None = None
+        self.source: str | None = None
+
+    def workspace_setup(self) -> dict[str, str]:
+        return {"arch": "sm90", "cudnn": "91900", "device": "scripted", "torch": "none"}
+
+    def use_workspaces(self, entries: Mapping[str, int], source: str) -> None:
+        self.known, self.source = dict(entries), source
+
+    def record_workspaces(self) -> bool:
+        self.recording = True
+        return True
+
+    def recorded_workspaces(self) -> dict[str, int]:
+        return dict(self.recorded)
+
+    def convolve(self, key: str, size: int) -> None:
+        self.spike(size)
+        if self.recording:
+            self.recorded[key] = max(size, self.recorded.get(key, 0))
+
+
+class MeasuringBackend(RecordingBackend):
+    """Records workspaces but never reads them, as the ``cuda`` backend."""
+
+    reads_workspaces = False

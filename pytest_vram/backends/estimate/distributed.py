@@ -83,6 +83,9 @@ class _EmulatedStream:
     def query(self) -> bool:
         return True
 
+    def is_capturing(self) -> bool:
+        return False  # no CUDA graph is captured on the emulated device (optimizers ask)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _EmulatedStream)
 
@@ -110,6 +113,11 @@ class _EmulatedEvent:
 
 
 _CURRENT_STREAM = _EmulatedStream()
+
+
+def current_stream(device: object = None) -> _EmulatedStream:
+    """``torch.accelerator.current_stream`` where no GPU is usable (``cuda_runtime``)."""
+    return _CURRENT_STREAM
 
 
 class _EmulatedCudaHandle:
@@ -326,7 +334,7 @@ def _emulated_cuda(patches: Patches) -> None:
             original = module._get_device_handle
             patches.set(module, "_get_device_handle", _handle_for(original))
     patches.set(torch._C, "_get_accelerator", _cuda_accelerator)
-    patches.set(torch.accelerator, "current_stream", _HANDLE.current_stream)
+    # torch.accelerator.current_stream: the emulated card's (cuda_runtime.install_device)
 
 
 _REDIRECTED: set[type] = set()

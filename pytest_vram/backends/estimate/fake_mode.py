@@ -212,6 +212,15 @@ class EstimatingFakeMode(FakeTensorMode):
         #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)
         self._fake_templates: dict[torch.device, dict[str, Any]] = {}
 
+    @property
+    def avoid_device_init(self) -> bool:
+        """Whether this mode must never run an operator on a real device: where the CUDA
+        runtime is emulated, always. torch asks ``torch.cuda.is_available()`` at every
+        call, which the emulated card answers True inside the scope; constant propagation
+        and ``torch.tensor(..., device="cuda")`` would then run CUDA kernels this machine
+        does not have."""
+        return True if self._emulate else bool(FakeTensorMode.avoid_device_init.fget(self))
+
     def may_turn_const(self, t: torch.Tensor) -> bool:
         """Whether the real result ``t`` of an operator on constants stays a constant: on
         the CPU up to ``CPU_CONSTANT_NUMEL_LIMIT`` elements (torch: 1), elsewhere as torch.

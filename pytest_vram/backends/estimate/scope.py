@@ -30,9 +30,11 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter
 from torch.optim import optimizer as torch_optimizer
 
+from pytest_vram.backends.cards import Card
 from pytest_vram.backends.estimate import cuda_runtime, distributed, transformers_support
 from pytest_vram.backends.estimate.autograd_engine import settle_engine_threads
 from pytest_vram.backends.estimate.fake_mode import EstimatingFakeMode
+from pytest_vram.backends.estimate.kernels import convolution
 from pytest_vram.backends.estimate.refusals import EstimateUnsupported, compile_message
 from pytest_vram.backends.estimate.torch_compat import is_compile_failure
 from pytest_vram.backends.estimate.tracker import StorageTracker
@@ -160,13 +162,17 @@ class Scope:
     without torch's and the estimator's frames.
     """
 
-    def __init__(self, mode: EstimatingFakeMode, emulate: bool, tracker: StorageTracker) -> None:
+    def __init__(
+        self, mode: EstimatingFakeMode, emulate: bool, tracker: StorageTracker, card: Card
+    ) -> None:
         self._mode = mode
         self._emulate = emulate
         self._tracker = tracker
+        self._card = card
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> None:
+        global _active
         with contextlib.ExitStack() as stack:
             patches = stack.enter_context(Patches())  # restored last, after the mode exits
             if self._emulate:
@@ -175,6 +181,8 @@ class Scope:
                 # the emulated CUDA guard makes it start) then never holds a task's state,
                 # whose Python objects it would release while the interpreter finalizes.
                 stack.enter_context(torch.autograd.set_multithreading_enabled(False))
+            if self._tracker.workspaces is not None:
+                patches.set(convolution, "project", self._tracker.workspaces)
             _copyable_fake_tensors(patches)
             _swappable_constants(patches, self._mode.fake_tensor_converter)
             _optimizers_take_fake_tensors(patches)
@@ -183,7 +191,9 @@ class Scope:
             distributed.install(patches, self._tracker, self._emulate)
             _report_rnns(patches, self._tracker)
             if self._emulate:
-                cuda_runtime.install_memory_queries(patches, self._tracker.allocator)
+                cuda_runtime.install_device(patches, self._card, self._tracker.allocator)
+            cuda_runtime.enter_scope()
+            stack.callback(cuda_runtime.leave_scope)
             self._stack = stack.pop_all()
 
     def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -191,8 +201,27 @@ class Scope:
         self._stack.__exit__(typ, exc, tb)
         if self._emulate:
             settle_engine_threads()
-        if isinstance(exc, EstimateUnsupported):
-            raise EstimateUnsupported(str(exc)) from None
-        if exc is not None and is_compile_failure(exc):
-            raise EstimateUnsupported(compile_message(exc)) from None
-        return False
+        return _reraise(exc)
+
+
+class Reentered:
+    """A build step or workload inside a test that already runs in the estimator's scope
+    (``EstimateBackend.test_scope``): nothing to enter; what the scope does with an
+    exception on its way to the test is done here, at the step."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        return _reraise(exc)
+
+
+def _reraise(exc: BaseException | None) -> bool:
+    """Refusals reach the test with their own message, without torch's frames."""
+    __tracebackhide__ = True
+    if isinstance(exc, EstimateUnsupported):
+        raise EstimateUnsupported(str(exc)) from None
+    if exc is not None and is_compile_failure(exc):
+        raise EstimateUnsupported(compile_message(exc)) from None
+    return False

@@ -104,6 +104,9 @@ _FAKE = "torch._subclasses.fake_tensor"
 REQUIRED = (
     f"{_FAKE}.FakeTensor",
     f"{_FAKE}.FakeTensorMode.cpp_meta_supports_symint",
+    f"{_FAKE}.FakeTensorMode.avoid_device_init",
+    "torch.cuda._lazy_init",
+    "torch.cuda.memory.memory_stats_as_nested_dict",
     f"{_FAKE}.FakeTensorConverter.from_meta_and_device",
     f"{_FAKE}.FakeTensorConverter.from_real_tensor",
     f"{_FAKE}.FakeTensorConverter._get_memo",

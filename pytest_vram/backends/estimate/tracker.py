@@ -38,8 +38,12 @@ class StorageTracker:
         allocator: CachingAllocatorModel,
         observer: Any = None,
         known: KnownValues | None = None,
+        workspaces: convolution.ProjectWorkspaces | None = None,
     ) -> None:
         self.allocator = allocator
+        #: the project's recorded convolution workspaces (``kernels.convolution``), in
+        #: force while the scope is active
+        self.workspaces = workspaces
         #: the test's known tensor values: a resized storage's contents are new
         self.known = known
         self._live: dict[int, tuple[weakref.ref[Any], Block | None]] = {}
@@ -113,16 +117,8 @@ class StorageTracker:
 
     def _unmodelled(self, description: str) -> None:
         """Warn, once per test, of a convolution whose cuDNN workspace is not known."""
-        name, _ = convolution.current_table()
         self.warn_once(
-            convolution.ConvWorkspaceUnknown,
-            f"the estimate counts no cuDNN workspace for the {description}: it is not "
-            f"in {convolution.TABLE_DIR}/{name}, so this test's figure may be low by "
-            "up to that workspace (on the H200, 0 B to several times the input's size "
-            "for common CNN layers). Fix: measure the table on the GPU the estimate "
-            "models with tools/cudnn_workspace.py from pytest-vram's repository, "
-            "or measure this test with --vram-backend=cuda. Further convolutions of "
-            "this test that are not in the table are not reported again.",
+            convolution.ConvWorkspaceUnknown, unknown_workspace(description, self.workspaces)
         )
 
     def warn_once(self, category: type[Warning], message: str) -> None:
@@ -138,3 +134,32 @@ class StorageTracker:
             where.filename if where else "<unknown>",
             (where.lineno or 0) if where else 0,
         )
+
+
+def unknown_workspace(description: str, workspaces: convolution.ProjectWorkspaces | None) -> str:
+    """The :class:`~.kernels.convolution.ConvWorkspaceUnknown` message: what is not known,
+    where it was looked for, and the run that records it."""
+    arch, cudnn = convolution.current_setup()
+    name, _ = convolution.current_table()
+    setup = f"{arch}_cudnn{cudnn}"
+    recorded = (
+        workspaces.source
+        if workspaces is not None and workspaces.source
+        else f"<baselines>/{convolution.PROJECT_DIR}/{setup}.yaml"
+    )
+    # pytest names the running test in this variable (its documented format: "<node id>
+    # (<phase>)"); outside pytest the command says where the test goes
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    test = f"'{current}'" if current else "<test>"
+    return (
+        f"the estimate counts no cuDNN workspace for the {description}: it is neither in "
+        f"the project's recorded workspaces ({recorded}) nor in the shipped table "
+        f"({convolution.TABLE_DIR}/{name}), so this test's figure may be low by up to that "
+        "workspace (on the H200, 0 B to several times the input's size for common CNN "
+        "layers). Fix: run this test once on a GPU with `pytest --vram-backend=cuda "
+        f"--vram-update {test}` (an {arch} GPU with cuDNN {convolution.cudnn_text(cudnn)}, "
+        "the setup the estimate models); the convolution workspaces it records in "
+        f"{recorded} make the estimate exact; commit that file. Or measure this test with "
+        "--vram-backend=cuda. Further convolutions of this test that are not known are not "
+        "reported again."
+    )

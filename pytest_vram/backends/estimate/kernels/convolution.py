@@ -18,21 +18,29 @@ it and minus its (512-byte rounded) outputs. The estimator allocates it as one b
 the outputs and frees it at once (``tracker.StorageTracker.transient``), which gives the call's
 peak exactly under expandable segments, where only the sum of live requests counts.
 
+A project adds its own measurements: the ``cuda`` backend records the transient of every
+convolution a test runs when it updates baselines (``backends.workspace_recorder``), the
+session writes them to ``baselines/cudnn-workspaces/<arch>_cudnn<version>.yaml`` and hands
+the file's entries for the setup the estimate models to the estimator
+(:class:`ProjectWorkspaces`, in force as :data:`project` while the estimator's scope is),
+which looks a call up there first, then in the shipped table.
+
 ATen's own CUDA convolutions (the NCHW depthwise kernel; ``slow_conv2d`` with cuDNN
 disabled) follow rules the same measurements confirm (:func:`_native`). A cuDNN call that
-is not in the table is counted without a workspace, since no rule covers cuDNN's choice,
-and reported: one :class:`ConvWorkspaceUnknown` warning per test
-(``tracker.StorageTracker``). :func:`cuda_memory_format` gives the results the layout
+is in neither is counted without a workspace, since no rule covers cuDNN's choice, and
+reported: one :class:`ConvWorkspaceUnknown` warning per test (``tracker.StorageTracker``),
+whose fix is the recording run. :func:`cuda_memory_format` gives the results the layout
 cuDNN gives them, which the meta kernel does not know. docs/estimator.md, "cuDNN
 convolution workspaces", has the data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +57,27 @@ TABLE_DIR = "pytest_vram/backends/estimate/kernels/data"
 EMULATED_ARCH = "sm90"
 EMULATED_CUDNN = 91900
 TABLE_FORMAT = 1
+
+
+#: where a project's recorded workspaces live, inside its baselines directory
+PROJECT_DIR = "cudnn-workspaces"
+
+
+@dataclasses.dataclass
+class ProjectWorkspaces:
+    """The convolution workspaces a project recorded for the setup the estimate models
+    (key -> transient bytes), and the file they are read from, as the session names it
+    (None: the estimator was not told of a project). One per backend, updated in place by
+    ``EstimateBackend.use_workspaces``."""
+
+    entries: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    source: str | None = None
+
+
+#: the project's workspaces while the estimator's scope is active (``scope.Scope`` sets it
+#: for the scope and restores it; a module attribute, so the autograd engine's thread sees
+#: it too); None outside, or without a project
+project: ProjectWorkspaces | None = None
 
 
 class ConvWorkspaceUnknown(UserWarning):
@@ -180,14 +209,35 @@ def _unknown(description: str) -> Buffers:
     return buffers
 
 
-def current_table() -> tuple[str, dict[str, int] | None]:
-    """The table for the GPU the estimate models, by file name, and its entries."""
-    if torch.cuda.is_available():
+def gpu_visible() -> bool:
+    """Whether a real GPU is visible (``torch.cuda.is_available()`` without the emulation)."""
+    return torch.cuda._is_compiled() and torch._C._cuda_getDeviceCount() > 0
+
+
+def current_setup() -> tuple[str, int]:
+    """The GPU architecture and cuDNN version the estimate models: a real GPU's where one
+    is visible (asked of the runtime itself: inside the estimator's scope
+    ``torch.cuda.is_available()`` answers for the emulated card), else the H200's."""
+    if gpu_visible():
         major, minor = torch.cuda.get_device_capability()
-        version = torch.backends.cudnn.version() or 0
-        name = table_name(f"sm{major}{minor}", int(version))
-    else:
-        name = table_name(EMULATED_ARCH, EMULATED_CUDNN)
+        return f"sm{major}{minor}", int(torch.backends.cudnn.version() or 0)
+    return EMULATED_ARCH, EMULATED_CUDNN
+
+
+def cudnn_text(version: int) -> str:
+    """``91900`` -> ``"9.19.0"`` (cuDNN 9 numbers its versions major*10000 + minor*100 +
+    patch, cuDNN 8 major*1000 + minor*100 + patch)."""
+    if version >= 90000:
+        return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+    if version >= 8000:
+        return f"{version // 1000}.{version // 100 % 10}.{version % 100}"
+    return str(version)
+
+
+def current_table() -> tuple[str, dict[str, int] | None]:
+    """The shipped table for the setup the estimate models (:func:`current_setup`), by
+    file name, and its entries."""
+    name = table_name(*current_setup())
     return name, load_table(name)
 
 
@@ -283,9 +333,12 @@ def _buffers(direction: str, key: str, inp: Any, weight: Any, params: dict[str, 
     if inp.device.type != "cuda" or inp.numel() == 0 or weight.numel() == 0:
         return Buffers()
     if torch.backends.cudnn.enabled:
+        recorded = project.entries if project is not None else {}
         _, table = current_table()
-        if table is not None and key in table:
-            transient = table[key]
+        transient = recorded.get(key)
+        if transient is None and table is not None:
+            transient = table.get(key)
+        if transient is not None:
             return Buffers([transient] if transient else [])
         # ``use_cudnn_depthwise``: cuDNN takes a depthwise convolution in channels-last,
         # and in NCHW only in fp16 (depending on the shape); the rest is ATen's kernel.
