@@ -102,7 +102,7 @@ def _parse_bytes(data: bytes, path: Path) -> Stored:
 def parse(text: str, path: Path) -> Stored:
     """Validate store ``text`` as if read from ``path`` (which names it in errors)."""
     try:
-        document, _node = yaml_dialect.load(text)
+        document, _node = yaml_dialect.load(text, what="a breakdowns store")
     except yaml_dialect.DuplicateKey as dup:
         inside = ".".join((*dup.where, dup.key))
         raise BreakdownError(

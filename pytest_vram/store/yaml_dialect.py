@@ -77,6 +77,8 @@ class _BoundedComposer(Composer):
     """
 
     _depth = 0
+    #: what the messages call the file: "alias *a is not allowed in a baseline file"
+    what = "a baseline file"
 
     def compose_document(self) -> Node | None:  # type: ignore[override]
         node = super().compose_document()
@@ -88,23 +90,23 @@ class _BoundedComposer(Composer):
         event = self.peek_event()
         if isinstance(event, AliasEvent):
             raise Refused(
-                f"alias *{event.anchor} is not allowed in this file; write the value out",
+                f"alias *{event.anchor} is not allowed in {self.what}; write the value out",
                 event.start_mark,
             )
         if getattr(event, "anchor", None) is not None:
             raise Refused(
-                f"anchor &{event.anchor} is not allowed in this file; remove it",
+                f"anchor &{event.anchor} is not allowed in {self.what}; remove it",
                 event.start_mark,
             )
         if getattr(event, "tag", None) is not None:
             raise Refused(
-                f"tag {_short_tag(event.tag)} is not allowed in this file; remove it "
-                f"(figures are plain integers, names and tolerances plain strings)",
+                f"tag {_short_tag(event.tag)} is not allowed in {self.what}; remove it "
+                f"(figures are plain integers, all else plain strings)",
                 event.start_mark,
             )
         if self._depth >= MAX_DEPTH:
             raise Refused(
-                f"nested deeper than {MAX_DEPTH} levels; the stores need 4 "
+                f"nested deeper than {MAX_DEPTH} levels; {self.what} needs 4 "
                 f"(file, entries, entry, field)",
                 event.start_mark,
             )
@@ -152,8 +154,9 @@ class Invalid(Exception):
         self.where, self.text = where, text
 
 
-def load(text: str) -> tuple[Any, Node | None]:
-    """The document's data and its node tree (which knows the line of every key).
+def load(text: str, what: str = "a baseline file") -> tuple[Any, Node | None]:
+    """The document's data and its node tree (which knows the line of every key); ``what``
+    the file is called in messages.
 
     Raises :class:`DuplicateKey`, or :class:`Invalid` for a syntax error, a refused
     construct (alias, anchor, tag, deep nesting) or any constructor error that gets
@@ -161,6 +164,7 @@ def load(text: str) -> tuple[Any, Node | None]:
     """
     try:
         loader = StrictLoader(text)
+        loader.what = what
         try:
             node = loader.get_single_node()
             return (None if node is None else loader.construct_document(node)), node

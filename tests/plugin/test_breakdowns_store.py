@@ -56,9 +56,15 @@ BAD_STORES = {
         r"not UTF-8 text \(byte 28: b'\\xff'\)",
     ),
     "bad-date": (b"entries:\n  k:\n    g: 2024-13-45\n", r"entry 'k': group 'g': bytes must be a "),
-    "deep": (b"entries: " + b"[" * 100 + b"]" * 100 + b"\n", r"nested deeper than 16 levels"),
-    "alias": (b"entries:\n  k: &a {g: 1}\n  j: *a\n", r"anchor &a is not allowed"),
-    "tag": (b"entries:\n  k:\n    g: !!int 1\n", r"tag !!int is not allowed"),
+    "deep": (
+        b"entries: " + b"[" * 100 + b"]" * 100 + b"\n",
+        r"nested deeper than 16 levels; a breakdowns store needs 4",
+    ),
+    "alias": (
+        b"entries:\n  k: &a {g: 1}\n  j: *a\n",
+        r"anchor &a is not allowed in a breakdowns store",
+    ),
+    "tag": (b"entries:\n  k:\n    g: !!int 1\n", r"tag !!int is not allowed in a breakdowns store"),
     "negative": (b"entries:\n  k:\n    g: -1000000000\n", r"got -1000000000"),
     "huge": (b"entries:\n  k:\n    g: 18446744073709551616\n", r"below 2\*\*64, got 18446"),
     "digits": (b"entries:\n  k:\n    g: " + b"9" * 30 + b"\n", r"got '999"),
