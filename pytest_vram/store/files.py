@@ -58,6 +58,9 @@ class NotRegular(OSError):
 class ReadOnly(PermissionError):
     """A regular file without any write bit (``chmod 0444``): meant to stay as it is."""
 
+    #: the file's permission bits, ``0o444``
+    mode = 0
+
 
 class InTheWay(NotADirectoryError):
     """A file where a directory is needed, or on the way to one."""
@@ -159,7 +162,9 @@ def check_replaceable(path: Path) -> None:
             errno.EINVAL, f"it is {kind(mode)}, not a regular file: never replaced", str(path)
         )
     if not mode & 0o222:
-        raise ReadOnly(errno.EACCES, f"it is read-only, mode {mode & 0o777:04o}", str(path))
+        read_only = ReadOnly(errno.EACCES, f"it is read-only, mode {mode & 0o777:04o}", str(path))
+        read_only.mode = mode & 0o777
+        raise read_only
 
 
 def ensure_directory(path: Path) -> None:
