@@ -1,7 +1,8 @@
 """Hostile but realistic cases against every file pytest-vram writes or reads back: the
-breakdowns store, ``--vram-json``/``--vram-markdown``, ``--vram-artifacts``, and names that
-become baseline keys. Each case is a fresh project on the scripted test backend, run as
-real pytest processes (60 s limit each), and is classified as:
+breakdowns store, the recorded cuDNN workspace files, ``--vram-json``/``--vram-markdown``,
+``--vram-artifacts``, and names that become baseline keys. Each case is a fresh project on
+the scripted test backend, run as real pytest processes (60 s limit each), and is
+classified as:
 
 * ``ok``: the right result, or a clear message naming the file or option with a failing
   exit code (4 before the run, 1 after the summary);
@@ -298,6 +299,153 @@ def _concurrent_store(root: Path, pytest: Callable[..., Run]) -> str:
         runs.extend(results)
         text = store.read_text() if store.exists() else ""
         lost += not ("test_r.py::test_a" in text and "test_r.py::test_b" in text)
+    return verdict(*runs, ok=True, loss=lost > 0)
+
+
+# --------------------------------------------------------------------------- workspaces
+
+RECORDING = "--vram-backend=vram_scripted:RecordingBackend"
+CONV = "fwd float32 x=8,3,64,64 s=2,2 tf32=1 det=0 bench=0"
+KEPT_CONV = "bwd float32 x=8,3,64,64 s=2,2 mask=011 tf32=1 det=0 bench=0"
+CONV_TESTS = f"""
+def test_c(vram):
+    vram.run(vram.backend.convolve, {CONV!r}, 4096)
+"""
+WORKSPACES = f"""format: 1
+arch: sm90
+cudnn: 91900
+entries:
+  {KEPT_CONV}: 1024
+"""
+BAD_WORKSPACES = {
+    "non-UTF-8 byte": WORKSPACES.encode() + b"#\xff\n",
+    "deep nesting": b"entries: " + b"[" * 1000 + b"]" * 1000 + b"\n",
+    "alias": WORKSPACES.replace("cudnn: 91900", "cudnn: &v 91900").encode(),
+    "tag": WORKSPACES.replace("cudnn: 91900", "cudnn: !!python/name:os.system").encode(),
+    "negative figure": WORKSPACES.replace(": 1024", ": -1024").encode(),
+    "figure in words": WORKSPACES.replace(": 1024", ": 1 KiB").encode(),
+    "another setup's file": WORKSPACES.replace("arch: sm90", "arch: sm80").encode(),
+    "duplicate entry": (WORKSPACES + f"  {KEPT_CONV}: 2048\n").encode(),
+}
+
+
+def workspace_file(root: Path) -> Path:
+    project(root)
+    (root / "test_c.py").write_text(CONV_TESTS)
+    return root / "baselines" / "cudnn-workspaces" / "sm90_cudnn91900.yaml"
+
+
+def _workspace_case(label: str, data: bytes) -> None:
+    @case("workspace file", f"{label}: a run that reads it, then --vram-update")
+    def run(root: Path, pytest: Callable[..., Run]) -> str:
+        path = workspace_file(root)
+        path.parent.mkdir()
+        path.write_bytes(data)
+        first = pytest(RECORDING, "test_c.py")
+        second = pytest(RECORDING, "--vram-update", "test_c.py")
+        named = all("cudnn-workspaces/sm90_cudnn91900.yaml" in r.out for r in (first, second))
+        ok = named and first.code == 1 and second.code == 1
+        return verdict(first, second, ok=ok, loss=path.read_bytes() != data)
+
+
+for _label, _data in BAD_WORKSPACES.items():
+    _workspace_case(_label, _data)
+
+
+def _workspace_path_case(label: str, make: Callable[[Path], bool]) -> None:
+    @case("workspace file", f"file path {label}: --vram-update")
+    def run(root: Path, pytest: Callable[..., Run]) -> str:
+        path = workspace_file(root)
+        if not make(path):
+            return "skipped"
+        before = os.lstat(path) if os.path.lexists(path) else None
+        result = pytest(RECORDING, "--vram-update", "test_c.py")
+        intact = before is None or (
+            os.path.lexists(path)
+            and stat.S_IFMT(os.lstat(path).st_mode) == stat.S_IFMT(before.st_mode)
+        )
+        named = "cudnn-workspaces" in result.out
+        return verdict(result, ok=result.code == 1 and named, loss=not intact)
+
+
+for _label, _make in {
+    "a directory": _directory,
+    "under a file": _under_a_file,
+    "a FIFO": _fifo,
+    "a symlink to a character device": _link_to_own_null,
+}.items():
+    _workspace_path_case(_label, _make)
+
+
+@case("workspace file", "read-only file (0444): --vram-update")
+def _read_only_workspaces(root: Path, pytest: Callable[..., Run]) -> str:
+    path = workspace_file(root)
+    path.parent.mkdir()
+    path.write_text(WORKSPACES)
+    path.chmod(0o444)
+    run = pytest(RECORDING, "--vram-update", "test_c.py")
+    kept = path.read_text() == WORKSPACES and stat.S_IMODE(path.stat().st_mode) == 0o444
+    return verdict(run, ok=run.code == 1 and "read-only" in run.out, loss=not kept)
+
+
+@case("workspace file", "symlinked file: --vram-update writes through, keeps the entries")
+def _symlinked_workspaces(root: Path, pytest: Callable[..., Run]) -> str:
+    path = workspace_file(root)
+    path.parent.mkdir()
+    target = root / "kept.yaml"
+    target.write_text(WORKSPACES)
+    path.symlink_to(target)
+    run = pytest(RECORDING, "--vram-update", "test_c.py")
+    text = target.read_text()
+    through = path.is_symlink() and CONV in text and KEPT_CONV in text
+    return verdict(run, ok=run.code == 0, loss=not through)
+
+
+@case("workspace file", "two concurrent --vram-update runs, 5 pairs")
+def _concurrent_workspaces(root: Path, pytest: Callable[..., Run]) -> str:
+    path = workspace_file(root)
+    keys = {side: CONV.replace("x=8", f"x={n}") for n, side in ((1, "a"), (2, "b"))}
+    (root / "test_c.py").write_text(
+        "".join(
+            f"def test_{side}(vram):\n    vram.run(vram.backend.convolve, {key!r}, 512)\n\n"
+            for side, key in keys.items()
+        )
+    )
+    (root / "conftest.py").write_text(
+        "import os, time\nfrom pathlib import Path\n\n"
+        "def pytest_sessionfinish(session):\n"
+        "    me, other = os.environ['SIDE'], os.environ['OTHER']\n"
+        "    Path(f'ready-{me}').touch()\n"
+        "    deadline = time.monotonic() + 30\n"
+        "    while not Path(f'ready-{other}').exists() and time.monotonic() < deadline:\n"
+        "        time.sleep(0.005)\n"
+    )
+    lost, runs = 0, []
+    for _pair in range(5):
+        for ready in root.glob("ready-*"):
+            ready.unlink()
+        path.unlink(missing_ok=True)
+        results: list[Run] = [Run(0, ""), Run(0, "")]
+
+        def side(i: int, me: str, other: str, into: list[Run] = results) -> None:
+            into[i] = pytest(
+                RECORDING,
+                "--vram-update",
+                f"test_c.py::test_{me}",
+                env={"SIDE": me, "OTHER": other},
+            )
+
+        threads = [
+            threading.Thread(target=side, args=(i, *s))
+            for i, s in enumerate([("a", "b"), ("b", "a")])
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        runs.extend(results)
+        text = path.read_text() if path.exists() else ""
+        lost += not all(key in text for key in keys.values())
     return verdict(*runs, ok=True, loss=lost > 0)
 
 
