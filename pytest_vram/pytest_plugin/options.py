@@ -20,7 +20,7 @@ except ImportError:  # pytest's internals moved: no rootdir check rather than no
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
 from pytest_vram.core.units import Tolerance, UnitError, parse_tolerance
 from pytest_vram.store import artifacts as artifact_files
-from pytest_vram.store import baselines, breakdowns, files
+from pytest_vram.store import baselines, breakdowns, files, workspaces
 from pytest_vram.store.baselines import BaselineError
 
 #: ``vram_tolerance``'s default: no deviation allowed
@@ -415,7 +415,8 @@ def source(config: pytest.Config, name: str) -> str:
 
 
 def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
-    """Refuse report files that would overwrite a baseline file or each other."""
+    """Refuse report files that would overwrite a stored file (a baseline file, a
+    breakdowns store, a workspace file) or each other."""
     if settings.json_path is None and settings.markdown_path is None:
         return
     baseline_dir = files.real_path(settings.baselines)
@@ -427,10 +428,12 @@ def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
         if path is None:
             continue
         real = files.real_path(path)
-        if real.parent == baseline_dir and real.suffix.lower() in (".yaml", ".yml"):
+        stored = _stored_file(real, baseline_dir)
+        if stored is not None:
             raise pytest.UsageError(
-                f"{source(config, name)}={path} would overwrite a baseline file in "
-                f"{settings.baselines}; write the report elsewhere (e.g. vram-report.json)"
+                f"{source(config, name)}={_shown(config, path)} would overwrite {stored} in "
+                f"{_shown(config, settings.baselines)}; write the report elsewhere (e.g. "
+                f"vram-report.json)"
             )
         if real in seen:
             raise pytest.UsageError(
@@ -438,6 +441,19 @@ def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
                 f"report its own file"
             )
         seen[real] = source(config, name)
+
+
+def _stored_file(real: Path, baseline_dir: Path) -> str | None:
+    """What file of the baselines directory ``real`` (symlinks resolved) is or would be:
+    ``"a baseline file"``, ``"a breakdowns store"``, ``"a convolution workspace file"``;
+    None for a path of no stored file."""
+    if real.suffix.lower() not in (".yaml", ".yml"):
+        return None
+    return {
+        baseline_dir: "a baseline file",
+        baseline_dir / breakdowns.STORE_DIR: "a breakdowns store",
+        baseline_dir / workspaces.STORE_DIR: "a convolution workspace file",
+    }.get(real.parent)
 
 
 def _check_artifacts_path(config: pytest.Config, settings: Settings) -> None:
@@ -451,11 +467,10 @@ def _check_artifacts_path(config: pytest.Config, settings: Settings) -> None:
     if problem is not None:
         raise pytest.UsageError(f"{shown}: {problem}; give a directory (it is created if missing)")
     real = files.real_path(root)
-    baseline_dir = files.real_path(settings.baselines)
-    in_store = real.parent in (baseline_dir, baseline_dir / breakdowns.STORE_DIR)
-    if in_store and real.suffix.lower() in (".yaml", ".yml"):
+    stored = _stored_file(real, files.real_path(settings.baselines))
+    if stored is not None:
         raise pytest.UsageError(
-            f"{shown} would take the place of a baseline file in "
+            f"{shown} would take the place of {stored} in "
             f"{_shown(config, settings.baselines)}; "
             f"write the artefacts elsewhere (e.g. --vram-artifacts=vram-artifacts)"
         )

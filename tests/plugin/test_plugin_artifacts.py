@@ -55,8 +55,12 @@ def test_artifacts_of_the_failing_test_and_of_all(failing, run_vram):
         ("null", "--vram-artifacts=null: it is a character device, not a directory"),
         ("baselines/scripted.yaml", "--vram-artifacts=baselines/scripted.yaml: it is a regular"),
         ("baselines/cuda.yaml", "*would take the place of a baseline file in baselines; write "),
+        (
+            "baselines/cudnn-workspaces/sm90_cudnn91900.yaml",
+            "*would take the place of a convolution workspace file in baselines; write ",
+        ),
     ],
-    ids=["file", "under-a-file", "device", "baseline-file", "future-baseline-file"],
+    ids=["file", "under-a-file", "device", "baseline-file", "future-baseline-file", "workspaces"],
 )
 def test_an_artifacts_path_that_cannot_be_a_directory_is_a_usage_error(
     failing, run_vram, where, message
@@ -72,6 +76,7 @@ def test_an_artifacts_path_that_cannot_be_a_directory_is_a_usage_error(
     result.stderr.fnmatch_lines([f"ERROR: {message}*"])
     assert (failing.path / "a-file").read_text() == "kept"
     assert not (failing.path / "baselines" / "cuda.yaml").exists()
+    assert not (failing.path / "baselines" / "cudnn-workspaces").exists()
     no_traceback(result)
 
 

@@ -311,6 +311,29 @@ def test_a_report_never_replaces_a_block_device_or_a_socket(vram_pytester, run_v
     _no_traceback(result)
 
 
+@pytest.mark.parametrize("option", ["--vram-json", "--vram-markdown"])
+@pytest.mark.parametrize(
+    ("where", "what"),
+    [
+        ("baselines/breakdowns/scripted.yaml", "a breakdowns store"),
+        ("baselines/cudnn-workspaces/sm90_cudnn91900.yaml", "a convolution workspace file"),
+    ],
+    ids=["breakdowns", "workspaces"],
+)
+def test_a_report_never_overwrites_a_stored_file(vram_pytester, run_vram, option, where, what):
+    vram_pytester.makepyfile(test_o=ONE)
+    stored = vram_pytester.path / where
+    stored.parent.mkdir(parents=True)
+    stored.write_text("entries: {}\n")
+    result = run_vram(f"{option}={where}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: {option}={where} would overwrite {what} in baselines; write the report *"]
+    )
+    assert stored.read_text() == "entries: {}\n"
+    _no_traceback(result)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/version"), reason="needs /proc")
 def test_a_report_to_a_read_only_file_says_so(vram_pytester, run_vram):
     vram_pytester.makepyfile(test_o=ONE)
