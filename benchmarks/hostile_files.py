@@ -591,7 +591,21 @@ def _reports(option: str) -> None:
         server.close()
         return verdict(run, ok=run.code == 1, loss=not intact)
 
+    def stored_file(where: str) -> Callable[[Path, Callable[..., Run]], str]:
+        def run(root: Path, pytest: Callable[..., Run]) -> str:
+            project(root)
+            stored = root / "baselines" / where
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_text("entries: {}\n")
+            result = pytest(f"{option}=baselines/{where}")
+            kept = stored.read_text() == "entries: {}\n"
+            return verdict(result, ok=result.code == 4 and option in result.out, loss=not kept)
+
+        return run
+
     for label, fn in {
+        "the breakdowns store": stored_file("breakdowns/scripted.yaml"),
+        "a recorded workspace file": stored_file("cudnn-workspaces/sm90_cudnn91900.yaml"),
         "a character device (own /dev/null node), as root": to_own_device,
         "a symlink to a character device": to_link_to_own_device,
         "a FIFO with a reader": to_fifo_read,
