@@ -22,20 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from decimal import Decimal, InvalidOperation
 
-_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_SIZE = re.compile(r"^\s*(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>[A-Za-z]*)\s*$")
+from pytest_vram.core.units import UnitError, parse_size
 
 
 class CardError(ValueError):
@@ -132,19 +120,13 @@ class Card:
         named = CARDS.get(_slug(text))
         if named is not None:
             return named
-        match = _SIZE.match(text)
-        if match is None:
-            raise CardError(_expected(text))
-        unit = match["unit"].lower() or "b"
-        if unit not in _UNITS:
-            raise CardError(_expected(text))
         try:
-            total = Decimal(match["number"]) * _UNITS[unit]
-        except InvalidOperation:  # pragma: no cover - the pattern admits only decimals
+            total = parse_size(text, what="card")
+        except UnitError:
             raise CardError(_expected(text)) from None
-        if total != total.to_integral_value() or total <= 0:
+        if total <= 0:
             raise CardError(_expected(text))
-        return DEFAULT.with_capacity(int(total), text.strip())
+        return DEFAULT.with_capacity(total, text.strip())
 
 
 def _slug(text: str) -> str:

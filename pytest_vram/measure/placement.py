@@ -266,6 +266,16 @@ def user_line(tb: TracebackType | None) -> str:
     return found
 
 
+def user_frame_values(tb: TracebackType | None) -> list[Any]:
+    """The local variables of the user's frames of ``tb`` (the test function, its steps):
+    what the code that failed was working with."""
+    found: list[Any] = []
+    for frame, _lineno in traceback.walk_tb(tb):
+        if is_user_file(frame.f_code.co_filename):
+            found.extend(frame.f_locals.values())
+    return found
+
+
 def _display(filename: str) -> str:
     """``filename`` relative to the working directory where it lies inside it."""
     try:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_vram.backends.base import thaw_at_next_collection
+from pytest_vram.core.verdicts import OffDevice
 from pytest_vram.measure import placement
 from pytest_vram.measure.meter import is_out_of_memory
 from pytest_vram.measure.vram import Vram, VramUsageError
@@ -24,7 +25,7 @@ from pytest_vram.render.breakdowns import top_lines
 from pytest_vram.render.json_report import record_property
 from pytest_vram.render.longrepr import Failure, failure, text_of
 from pytest_vram.render.terminal import peaks
-from pytest_vram.render.verdicts import off_device_failure, out_of_memory
+from pytest_vram.render.verdicts import mixed_devices_failure, off_device_failure, out_of_memory
 from pytest_vram.store.artifacts import ArtifactError
 
 
@@ -100,6 +101,14 @@ class MeasureHooks:
             where = placement.user_line(call.excinfo.tb)
             error = call.excinfo.exconly().splitlines()[0]
             rep.longrepr = failure(item, off_device_failure(off, error, where))
+        elif call.excinfo and _device_error(call.excinfo):
+            off = _mixed_devices(item, probe, call.excinfo)
+            if off is not None:
+                where = placement.user_line(call.excinfo.tb)
+                error = call.excinfo.exconly().splitlines()[0]
+                session = self.session.settings.emulate == "session"
+                text = mixed_devices_failure(off, error, where, session_emulated=session)
+                rep.longrepr = failure(item, text)
         elif (
             call.excinfo
             and probe.out_of_memory is not None
@@ -187,6 +196,31 @@ def _device_error(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
     build step left its model elsewhere, that is the likely reason."""
     exc = excinfo.value
     return "device" in type(exc).__name__.lower() or "device" in str(exc).lower()
+
+
+def _mixed_devices(
+    item: pytest.Item, probe: Vram, excinfo: pytest.ExceptionInfo[BaseException]
+) -> OffDevice | None:
+    """A device error in a test whose code holds tensors on the measured device and on
+    another (a batch made on the CPU by a device chosen at import): what is elsewhere and
+    the likely causes, from the failing frames, the fixtures' values and their code."""
+    device = probe.device
+    values = [v for name, v in item.funcargs.items() if name != "vram"]  # type: ignore[attr-defined]
+    held = placement.survey([*placement.user_frame_values(excinfo.tb), *values], device)
+    if not (held.off_device and held.on_device):
+        return None
+    fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}) or {}
+    functions = [getattr(item, "function", None)]
+    functions.extend(defs[-1].func for defs in fixtures.values() if defs)
+    return OffDevice(
+        step="the test",
+        device=device,
+        backend=probe.backend.name,
+        params=held.params,
+        tensors=held.tensors,
+        elsewhere=tuple(sorted(held.elsewhere)),
+        causes=placement.causes(functions, device),
+    )
 
 
 def _gather_ranks(item: pytest.Item, probe: Vram, rep: pytest.TestReport) -> None:

@@ -365,6 +365,42 @@ def off_device_failure(off: OffDevice, error: str, where: str) -> str:
     )
 
 
+def mixed_devices_failure(
+    off: OffDevice, error: str, where: str, *, session_emulated: bool = False
+) -> str:
+    """A test that failed on tensors of two devices while nothing was left off the device
+    by a build step: what the failing code held elsewhere, the likely cause and the fix."""
+    at = f" at {where}" if where else ""
+    lines = [
+        f"tensors on two devices: the test runs on {off.device} and its code holds "
+        f"{_elsewhere(off)}; it failed{at}:",
+        f"  {error}",
+    ]
+    causes = [_cause(c, off) for c in off.causes]
+    if len(causes) == 1:
+        lines.append(f"  likely cause: {causes[0]}")
+    elif causes:
+        lines.append("  likely causes:")
+        lines.extend(f"  - {c}" for c in causes)
+    lines.append(
+        "  fix: make the model and its tensors on vram.device inside the test or a "
+        "function-scoped fixture (model.to(vram.device), torch.randn(..., device=vram.device))"
+    )
+    import_time = any(c.kind == "import-time device" for c in off.causes)
+    if off.backend == "estimate" and import_time and session_emulated:
+        lines.append(
+            "  --vram-emulate=session is on, but pytest imports some conftest.py files "
+            "before its configuration (the rootdir's, and those of test* directories beside "
+            "it): a device chosen there sees the machine; choose it inside the fixture"
+        )
+    elif off.backend == "estimate" and import_time:
+        lines.append(
+            "  or keep the module-level device and let the code run at import see the "
+            "emulated GPU: --vram-emulate=session (ini vram_emulate = session)"
+        )
+    return "\n".join(lines)
+
+
 def _cause(cause: Cause, off: OffDevice) -> str:
     at = f" ({cause.where})" if cause.where else ""
     if cause.kind == "import-time device":

@@ -100,3 +100,61 @@ def test_off_device_figures_fail_and_are_not_recorded(pytester: pytest.Pytester)
     in_place = entries["test_user.py::test_in_place_work_on_a_model_on_the_device"]
     assert in_place.peak_bytes == in_place.model_bytes > 0  # nothing new, and not 0 B
     assert entries["test_user.py::test_small_workload"].peak_bytes == 512
+
+
+MIXED_CONFTEST = """
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def batch():
+    return torch.randn(64, 512).to(DEVICE)
+"""
+
+MIXED_TESTS = """
+import torch
+from torch import nn
+
+
+def test_body_model_and_fixture_batch(vram, batch):
+    model = nn.Linear(512, 512).to(vram.device)
+    vram.run(lambda: model(batch))
+"""
+
+
+@pytest.mark.parametrize("emulate", ["test", "session"])
+def test_tensors_on_two_devices_name_what_and_where(
+    pytester: pytest.Pytester, emulate: str
+) -> None:
+    """A batch a fixture made on a device chosen when its conftest was imported (before
+    the configuration, so even --vram-emulate=session cannot reach it) meets a model on
+    the device: the failure names the CPU tensor, the conftest's line and the fix, not
+    torch's traceback."""
+    pytester.mkpydir("tests")
+    pytester.path.joinpath("tests", "conftest.py").write_text(MIXED_CONFTEST)
+    pytester.path.joinpath("tests", "test_mixed.py").write_text(MIXED_TESTS)
+    args = ["--vram-backend=estimate", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    result = pytester.runpytest_subprocess(*args, f"--vram-emulate={emulate}", "--vram-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "tensors on two devices: the test runs on cuda and its code holds 1 tensor on "
+            "cpu; it failed at tests/test_mixed.py:8:",
+            "  *FakeTensorDeviceMismatchError: Expected all tensors to be on the same device*",
+            "  likely cause: DEVICE = 'cpu' (tests/conftest.py:5): a device chosen with "
+            "torch.cuda.is_available() when the module was imported, before the estimator's "
+            "emulated GPU existed: use vram.device inside the test",
+            "  fix: make the model and its tensors on vram.device inside the test or a "
+            "function-scoped fixture*",
+            "  --vram-emulate=session is on, but pytest imports some conftest.py files*"
+            if emulate == "session"
+            else "  or keep the module-level device and let the code run at import see the "
+            "emulated GPU: --vram-emulate=session (ini vram_emulate = session)",
+        ]
+    )
+    out = result.stdout.str()
+    assert "fake_tensor.py" not in out and "pytest_vram/" not in out
+    assert not (pytester.path / "baselines" / "estimate.yaml").exists()

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.cuda.amp.common as amp_common
 import torch.cuda.nvtx as nvtx
+from torch._subclasses import fake_tensor
 
 from pytest_vram.backends.cards import Card
 from pytest_vram.backends.estimate import distributed, sdpa_choice
@@ -214,6 +215,11 @@ def install_card(patches: Patches, card: Card) -> None:
     _set(patches, "is_bf16_supported", lambda *a, **k: True)
     accelerator = torch.accelerator
     patches.set(accelerator, "current_accelerator", lambda check_available=False: _CUDA)
+    # FakeTensor initialises a real CUDA context for every new fake CUDA tensor when the
+    # accelerator answers CUDA (torch.empty(1, device="cuda")): on a CUDA build of torch
+    # with no visible GPU that fails ("No CUDA GPUs are available"). Fake tensors on the
+    # emulated card need no context.
+    patches.set(fake_tensor, "init_gpu_context", lambda device: None)
     patches.set(accelerator, "is_available", _available())
     patches.set(accelerator, "device_count", lambda: 1)
     patches.set(accelerator, "current_device_index", lambda: 0)

@@ -35,6 +35,8 @@ What is used, and why:
   ``FakeTensorMode.cpp_meta_supports_symint`` (to prefer C++ meta kernels to
   decompositions), ``may_turn_const`` (small CPU results keep their values), and the
   exceptions fake kernels raise for value-dependent and unsupported operators;
+  ``init_gpu_context`` (replaced by a no-op while the emulated card answers: it would make
+  a real CUDA tensor, which fails on a CUDA build with no visible GPU);
 * the dispatch cache's hot path, for speed (``docs/estimator.md``, "Speed"):
   ``FakeTensorMode.dispatch`` (called without ``__torch_dispatch__``'s wrappers),
   ``FakeTensorMode._prep_args_for_hash`` (a fake tensor argument keyed by one tuple) and
@@ -105,6 +107,7 @@ REQUIRED = (
     f"{_FAKE}.FakeTensor",
     f"{_FAKE}.FakeTensorMode.cpp_meta_supports_symint",
     f"{_FAKE}.FakeTensorMode.avoid_device_init",
+    f"{_FAKE}.init_gpu_context",
     "torch.cuda._lazy_init",
     "torch.cuda.memory.memory_stats_as_nested_dict",
     f"{_FAKE}.FakeTensorConverter.from_meta_and_device",
