@@ -13,7 +13,12 @@
 #        (tokens/s beside memory), cudnn (measure cuDNN convolution workspaces for the
 #        shipped table: tools/README.md), cudnn-common (the same for stems, patch
 #        embeddings, EfficientNet and ConvNeXt layers at ordinary sizes), examples (record
-#        the example project's cuda baselines into OUTDIR)
+#        the example project's cuda baselines into OUTDIR), ordinary (other people's scripts,
+#        tests/vram/test_ordinary.py, estimate vs real per test; needs transformers,
+#        accelerate and diffusers as pyproject's test extra pins them), fit (the 8 GiB
+#        card's verdicts and largest batch/context: estimate vs the GPU capped to the card),
+#        compile (torch.compile'd workloads at realistic size, estimate vs real, each in a
+#        fresh process)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR [steps...]}; shift
 mkdir -p "$out"
@@ -46,6 +51,10 @@ for step in $steps; do
              tests/cuda/test_order_independence.py -p no:cacheprovider -q -rA ;;
     overhead) run timeout 120 python3 benchmarks/device_overhead.py --out "$out" ;;
     corpus) run timeout 240 python3 benchmarks/corpus_accuracy.py --out "$out" ;;
+    ordinary) run timeout 200 python3 benchmarks/ordinary_accuracy.py --out "$out/ordinary" \
+                --budget-s 150 ;;
+    compile) run timeout 260 python3 benchmarks/compile_accuracy.py --out "$out/compile" \
+               --budget-s 200 ;;
     cnn) run timeout 200 python3 benchmarks/cnn_accuracy.py --backend cuda --out "$out" ;;
     reductions) run timeout 120 python3 benchmarks/reduce_workspace.py --out "$out" ;;
     sharded) run timeout 170 python3 benchmarks/sharded_accuracy.py --out "$out" --budget-s 120 ;;
@@ -65,6 +74,7 @@ for step in $steps; do
                  -p no:randomly --vram-backend=cuda --vram-profile=cuda-nvidia-h200 --vram-update \
                  --vram-baselines="$out/examples")
               rm -rf "$out/examples/breakdowns" ;;
+    fit) run timeout 170 python3 benchmarks/fit_accuracy.py --out "$out" --budget-s 130 ;;
     *) echo "unknown step $step" | tee -a "$log" ;;
   esac
 done

@@ -24,6 +24,13 @@ Contract (see docs/architecture.md):
   GradScalers, autocast, streams made anywhere in the test count as inside ``scope()``),
   makes ``scope()`` a no-op inside it, and its ``begin_test`` then releases the cache and
   restarts the peaks as the CUDA backend's does, keeping what the fixtures made.
+* ``test_scope(card=...)`` (a backend with ``supports_cards``): the test runs on a declared
+  card (``backends.cards``): an allocation the card could not serve raises torch's
+  ``OutOfMemoryError`` (the estimator enforces the card's usable capacity; the CUDA
+  backend caps a larger GPU with the allocator's per-process limit). The allocated figures
+  do not depend on the card; ``card_in_force()`` says which card decides now.
+* ``empty_cache()`` releases cached, unused memory between the probes of one question
+  (``vram.largest``), so that each starts from the same cache.
 * ``session_scope()`` is entered once the backend is created and exited at the session's
   end: the estimator makes CUDA work outside every vram test fail with the user's line
   and the fix (instead of torch's "Torch not compiled with CUDA enabled").
@@ -31,6 +38,11 @@ Contract (see docs/architecture.md):
   for the rest of the session; ``torch.cuda``'s identity queries (``is_available()``...)
   answer as the backend's device outside its tests too. A real GPU answers anyway; the
   estimator answers as its emulated card.
+* ``wider_fixture_scope()`` is entered, inside ``test_scope()``, around the setup of a
+  fixture of a wider scope than the test (module, class, package, session): what such a
+  fixture makes on the host outlives the test. The estimator makes its CPU tensors real
+  there (inside a test they are fake, without values), so a session-scoped dataset or a
+  checkpoint saved with ``save_pretrained`` holds what the program computed.
 * ``device_per_test``: CUDA tensors belong to one test's device (the estimator's emulated
   card, made for each ``test_scope()``), so none may outlive the test; the plugin refuses a
   wider-scoped fixture that keeps one.
@@ -63,11 +75,17 @@ All counters are absolute; ``measure`` subtracts the value at the start of the t
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import gc
+import sys
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from pytest_vram.backends.patching import install_for_process, uninstall_for_process
+
+if TYPE_CHECKING:
+    from pytest_vram.backends.cards import Card
 
 #: ``recorded_with: metric`` of each allocator mode: one definition for every backend.
 METRICS = {
@@ -89,6 +107,9 @@ class Backend(abc.ABC):
     #: CUDA tensors made in a ``test_scope()`` belong to that test's device and cannot
     #: outlive it (the estimator); False: one device for the whole process (a GPU).
     device_per_test: bool = False
+    #: ``test_scope(card=...)`` runs a test on a declared card (the estimator enforces its
+    #: capacity, the cuda backend caps the GPU to it); False: a card cannot be declared.
+    supports_cards: bool = False
     #: Whether the session hands this backend the project's recorded convolution
     #: workspaces (:meth:`use_workspaces`).
     reads_workspaces: bool = False
@@ -130,9 +151,29 @@ class Backend(abc.ABC):
         """Context in which the test's build step and workload run."""
         yield
 
-    def test_scope(self) -> contextlib.AbstractContextManager[object]:
-        """Context around one whole vram test, fixtures included (default: nothing)."""
+    def test_scope(
+        self, card: Card | str | None = None
+    ) -> contextlib.AbstractContextManager[object]:
+        """Context around one whole vram test, fixtures included (default: nothing).
+
+        ``card`` (only where ``supports_cards``): the test runs on that card, whose capacity
+        decides where an allocation fails; the figures do not depend on it."""
+        if card is not None:
+            raise BackendUnavailable(f"vram backend {self.name!r} cannot run a declared card")
         return contextlib.nullcontext()
+
+    def wider_fixture_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Context, inside ``test_scope()``, around the setup of a fixture of a wider scope
+        than the test (default: nothing)."""
+        return contextlib.nullcontext()
+
+    def card_in_force(self) -> Card | None:
+        """The card whose capacity decides where an allocation fails now, or None."""
+        return None
+
+    def empty_cache(self) -> None:  # noqa: B027 - optional hook
+        """Release cached, unused device memory (``torch.cuda.empty_cache()``), so that the
+        next step starts from the same cache whatever ran before it in the test."""
 
     def session_scope(self) -> contextlib.AbstractContextManager[object]:
         """Context from the backend's creation to the session's end (default: nothing)."""
@@ -213,7 +254,29 @@ def collect_garbage() -> None:
         gc.unfreeze()
     gc.collect()
     gc.freeze()
+    if not _exit_thaw:
+        _exit_thaw.append(atexit.register(_thaw_for_nanobind))
     install_for_process("gc-freeze")
+
+
+#: the exit hook, once registered
+_exit_thaw: list[object] = []
+
+
+def _thaw_for_nanobind() -> None:
+    """At exit, where triton is loaded: thaw and collect, so that its extension finds no
+    objects of its own alive when the interpreter finalizes.
+
+    triton's bindings (nanobind) print "nanobind: leaked N instances!" and hundreds of
+    lines more at exit for every object of theirs still alive then; objects in reference
+    cycles that the freeze moved to the permanent generation are never collected, so
+    every run that imported torch's compiler with triton installed (the ``compile``
+    extra) would end with that report. A full collection at exit (about half a second
+    with torch loaded) frees them; without triton nothing is done.
+    """
+    if "triton._C.libtriton" in sys.modules:
+        gc.unfreeze()
+        gc.collect()
 
 
 #: a thaw asked for by :func:`thaw_at_next_collection`, done by the next collect_garbage

@@ -57,6 +57,18 @@ class Card:
         return (self.major, self.minor)
 
     @property
+    def architecture(self) -> Architecture:
+        """The per-multiprocessor limits of the card's compute capability."""
+        found = ARCHITECTURES.get(self.capability)
+        if found is None:
+            raise CardError(
+                f"{self.name}: no architecture limits for compute capability "
+                f"{self.major}.{self.minor}; known: "
+                + ", ".join(f"{a}.{b}" for a, b in ARCHITECTURES)
+            )
+        return found
+
+    @property
     def outside_bytes(self) -> int | None:
         """What the card holds besides a test's own allocator pages (context, libraries,
         persistent workspaces), or None where either part was not measured."""
@@ -127,6 +139,34 @@ class Card:
         if total <= 0:
             raise CardError(_expected(text))
         return DEFAULT.with_capacity(total, text.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """What ``torch.cuda.get_device_properties`` reports that one compute capability fixes:
+    the limits of its multiprocessors. Compilers read them: Inductor splits a reduction
+    into as many partial results as the card's multiprocessors and their threads can run
+    at once, so these decide the size of a compiled reduction's intermediate buffer."""
+
+    max_threads_per_multi_processor: int
+    max_threads_per_block: int
+    regs_per_multiprocessor: int
+    warp_size: int
+    shared_memory_per_block: int
+    shared_memory_per_block_optin: int
+    shared_memory_per_multiprocessor: int
+    #: where the figures come from
+    source: str
+
+
+_GUIDE = "CUDA C++ Programming Guide, 'Technical Specifications per Compute Capability', for "
+
+#: The limits of each compute capability a named card has, by ``(major, minor)``.
+ARCHITECTURES: dict[tuple[int, int], Architecture] = {
+    (9, 0): Architecture(2048, 1024, 65536, 32, 49152, 232448, 233472, _GUIDE + "9.0"),
+    (8, 0): Architecture(2048, 1024, 65536, 32, 49152, 166912, 167936, _GUIDE + "8.0"),
+    (8, 6): Architecture(1536, 1024, 65536, 32, 49152, 101376, 102400, _GUIDE + "8.6"),
+}
 
 
 def _slug(text: str) -> str:

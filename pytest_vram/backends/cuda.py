@@ -60,6 +60,8 @@ class CudaBackend(Backend):
     """
 
     name = "cuda"
+    #: ``test_scope(card=...)`` caps the GPU to a test's own card
+    supports_cards = True
 
     def __init__(
         self,
@@ -94,6 +96,8 @@ class CudaBackend(Backend):
         self._name = torch.cuda.get_device_name(self.index)
         self.card = None if card is None else Card.parse(card)
         self._fraction = None if self.card is None else self._cap_fraction(self.card)
+        #: the card of the test in ``test_scope(card=...)``, capping this test only
+        self._test_card: Card | None = None
         # The peaks reached before the workspace recorder restarted the allocator's own
         # (see _RecorderWindow); 0 when not recording.
         self._held_peak = 0
@@ -120,11 +124,16 @@ class CudaBackend(Backend):
             "cuda": str(torch.version.cuda),
             "allocator": "; ".join(dict.fromkeys(conf)) or "default",
             "metric": metric_name(self.allocator),
-            **({} if self.card is None else {"card": self._card_description()}),
+            **({} if self.card_in_force() is None else {"card": self._card_description()}),
         }
 
+    def card_in_force(self) -> Card | None:
+        """The card this GPU is capped to now: the test's (``test_scope(card=...)``), else
+        the backend's own; None where nothing caps it."""
+        return self._test_card or self.card
+
     def _card_description(self) -> str:
-        card = self.card
+        card = self.card_in_force()
         assert card is not None
         text = f"{card.name}, capped with a per-process limit of {card.allocator_limit} B"
         unknown = card.unknown()
@@ -136,19 +145,24 @@ class CudaBackend(Backend):
         limit = card.allocator_limit
         if limit > total:
             raise BackendUnavailable(
-                f"vram backend 'cuda': card {card.name} ({limit} B usable) is larger than "
-                f"this GPU ({self._name}, {total} B): a GPU can only be capped to a smaller "
-                "card. Use a larger GPU, or estimate it with --vram-backend=estimate"
+                f"vram backend 'cuda': card {card.key or card.name} ({card.name}, {limit} B "
+                f"usable) is larger than this GPU ({self._name}, {total} B): a GPU can only "
+                "be capped to a card no larger than itself. Run it on a GPU at least that "
+                "large, or estimate it with --vram-backend=estimate"
             )
         return limit / total
 
     @contextlib.contextmanager
-    def test_scope(self) -> Iterator[None]:
-        """With a card, the GPU capped to it for the test, the limit lifted afterwards;
-        while recording workspaces, the recorder active for the whole test."""
+    def test_scope(self, card: Card | str | None = None) -> Iterator[None]:
+        """With a card (the test's ``card``, else the backend's), the GPU capped to it for
+        the test, the limit lifted afterwards; while recording workspaces, the recorder
+        active for the whole test. A card larger than this GPU raises
+        ``BackendUnavailable`` with the fix, when entered."""
+        parsed = None if card is None else Card.parse(card)
+        fraction = self._fraction if parsed is None else self._cap_fraction(parsed)
         with contextlib.ExitStack() as stack:
-            if self._fraction is not None:
-                stack.enter_context(self._capped(self._fraction))
+            if fraction is not None:
+                stack.enter_context(self._capped(fraction, parsed))
             stack.enter_context(self._recording_scope())
             yield
 
@@ -201,14 +215,21 @@ class CudaBackend(Backend):
             self._recording = False
 
     @contextlib.contextmanager
-    def _capped(self, fraction: float) -> Iterator[None]:
+    def _capped(self, fraction: float, card: Card | None) -> Iterator[None]:
         cuda = self._torch.cuda
         cuda.set_per_process_memory_fraction(fraction, self.index)
+        self._test_card = card
         try:
             yield
         finally:
+            self._test_card = None
             # 1.0 is torch's "no limit": the allocator may then use the whole GPU again
             cuda.set_per_process_memory_fraction(1.0, self.index)
+
+    def empty_cache(self) -> None:
+        """Wait for the device, then release the allocator's cached, unused memory."""
+        self.synchronize()
+        self._torch.cuda.empty_cache()
 
     def warmup(self) -> None:
         if self.allocator == "expandable":

@@ -99,7 +99,9 @@ PROCESS_WIDE = (
         "(gc.freeze), on every backend",
         "a full collection of a process holding torch visits millions of objects; frozen, "
         "the next one visits only the test's own. The plugin thaws after each test module "
-        "(thaw_at_next_collection), so the next measured test collects what it dropped.",
+        "(thaw_at_next_collection), so the next measured test collects what it dropped; "
+        "where triton is loaded, once more at exit (its bindings report every object of "
+        "theirs still alive when the interpreter finalizes).",
     ),
     ProcessWide(
         "cuda-expandable-segments",
@@ -140,6 +142,29 @@ PROCESS_WIDE = (
         "(_thnn_fused_gru_cell and its backward), only where torch lacks them",
         "they act on meta tensors alone (no real computation changes) and make an "
         "operator runnable that otherwise fails on every fake tensor, also after a scope.",
+    ),
+    ProcessWide(
+        "compiled-wrappers",
+        "backends.estimate.compiled",
+        "the C++ helpers of every Inductor wrapper module loaded inside an estimator scope "
+        "(empty_strided_cuda, reinterpret_tensor, alloc_from_pool, ...) rebound to "
+        "dispatching equivalents",
+        "torch keeps a compiled program (Dynamo's cache on the code object, Inductor's "
+        "loaded modules) for the process, and a later call of the same compiled code runs "
+        "the same module. It was generated inside a scope with kernels that do nothing, "
+        "for fake tensors: without a GPU nothing else can run it.",
+    ),
+    ProcessWide(
+        "dynamo-skips-the-estimator",
+        "backends.estimate.compiled",
+        "the estimator's functions that C++ calls (its fake mode's __torch_dispatch__, the "
+        "release callbacks of dying storages, the SDPA kernel) given Dynamo's 'skip this "
+        "frame and every frame it calls' execution strategy",
+        "where compiled code breaks its graph, Dynamo runs the rest eagerly with its frame "
+        "callback set and would try to trace every Python frame C++ enters there. The "
+        "strategy lives on the estimator's own code objects, cannot be taken back while "
+        "Dynamo caches it, and is read only while Dynamo's callback is set: eager code pays "
+        "nothing (torch's own guard, a wrapper per dispatch, costs every operator).",
     ),
     ProcessWide(
         "dtensor-rng-redirect",

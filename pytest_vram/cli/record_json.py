@@ -67,9 +67,31 @@ def entries(path: Path, found: list[dict[str, Any]]) -> dict[str, dict[str, Entr
                     f"back (it is not plain text: a lone surrogate or a control character); "
                     f"record the file pytest wrote"
                 )
-        entry = Entry(m["model_bytes"], m["peak_bytes"], params=m.get("params"))
+        largest, card = _largest(m.get("largest"), where)
+        entry = Entry(
+            m["model_bytes"], m["peak_bytes"], params=m.get("params"), largest=largest, card=card
+        )
         by_profile.setdefault(m["profile"], {})[m["key"]] = entry
     return by_profile
+
+
+def _largest(found: Any, where: str) -> tuple[int | None, str | None]:
+    """The answer of a ``vram.largest`` measurement and its card, or (None, None)."""
+    if found is None:
+        return None, None
+    value = found.get("value") if isinstance(found, dict) else None
+    card = found.get("card") if isinstance(found, dict) else None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < 0
+        or not isinstance(card, str)
+    ):
+        raise RecordError(
+            f"{where}: largest must hold a non-negative int 'value' and a 'card' string, got "
+            f"{runs.show(repr(found))}; record the file pytest wrote"
+        )
+    return value, card
 
 
 def _round_trips(text: str) -> bool:
@@ -109,7 +131,7 @@ def record(
             setup = existing.setup
         else:  # "context": the setup's key in --vram-json
             first = next(m for m in found if m["profile"] == profile)
-            setup = dict(first["context"])
+            setup = baselines.file_setup(first["context"])
         _check_writable(target)
         _check_loads_back(target, profile, existing, measured, setup)
         planned.append((profile, target, measured, setup))

@@ -24,21 +24,33 @@ CLAIMS_ATTRIBUTE = "vram_claims"
 #: What ``pytest --markers`` shows.
 MARKER_HELP = (
     "vram(tolerance=None, budget=None, reserved_budget=None, key=None, world_size=None, "
-    "skip_estimate=None): measure the GPU memory of this test with the `vram` fixture and "
+    "skip_estimate=None, card=None): measure the GPU memory of this test with the `vram` "
+    "fixture and "
     "gate it on its baseline. tolerance: allowed growth over the baseline ('0.5%', '4MiB', "
     "'0.5% + 4MiB'); budget: hard ceiling on the peak ('8GiB'), failing whatever the "
     "baseline says; reserved_budget: hard ceiling on the memory reserved from the device "
     "(fragmentation included); key: baseline key instead of the test's node id; "
     "world_size: number of ranks of the sharded (torch.distributed) run to measure one "
     "rank of; skip_estimate: a reason to skip the test on the estimate backend (a workload "
-    "whose memory depends on tensor values)."
+    "whose memory depends on tensor values); card: the GPU the test runs on, a name "
+    "('rtx3080-laptop', 'a100-40gb', ...) or a capacity ('8GiB'): an allocation it could not "
+    "serve raises torch.OutOfMemoryError (the estimator enforces it, a larger GPU is capped "
+    "to it)."
 )
 
 #: The largest world a marker may declare: beyond any cluster, and what the estimator's
 #: fake process group and a device mesh over it still build in a fraction of a second
 #: (torch's process groups take a C int; a mesh of 2**31 ranks exhausts the memory).
 MAX_WORLD_SIZE = 2**20
-OPTIONS = ("budget", "key", "reserved_budget", "skip_estimate", "tolerance", "world_size")
+OPTIONS = (
+    "budget",
+    "card",
+    "key",
+    "reserved_budget",
+    "skip_estimate",
+    "tolerance",
+    "world_size",
+)
 
 
 def carries(node: pytest.Item | pytest.Collector, parents: dict[int, bool]) -> bool:
@@ -72,6 +84,8 @@ class VramMark:
     reserved_budget: int | None = None
     world_size: int | None = None
     skip_estimate: str | None = None
+    #: the card the test runs on, as declared (``backends.cards`` checks it at setup)
+    card: str | None = None
 
     def base_key(self, nodeid: str) -> str:
         """The baseline key of the test's (unnamed) measurement; it carries the world size."""
@@ -153,6 +167,12 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
             f"{nodeid}: @pytest.mark.vram(skip_estimate=...): give the reason as a non-empty "
             f"string, e.g. skip_estimate='boolean indexing', got {skip_estimate!r}"
         )
+    card = options.get("card")
+    if card is not None and (not isinstance(card, str) or not card.strip()):
+        raise MarkError(
+            f"{nodeid}: @pytest.mark.vram(card=...): give a card's name or a capacity as a "
+            f"string, e.g. card='rtx3080-laptop' or card='8GiB', got {card!r}"
+        )
     world_size = options.get("world_size")
     if world_size is not None and (
         isinstance(world_size, bool)
@@ -171,6 +191,7 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
         reserved_budget=reserved_budget,
         world_size=world_size,
         skip_estimate=skip_estimate,
+        card=None if card is None else card.strip(),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from pytest_vram.core.claims import ClaimVerdict
 from pytest_vram.core.figures import CarriesFigures
+from pytest_vram.core.fit import Largest
 from pytest_vram.core.units import Tolerance, parse_tolerance
 from pytest_vram.core.verdicts import Kind, OffDevice, Verdict
 
@@ -54,6 +55,15 @@ class Record(CarriesFigures):
     reserved_budget: int | None = None
     #: why the figures cannot be the test's device memory (verdict NOT_ON_DEVICE)
     off_device: OffDevice | None = None
+    #: the declared card whose capacity was enforced (its key), None where none was
+    card: str | None = None
+    #: why that card's usable capacity is an upper bound (not measured), None where known
+    card_note: str | None = None
+    #: the answer of ``vram.largest`` (the figures are those of its largest fitting value)
+    largest: Largest | None = None
+    #: the baseline entry's answer and the card it was found on
+    baseline_largest: int | None = None
+    baseline_card: str | None = None
 
     @property
     def recordable(self) -> bool:
@@ -76,6 +86,7 @@ class Record(CarriesFigures):
         data["tolerance"] = str(self.tolerance)
         data["verdicts"] = [v.to_dict() for v in self.verdicts]
         data["off_device"] = self.off_device.to_dict() if self.off_device else None
+        data["largest"] = self.largest.to_dict() if self.largest else None
         data["activation_bytes"] = self.activation_bytes
         data["verdict"] = self.kind.value
         return data
@@ -88,6 +99,8 @@ class Record(CarriesFigures):
         data["verdicts"] = tuple(Verdict.from_dict(v) for v in data["verdicts"])
         if data.get("off_device"):
             data["off_device"] = OffDevice.from_dict(data["off_device"])
+        if data.get("largest"):
+            data["largest"] = Largest.from_dict(data["largest"])
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

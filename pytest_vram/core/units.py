@@ -327,8 +327,11 @@ def _parse_tolerance_size(part: str, value: str, what: str) -> int:
 
 def _bare_number_message(what: str, shown: str) -> str:
     number = shown.strip("'\"")
-    # Only suggest bytes when that suggestion would itself parse ("0.5B" would not).
-    whole = _NUMBER_RE.match(number) is not None and Decimal(number) % 1 == 0
+    # Only suggest bytes when that suggestion would itself parse ("0.5B" would not, nor a
+    # size of 2**64 bytes or more). to_integral_value, not "% 1": a remainder needs the
+    # quotient's digits, which a long number's exceed the context's precision.
+    parsed = Decimal(number) if _NUMBER_RE.match(number) is not None else None
+    whole = parsed is not None and parsed == parsed.to_integral_value() and parsed < MAX_SIZE
     as_size = f"'{number}B' for bytes" if whole else "a size such as '4MiB'"
     return (
         f"{what}: {shown} is ambiguous without a unit; write '{number}%' for a share of the "

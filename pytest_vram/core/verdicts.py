@@ -48,6 +48,8 @@ SEVERITY: tuple[Kind, ...] = (
 COMPARED = ("peak_bytes", "model_bytes")
 #: The field a ``reserved_budget`` limits.
 RESERVED = "reserved_bytes"
+#: The answer of ``vram.largest``: the largest value that fits the card, gated like a figure.
+LARGEST = "largest"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +163,8 @@ def judge(
     update: bool = False,
     fail_improvements: bool = False,
     off_device: OffDevice | None = None,
+    largest: tuple[int, str] | None = None,
+    baseline_largest: tuple[int | None, str | None] = (None, None),
 ) -> list[Verdict]:
     """Judge one measurement; return every applicable verdict, or a single PASS.
 
@@ -179,6 +183,11 @@ def judge(
       plus/minus ``tolerance.allowance(baseline)``: above is a REGRESSION (fails), below an
       IMPROVEMENT (reported so it can be locked in; it fails with ``fail_improvements``).
       Exactly on the limit passes.
+    * ``largest`` (the answer of ``vram.largest`` and its card) against
+      ``baseline_largest`` (the entry's): a lower answer is a REGRESSION of ``largest``
+      (fails), a higher one an IMPROVEMENT; the figures then belong to another value and
+      are not compared. An entry without an answer on this card is MISSING (strict) or NEW
+      for ``largest``.
     """
     if off_device is not None:
         return [Verdict(Kind.NOT_ON_DEVICE, True, updating=update)]
@@ -187,13 +196,25 @@ def judge(
         verdicts.append(Verdict(Kind.OVER_BUDGET, True, ("peak_bytes",)))
     if reserved_budget is not None and (reserved is None or reserved > reserved_budget):
         verdicts.append(Verdict(Kind.OVER_BUDGET, True, (RESERVED,)))
+    recorded, recorded_card = baseline_largest
     if update:
         if baseline is None:
             verdicts.append(Verdict(Kind.NEW, False, updating=True))
-        elif not _same_figures(measured, baseline):
+        elif not _same_figures(measured, baseline) or (
+            largest is not None and largest != (recorded, recorded_card)
+        ):
             verdicts.append(Verdict(Kind.UPDATED, False, updating=True))
     elif baseline is None:
         verdicts.append(Verdict(Kind.MISSING, True) if strict else Verdict(Kind.NEW, False))
+    elif largest is not None and (recorded is None or recorded_card != largest[1]):
+        kind = Kind.MISSING if strict else Kind.NEW
+        verdicts.append(Verdict(kind, strict, (LARGEST,)))
+    elif largest is not None and largest[0] != recorded:
+        assert recorded is not None
+        if largest[0] < recorded:
+            verdicts.append(Verdict(Kind.REGRESSION, True, (LARGEST,)))
+        else:
+            verdicts.append(Verdict(Kind.IMPROVEMENT, fail_improvements, (LARGEST,)))
     else:
         over, under = crossed(measured, baseline, tolerance)
         if over:

@@ -154,6 +154,8 @@ class _Modules:
     def _pre(self, module: Any, args: Any) -> None:
         import torch  # torch on use
 
+        if torch.compiler.is_compiling():
+            return  # compiled, modules have no boundaries: nothing of this goes in a graph
         name = self._names.get(module)
         if name is None:  # a module the test made outside vram.build
             name = self._adopt(module)
@@ -166,7 +168,7 @@ class _Modules:
     def _post(self, _module: Any, _args: Any, out: Any) -> None:
         import torch  # torch on use
 
-        if not self._stack:
+        if torch.compiler.is_compiling() or not self._stack:
             return
         name = self._stack.pop()
         if torch.is_grad_enabled():

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from pytest_vram.backends.base import Backend
 from pytest_vram.core.figures import CarriesFigures
+from pytest_vram.core.fit import Candidates, Largest, Probe, search
 from pytest_vram.core.verdicts import OffDevice
 from pytest_vram.measure import placement
 from pytest_vram.measure.attribution import Attribution
@@ -50,6 +51,13 @@ class Measurement(CarriesFigures):
     #: set when the figures counted none of the test's device memory (a model built on the
     #: CPU, a workload that used no device memory): they must not pass or be recorded
     off_device: OffDevice | None = None
+    #: the declared card whose capacity was enforced (its key), None where none was
+    card: str | None = None
+    #: why that card's usable capacity is only an upper bound (what it holds besides
+    #: PyTorch's allocations is not measured), None where it is measured
+    card_note: str | None = None
+    #: the answer of ``vram.largest`` (the figures are those of its largest fitting value)
+    largest: Largest | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +76,12 @@ class OutOfMemory:
     error: str
     #: what was live at the highest allocation the step reached, when attribution is on
     breakdown: dict[str, Any] | None = None
+    #: the declared card the step ran on, as the backend describes it, None where none
+    card: str | None = None
+
+
+class LargestError(Exception):
+    """``vram.largest`` cannot answer: no card is declared, or a probe left memory behind."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -169,10 +183,19 @@ class Meter:
 
     def run(self, fn: Callable[..., T], *args: Any, name: str | None = None, **kwargs: Any) -> T:
         """Run a workload in the backend's scope and record its peak."""
+        result, record = self._measure(fn, args, kwargs, name)
+        self.measurements.append(record)
+        return result
+
+    def _measure(
+        self, fn: Callable[..., T], args: Any, kwargs: Any, name: str | None, step: str = ""
+    ) -> tuple[T, Measurement]:
+        """Run a workload in the backend's scope: its result and its measurement."""
         model_bytes = self._held()
         self._reset_peak()
         mark = self.attribution.collector.mark() if self.attribution else 0
-        step = f"vram.run({_name(fn)}" + ("" if name is None else f", name={name!r}") + ")"
+        if not step:
+            step = f"vram.run({_name(fn)}" + ("" if name is None else f", name={name!r}") + ")"
         self._carried.append(0)
         try:
             result = self._call(step, model_bytes, fn, args, kwargs)
@@ -185,6 +208,7 @@ class Meter:
         off_device = self.off_device_build
         if off_device is None and max(peak, model_bytes) <= 0:
             off_device = self._check_run(step, result, fn, args, kwargs)
+        card = self.backend.card_in_force()
         record = Measurement(
             name=name,
             params=self.params,
@@ -194,9 +218,130 @@ class Meter:
             setup=self.backend.context(),  # Backend.context(): the backends' public name
             reserved_bytes=self._reserved_peak(),
             breakdown=self.attribution.collector.breakdown(mark) if self.attribution else None,
+            card=None if card is None else card.key,
+            card_note=None if card is None else card.unknown(),
         )
+        return result, record
+
+    def largest(
+        self,
+        fn: Callable[[int], Any],
+        candidates: Candidates,
+        *,
+        name: str | None = None,
+        hint: tuple[int | None, str | None] = (None, None),
+        reset: Callable[[], Any] | None = None,
+    ) -> Largest:
+        """The largest candidate ``n`` for which ``fn(n)`` runs on the card in force without
+        running out of memory (see :mod:`pytest_vram.core.fit`), recorded as one
+        measurement: the figures of the largest fitting run, and the answer.
+
+        Every probe starts from the same state: the cache is released before it; after it
+        its result is dropped, ``reset()`` runs, and what the test held before the first
+        probe must be all that is held again (:class:`LargestError` otherwise). ``hint``:
+        the recorded answer and its card, checked first.
+        """
+        card = self.backend.card_in_force()
+        if card is None:
+            raise LargestError(
+                "vram.largest needs a card whose capacity decides what fits: declare one with "
+                "@pytest.mark.vram(card='rtx3080-laptop') or card='8GiB', or run with "
+                "--vram-card=NAME"
+            )
+        base = self._held()
+        label = _name(fn)
+        fitted: dict[int, Measurement] = {}
+        failed: dict[int, OutOfMemory] = {}
+        probes: list[Probe] = []
+
+        def fits(value: int) -> bool:
+            step = f"vram.largest({label}) at {value}"
+            measurement, oom = self._probe(fn, value, name, step)
+            if reset is not None:
+                with self.backend.scope():
+                    reset()
+            self.backend.collect_garbage()
+            left = self._held() - base
+            if left:
+                raise LargestError(
+                    f"{step} left {left} B allocated that the test did not hold before the "
+                    "first probe (gradients, optimizer state, a cache or a result kept "
+                    "somewhere), so the next probe would start from another state: free it "
+                    "in the function, or pass reset=, e.g. reset=lambda: "
+                    "model.zero_grad(set_to_none=True)"
+                )
+            if measurement is not None:
+                fitted[value] = measurement
+                probes.append(Probe(value, True, measurement.peak_bytes))
+                return True
+            assert oom is not None
+            failed[value] = oom
+            probes.append(Probe(value, False, oom.peak_bytes))
+            return False
+
+        recorded, recorded_card = hint
+        value = search(candidates, fits, recorded if recorded_card == card.key else None)
+        lost = None
+        if recorded_card == card.key and recorded is not None and recorded in failed:
+            oom = failed[recorded]
+            lost = {"value": recorded, "peak_bytes": oom.peak_bytes, "breakdown": oom.breakdown}
+        answer = Largest(
+            value,
+            candidates.low,
+            candidates.high,
+            candidates.step,
+            card.key,
+            tuple(probes),
+            lost,
+        )
+        if value:
+            record = fitted[value]
+        else:  # not even the first candidate fits: its figures are where it failed
+            oom = failed[candidates.low]
+            record = Measurement(
+                name=name,
+                params=self.params,
+                model_bytes=base,
+                peak_bytes=max(oom.peak_bytes, base),
+                setup=self.backend.context(),
+                breakdown=oom.breakdown,
+                card=card.key,
+                card_note=card.unknown(),
+            )
+        record = dataclasses.replace(record, largest=answer)
         self.measurements.append(record)
-        return result
+        return answer
+
+    def _probe(
+        self, fn: Callable[[int], Any], value: int, name: str | None, step: str
+    ) -> tuple[Measurement | None, OutOfMemory | None]:
+        """``fn(value)`` measured from an empty cache: its measurement, or what ran out."""
+        self.backend.empty_cache()
+        before = self.out_of_memory
+        try:
+            _result, measurement = self._measure(fn, (value,), {}, name, step)
+        except BaseException as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom, self.out_of_memory = self.out_of_memory, before  # caught: not the test's
+        else:
+            return measurement, None
+        self._settle_autograd()
+        return None, oom
+
+    def _settle_autograd(self) -> None:
+        """After a step that ran out of memory: one tiny backward on the device.
+
+        A backward that fails leaves the rest of its graph's pending work (and the
+        gradients buffered for it) in the autograd engine's device queue, which drops it
+        only when it runs its next task: without this the next probe would start with
+        those tensors still allocated."""
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        with self.backend.scope():
+            x = torch.zeros(1, device=self.backend.device, requires_grad=True)
+            x.sum().backward()
 
     def _check_build(
         self, step: str, result: Any, fn: Callable[..., Any], args: Any, kwargs: Any
@@ -273,12 +418,16 @@ class Meter:
         except BaseException as exc:
             if is_out_of_memory(exc):
                 peak = self.backend.peak() - self._start  # type: ignore[operator]
+                card = self.backend.card_in_force()
                 self.out_of_memory = OutOfMemory(
                     step,
                     held,
                     max(peak, held),
                     f"{type(exc).__name__}: {exc}".strip(),
                     self.attribution.collector.breakdown(mark) if self.attribution else None,
+                    card=None
+                    if card is None
+                    else f"{card.key} ({card.name}, {card.total_memory} B)",
                 )
                 # The step's frames hold every tensor it made for as long as the traceback
                 # lives, and pytest keeps it (sys.last_traceback): free them now.

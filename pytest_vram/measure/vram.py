@@ -7,11 +7,25 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from pytest_vram.backends.base import Backend
+from pytest_vram.core.fit import Candidates, FitError
 from pytest_vram.core.names import unstorable
 from pytest_vram.core.verdicts import OffDevice
-from pytest_vram.measure.meter import Measurement, Meter, OutOfMemory, release_frames
+from pytest_vram.measure.meter import (
+    LargestError,
+    Measurement,
+    Meter,
+    OutOfMemory,
+    release_frames,
+)
 
 T = TypeVar("T")
+
+#: baseline key -> the recorded answer of ``vram.largest`` and its card (None, None: none)
+Hints = Callable[[str], tuple[int | None, str | None]]
+
+
+def _no_hints(key: str) -> tuple[int | None, str | None]:
+    return None, None
 
 
 class VramUsageError(Exception):
@@ -21,9 +35,10 @@ class VramUsageError(Exception):
 class Vram:
     """Measure a test's build step and workloads; see the ``vram`` fixture for usage."""
 
-    def __init__(self, meter: Meter, base_key: str) -> None:
+    def __init__(self, meter: Meter, base_key: str, hints: Hints = _no_hints) -> None:
         self._meter = meter
         self._base_key = base_key
+        self._hints = hints
         self.leaked_bytes: int | None = None
         self._failed_traceback: TracebackType | None = None
         #: set when the test also uses pytest-benchmark's ``benchmark``: a ``run`` repeated
@@ -68,6 +83,46 @@ class Vram:
             return self._meter.repeat(fn, *args, **kwargs)
         self._check_name(name)
         return self._meter.run(fn, *args, name=name, **kwargs)
+
+    def largest(
+        self,
+        fn: Callable[[int], Any],
+        *,
+        high: int,
+        low: int = 1,
+        step: int = 1,
+        name: str | None = None,
+        reset: Callable[[], Any] | None = None,
+    ) -> int:
+        """The largest ``n`` in ``low, low + step, ..., high`` for which ``fn(n)`` runs on
+        the test's card without ``torch.OutOfMemoryError``: a batch size, a sequence length.
+
+        Needs a card (``@pytest.mark.vram(card=...)`` or ``--vram-card``). Bisection, assuming
+        that what fits at ``n`` fits at every smaller ``n``; the recorded answer (the
+        baseline entry's ``largest``) and the next candidate are tried first. Every probe
+        starts from the same state: the cache is released, and what the probe made must be
+        freed when it returns or fails (its result is dropped; ``reset()``, if given, runs
+        after each probe, e.g. ``reset=lambda: model.zero_grad(set_to_none=True)``).
+
+        Recorded as one measurement (keyed like ``run``): the figures of the largest fitting
+        run and the answer, gated like a figure: a lower answer than the baseline's fails.
+        Returns the answer, 0 where not even ``low`` fits.
+        """
+        self._check_open()
+        self._check_name(name)
+        try:
+            candidates = Candidates(low, high, step)
+        except FitError as exc:
+            given = f"low={low!r}, high={high!r}, step={step!r}"
+            raise VramUsageError(f"vram.largest({given}): {exc}") from None
+        key = self._base_key if name is None else f"{self._base_key}::{name}"
+        try:
+            answer = self._meter.largest(
+                fn, candidates, name=name, hint=self._hints(key), reset=reset
+            )
+        except LargestError as exc:
+            raise VramUsageError(str(exc)) from None
+        return answer.value
 
     @property
     def off_device_build(self) -> OffDevice | None:

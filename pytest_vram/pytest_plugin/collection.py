@@ -3,6 +3,7 @@ and the marker checks at setup: :class:`CollectionHooks`."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 
 import pytest
@@ -45,6 +46,7 @@ class CollectionHooks:
             allocator=settings.allocator,
             card=estimator_card(settings.backend),
             emulate=settings.emulate,
+            declared_card=declared_card(settings.card),
         )
 
     @pytest.hookimpl(wrapper=True)
@@ -122,15 +124,41 @@ def estimator_card(backend: str) -> str | None:
     return text if backend == "estimate" else f"{text} (where no GPU is visible)"
 
 
+def declared_card(text: str | None) -> str | None:
+    """``--vram-card``'s card as the header names it: key, name, capacity, and whether what it
+    holds besides PyTorch is measured; None where no card is declared."""
+    if text is None:
+        return None
+    card = cards.Card.parse(text)
+    gib = card.total_memory / 1024**3
+    measured = "measured" if card.unknown() is None else "not measured"
+    return (
+        f"{card.key} ({card.name}, {card.total_memory} B ({gib:.2f} GiB); what it holds "
+        f"besides PyTorch {measured}), enforced on every vram test"
+    )
+
+
 def evaluated(item: pytest.Item) -> marks.VramMark | marks.MarkError | None:
     """The item's vram marker, evaluated once (at collection, or at setup for items added
     later) and kept in ``item.stash``; a bad marker is kept as its error for setup to report."""
     if MARK not in item.stash:
         try:
-            item.stash[MARK] = marks.evaluate(item)
+            item.stash[MARK] = _with_card(item.nodeid, marks.evaluate(item))
         except marks.MarkError as exc:
             item.stash[MARK] = exc
     return item.stash[MARK]
+
+
+def _with_card(nodeid: str, mark: marks.VramMark | None) -> marks.VramMark | None:
+    """The marker with its card checked against ``backends.cards``: a named card's key, or
+    the capacity as declared; an unknown name lists the valid ones."""
+    if mark is None or mark.card is None:
+        return mark
+    try:
+        card = cards.Card.parse(mark.card)
+    except cards.CardError as exc:
+        raise marks.MarkError(f"{nodeid}: @pytest.mark.vram: card: {exc}") from None
+    return dataclasses.replace(mark, card=card.key)
 
 
 def valid_mark(item: pytest.Item) -> marks.VramMark | None:

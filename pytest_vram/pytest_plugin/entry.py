@@ -107,14 +107,16 @@ def vram(request: pytest.FixtureRequest) -> Iterator[Vram]:
     allocated after the fixtures are torn down is reported as leaked. After the test the
     measurements are compared with ``baselines/<profile>.yaml``; a regression or a budget
     overrun fails the test. A test that uses this fixture is treated as marked
-    ``@pytest.mark.vram`` (options on the marker: tolerance=, budget=, key=).
+    ``@pytest.mark.vram`` (options on the marker: tolerance=, budget=, key=, card=).
+    ``vram.largest(fn, high=..., low=1, step=1)``: the largest ``n`` for which ``fn(n)``
+    runs on the test's card without running out of memory, recorded and gated like a figure.
     Also: ``vram.measurements``, ``vram.device`` (e.g. ``"cuda:0"``), ``vram.backend``.
     """
     session = request.config.stash[keys.SESSION]
     item = request.node
     test = session.open_test(item.nodeid)
     if test is not None:  # the whole test runs in the backend's scope (pytest_plugin.scoping)
-        probe = test.open()
+        probe = test.open(session.largest_hint)
         item.stash[keys.VRAM] = probe
         yield probe
         return  # the leak is measured once every fixture of the test is torn down

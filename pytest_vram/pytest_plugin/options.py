@@ -18,6 +18,7 @@ except ImportError:  # pytest's internals moved: no rootdir check rather than no
     determine_setup = None
 
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
+from pytest_vram.backends.cards import CARDS, Card, CardError
 from pytest_vram.core.units import Tolerance, UnitError, parse_tolerance
 from pytest_vram.store import artifacts as artifact_files
 from pytest_vram.store import baselines, breakdowns, files, workspaces
@@ -67,6 +68,18 @@ def add_options(parser: pytest.Parser) -> None:
         "of 512-B-rounded live requests, the same whatever ran before; default) or "
         "'default' (the allocator's default settings: depends on allocation history and "
         "can change with test order)",
+    )
+    option(
+        "--vram-card",
+        ini="vram_card",
+        ini_type="string",
+        default="",
+        metavar="CARD",
+        help="the GPU every vram test runs on unless its marker declares another: a name ("
+        + ", ".join(CARDS)
+        + ") or a capacity such as '8GiB'; an allocation it could not serve raises "
+        "torch.OutOfMemoryError (the estimator enforces its capacity, the cuda backend caps a "
+        "larger GPU to it); the figures do not depend on it (default: none)",
     )
     option(
         "--vram-update",
@@ -294,6 +307,8 @@ class Settings(NamedTuple):
     artifacts_all: bool = False
     #: when the emulated card answers: "test" (inside vram tests) or "session"
     emulate: str = "test"
+    #: the card every vram test runs on unless its marker declares one (its key), or None
+    card: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -360,7 +375,14 @@ class Settings(NamedTuple):
                 "--vram-artifacts-all says which tests get artefacts, but no directory is "
                 "given: add --vram-artifacts=DIR (or leave --vram-artifacts-all out)"
             )
+        card = str(_value(config, "vram_card") or "").strip() or None
+        if card is not None:
+            try:
+                card = Card.parse(card).key
+            except CardError as exc:
+                raise pytest.UsageError(f"{source(config, 'vram_card')}: {exc}") from None
         settings = cls(
+            card=card,
             attribution=attribution,
             emulate=emulate,
             artifacts=artifacts,

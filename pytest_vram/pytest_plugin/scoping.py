@@ -87,7 +87,8 @@ class ScopeHooks:
         if not backend.device_per_test:
             return (yield)
         before = backend.allocated()
-        result = yield
+        with backend.wider_fixture_scope():
+            result = yield
         self._wider.setdefault(fixturedef.argname, {})[fixturedef] = request
         made = backend.allocated() - before
         if made > 0:

@@ -36,7 +36,7 @@ from pytest_vram.render.breakdowns import explain
 from pytest_vram.render.verdicts import failure_text, nothing_measured
 from pytest_vram.store import artifacts as artifact_files
 from pytest_vram.store import baselines, breakdowns, files, workspaces
-from pytest_vram.store.baselines import BaselineError, BaselineFile, Entry
+from pytest_vram.store.baselines import BaselineError, BaselineFile, Entry, file_setup
 from pytest_vram.store.breakdowns import BreakdownError
 from pytest_vram.store.workspaces import WorkspaceError
 
@@ -131,7 +131,9 @@ class VramSession:
             return
         try:
             world.select_local_device()
-            backend = create(self.settings.backend, allocator=self.settings.allocator)
+            backend = create(
+                self.settings.backend, allocator=self.settings.allocator, card=self.settings.card
+            )
             backend.warmup()
             self._session_scope.enter_context(backend.session_scope())
             if self.settings.emulate == "session":
@@ -332,9 +334,16 @@ class VramSession:
         ``vram`` at run time): start counting now."""
         self._check_key(mark, nodeid)
         backend = self._measuring_backend(mark)
+        if mark.card is not None and mark.card != self.settings.card:
+            pytest.fail(
+                f"{nodeid}: @pytest.mark.vram(card={mark.card!r}) needs the whole test on the "
+                "card: take the `vram` fixture as an argument of the test instead of "
+                "requesting it at run time (request.getfixturevalue)",
+                pytrace=False,
+            )
         meter = Meter(backend, attribution=self.attribution_on(backend))
         meter.start()
-        return Vram(meter, mark.base_key(nodeid))
+        return Vram(meter, mark.base_key(nodeid), self.largest_hint)
 
     def enter_test(self, mark: VramMark, nodeid: str) -> WholeTest:
         """Before the fixtures of the vram test ``nodeid`` are set up: the test's world
@@ -350,7 +359,7 @@ class VramSession:
         # of its last collectives until it ends), then the leak is measured.
         test.stack.callback(test.finish)
         test.stack.enter_context(self.world(mark, nodeid))
-        test.stack.enter_context(backend.test_scope())
+        test.stack.enter_context(_card_scope(backend, mark, nodeid))
         return test
 
     def open_test(self, nodeid: str) -> WholeTest | None:
@@ -386,6 +395,13 @@ class VramSession:
         self.attach_workspaces(backend)
         self.used_profiles[profile] = self.display(self.baseline_path(profile))
         return backend
+
+    def largest_hint(self, key: str) -> tuple[int | None, str | None]:
+        """The recorded answer of ``vram.largest`` for baseline ``key`` and its card, which
+        the search checks first ((None, None) where the entry has none)."""
+        baseline = self.baseline(self.profile())
+        entry = baseline.entries.get(key) if baseline else None
+        return (None, None) if entry is None else (entry.largest, entry.card)
 
     def world(self, mark: VramMark | None, nodeid: str) -> Any:
         """The process group of a test marked ``world_size=N`` (see :mod:`.world`)."""
@@ -428,6 +444,7 @@ class VramSession:
             budget = mark.budget if mark else None
             reserved_budget = mark.reserved_budget if mark else None
             off_device = with_test_causes(m.off_device, function)
+            largest = None if m.largest is None else (m.largest.value, m.largest.card)
             verdicts = judge(
                 measured,
                 entry,
@@ -439,6 +456,8 @@ class VramSession:
                 update=self.settings.update or (self.settings.update_new_only and entry is None),
                 fail_improvements=self.settings.fail_improvements,
                 off_device=off_device,
+                largest=largest,
+                baseline_largest=(entry.largest, entry.card) if entry else (None, None),
             )
             first = worst(verdicts)
             ordered = (first, *(v for v in verdicts if v is not first))
@@ -462,6 +481,11 @@ class VramSession:
                     breakdown=m.breakdown,
                     reserved_budget=reserved_budget,
                     off_device=off_device,
+                    card=m.card,
+                    card_note=m.card_note,
+                    largest=m.largest,
+                    baseline_largest=entry.largest if entry else None,
+                    baseline_card=entry.card if entry else None,
                 )
             )
         return records
@@ -496,11 +520,24 @@ class VramSession:
                     self._stored_breakdowns[path] = exc
             stored = self._stored_breakdowns[path]
             shown = self.display(path)
-            if isinstance(stored, BreakdownError):
-                text = explain(record.breakdown, None, shown, unreadable=str(stored))
-            else:
-                text = explain(record.breakdown, stored.get(record.key), shown)
-            if not isinstance(stored, BreakdownError) and record.key in stored:
+            # a store that cannot be read is said instead of a comparison
+            unreadable = str(stored) if isinstance(stored, BreakdownError) else None
+            known = {} if isinstance(stored, BreakdownError) else stored
+            lost = record.largest.lost if record.largest else None
+            if lost is not None and lost.get("breakdown"):
+                # what grew at the recorded answer, which no longer fits: the stored
+                # breakdown is the one of that value, when it fitted
+                head = (
+                    f"at {lost['value']}, the recorded largest, which now runs out of memory, "
+                    "live at the highest allocation it reached:"
+                )
+                text = explain(
+                    lost["breakdown"], known.get(record.key), shown, head, unreadable=unreadable
+                )
+                parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
+                continue
+            text = explain(record.breakdown, known.get(record.key), shown, unreadable=unreadable)
+            if record.key in known:
                 record.breakdown["grown"] = growth(record.breakdown, stored[record.key])
                 record.breakdown["compared_with"] = shown
             parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
@@ -722,8 +759,15 @@ class VramSession:
             prune = self.outcome.stale.get(shown, []) if self.settings.prune else []
             if not records and not prune:
                 continue
-            measured = {r.key: Entry.of(r.figures) for r in records}
-            setup = records[0].setup if records else {"plugin": __version__}
+            measured = {
+                r.key: Entry.of(
+                    r.figures,
+                    largest=r.largest.value if r.largest else None,
+                    card=r.largest.card if r.largest else None,
+                )
+                for r in records
+            }
+            setup = file_setup(records[0].setup) if records else {"plugin": __version__}
             existing = self._reread(profile) if self.settings.update_new_only else None
             if existing is not None:  # the file's figures keep the setup they came from
                 setup = existing.setup
@@ -791,11 +835,13 @@ class WholeTest:
         if not self.meter.started:
             self.meter.start()
 
-    def open(self) -> Vram:
+    def open(self, hints: Any = None) -> Vram:
         """The ``vram`` fixture's object (counting started at the first function-scoped
-        fixture; the ``vram`` fixture is one)."""
+        fixture; the ``vram`` fixture is one); ``hints``: the recorded answers of
+        ``vram.largest`` by key (:meth:`VramSession.largest_hint`)."""
         self.start()
-        self.vram = Vram(self.meter, self.mark.base_key(self.nodeid))
+        key = self.mark.base_key(self.nodeid)
+        self.vram = Vram(self.meter, key) if hints is None else Vram(self.meter, key, hints)
         return self.vram
 
     def finish(self) -> None:
@@ -811,6 +857,36 @@ class WholeTest:
         """Leave the test scope and the world, then measure the leak (each step even if one
         before it fails)."""
         self.stack.close()
+
+
+def _card_scope(backend: Backend, mark: VramMark, nodeid: str) -> Any:
+    """The backend's test scope, on the test's own card where its marker declares one; a
+    card the backend cannot run (a GPU smaller than the card) fails the test with why."""
+    if mark.card is None:
+        return backend.test_scope()
+    if not backend.supports_cards:
+        pytest.fail(
+            f"{nodeid}: @pytest.mark.vram(card={mark.card!r}): the {backend.name!r} backend "
+            "cannot run a test on a declared card; measure it with --vram-backend=estimate "
+            "or --vram-backend=cuda",
+            pytrace=False,
+        )
+    return _entered_or_fail(backend.test_scope(card=mark.card), nodeid)
+
+
+@contextlib.contextmanager
+def _entered_or_fail(manager: Any, nodeid: str) -> Iterator[None]:
+    try:
+        manager.__enter__()
+    except BackendUnavailable as exc:
+        pytest.fail(f"{nodeid}: {exc}", pytrace=False)
+    try:
+        yield
+    except BaseException as exc:
+        if not manager.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        manager.__exit__(None, None, None)
 
 
 def backend_failure(exc: BaseException) -> str:

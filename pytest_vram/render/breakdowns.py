@@ -29,13 +29,14 @@ def explain(
     current: dict[str, Any] | None,
     stored: dict[str, int] | None,
     stored_path: str,
+    head: str = "at the peak:",
     unreadable: str | None = None,
 ) -> str:
-    """The lines a failure message gets: top contributors, and what grew against the store
-    (``unreadable``: why the store could not be read, said instead)."""
+    """The lines a failure message gets: top contributors (under ``head``), and what grew
+    against the store (``unreadable``: why the store could not be read, said instead)."""
     if not current:
         return ""
-    lines = ["at the peak:", *top_lines(current)]
+    lines = [head, *top_lines(current)]
     if unreadable is not None:
         lines.append(f"  (not compared with the stored breakdowns: {unreadable})")
         return "\n".join(lines)

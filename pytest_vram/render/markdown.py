@@ -9,7 +9,7 @@ from pytest_vram.core.runs import Change, Run
 from pytest_vram.core.units import format_delta, format_size
 from pytest_vram.core.verdicts import Kind
 from pytest_vram.render.claims import markdown_lines
-from pytest_vram.render.terminal import COLUMNS, note_lines, row_cells
+from pytest_vram.render.terminal import TIME_COLUMN, columns, note_lines, row_cells
 
 
 def report(outcome: Outcome) -> str:
@@ -73,12 +73,13 @@ def comment(
             lines += ["", "| at the peak | module (category) |", "| ---: | --- |"]
             top = sorted(collapse(r.breakdown).items(), key=lambda kv: -kv[1])[:5]
             lines.extend(f"| {format_size(n)} | `{_md(label)}` |" for label, n in top)
-    header = ("test", *COLUMNS)
+    names = tuple(c for c in columns(records) if c != TIME_COLUMN)
+    header = ("test", *names)
     lines += ["", f"<details><summary>All {len(records)} measurements</summary>", ""]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(COLUMNS) - 1) + [" --- "]) + "|")
+    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(names) - 1) + [" --- "]) + "|")
     for r in records:
-        cells = [f"`{r.key}`", *row_cells(r)]
+        cells = [f"`{r.key}`", *row_cells(r, names)]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     lines += ["", "</details>"]
     if notes:

@@ -26,18 +26,22 @@ def header(
     allocator: str,
     card: str | None = None,
     emulate: str = "test",
+    declared_card: str | None = None,
 ) -> str:
     """The ``vram:`` line of pytest's header: the options in force; ``card``: the card the
-    estimator follows, where it may measure."""
+    estimator follows, where it may measure; ``declared_card``: the default card of every
+    vram test (``--vram-card``), which the estimator then follows."""
     profile = profile or "the backend's"
     line = (
         f"vram: backend {backend}, profile {profile}, baselines {baselines}/, "
         f"strict {'on' if strict else 'off'}, attribution {attribution}, allocator {allocator}"
     )
-    if card is not None:
+    if declared_card is not None:
+        line += f", card {declared_card}"
+    elif card is not None:
         line += f", estimator card {card}"
-        if emulate == "session":
-            line += ", answering from configure on (--vram-emulate=session)"
+    if card is not None and emulate == "session":
+        line += ", answering from configure on (--vram-emulate=session)"
     return line
 
 
@@ -53,7 +57,10 @@ def in_force(records: list[Record], strict: bool, width: int = 80) -> list[str]:
     for r in records:
         ctx = r.setup
         where = (ctx.get("backend", "?"), ctx.get("device", "?"), r.profile, r.baseline_path)
-        seen[(*where, ctx.get("metric", METRIC), ctx.get("card", ""))] = None
+        card = ctx.get("card", "")
+        if r.card_note:  # said once, in the notes after the table
+            card = card.replace(f" ({r.card_note})", "")
+        seen[(*where, ctx.get("metric", METRIC), card)] = None
     lines: list[str] = []
     for backend, device, profile, path, metric, card in seen:
         parts = [
@@ -94,14 +101,19 @@ def section(terminalreporter: Any, outcome: Outcome, strict: bool) -> None:
 COLUMNS = ("params", "model", "peak", "activation", "reserved", "baseline", "delta", "verdict")
 #: shown after the others when a measurement of the run was also timed (pytest-benchmark)
 TIME_COLUMN = "time"
+#: shown after the peak when a measurement of the run answered ``vram.largest``
+LARGEST_COLUMN = "largest"
 
 
-def _columns(records: list[Record]) -> tuple[str, ...]:
-    return (*COLUMNS, TIME_COLUMN) if any(r.time for r in records) else COLUMNS
-
-
-def _time(record: Record) -> str:
-    return time_cell(record.time)
+def columns(records: list[Record]) -> tuple[str, ...]:
+    """The table's columns for ``records``: :data:`COLUMNS`, with ``largest`` after the
+    peak where a record has one, and ``time`` last where one was timed."""
+    names = list(COLUMNS)
+    if any(r.largest for r in records):
+        names.insert(names.index("peak") + 1, LARGEST_COLUMN)
+    if any(r.time for r in records):
+        names.append(TIME_COLUMN)
+    return tuple(names)
 
 
 def _params(n: int | None) -> str:
@@ -113,18 +125,33 @@ def _params(n: int | None) -> str:
     return str(n)
 
 
-def row_cells(record: Record) -> list[str]:
+def largest_cell(record: Record) -> str:
+    """The ``largest`` cell: the answer, ``none`` where not even the first value fits,
+    ``>=N`` where the whole range fits (the range, not the card, ended the search)."""
+    largest = record.largest
+    if largest is None:
+        return "-"
+    if not largest.fits:
+        return "none"
+    return f">={largest.value}" if largest.whole_range else str(largest.value)
+
+
+def row_cells(record: Record, names: tuple[str, ...] = COLUMNS) -> list[str]:
+    """The cells of ``record`` for the columns ``names``."""
     base = record.baseline_peak_bytes
-    return [
-        _params(record.params),
-        format_size(record.model_bytes),
-        format_size(record.peak_bytes),
-        format_size(record.activation_bytes),
-        "-" if record.reserved_bytes is None else format_size(record.reserved_bytes),
-        "-" if base is None else format_size(base),
-        "-" if base is None else format_delta(record.peak_bytes, base),
-        record.kind.value,
-    ]
+    cells = {
+        "params": _params(record.params),
+        "model": format_size(record.model_bytes),
+        "peak": format_size(record.peak_bytes),
+        LARGEST_COLUMN: largest_cell(record),
+        "activation": format_size(record.activation_bytes),
+        "reserved": "-" if record.reserved_bytes is None else format_size(record.reserved_bytes),
+        "baseline": "-" if base is None else format_size(base),
+        "delta": "-" if base is None else format_delta(record.peak_bytes, base),
+        "verdict": record.kind.value,
+        TIME_COLUMN: time_cell(record.time),
+    }
+    return [cells[name] for name in names]
 
 
 #: Columns dropped first when the terminal is narrow (the key, peak, delta and verdict stay).
@@ -135,11 +162,6 @@ MIN_KEY = 24
 _WORDS = ("verdict", TIME_COLUMN)
 
 
-def _row(record: Record, columns: tuple[str, ...]) -> list[str]:
-    cells = row_cells(record)
-    return [*cells, _time(record)] if TIME_COLUMN in columns else cells
-
-
 def table_lines(records: list[Record], width: int = 80) -> list[str]:
     """The measurement table in at most ``width`` columns.
 
@@ -147,15 +169,15 @@ def table_lines(records: list[Record], width: int = 80) -> list[str]:
     (``DROP_ORDER``) until the keys fit, and a key still too long is shortened in the
     middle, so that every row is one line.
     """
-    every = _columns(records)
-    rows = [_row(r, every) for r in records]
-    columns = list(every)
+    every = columns(records)
+    rows = [row_cells(r, every) for r in records]
+    shown = list(every)
 
     def widths() -> list[int]:
-        return [max(len(h), *(len(row[every.index(h)]) for row in rows)) for h in columns]
+        return [max(len(h), *(len(row[every.index(h)]) for row in rows)) for h in shown]
 
     def key_room() -> int:
-        return width - sum(widths()) - 2 * len(columns)
+        return width - sum(widths()) - 2 * len(shown)
 
     files = {r.key.split("::", 1)[0] for r in records}
     keys = [r.key for r in records]
@@ -168,22 +190,22 @@ def table_lines(records: list[Record], width: int = 80) -> list[str]:
     for name in DROP_ORDER:
         if key_room() >= longest:
             break
-        if name in columns:
-            columns.remove(name)
+        if name in shown:
+            shown.remove(name)
     key_width = max(MIN_KEY, min(longest, key_room()))
     col_widths = widths()
 
     def line(key: str, cells: list[str]) -> str:
         numbers = "  ".join(
-            c.ljust(w) if columns[i] in _WORDS else c.rjust(w)
+            c.ljust(w) if shown[i] in _WORDS else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, col_widths, strict=True))
         )
         return f"{shorten(key, key_width).ljust(key_width)}  {numbers}".rstrip()
 
     lines = [f"{prefix[:-2]}:"] if prefix else []
-    lines.append(line("test", columns))
+    lines.append(line("test", shown))
     for key, cells in zip(keys, rows, strict=True):
-        lines.append(line(key, [cells[every.index(h)] for h in columns]))
+        lines.append(line(key, [cells[every.index(h)] for h in shown]))
     return lines
 
 
@@ -232,12 +254,35 @@ def note_lines(outcome: Outcome) -> list[str]:
         if r.leaked_bytes:
             leaked = format_size(r.leaked_bytes)
             lines.append(f"leak: {r.key}: {leaked} still allocated after the test")
+    lines.extend(card_lines(outcome.records))
     for path, change in sorted(outcome.setup_changes.items()):
         lines.append(
             f"setup: {path} was recorded with {change}; figures may differ for that reason "
             f"alone (re-record with `pytest -m vram --vram-update` once that is understood)"
         )
     lines.extend(f"error: {e}" for e in outcome.errors)
+    return lines
+
+
+def card_lines(records: list[Record]) -> list[str]:
+    """Notes about the cards the tests ran on: one per card whose usable capacity is only an
+    upper bound (what it holds besides PyTorch is not measured), and one per ``largest``
+    that the range, not the card, ended."""
+    lines: list[str] = []
+    unknown: dict[str, tuple[str, int]] = {}
+    for r in records:
+        if r.card is not None and r.card_note:
+            note, count = unknown.get(r.card, (r.card_note, 0))
+            unknown[r.card] = (note, count + 1)
+    for card, (note, count) in sorted(unknown.items()):
+        which = "measurement" if count == 1 else "measurements"
+        lines.append(f"card: {card} ({count} {which}): {note}")
+    for r in records:
+        if r.largest is not None and r.largest.whole_range:
+            lines.append(
+                f"largest: {r.key}: every value up to high={r.largest.high} fits "
+                f"{r.largest.card}; raise high= to find where the card runs out"
+            )
     return lines
 
 

@@ -8,7 +8,7 @@ import shlex
 from pytest_vram.core.figures import MemoryFigures
 from pytest_vram.core.records import Record
 from pytest_vram.core.units import format_delta, format_size
-from pytest_vram.core.verdicts import COMPARED, RESERVED, Cause, Kind, OffDevice, Verdict
+from pytest_vram.core.verdicts import COMPARED, LARGEST, RESERVED, Cause, Kind, OffDevice, Verdict
 from pytest_vram.measure.meter import OutOfMemory
 
 _LABELS = {"peak_bytes": "peak", "model_bytes": "model"}
@@ -58,12 +58,16 @@ def summary(record: Record, verdict: Verdict) -> str:
     if kind is Kind.OVER_BUDGET:
         budget = record.budget or 0
         return f"{format_delta(measured.peak_bytes, budget)} over budget {format_size(budget)}"
+    if verdict.fields == (LARGEST,):
+        return _largest_summary(record, kind)
     if kind is Kind.NEW:
         return "recorded" if verdict.updating else "new, no baseline"
     if kind is Kind.MISSING:
         return "no baseline"
     assert baseline is not None  # the other kinds compare with a baseline
     if kind is Kind.UPDATED:
+        if record.largest is not None and record.largest.value != record.baseline_largest:
+            return f"largest {_shown(record.baseline_largest)} -> {record.largest.value} (updated)"
         return format_delta(measured.peak_bytes, baseline.peak_bytes) + " (updated)"
     if kind in (Kind.REGRESSION, Kind.IMPROVEMENT):
         parts = []
@@ -73,6 +77,53 @@ def summary(record: Record, verdict: Verdict) -> str:
         return "; ".join(parts)
     text = format_delta(measured.peak_bytes, baseline.peak_bytes)
     return f"{text} (unchanged, nothing to update)" if verdict.updating else text
+
+
+def _shown(value: int | None) -> str:
+    return "none" if value is None else str(value)
+
+
+def _largest_summary(record: Record, kind: Kind) -> str:
+    """The summary of a verdict about ``largest`` (the answer of ``vram.largest``)."""
+    largest = record.largest
+    assert largest is not None
+    if kind in (Kind.MISSING, Kind.NEW):
+        return f"no recorded largest on {largest.card}"
+    return f"largest {largest.value}, baseline {_shown(record.baseline_largest)}"
+
+
+def _largest_detail(record: Record, kind: Kind, fails: bool) -> str:
+    """The long description of a verdict about ``largest``."""
+    largest = record.largest
+    assert largest is not None
+    key, path = record.key, _path(record)
+    command = update_command(record.nodeid or key)
+    card, value, recorded = largest.card, largest.value, record.baseline_largest
+    if kind in (Kind.MISSING, Kind.NEW):
+        was = (
+            "none"
+            if recorded is None
+            else f"{recorded} on card {record.baseline_card}, another card"
+        )
+        strict = " (strict mode: every measurement needs one)" if fails else ""
+        return (
+            f"{key}: {path} records no largest value on card {card} (recorded: {was})"
+            f"{strict}; this run found {value}. Record it with `{command}` and commit {path}."
+        )
+    if kind is Kind.REGRESSION:
+        return (
+            f"{key}: the largest value that fits card {card} fell from {recorded} ({path}) to "
+            f"{value}: {recorded} now runs out of memory. Reduce the memory use, or if the "
+            f"change is intended record it with `{command}` and commit {path} with the reason."
+        )
+    text = (
+        f"{key}: {value} fits card {card} where {path} records {recorded} as the largest. "
+        f"Lock the improvement in with `{command}` so that a later regression back to "
+        f"{recorded} is caught."
+    )
+    if fails:
+        text += " (--vram-fail-improvements: an unrecorded improvement fails the test.)"
+    return text
 
 
 # --------------------------------------------------------------------------- detail
@@ -110,6 +161,8 @@ def detail(record: Record, verdict: Verdict) -> str:
             f"relaxes: reduce the workload's memory, or raise budget= on the vram marker if "
             f"the limit itself was wrong."
         )
+    if verdict.fields == (LARGEST,):
+        return _largest_detail(record, kind, verdict.fails)
     if kind is Kind.NEW and verdict.updating:
         return (
             f"{key}: recorded peak {_figure(measured.peak_bytes)}, model "
@@ -239,6 +292,8 @@ def _failure_lines(r: Record, verdict: Verdict) -> list[str]:
             "  a budget is a hard limit, whatever the baseline says: reduce the workload's",
             "  memory, or raise budget= on the vram marker if the limit itself was wrong",
         ]
+    if verdict.fields == (LARGEST,) and r.largest is not None:
+        return _largest_failure(r, fix) if kind is Kind.REGRESSION else [detail(r, verdict)]
     if kind is Kind.REGRESSION and base is not None and r.baseline_model_bytes is not None:
         lines = [f"peak {format_delta(peak, base)}: memory regression against {r.baseline_path}"]
         for label, value, ref in (
@@ -265,6 +320,31 @@ def _failure_lines(r: Record, verdict: Verdict) -> list[str]:
             f"  record it with {fix}",
         ]
     return [detail(r, verdict)]
+
+
+def _largest_failure(r: Record, fix: str) -> list[str]:
+    """A lower answer of ``vram.largest`` than the baseline's: both, and where each ran."""
+    largest = r.largest
+    assert largest is not None
+    recorded = r.baseline_largest
+    lines = [
+        f"largest {largest.value} on card {largest.card}, baseline {recorded}: what fits the "
+        f"card shrank ({r.baseline_path})"
+    ]
+    if largest.fits:
+        lines.append(f"  largest   {largest.value:>8}  peak {_bytes(r.peak_bytes)}")
+    else:
+        lines.append(f"  largest   {'none':>8}  not even {largest.low} fits")
+    lost = largest.lost
+    if lost is not None:
+        lines.append(
+            f"  baseline  {recorded:>8}  ran out of memory at {_bytes(lost['peak_bytes'])}"
+        )
+    else:
+        lines.append(f"  baseline  {recorded!s:>8}")
+    lines.append("  reduce the memory use; if the change is intended, record it with")
+    lines.append(f"  {fix} with the reason")
+    return lines
 
 
 # --------------------------------------------------------------------------- off device
@@ -428,7 +508,18 @@ def _cause(cause: Cause, off: OffDevice) -> str:
 
 def out_of_memory(oom: OutOfMemory, nodeid: str, device: str) -> str:
     """The failure text of a step that ran out of memory: the test, the step, the figures,
-    and what to do about it."""
+    the card it ran on where one was declared, and what to do about it."""
+    if oom.card is not None:
+        return (
+            f"{nodeid}: does not fit card {oom.card}: out of memory on {device} in {oom.step}: "
+            f"{format_size(oom.held_bytes)} ({oom.held_bytes} B) were allocated when it "
+            f"started and it had reached {format_size(oom.peak_bytes)} ({oom.peak_bytes} B) "
+            f"when an allocation failed.\n{oom.error}\n"
+            f"Reduce the workload's memory (batch, sequence length, model size) until it fits "
+            f"the card, or declare a larger card (@pytest.mark.vram(card=...), --vram-card); "
+            f"vram.largest(...) finds the largest batch or length that fits. The memory the "
+            f"step held has been released for the following tests."
+        )
     return (
         f"{nodeid}: out of memory on {device} in {oom.step}: "
         f"{format_size(oom.held_bytes)} ({oom.held_bytes} B) were allocated when it "

@@ -26,10 +26,31 @@ from pytest_vram.store import files, yaml_dialect
 #: Keys of the file's top-level mapping, in the order they are written.
 HEADER_KEYS = ("profile", "recorded_with", "tolerance", "entries")
 #: Keys of one entry, in the order they are written.
-ENTRY_KEYS = ("params", "model_bytes", "peak_bytes", "activation_bytes", "tolerance")
+ENTRY_KEYS = (
+    "params",
+    "model_bytes",
+    "peak_bytes",
+    "activation_bytes",
+    "largest",
+    "card",
+    "tolerance",
+)
+#: The longest card name an entry may hold (a card's key or a declared capacity).
+MAX_CARD_CHARS = 100
 
 # A profile is a file stem: no separators, no leading dot (hidden file), no "..".
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+#: Setup fields that belong to one test, not to a file's figures: the card a test ran on
+#: (``card=``) decides where it runs out of memory, never its figures, and is recorded in
+#: the entries whose ``largest`` depends on it.
+PER_TEST_SETUP = ("card",)
+
+
+def file_setup(setup: Mapping[str, str]) -> dict[str, str]:
+    """A measurement's setup as a file's ``recorded_with``: without the per-test fields."""
+    return {k: v for k, v in setup.items() if k not in PER_TEST_SETUP}
 
 
 class BaselineError(Exception):
@@ -43,11 +64,24 @@ class Entry(MemoryFigures):
 
     #: Per-entry tolerance override, kept across ``--vram-update``.
     tolerance: Tolerance | None = None
+    #: The answer of ``vram.largest`` (0: not even its first value fits), with ``card``.
+    largest: int | None = None
+    #: The card ``largest`` was found on: its key or the declared capacity.
+    card: str | None = None
 
     @classmethod
-    def of(cls, figures: MemoryFigures) -> Entry:
-        """The entry recording ``figures`` (no tolerance of its own)."""
-        return cls(figures.model_bytes, figures.peak_bytes, params=figures.params)
+    def of(
+        cls, figures: MemoryFigures, largest: int | None = None, card: str | None = None
+    ) -> Entry:
+        """The entry recording ``figures`` (no tolerance of its own), and where given the
+        answer of ``vram.largest`` on ``card``."""
+        return cls(
+            figures.model_bytes,
+            figures.peak_bytes,
+            params=figures.params,
+            largest=largest,
+            card=card,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,7 +393,43 @@ def _validate_entry(raw: Any, where: str) -> Entry:
     tolerance = None
     if raw.get("tolerance") is not None:
         tolerance = _tolerance(raw["tolerance"], where)
-    return Entry(model_bytes=model, peak_bytes=peak, params=params, tolerance=tolerance)
+    largest, card = _largest(raw, where)
+    return Entry(
+        model_bytes=model,
+        peak_bytes=peak,
+        params=params,
+        tolerance=tolerance,
+        largest=largest,
+        card=card,
+    )
+
+
+def _largest(raw: dict[str, Any], where: str) -> tuple[int | None, str | None]:
+    """An entry's ``largest`` and the ``card`` it was found on: both or neither."""
+    has_largest, has_card = raw.get("largest") is not None, raw.get("card") is not None
+    if has_largest != has_card:
+        given, other = ("largest", "card") if has_largest else ("card", "largest")
+        raise BaselineError(
+            f"{where}: {given} without {other}: the largest value that fits is recorded with "
+            f"the card it was found on (e.g. largest: 12 and card: rtx3080-laptop); record "
+            f"both with --vram-update, or delete {given}"
+        )
+    if not has_largest:
+        return None, None
+    largest = _count(raw["largest"], where, "largest", "a non-negative integer (0: none fits)")
+    card = raw["card"]
+    if (
+        not isinstance(card, str)
+        or not card.strip()
+        or len(card) > MAX_CARD_CHARS
+        or not card.isprintable()
+    ):
+        shown = repr(card) if len(repr(card)) <= 80 else repr(card)[:60] + "..."
+        raise BaselineError(
+            f"{where}: card must be a card's name or a capacity on one line, at most "
+            f"{MAX_CARD_CHARS} characters (e.g. rtx3080-laptop or 8GiB), got {shown}"
+        )
+    return largest, card
 
 
 _BYTES = "a non-negative integer number of bytes"
@@ -452,6 +522,9 @@ def _entry_document(entry: Entry) -> dict[str, Any]:
     document["model_bytes"] = entry.model_bytes
     document["peak_bytes"] = entry.peak_bytes
     document["activation_bytes"] = entry.activation_bytes
+    if entry.largest is not None:
+        document["largest"] = entry.largest
+        document["card"] = entry.card
     if entry.tolerance is not None:
         document["tolerance"] = str(entry.tolerance)
     return document

@@ -4,7 +4,9 @@ and fails with the value-dependent error, as before."""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 from pytest_vram.backends.estimate import EstimateUnsupported, transformers_support  # noqa: E402
 from pytest_vram.backends.estimate.known import KnownValues  # noqa: E402
+from pytest_vram.backends.estimate.transformers_support import value_dependent_hint  # noqa: E402
 from pytest_vram.backends.patching import Patches  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 
@@ -121,6 +124,47 @@ def test_one_known_input_decides_or_and_where(scope: Any) -> None:
     unknown(lambda: bool(done.any()))
     done |= true
     assert bool(done.all())
+
+
+def test_operators_and_bool_under_inference_mode_are_known(scope: Any) -> None:
+    """Under ``torch.inference_mode()`` ``x | y``, ``x & y`` and ``bool(t)`` reach the fake
+    mode as ``__or__``, ``__and__`` and ``is_nonzero`` (elsewhere decomposed first):
+    generate's stopping bookkeeping, read as outside inference mode."""
+    with torch.inference_mode():
+        flags = torch.randn(4, device=CUDA) > 0
+        true = torch.full((4,), True, device=CUDA)
+        false = torch.zeros(4, dtype=torch.bool, device=CUDA)
+        unfinished = torch.ones(4, dtype=torch.long, device=CUDA)
+        done = false | (false | true)
+        assert bool(done.all())
+        unfinished = unfinished & ~done
+        assert bool(unfinished.max() == 0)
+        assert bool((flags | true).all())
+        assert not bool((flags & false).any())
+        assert bool((true ^ false).all())
+        unknown(lambda: bool((flags | false).any()))
+
+
+def test_generate_under_inference_mode_runs(scope: Any) -> None:
+    transformers = pytest.importorskip("transformers")
+    model = _gpt2(transformers)
+    ids = torch.randint(0, 1000, (2, 16), device=CUDA)
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=4, eos_token_id=None)
+    assert out.shape == (2, 20)
+
+
+def test_only_a_read_in_generation_itself_gets_the_eos_fix() -> None:
+    """A read in a model's mask builder that ``generate`` called is not its stopping check."""
+    site = os.path.join("site-packages", "transformers")
+    generation = traceback.FrameSummary(
+        os.path.join(site, "generation", "utils.py"), 383, "_has_unfinished_sequences"
+    )
+    masking = traceback.FrameSummary(os.path.join(site, "masking_utils.py"), 269, "sdpa_mask")
+    user = traceback.FrameSummary("tests/test_x.py", 12, "test_x")
+    assert "eos_token_id=None" in (value_dependent_hint([generation, user]) or "")
+    assert value_dependent_hint([masking, generation, user]) is None
+    assert value_dependent_hint([user]) is None
 
 
 def test_reductions_of_empty_tensors(scope: Any) -> None:

@@ -153,7 +153,7 @@ def test_load_optional_fields(path: Path) -> None:
         (
             entry_text("model_bytes: 1\npeak_bytes: 2\npeek_bytes: 3"),
             "entry 'tests/x.py::t': unknown key 'peek_bytes'; allowed keys are params, "
-            "model_bytes, peak_bytes, activation_bytes, tolerance",
+            "model_bytes, peak_bytes, activation_bytes, largest, card, tolerance",
         ),
         (
             entry_text("model_bytes: 1\npeak_bytes: 3\nactivation_bytes: 1"),

@@ -38,7 +38,7 @@ def test_marker_is_registered(run_vram):
     result.stdout.fnmatch_lines(
         [
             "@pytest.mark.vram(tolerance=None, budget=None, reserved_budget=None, key=None, "
-            "world_size=None, skip_estimate=None): *"
+            "world_size=None, skip_estimate=None, card=None): *"
         ]
     )
 
@@ -105,8 +105,16 @@ def test_unimportable_custom_backend_fails_the_vram_tests(vram_pytester, run_vra
         (
             "tolerence='1%'",
             "unknown option 'tolerence' (did you mean 'tolerance'?); "
-            "valid options are budget, key, reserved_budget, skip_estimate, tolerance, world_size",
+            "valid options are budget, card, key, reserved_budget, skip_estimate, tolerance, "
+            "world_size",
         ),
+        (
+            "card='rtx3080'",
+            "card: unknown card 'rtx3080': give one of h200, h100-80gb, a100-40gb, a100-80gb, "
+            "rtx3080-laptop, or a capacity such as '8GiB'*",
+        ),
+        ("card='8G'", "card: unknown card '8G': give one of *, or a capacity such as '8GiB'*"),
+        ("card=8", "card=...): give a card's name or a capacity as a string*"),
         ("skip_estimate=True", "skip_estimate=...): give the reason as a non-empty string*"),
         ("budget='8 gigs'", "budget: '8 gigs' is ambiguous; write '8GiB'*"),
         ("budget=8.5", "budget must be a whole number of bytes*"),

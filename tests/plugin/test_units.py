@@ -207,6 +207,8 @@ def test_parse_tolerance(text: str, expected: Tolerance) -> None:
         ("x%", "'x%' in 'x%' is not a percentage"),
         ("nan%", "is not a percentage"),
         ("4G", "'4G' is ambiguous; write '4GiB'"),
+        ("1" + "0" * 29, "is ambiguous without a unit; write '1" + "0" * 29 + "%'"),
+        ("1" + "0" * 20, "or a size such as '4MiB'"),  # 10**20 B is past 16 EiB
         (True, "got True"),
         (None, "got NoneType"),
     ],

@@ -1,12 +1,15 @@
 """The ``estimate`` backend: peak CUDA memory predicted on fake tensors, without a GPU.
 
 Public names: :class:`EstimateBackend` (``--vram-backend=estimate``), the error
-:class:`EstimateUnsupported` and the warnings :class:`RNNNotModelled` and
-:class:`ConvWorkspaceUnknown` (for ``-W``/``filterwarnings``). The modules, each one
-responsibility; dependencies point down this list, never up:
+:class:`EstimateUnsupported` and the warnings :class:`RNNNotModelled`,
+:class:`ConvWorkspaceUnknown` and :class:`MatmulPaddingUnknown` (for
+``-W``/``filterwarnings``). The modules, each one responsibility; dependencies point down
+this list, never up:
 
 * ``backend``: :class:`EstimateBackend`: creation checks, per-test state, counters;
 * ``scope``: what is in force while a build step or workload runs (the changes, the mode);
+* ``compiled``: ``torch.compile``'d code: Inductor's program for the emulated card, run on
+  fake tensors (with ``kernels.pad_mm``: the GPU's matmul padding decisions);
 * ``fake_mode``: torch's ``FakeTensorMode``, feeding the allocator model;
 * ``tracker``: fake CUDA storages replayed through the allocator model;
 * ``allocator``: the model of the CUDA caching allocator (pure Python);
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pytest_vram.backends.estimate.backend import EstimateBackend
     from pytest_vram.backends.estimate.kernels.convolution import ConvWorkspaceUnknown
+    from pytest_vram.backends.estimate.kernels.pad_mm import MatmulPaddingUnknown
     from pytest_vram.backends.estimate.refusals import EstimateUnsupported
     from pytest_vram.backends.estimate.scope import RNNNotModelled
 
@@ -43,9 +47,16 @@ _PUBLIC = {
     "EstimateUnsupported": "refusals",
     "RNNNotModelled": "scope",
     "ConvWorkspaceUnknown": "kernels.convolution",
+    "MatmulPaddingUnknown": "kernels.pad_mm",
 }
 
-__all__ = ["ConvWorkspaceUnknown", "EstimateBackend", "EstimateUnsupported", "RNNNotModelled"]
+__all__ = [
+    "ConvWorkspaceUnknown",
+    "EstimateBackend",
+    "EstimateUnsupported",
+    "MatmulPaddingUnknown",
+    "RNNNotModelled",
+]
 
 
 def __getattr__(name: str) -> Any:

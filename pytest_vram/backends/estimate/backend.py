@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from pytest_vram.backends import alloc_conf
 from pytest_vram.backends.base import Backend, BackendUnavailable, metric_name
 from pytest_vram.backends.cards import DEFAULT, Card
-from pytest_vram.backends.estimate import cuda_runtime, torch_compat
+from pytest_vram.backends.estimate import compiled, cuda_runtime, torch_compat
 from pytest_vram.backends.estimate.allocator import (
     LIMIT_RULES,
     MODEL_VERSION,
@@ -54,6 +54,8 @@ class EstimateBackend(Backend):
     simulates_ranks = True
     #: every test has its own fake mode and allocator: no fake tensor outlives its test
     device_per_test = True
+    #: ``test_scope(card=...)`` enforces a test's own card
+    supports_cards = True
     #: convolutions are looked up in the project's recorded workspaces (``use_workspaces``)
     reads_workspaces = True
 
@@ -78,6 +80,8 @@ class EstimateBackend(Backend):
             raise ValueError(f"limit_rule must be one of {LIMIT_RULES}, not {limit_rule!r}")
         self.card = DEFAULT if card is None else Card.parse(card)
         self._enforced = card is not None
+        #: the card of the test in ``test_scope(card=...)``, enforced for that test only
+        self._test_card: Card | None = None
         self._limit_rule = limit_rule
         self._allocator_mode = allocator
         # Emulate the CUDA runtime only where there is no usable GPU; with one, fake CUDA
@@ -148,7 +152,19 @@ class EstimateBackend(Backend):
 
     def card_description(self) -> str:
         """The card the estimate answers as, its capacity, and whether it is enforced."""
-        return self.card.describe(self._limit() if self._enforced else None)
+        enforced = self.card_in_force() is not None
+        return self._card().describe(self._limit() if enforced else None)
+
+    def card_in_force(self) -> Card | None:
+        """The card whose capacity is enforced now: the test's (``test_scope(card=...)``),
+        else the backend's own where one was given; None where nothing is enforced."""
+        if self._test_card is not None:
+            return self._test_card
+        return self.card if self._enforced else None
+
+    def _card(self) -> Card:
+        """The card the emulation answers as now (enforced or not)."""
+        return self._test_card or self.card
 
     # -- per test -----------------------------------------------------------------------
     def warmup(self) -> None:
@@ -161,13 +177,15 @@ class EstimateBackend(Backend):
             self.end_test()
 
     def begin_test(self) -> None:
-        """A fresh fake mode and an empty allocator; inside ``test_scope``, what the CUDA
-        backend does instead: release the cache (``empty_cache``) and restart the peaks,
-        keeping what the test's fixtures made."""
+        """A fresh fake mode, an empty allocator and no compiled code; inside
+        ``test_scope``, what the CUDA backend does instead: release the cache
+        (``empty_cache``) and restart the peaks, keeping what the test's fixtures made
+        (compiled code included)."""
         if self._whole_test is not None:
             self._allocator.empty_cache()
             self._allocator.reset_peak()
             return
+        compiled.forget_compiled_code()
         self._allocator = self._new_allocator()
         self._tracker = StorageTracker(
             self._allocator, self._observer, KnownValues(), self._workspaces
@@ -186,28 +204,43 @@ class EstimateBackend(Backend):
         if self._mode is None:
             self.begin_test()
         assert self._mode is not None and self._tracker is not None
-        return Scope(self._mode, self._emulate, self._tracker, self.card)
+        return Scope(self._mode, self._emulate, self._tracker, self._card())
 
     @contextlib.contextmanager
-    def test_scope(self) -> Iterator[None]:
+    def test_scope(self, card: Card | str | None = None) -> Iterator[None]:
         """One emulated card for a whole test: fresh per-test state, and the scope entered
-        until the test's fixtures are torn down (see ``Backend.test_scope``)."""
+        until the test's fixtures are torn down (see ``Backend.test_scope``). ``card``: the
+        test's own card (a name or a capacity), enforced for this test instead of the
+        backend's; the figures do not depend on it, only where an allocation fails."""
         if self._whole_test is not None:
             raise RuntimeError("EstimateBackend.test_scope() is already active")
-        self._whole_test = None
-        self.begin_test()
-        assert self._mode is not None and self._tracker is not None
-        scope = Scope(self._mode, self._emulate, self._tracker, self.card)
-        scope.__enter__()
-        self._whole_test = scope
+        self._test_card = None if card is None else Card.parse(card)
         try:
-            yield
-        finally:
-            self._whole_test = None
+            self.begin_test()
+            assert self._mode is not None and self._tracker is not None
+            scope = Scope(self._mode, self._emulate, self._tracker, self._card())
+            scope.__enter__()
+            self._whole_test = scope
             try:
-                scope.__exit__(None, None, None)
+                yield
             finally:
-                self.end_test()
+                self._whole_test = None
+                try:
+                    scope.__exit__(None, None, None)
+                finally:
+                    self.end_test()
+        finally:
+            self._test_card = None
+
+    def wider_fixture_scope(self) -> contextlib.AbstractContextManager[object]:
+        """Inside a test's scope, the setup of a module-, class-, package- or
+        session-scoped fixture makes real CPU tensors (``EstimatingFakeMode.real_host``):
+        they outlive the test, and code that reads their values (``save_pretrained``, a
+        dataset's statistics) gets what the program computed. CUDA tensors it makes are
+        still fake, on the test's card, and counted (the plugin refuses the fixture)."""
+        if self._whole_test is None or self._mode is None:
+            return contextlib.nullcontext()
+        return self._mode.real_host()
 
     def session_scope(self) -> contextlib.AbstractContextManager[object]:
         """Where no GPU is usable, CUDA work outside every vram test fails with the user's
@@ -227,7 +260,7 @@ class EstimateBackend(Backend):
 
     def _limit(self) -> int:
         """The bytes a test's allocator pages may reach on the card (see ``__init__``)."""
-        card = self.card
+        card = self._card()
         if self._limit_rule == "device":
             return card.usable_bytes
         # the allocator of the capped GPU (the H200 by default) holds its own persistent
@@ -235,7 +268,7 @@ class EstimateBackend(Backend):
         return card.allocator_limit - (DEFAULT.workspace_bytes or 0)
 
     def _new_allocator(self) -> CachingAllocatorModel:
-        if not self._enforced:
+        if self.card_in_force() is None:
             return CachingAllocatorModel(self._allocator_mode)
         return CachingAllocatorModel(
             self._allocator_mode,
@@ -246,7 +279,7 @@ class EstimateBackend(Backend):
 
     def _out_of_memory(self, error: DeviceOutOfMemory) -> BaseException:
         """torch's ``OutOfMemoryError`` with torch's message, as the card would raise it."""
-        card = self.card
+        card = self._card()
         outside = card.outside_bytes or 0
         free = max(card.total_memory - outside - error.reserved, 0)
         used = outside + error.reserved
@@ -264,6 +297,10 @@ class EstimateBackend(Backend):
             f"{self.card_description()}.)"
         )
         return torch.OutOfMemoryError(message)
+
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()`` on the allocator model: free pages are unmapped."""
+        self._allocator.empty_cache()
 
     def workspace_setup(self) -> dict[str, str]:
         """The GPU architecture and cuDNN version whose convolution workspaces the estimate

@@ -125,7 +125,8 @@ def install(patches: Patches) -> None:
 class EmulatedProperties:
     """``torch.cuda.get_device_properties()`` of the emulated card: the attributes code
     reads (``name``, ``total_memory``, ``major``, ``minor``, ``multi_processor_count``,
-    ``is_integrated``), with torch's repr."""
+    ``is_integrated``; the limits of its compute capability, which compilers read:
+    ``Card.architecture``), with torch's repr."""
 
     def __init__(self, card: Card) -> None:
         self.name = card.name
@@ -135,6 +136,15 @@ class EmulatedProperties:
         self.multi_processor_count = card.multi_processor_count
         self.is_integrated = False
         self.is_multi_gpu_board = False
+        self.gcnArchName = card.name  # a CUDA build of torch reports the name there
+        arch = card.architecture
+        self.max_threads_per_multi_processor = arch.max_threads_per_multi_processor
+        self.max_threads_per_block = arch.max_threads_per_block
+        self.regs_per_multiprocessor = arch.regs_per_multiprocessor
+        self.warp_size = arch.warp_size
+        self.shared_memory_per_block = arch.shared_memory_per_block
+        self.shared_memory_per_block_optin = arch.shared_memory_per_block_optin
+        self.shared_memory_per_multiprocessor = arch.shared_memory_per_multiprocessor
 
     def __repr__(self) -> str:
         return (

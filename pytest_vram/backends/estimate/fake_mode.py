@@ -19,7 +19,9 @@ computes output shapes, dtypes and strides with its meta kernel and allocates no
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,6 +47,8 @@ _CUDA = torch.device("cuda", 0)
 _HAS_CPP_META: dict[Any, bool] = {}
 _EMPTY_LIKE = torch.ops.aten.empty_like.default
 _LOCAL_SCALAR_DENSE = torch.ops.aten._local_scalar_dense.default
+#: ``bool(t)`` under inference mode reaches the mode as itself, not as ``_local_scalar_dense``
+_IS_NONZERO = torch.ops.aten.is_nonzero.default
 #: the most elements of a CPU tensor whose real values the fake mode keeps (its
 #: ``constant``; torch keeps one element): enough for the values ordinary code computes on
 #: the CPU and reads (a stochastic-depth schedule, ``torch.linspace(0, rate, depth)``),
@@ -90,6 +94,37 @@ def _is_real_meta_call(args: Any, kwargs: dict[str, Any]) -> bool:
         if isinstance(first, torch.Tensor):
             return not isinstance(first, FakeTensor) and first.device.type == "meta"
     return False
+
+
+def _host_only(args: Any, kwargs: dict[str, Any]) -> bool:
+    """An operator on real CPU tensors only, making nothing on another device."""
+    device = kwargs.get("device")
+    if device is not None and torch.device(device).type != "cpu":
+        return False
+    for t in pytree.arg_tree_leaves(*args, **kwargs):
+        if isinstance(t, torch.Tensor) and (isinstance(t, FakeTensor) or t.device.type != "cpu"):
+            return False
+    return True
+
+
+def _hide_constants(args: Any, kwargs: dict[str, Any]) -> list[tuple[FakeTensor, Any]]:
+    """For an operator that makes its result on another device than the CPU (``empty_like(
+    x, device="cuda")``), take the constants off its fake inputs; returns them, to put back.
+
+    torch's fake mode runs an operator whose inputs all hold constants for real, to keep
+    the result a constant too, and skips that only for ``_to_copy`` to another device:
+    ``torch.empty_like(torch.arange(4.0), device="cuda")`` (transformers moves a model's
+    non-persistent buffers so) would run a CUDA kernel. A CUDA result is never a constant.
+    """
+    device = kwargs.get("device")
+    if device is None or torch.device(device).type in ("cpu", "meta"):
+        return []
+    hidden = []
+    for t in pytree.arg_tree_leaves(*args):
+        if isinstance(t, FakeTensor) and t.constant is not None:
+            hidden.append((t, t.constant))
+            t.constant = None
+    return hidden
 
 
 class UnmemoizedConverter(FakeTensorConverter):
@@ -211,6 +246,20 @@ class EstimatingFakeMode(FakeTensorMode):
         self._nesting = threading.local()
         #: device -> the attributes of a new fake tensor, but its mode (see ``_new_fake``)
         self._fake_templates: dict[torch.device, dict[str, Any]] = {}
+        #: set by :meth:`real_host`: operators on real CPU tensors run for real
+        self._real_host = False
+
+    @contextlib.contextmanager
+    def real_host(self) -> Iterator[None]:
+        """Operators on real CPU tensors only (factories for the CPU included) run for
+        real, while this is entered: what a fixture of a wider scope than the test makes
+        on the host outlives the test and may be read (``save_pretrained``). Anything that
+        involves a fake tensor or another device (``.to("cuda")``) is fake as ever."""
+        previous, self._real_host = self._real_host, True
+        try:
+            yield
+        finally:
+            self._real_host = previous
 
     @property
     def avoid_device_init(self) -> bool:
@@ -248,6 +297,16 @@ class EstimatingFakeMode(FakeTensorMode):
         self._tracker.track(out)
         return out
 
+    def _known_scalar(self, func: Any, args: Any) -> Any:
+        """The answer to a scalar read of a tensor whose value is known (``.item()``,
+        ``bool(t)``), or None."""
+        if func is _LOCAL_SCALAR_DENSE:
+            return self.known.scalar(args[0])
+        if func is _IS_NONZERO:
+            value = self.known.scalar(args[0])
+            return None if value is None else bool(value)
+        return None
+
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         """No ``torch._disable_dynamo`` wrapper around :meth:`__torch_dispatch__`.
@@ -255,8 +314,9 @@ class EstimatingFakeMode(FakeTensorMode):
         ``TorchDispatchMode`` wraps a subclass's ``__torch_dispatch__`` so that Dynamo does
         not compile inside it; each call then sets and restores the frame evaluation
         callback, about a microsecond on every one of the 10^5 operators a training step
-        dispatches. Nothing compiles inside the estimator's scope (``torch.compile`` is
-        refused there, see ``scope``), so the wrapper guards nothing here.
+        dispatches. Where code is compiled in the scope, Dynamo is kept out of this method
+        and everything it calls by an execution strategy on its code object instead, which
+        costs nothing where nothing compiles (``compiled._dynamo_skips_the_estimator``).
         """
         return False
 
@@ -414,6 +474,8 @@ class EstimatingFakeMode(FakeTensorMode):
         if query is not None:
             return query(args)
         kwargs = kwargs or {}
+        if self._real_host and _host_only(args, kwargs):
+            return func(*args, **kwargs)
         if self._emulate and _is_meta_device(kwargs.get("device")) and engine_is_asking(2):
             # A tensor the engine's C++ code makes "like" a gradient it was told is meta.
             kwargs = {**kwargs, "device": _CUDA}
@@ -462,7 +524,12 @@ class EstimatingFakeMode(FakeTensorMode):
             else:
                 # FakeTensorMode.__torch_dispatch__ is ``dispatch`` behind a call counter
                 # and a Dynamo-disabling wrapper that this method already has (5% a call).
-                out = self.dispatch(func, types, args, kwargs)
+                hidden = _hide_constants(args, kwargs)
+                try:
+                    out = self.dispatch(func, types, args, kwargs)
+                finally:
+                    for t, constant in hidden:
+                        t.constant = constant
                 layout = None if depth else kernels.OUTPUT_LAYOUT.get(func)
                 if layout is not None:
                     out = _relayout(out, layout(args, kwargs, out))
@@ -475,7 +542,7 @@ class EstimatingFakeMode(FakeTensorMode):
             if depth:
                 raise
             __tracebackhide__ = True
-            out = self.known.scalar(args[0]) if func is _LOCAL_SCALAR_DENSE else None
+            out = self._known_scalar(func, args)
             if out is None:
                 out = value_dependent(func, args)
         except RuntimeError as exc:  # after the value-dependent errors, also RuntimeErrors

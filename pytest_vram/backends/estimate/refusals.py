@@ -1,11 +1,11 @@
 """What the estimator refuses, and how it says so: the user's line, the reason, the fix.
 
 An operation whose result (and so the memory after it) depends on tensor values, an
-operator without a fake kernel, a ``torch.compile``'d function: each fails the test with
-:class:`EstimateUnsupported`, whose message names the user's line (not torch's or the
-estimator's), why the estimate cannot follow, and what to do instead. Where such a read
-only decides values, never memory (weight initialisation, an optimizer's step count), a
-fixed answer is given instead (:data:`_VALUE_FREE_CALLERS`).
+operator without a fake kernel, a ``torch.compile`` the estimate cannot follow: each fails
+the test with :class:`EstimateUnsupported`, whose message names the user's line (not
+torch's or the estimator's), why the estimate cannot follow, and what to do instead. Where
+such a read only decides values, never memory (weight initialisation, an optimizer's step
+count), a fixed answer is given instead (:data:`_VALUE_FREE_CALLERS`).
 """
 
 from __future__ import annotations
@@ -112,15 +112,18 @@ _TORCH_DATA_DIR = os.path.join(_TORCH_DIR, "utils", "data", "")
 
 
 def _data_loader_hint(frames: list[traceback.FrameSummary]) -> str | None:
-    """The fix for a DataLoader iterated inside the scope: its base seed and its shuffling
-    (``randperm(...).tolist()``) read random tensors, which are fake there."""
+    """The fix for a shuffled order that ``data_loading`` leaves fake: a sampler or
+    ``random_split`` drawing from torch's default generator over a dataset whose items
+    may differ in size."""
     if not any(f.filename.startswith(_TORCH_DATA_DIR) for f in frames):
         return None
     return (
-        "torch.utils.data reads random tensors here (the DataLoader's seed, its "
-        "sampler's shuffled order), which are fake inside the measured call. Iterate the "
-        "DataLoader outside vram.run/vram.build and pass each batch in (its move to the "
-        "GPU inside is what is measured)"
+        "torch.utils.data shuffles here (a sampler's order, or random_split's), and over "
+        "a dataset other than a TensorDataset the order decides which items form each "
+        "batch, and so the batches' shapes; the estimate backend draws it only where it "
+        "is the same on the GPU: pass the DataLoader (or random_split) a seeded "
+        "generator=torch.Generator().manual_seed(0), or use a TensorDataset, whose "
+        "items all have one shape"
     )
 
 
@@ -181,14 +184,17 @@ def no_kernel(func: Any, torch_advice: str | None = None) -> EstimateUnsupported
 
 
 def compile_message(exc: BaseException) -> str:
+    """A ``torch.compile`` failure on the estimator: the user's line, torch's error, the fix."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if not f.filename.startswith((_TORCH_DIR, _PACKAGE_DIR))]
     line = f"{user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else "?"
+    cause = getattr(exc, "inner_exception", None) or exc
+    what = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     return (
-        f"the estimate backend cannot run a torch.compile'd function, called at {line}: "
-        "the compiled kernels' memory (fusion, Inductor's buffer reuse) is not what the "
-        "eager operators allocate, and the compiler needs a real GPU. Measure this test "
-        "with --vram-backend=cuda, call the uncompiled module (e.g. the "
-        "OptimizedModule's ._orig_mod) for the estimate, or mark the test "
+        f"the estimate backend could not compile the torch.compile'd code called at {line}: "
+        f"{type(cause).__name__}: {what[:500]} (docs/estimator.md, 'torch.compile', says what "
+        "the estimate of compiled code supports). Measure this test with "
+        "--vram-backend=cuda, call the uncompiled module (e.g. the OptimizedModule's "
+        "._orig_mod) for the estimate, or mark the test "
         "@pytest.mark.vram(skip_estimate='torch.compile')."
     )

@@ -13,10 +13,13 @@ The changes made here, for fake tensors to behave as CUDA tensors do:
 * ``copy.copy``/``copy.deepcopy`` of a fake tensor share or copy its storage;
 * ``torch.utils.swap_tensors`` accepts a fake constant (``Module._apply``);
 * ``torch.optim`` picks its foreach implementation for fake tensors, as for CUDA ones;
+* a ``DataLoader`` draws its seed, and its order where the order decides no memory, on
+  the host, and loads in the process (:mod:`.data_loading`);
 * an RNN over CUDA tensors warns that cuDNN's RNN is not modelled (:class:`RNNNotModelled`).
 
-A ``torch.compile``'d function is refused here: the compiled kernels' memory is not the
-eager operators', and the compiler needs a GPU (``refusals.compile_message``).
+``torch.compile``'d code compiled in the scope runs Inductor's program for the emulated
+card on fake tensors (:mod:`.compiled`); a compile the estimate cannot follow is refused
+with the user's line and the fix (``compiled.refusal_in``, ``refusals.compile_message``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorConverter
 from torch.optim import optimizer as torch_optimizer
 
 from pytest_vram.backends.cards import Card
-from pytest_vram.backends.estimate import cuda_runtime, distributed, transformers_support
+from pytest_vram.backends.estimate import (
+    compiled,
+    cuda_runtime,
+    data_loading,
+    device_index,
+    distributed,
+    transformers_support,
+)
 from pytest_vram.backends.estimate.autograd_engine import settle_engine_threads
 from pytest_vram.backends.estimate.fake_mode import EstimatingFakeMode
 from pytest_vram.backends.estimate.kernels import convolution
@@ -177,6 +187,7 @@ class Scope:
             patches = stack.enter_context(Patches())  # restored last, after the mode exits
             if self._emulate:
                 cuda_runtime.install(patches)
+                device_index.install(patches)
                 # Every backward on the calling thread: the engine's device thread (which
                 # the emulated CUDA guard makes it start) then never holds a task's state,
                 # whose Python objects it would release while the interpreter finalizes.
@@ -186,12 +197,15 @@ class Scope:
             _copyable_fake_tensors(patches)
             _swappable_constants(patches, self._mode.fake_tensor_converter)
             _optimizers_take_fake_tensors(patches)
+            data_loading.install(patches)
             stack.enter_context(self._mode)
             transformers_support.install(patches, self._mode.known)
+            transformers_support.install_loading(patches)
             distributed.install(patches, self._tracker, self._emulate)
             _report_rnns(patches, self._tracker)
             if self._emulate:
                 cuda_runtime.install_device(patches, self._card, self._tracker.allocator)
+            compiled.install(patches, self._mode, self._card, self._tracker, self._emulate)
             cuda_runtime.enter_scope()
             stack.callback(cuda_runtime.leave_scope)
             self._stack = stack.pop_all()
@@ -218,10 +232,16 @@ class Reentered:
 
 
 def _reraise(exc: BaseException | None) -> bool:
-    """Refusals reach the test with their own message, without torch's frames."""
+    """Refusals reach the test with their own message, without torch's frames; so does a
+    refusal made while compiling, which torch.compile wraps in its own errors."""
     __tracebackhide__ = True
+    if exc is None:
+        return False
     if isinstance(exc, EstimateUnsupported):
         raise EstimateUnsupported(str(exc)) from None
-    if exc is not None and is_compile_failure(exc):
+    refusal = compiled.refusal_in(exc)
+    if refusal is not None:
+        raise EstimateUnsupported(str(refusal)) from None
+    if is_compile_failure(exc):
         raise EstimateUnsupported(compile_message(exc)) from None
     return False

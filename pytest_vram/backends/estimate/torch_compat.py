@@ -66,6 +66,12 @@ What is used, and why:
   inside the scope, so the default is CUDA's);
 * ``torch._dynamo.exc.BackendCompilerFailed``: recognising a ``torch.compile`` failure, to
   replace it with an error that says what to do;
+* the compiler (:mod:`.compiled`, :mod:`.kernels.pad_mm`): Dynamo's compile callbacks,
+  device interface and code execution strategies, ``FunctionalTensor``'s wrapper and
+  mode, the proxy tracer's constant limit, Inductor's constant folder, device properties,
+  kernel compilation, wrapper loading, ``compile_fx``, ``pad_mm`` and configuration
+  (:data:`COMPILE_REQUIRED`, checked by :func:`check_compile` when a scope first
+  compiles: a torch that moved one refuses compiled code, never eager code);
 * FSDP2's ``alloc_storage``/``free_storage``, ``DeviceMesh.__init__``,
   ``OffsetBasedRNGTracker.__init__``, DDP's start-up checks and ``_get_device_handle``
   (:mod:`.distributed`), and ``redirect_to_mode`` (DTensor's RNG operator).
@@ -258,6 +264,62 @@ DISTRIBUTED_REQUIRED = (
     "torch._prims.rng_prims.run_dtensor_rng_op.python_key_table",
 )
 
+_INDUCTOR = "torch._inductor"
+#: what the estimate of compiled code uses (``compiled``, ``kernels.pad_mm``), checked when
+#: a scope first compiles: a torch that moved one refuses compiled code only
+COMPILE_REQUIRED = (
+    "torch._dynamo.callback.callback_handler.register_start_callback",
+    "torch._dynamo.callback.callback_handler.register_end_callback",
+    "torch._dynamo.callback.callback_handler.remove_start_callback",
+    "torch._dynamo.callback.callback_handler.remove_end_callback",
+    "torch._dynamo.device_interface.CudaInterface",
+    "torch._dynamo.device_interface.caching_worker_device_properties",
+    "torch._dynamo.types.FrameExecStrategy",
+    "torch._dynamo.types.FrameAction.SKIP",
+    "torch._C._dynamo.eval_frame.set_code_exec_strategy",
+    "torch._dynamo.config.automatic_dynamic_local_pgo",
+    "torch._dynamo.config.automatic_dynamic_remote_pgo",
+    "torch._functorch.config.enable_autograd_cache",
+    "torch._functorch.config.enable_remote_autograd_cache",
+    "torch._subclasses.functional_tensor.FunctionalTensor",
+    "torch._subclasses.functional_tensor.FunctionalTensorMode.__torch_dispatch__",
+    "torch._C.TensorBase._make_wrapper_subclass",
+    "torch.fx.experimental.proxy_tensor.CONSTANT_NUMEL_LIMIT",
+    "torch._C._conv_determine_backend_memory_format",
+    f"{_INDUCTOR}.fx_passes.joint_graph.UniformValueConstantFolder._deduce_value",
+    f"{_INDUCTOR}.runtime.hints.DeviceProperties.create",
+    f"{_INDUCTOR}.async_compile.AsyncCompile.triton",
+    f"{_INDUCTOR}.codecache.PyCodeCache.load_by_key_path",
+    f"{_INDUCTOR}.compile_fx.clone_preserve_strides",
+    f"{_INDUCTOR}.fx_passes.pad_mm.can_pad",
+    f"{_INDUCTOR}.fx_passes.pad_mm.hint_symbols",
+    f"{_INDUCTOR}.config.triton.cudagraphs",
+    f"{_INDUCTOR}.config.max_autotune",
+    f"{_INDUCTOR}.config.max_autotune_gemm",
+    f"{_INDUCTOR}.config.max_autotune_pointwise",
+    f"{_INDUCTOR}.config.cpp_wrapper",
+    f"{_INDUCTOR}.config.force_shape_pad",
+    f"{_INDUCTOR}.config.compile_threads",
+    f"{_INDUCTOR}.config.fx_graph_cache",
+    f"{_INDUCTOR}.config.fx_graph_remote_cache",
+    f"{_INDUCTOR}.config.autotune_local_cache",
+    f"{_INDUCTOR}.config.autotune_remote_cache",
+    f"{_INDUCTOR}.config.bundled_autotune_remote_cache",
+)
+#: the compiler's functions the estimate replaces while compiling (torch calls them)
+COMPILE_OVERRIDES = (
+    Override(
+        "torch._dynamo.variables.optimizer.OptimizerVariable.call_method",
+        "(self, tx, name, args, kwargs)",
+    ),
+    Override(f"{_INDUCTOR}.fx_passes.pad_mm.should_pad", "(match, mat1, mat2, op, input)"),
+)
+#: the compiler's functions the estimate calls
+COMPILE_CALLS = (
+    Call(f"{_INDUCTOR}.compile_fx.compile_fx", "(model_, example_inputs_, *, config_patches)"),
+    Call(f"{_INDUCTOR}.fx_passes.pad_mm.should_pad_bench_key", "(match, mat1, mat2, op, input)"),
+)
+
 #: operator -> (argument index, argument name) the estimator reads positionally
 POSITIONAL_ARGS = (
     ("_scaled_dot_product_cudnn_attention", 4, "compute_log_sumexp"),
@@ -428,4 +490,13 @@ def check_distributed() -> str | None:
     gone = [name for name in DISTRIBUTED_REQUIRED if not _has(name)]
     gone += [spec.path for spec in DISTRIBUTED_CALLS if not _has(spec.path)]
     different = [p for spec in DISTRIBUTED_CALLS if (p := _call_problem(spec)) is not None]
+    return _message(gone, different)
+
+
+def check_compile() -> str | None:
+    """As :func:`check`, for the estimate of compiled code (a scope's first compile)."""
+    gone = [name for name in COMPILE_REQUIRED if not _has(name)]
+    gone += [spec.path for spec in (*COMPILE_OVERRIDES, *COMPILE_CALLS) if not _has(spec.path)]
+    different = [p for spec in COMPILE_OVERRIDES if (p := _override_problem(spec)) is not None]
+    different += [p for spec in COMPILE_CALLS if (p := _call_problem(spec)) is not None]
     return _message(gone, different)

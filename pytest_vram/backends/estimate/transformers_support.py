@@ -5,13 +5,15 @@ all ones?), and counts a fake tensor as tracing (``is_fake_tensor``): it then ta
 path an export needs, which is not the path the GPU run takes (it builds a mask the GPU
 run drops). Inside the estimator's scope, :func:`install` makes ``is_fake_tensor``
 answer False for fake tensors whose value the estimator knows (:mod:`.known`), so
-transformers reads exactly the values that can be answered.
+transformers reads exactly the values that can be answered, and lets ``from_pretrained``
+load a checkpoint onto the emulated card (:func:`install_loading`).
 :func:`value_dependent_hint` adds the fix to the estimator's error where transformers'
 generation loop reads generated tokens. Generic: nothing here knows a model.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import importlib.abc
 import importlib.machinery
@@ -20,6 +22,9 @@ import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from pytest_vram.backends.estimate.known import KnownValues
 from pytest_vram.backends.patching import Patches
@@ -83,6 +88,62 @@ def install(patches: Patches, known: KnownValues, module: str = _TRANSFORMERS_IM
         patched.add(target)
         patches.set(target, "is_fake_tensor", is_fake_tensor)
 
+    _when_imported(patches, module, patch)
+
+
+_TRANSFORMERS_LOADING = "transformers.core_model_loading"
+
+
+class _CallingThreadExecutor(concurrent.futures.Executor):
+    """A ``ThreadPoolExecutor`` that runs each job at ``submit``, on the calling thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - re-raised by future.result()
+            future.set_exception(exc)
+        return future
+
+
+def install_loading(patches: Patches, module: str = _TRANSFORMERS_LOADING) -> None:
+    """Let ``from_pretrained`` load a checkpoint onto the emulated card, for one scope.
+
+    transformers 5 materialises the checkpoint's tensors in a thread pool
+    (``core_model_loading``: ``tensor[...]`` of a safetensors slice, then
+    ``.to(device, dtype)``). The fake mode is a thread-local dispatch mode, so in the
+    pool's threads ``.to("cuda")`` would be real CUDA work; the jobs run on the calling
+    thread instead, in the order they are submitted (what the GPU's threads leave
+    allocated is the same: one tensor per parameter). A safetensors slice builds its tensor
+    on a storage of the file's bytes, which a fake tensor cannot take: it is read on the
+    host for real (the checkpoint's bytes, as the GPU run reads them), and its move to the
+    device is fake and counted. ``module``: the module to patch (tests); installed when it
+    is imported, now or later inside the scope; a transformers without these functions is
+    left alone.
+    """
+
+    def patch(target: Any) -> None:
+        original = getattr(target, "_materialize_copy", None)
+        if original is None or not hasattr(target, "ThreadPoolExecutor"):
+            return
+
+        def _materialize_copy(tensor: Any, device: Any = None, dtype: Any = None) -> Any:
+            if not isinstance(tensor, torch.Tensor):  # a slice of the checkpoint file
+                with unset_fake_temporarily():
+                    tensor = tensor[...]
+            return original(tensor, device, dtype)
+
+        patches.set(target, "ThreadPoolExecutor", _CallingThreadExecutor)
+        patches.set(target, "_materialize_copy", _materialize_copy)
+
+    _when_imported(patches, module, patch)
+
+
+def _when_imported(patches: Patches, module: str, patch: Callable[[Any], None]) -> None:
+    """``patch(module)`` now if it is imported, else when it is, while the scope lasts."""
     loaded = sys.modules.get(module)
     if loaded is not None:
         patch(loaded)
@@ -98,6 +159,7 @@ def _remove_finder(finder: _PatchOnImport) -> None:
 
 
 _GENERATION_DIR = os.path.join("transformers", "generation", "")
+_TRANSFORMERS_DIR = os.path.join("transformers", "")
 
 
 def value_dependent_hint(frames: list[traceback.FrameSummary]) -> str | None:
@@ -106,9 +168,12 @@ def value_dependent_hint(frames: list[traceback.FrameSummary]) -> str | None:
     ``generate`` stops when every sequence has produced ``eos_token_id``: whether it does
     depends on the generated tokens, which fake tensors do not have. Without an EOS token
     the loop runs exactly ``max_new_tokens`` steps, and every stopping check it makes is
-    answered by the known values (docs/estimator.md, "Known values").
+    answered by the known values (docs/estimator.md, "Known values"). Only a read in
+    generation's own code gets this fix: a read in the model or its mask builders that
+    ``generate`` called is about something else.
     """
-    if not any(_GENERATION_DIR in f.filename for f in frames):
+    inner = next((f for f in frames if _TRANSFORMERS_DIR in f.filename), None)
+    if inner is None or _GENERATION_DIR not in inner.filename:
         return None
     return (
         "transformers' generation reads the generated tokens here (its stopping check: has "

@@ -118,8 +118,21 @@ _EXACT_FLOATING = frozenset(
         "fmod",
     }
 )
-OR_OPS = frozenset({_aten.logical_or, _aten.logical_or_, _aten.bitwise_or, _aten.bitwise_or_})
-AND_OPS = frozenset({_aten.logical_and, _aten.logical_and_, _aten.bitwise_and, _aten.bitwise_and_})
+#: ``x | y``, ``x & y``, ``x ^ y`` as operators: decomposed into ``bitwise_*`` before the
+#: fake mode sees them, except under ``torch.inference_mode()``, where they reach it as
+#: themselves (transformers' ``generate`` updates its finished sequences with ``&`` and
+#: ``|``)
+_BITWISE_DUNDERS = frozenset(
+    {_aten.__or__, _aten.__ior__, _aten.__and__, _aten.__iand__, _aten.__xor__, _aten.__ixor__}
+)
+OR_OPS = frozenset(
+    {_aten.logical_or, _aten.logical_or_, _aten.bitwise_or, _aten.bitwise_or_}
+    | {_aten.__or__, _aten.__ior__}
+)
+AND_OPS = frozenset(
+    {_aten.logical_and, _aten.logical_and_, _aten.bitwise_and, _aten.bitwise_and_}
+    | {_aten.__and__, _aten.__iand__}
+)
 LOGICAL_OPS = frozenset(
     {_aten.logical_or, _aten.logical_or_, _aten.logical_and, _aten.logical_and_}
 )
@@ -127,7 +140,7 @@ WHERE = _aten.where
 MASKED_FILL = frozenset({_aten.masked_fill, _aten.masked_fill_})
 #: operators not tagged pointwise whose result, for uniform non-empty inputs, is the
 #: operator applied to one element of each (``isin``: whether ``v`` equals ``w``)
-_ELEMENTWISE = MASKED_FILL | {_aten.isin}
+_ELEMENTWISE = MASKED_FILL | _BITWISE_DUNDERS | {_aten.isin}
 COPY_INPLACE = _aten.copy_
 FILL_INPLACE = _aten.fill_
 #: draws whose every element is at least 0 (CUDA's and the CPU's ``uniform_`` compute
