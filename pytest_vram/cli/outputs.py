@@ -2,13 +2,15 @@
 
 :func:`check` refuses a path that cannot become the file before any work is done (a
 directory, a path under a file, a read-only file); :func:`write` writes a regular file
-atomically (:func:`pytest_vram.store.files.write_atomic`: through a symlink, mode kept)
-and anything else that exists (``/dev/null``, a named pipe) as a plain write, never
-replacing it.
+atomically (:func:`pytest_vram.store.files.write_atomic`: through a symlink, mode kept),
+a character device or a named pipe (``/dev/null``) as a plain write, never replacing it,
+and ``/dev/stdout`` on the descriptor (:func:`pytest_vram.store.files.write_output`); a
+named pipe nobody reads is an error, not a hang, and a block device or a socket is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import stat
 import sys
 from pathlib import Path
@@ -49,6 +51,13 @@ def _check(path: Path) -> None:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return
+    if files.own_descriptor(path) is None and not (
+        stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+    ):
+        raise RunError(
+            f"{path}: it is {files.kind(mode)}, which is never written or replaced; choose "
+            f"another path"
+        )
     if stat.S_ISREG(mode) and not mode & 0o222:
         raise RunError(
             f"{path}: the file is read-only (mode {mode & 0o777:04o}); make it writable "
@@ -68,13 +77,15 @@ def write(path: str | None, data: str | bytes) -> None:
         sys.stdout.flush()
         return
     check(path)
-    target = Path(path)
     try:
-        if target.exists() and not target.is_file():  # a device or a pipe: write into it
-            with open(target, "wb") as handle:
-                handle.write(raw)
-        else:
-            files.write_atomic(target, raw)
+        files.write_output(Path(path), raw)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise RunError(f"{path}: cannot write it ({reason}); choose a writable path") from None
+        raise RunError(
+            f"{path}: cannot write it ({_reason(exc, Path(path))}); choose a writable path"
+        ) from None
+
+
+def _reason(exc: OSError, path: Path) -> str:
+    if isinstance(exc, files.NotRegular) or exc.errno in (errno.ENXIO, errno.EPIPE):
+        return files.describe(exc, path)  # "it is a block device", "no process reads it"
+    return exc.strerror or str(exc)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pytest_vram.core.names import unstorable
 from pytest_vram.core.units import Tolerance, UnitError, parse_size, parse_tolerance
 
 MARKER = "vram"
@@ -151,6 +152,12 @@ def _parse(nodeid: str, options: dict[str, Any]) -> VramMark:
         raise MarkError(
             f"{nodeid}: @pytest.mark.vram(key=...): key must be a non-empty string, "
             f"got {key!r}; leave it out to use the test's node id"
+        )
+    why = None if key is None else unstorable(key)
+    if why is not None:
+        raise MarkError(
+            f"{nodeid}: @pytest.mark.vram(key={key!r}): {why}; give a key of printable text "
+            f"(letters, digits, '-', '_', '.', '/', ':')"
         )
     skip_estimate = options.get("skip_estimate")
     if skip_estimate is not None and (

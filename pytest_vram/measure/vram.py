@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from pytest_vram.backends.base import Backend
 from pytest_vram.core.fit import Candidates, FitError
+from pytest_vram.core.names import unstorable
 from pytest_vram.core.verdicts import OffDevice
 from pytest_vram.measure.meter import (
     LargestError,
@@ -171,6 +172,12 @@ class Vram:
         if name is not None and (not isinstance(name, str) or not name or "::" in name):
             raise VramUsageError(
                 f"vram.run(name={name!r}): name must be a non-empty str without '::'"
+            )
+        why = None if name is None else unstorable(name)
+        if why is not None:
+            raise VramUsageError(
+                f"vram.run(name={name!r}): the name is part of the baseline key, but {why}; "
+                f"use printable text (letters, digits, '-', '_', '.')"
             )
         if not taken:
             return

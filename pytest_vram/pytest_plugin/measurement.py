@@ -19,13 +19,14 @@ from pytest_vram.measure.vram import Vram, VramUsageError
 from pytest_vram.pytest_plugin import world
 from pytest_vram.pytest_plugin.collection import valid_mark
 from pytest_vram.pytest_plugin.keys import RANKS, RECORDS, VRAM
-from pytest_vram.pytest_plugin.session import VramSession, with_test_causes
+from pytest_vram.pytest_plugin.session import ERROR_PROPERTY, VramSession, with_test_causes
 from pytest_vram.render import artifacts
 from pytest_vram.render.breakdowns import top_lines
 from pytest_vram.render.json_report import record_property
 from pytest_vram.render.longrepr import Failure, failure, text_of
 from pytest_vram.render.terminal import peaks
 from pytest_vram.render.verdicts import mixed_devices_failure, off_device_failure, out_of_memory
+from pytest_vram.store.artifacts import ArtifactError
 
 
 class MeasureHooks:
@@ -128,7 +129,13 @@ class MeasureHooks:
             rep.longrepr = failure(item, f"{text_of(rep.longrepr)}\n{text}")
         if settings.artifacts and (rep.failed or settings.artifacts_all):
             try:
-                written = artifacts.write(settings.artifacts, item.nodeid, probe, records)
+                written = self.session.write_artifacts(item.nodeid, probe, records)
+            except ArtifactError as exc:
+                # Said in the summary of the process that reports (an xdist controller
+                # too), which then exits non-zero; the test's own outcome stays.
+                rep.user_properties.append((ERROR_PROPERTY, str(exc)))
+                rep.sections.append(("vram artifacts", str(exc)))
+                written = []
             finally:
                 artifacts.stop_recording()
             if written and rep.failed:

@@ -20,7 +20,8 @@ except ImportError:  # pytest's internals moved: no rootdir check rather than no
 from pytest_vram.backends import ALLOCATOR_MODES, CHOICES
 from pytest_vram.backends.cards import CARDS, Card, CardError
 from pytest_vram.core.units import Tolerance, UnitError, parse_tolerance
-from pytest_vram.store import baselines, files
+from pytest_vram.store import artifacts as artifact_files
+from pytest_vram.store import baselines, breakdowns, files, workspaces
 from pytest_vram.store.baselines import BaselineError
 
 #: ``vram_tolerance``'s default: no deviation allowed
@@ -366,6 +367,14 @@ class Settings(NamedTuple):
                 f"{source(config, 'vram_emulate')}: expected {' or '.join(EMULATE_CHOICES)}, "
                 f"got {emulate!r}"
             )
+        artifacts_all = bool(_value(config, "vram_artifacts_all"))
+        artifacts = _output_path(config, "vram_artifacts", "DIR", "vram-artifacts")
+        if artifacts is None and config.getoption("vram_artifacts_all"):
+            # From an ini file it is a preference for the runs that ask for artefacts.
+            raise pytest.UsageError(
+                "--vram-artifacts-all says which tests get artefacts, but no directory is "
+                "given: add --vram-artifacts=DIR (or leave --vram-artifacts-all out)"
+            )
         card = str(_value(config, "vram_card") or "").strip() or None
         if card is not None:
             try:
@@ -376,8 +385,8 @@ class Settings(NamedTuple):
             card=card,
             attribution=attribution,
             emulate=emulate,
-            artifacts=_optional_path(config, "vram_artifacts"),
-            artifacts_all=bool(_value(config, "vram_artifacts_all")),
+            artifacts=artifacts,
+            artifacts_all=artifacts_all,
             backend=backend,
             allocator=allocator,
             update=update,
@@ -389,10 +398,11 @@ class Settings(NamedTuple):
             tolerance=tolerance,
             profile=profile,
             baselines=_path(config, "vram_baselines", config.rootpath),
-            json_path=_optional_path(config, "vram_json"),
-            markdown_path=_optional_path(config, "vram_markdown"),
+            json_path=_output_path(config, "vram_json", "PATH", "vram.json"),
+            markdown_path=_output_path(config, "vram_markdown", "PATH", "vram.md"),
         )
         _check_report_paths(config, settings)
+        _check_artifacts_path(config, settings)
         return settings
 
 
@@ -427,7 +437,8 @@ def source(config: pytest.Config, name: str) -> str:
 
 
 def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
-    """Refuse report files that would overwrite a baseline file or each other."""
+    """Refuse report files that would overwrite a stored file (a baseline file, a
+    breakdowns store, a workspace file) or each other."""
     if settings.json_path is None and settings.markdown_path is None:
         return
     baseline_dir = files.real_path(settings.baselines)
@@ -439,10 +450,12 @@ def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
         if path is None:
             continue
         real = files.real_path(path)
-        if real.parent == baseline_dir and real.suffix.lower() in (".yaml", ".yml"):
+        stored = _stored_file(real, baseline_dir)
+        if stored is not None:
             raise pytest.UsageError(
-                f"{source(config, name)}={path} would overwrite a baseline file in "
-                f"{settings.baselines}; write the report elsewhere (e.g. vram-report.json)"
+                f"{source(config, name)}={_shown(config, path)} would overwrite {stored} in "
+                f"{_shown(config, settings.baselines)}; write the report elsewhere (e.g. "
+                f"vram-report.json)"
             )
         if real in seen:
             raise pytest.UsageError(
@@ -450,6 +463,56 @@ def _check_report_paths(config: pytest.Config, settings: Settings) -> None:
                 f"report its own file"
             )
         seen[real] = source(config, name)
+
+
+def _stored_file(real: Path, baseline_dir: Path) -> str | None:
+    """What file of the baselines directory ``real`` (symlinks resolved) is or would be:
+    ``"a baseline file"``, ``"a breakdowns store"``, ``"a convolution workspace file"``;
+    None for a path of no stored file."""
+    if real.suffix.lower() not in (".yaml", ".yml"):
+        return None
+    return {
+        baseline_dir: "a baseline file",
+        baseline_dir / breakdowns.STORE_DIR: "a breakdowns store",
+        baseline_dir / workspaces.STORE_DIR: "a convolution workspace file",
+    }.get(real.parent)
+
+
+def _check_artifacts_path(config: pytest.Config, settings: Settings) -> None:
+    """Refuse an artefacts directory that is a file, a device or lies under a file, or
+    that would be created over a baseline file or a report file."""
+    root = settings.artifacts
+    if root is None:
+        return
+    shown = f"{source(config, 'vram_artifacts')}={_shown(config, root)}"
+    problem = artifact_files.check_root(root)
+    if problem is not None:
+        raise pytest.UsageError(f"{shown}: {problem}; give a directory (it is created if missing)")
+    real = files.real_path(root)
+    stored = _stored_file(real, files.real_path(settings.baselines))
+    if stored is not None:
+        raise pytest.UsageError(
+            f"{shown} would take the place of {stored} in "
+            f"{_shown(config, settings.baselines)}; "
+            f"write the artefacts elsewhere (e.g. --vram-artifacts=vram-artifacts)"
+        )
+    for name, path in (
+        ("vram_json", settings.json_path),
+        ("vram_markdown", settings.markdown_path),
+    ):
+        if path is not None and files.real_path(path) == real:
+            raise pytest.UsageError(
+                f"{shown} and {source(config, name)} name one path; give the artefacts a "
+                f"directory of their own"
+            )
+
+
+def _shown(config: pytest.Config, path: Path) -> str:
+    """``path`` relative to the rootdir when it lies inside it, for messages."""
+    try:
+        return str(path.relative_to(config.rootpath))
+    except ValueError:
+        return str(path)
 
 
 def _looks_like_target(name: str) -> bool:
@@ -470,8 +533,24 @@ def _path(config: pytest.Config, name: str, ini_base: Path) -> Path:
     return (base / value).resolve()
 
 
-def _optional_path(config: pytest.Config, name: str) -> Path | None:
-    return _path(config, name, config.rootpath) if _value(config, name) else None
+def _output_path(config: pytest.Config, name: str, metavar: str, example: str) -> Path | None:
+    """Where a report or the artefacts go; None when not asked for.
+
+    Absolute, but symlinks are not resolved: ``/dev/stdout`` must stay ``/dev/stdout``
+    (resolved, it is ``/proc/<pid>/fd/pipe:[...]``, which no one can open), and a symlinked
+    report is written through its link.
+    """
+    value = _value(config, name)
+    given = config.getoption(name) is not None
+    if given and not str(value).strip():
+        option = "--" + name.replace("_", "-")
+        raise pytest.UsageError(
+            f"{option} is empty; give a {metavar}, e.g. {option}={example}, or leave the option out"
+        )
+    if not value or not str(value).strip():
+        return None  # an empty ini value is the default: not asked for
+    base = config.invocation_params.dir if given else config.rootpath
+    return Path(os.path.abspath(base / str(value)))
 
 
 def check_rootdir(config: pytest.Config) -> None:

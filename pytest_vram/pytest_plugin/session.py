@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from pytest_vram.backends import Backend, BackendUnavailable, create
 from pytest_vram.core.breakdown import growth
 from pytest_vram.core.figures import MemoryFigures
 from pytest_vram.core.marks import VramMark, effective_tolerance
+from pytest_vram.core.names import unstorable
 from pytest_vram.core.records import Outcome, Record, records_from
 from pytest_vram.core.verdicts import OffDevice, judge, worst
 from pytest_vram.measure import placement
@@ -31,15 +31,21 @@ from pytest_vram.measure.meter import Meter
 from pytest_vram.measure.vram import Vram
 from pytest_vram.pytest_plugin import world
 from pytest_vram.pytest_plugin.options import Settings
-from pytest_vram.render import json_report, markdown
+from pytest_vram.render import artifacts, json_report, markdown
 from pytest_vram.render.breakdowns import explain
 from pytest_vram.render.verdicts import failure_text, nothing_measured
-from pytest_vram.store import baselines, breakdowns, workspaces
+from pytest_vram.store import artifacts as artifact_files
+from pytest_vram.store import baselines, breakdowns, files, workspaces
 from pytest_vram.store.baselines import BaselineError, BaselineFile, Entry, file_setup
+from pytest_vram.store.breakdowns import BreakdownError
 from pytest_vram.store.workspaces import WorkspaceError
 
 #: Context fields that change figures when they change (the plugin's version does not).
 SETUP_KEYS = ("backend", "device", "torch", "cuda", "allocator", "metric")
+
+#: The ``user_properties`` entry of a test report that carries an error of the process that
+#: ran the test (an artefact it could not write) to where the summary is printed.
+ERROR_PROPERTY = "vram_error"
 
 
 class VramSession:
@@ -76,8 +82,13 @@ class VramSession:
         update = settings.update or settings.update_new_only
         #: everything this run learned (``ClaimHooks`` appends the judged claims)
         self.outcome = Outcome(update=update)
-        #: stored breakdown file -> its entries, read once per process
-        self._stored_breakdowns: dict[Path, dict[str, dict[str, int]]] = {}
+        #: stored breakdown file -> its entries (or why it cannot be read), read once per
+        #: process
+        self._stored_breakdowns: dict[Path, breakdowns.Stored | BreakdownError] = {}
+        #: errors that test reports carried (artefacts a process could not write), in order
+        self.report_errors: list[str] = []
+        #: why this process stopped writing artefacts (after the first that failed)
+        self._artifacts_broken: str | None = None
         #: test files collected (deselected ones too): only their entries can be stale
         self.collected_files: set[str] = set()
         #: baseline key prefix -> node id of the collected test that produces it
@@ -184,10 +195,12 @@ class VramSession:
 
     def display(self, path: Path) -> str:
         """``path`` relative to the rootdir when it lies inside it, for messages."""
-        try:
-            return str(path.relative_to(self.rootpath))
-        except ValueError:
-            return str(path)
+        for candidate in (path, files.real_path(path)):  # a report path keeps its links
+            try:
+                return str(candidate.relative_to(self.rootpath))
+            except ValueError:
+                pass
+        return str(path)
 
     # -- cuDNN convolution workspaces (store.workspaces) --------------------------------
 
@@ -319,6 +332,7 @@ class VramSession:
     def open(self, mark: VramMark, nodeid: str) -> Vram:
         """Fixture setup of a test that runs outside a whole-test scope (it requested
         ``vram`` at run time): start counting now."""
+        self._check_key(mark, nodeid)
         backend = self._measuring_backend(mark)
         if mark.card is not None and mark.card != self.settings.card:
             pytest.fail(
@@ -336,6 +350,7 @@ class VramSession:
         (``world_size=``), then the backend's ``test_scope()``; counting starts at its
         first function-scoped fixture (:meth:`WholeTest.start`). Left by
         :meth:`WholeTest.close` after the fixtures are torn down (or by :meth:`close`)."""
+        self._check_key(mark, nodeid)
         backend = self._measuring_backend(mark)
         test = WholeTest(Meter(backend, attribution=self.attribution_on(backend)), mark, nodeid)
         self._open_tests[nodeid] = test
@@ -356,6 +371,18 @@ class VramSession:
         test = self._open_tests.pop(nodeid, None)
         if test is not None:
             test.close()
+
+    @staticmethod
+    def _check_key(mark: VramMark, nodeid: str) -> None:
+        """Fail a test whose id is its baseline key but no baseline file could hold it (a
+        ``key=`` was checked with the marker)."""
+        why = unstorable(mark.base_key(nodeid)) if mark.key is None else None
+        if why is not None:
+            pytest.fail(
+                f"{nodeid!r}: the test id is its baseline key, but {why}; give the test a key "
+                f"of printable text with @pytest.mark.vram(key='...') or rename it",
+                pytrace=False,
+            )
 
     def _measuring_backend(self, mark: VramMark) -> Backend:
         """The backend a vram test measures on, its profile's baseline file read (a malformed
@@ -487,9 +514,15 @@ class VramSession:
                 continue  # a figure off the device has no growth worth explaining
             path = breakdowns.path_for(self.baseline_path(record.profile))
             if path not in self._stored_breakdowns:
-                self._stored_breakdowns[path] = breakdowns.load(path)
+                try:
+                    self._stored_breakdowns[path] = breakdowns.load(path)
+                except BreakdownError as exc:
+                    self._stored_breakdowns[path] = exc
             stored = self._stored_breakdowns[path]
             shown = self.display(path)
+            # a store that cannot be read is said instead of a comparison
+            unreadable = str(stored) if isinstance(stored, BreakdownError) else None
+            known = {} if isinstance(stored, BreakdownError) else stored
             lost = record.largest.lost if record.largest else None
             if lost is not None and lost.get("breakdown"):
                 # what grew at the recorded answer, which no longer fits: the stored
@@ -498,11 +531,13 @@ class VramSession:
                     f"at {lost['value']}, the recorded largest, which now runs out of memory, "
                     "live at the highest allocation it reached:"
                 )
-                text = explain(lost["breakdown"], stored.get(record.key), shown, head)
+                text = explain(
+                    lost["breakdown"], known.get(record.key), shown, head, unreadable=unreadable
+                )
                 parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
                 continue
-            text = explain(record.breakdown, stored.get(record.key), shown)
-            if record.key in stored:
+            text = explain(record.breakdown, known.get(record.key), shown, unreadable=unreadable)
+            if record.key in known:
                 record.breakdown["grown"] = growth(record.breakdown, stored[record.key])
                 record.breakdown["compared_with"] = shown
             parts.append(text if len(records) == 1 else f"{record.key}:\n{text}")
@@ -512,11 +547,38 @@ class VramSession:
 
     def add_report(self, nodeid: str, when: str, passed: bool, properties: Any) -> None:
         """A test report's phase: a passed call completes the test; the teardown carries
-        its records (``user_properties``)."""
+        its records (``user_properties``); any phase may carry an error of the process
+        that ran it."""
         if when == "call" and passed:
             self.completed.add(nodeid)
         if when == "teardown" and properties:
             self.outcome.records.extend(records_from(properties))
+        for name, value in properties or ():
+            if name == ERROR_PROPERTY and str(value) not in self.report_errors:
+                self.report_errors.append(str(value))
+
+    def write_artifacts(self, nodeid: str, probe: Vram, records: list[Record]) -> list[Path]:
+        """``--vram-artifacts``: the test's files (see :mod:`pytest_vram.render.artifacts`).
+
+        Raises ArtifactError, with the option, the file and the fix, when one cannot be
+        written; after that this process writes no more (every later test would meet the
+        same directory).
+        """
+        root = self.settings.artifacts
+        if root is None or self._artifacts_broken is not None:
+            return []
+        shown = f"--vram-artifacts={self.display(root)}"
+        try:
+            made = artifacts.contents(nodeid, probe, records)
+            return artifact_files.write(root, nodeid, made, shown=self.display(root))
+        except artifact_files.ArtifactError as exc:
+            self._artifacts_broken = f"{shown}: {exc} (no more artefacts in this process)"
+        except Exception as exc:  # drawing or the snapshot failed: the run goes on
+            self._artifacts_broken = (
+                f"{shown}: cannot make the artefacts of {nodeid} ({type(exc).__name__}: "
+                f"{exc}); see docs/attribution.md, or run without --vram-artifacts"
+            )[:1000]
+        raise artifact_files.ArtifactError(self._artifacts_broken)
 
     # -- session end ------------------------------------------------------------------
 
@@ -524,7 +586,8 @@ class VramSession:
         """The session-end work of the controller (or single process): stale entries, setup
         notes, ``--vram-update``, strict stale failures, report files. ``partly_selected``:
         files of which only some tests were selected. True: the session must fail."""
-        if not self.outcome.records and not self._profiles_in_play() and not self._writes_reports:
+        quiet = not (self._profiles_in_play() or self._writes_reports or self.report_errors)
+        if not self.outcome.records and quiet:
             return False  # nothing measured, no profile to check for stale entries, no file
         # Under xdist records arrive in completion order; sorted, the table, the JSON and the
         # Markdown read the same from run to run.
@@ -537,14 +600,18 @@ class VramSession:
             failed |= self.update()
             failed |= self.store_workspaces()
         failed |= self.fail_on_stale()
-        failed |= self.write_reports()
         if self.settings.update and not self.outcome.errors:
-            self.store_breakdowns()
+            failed |= self.store_breakdowns()
+        if self.report_errors:
+            self.outcome.errors.extend(self.report_errors)
+            failed = True
+        failed |= self.write_reports()
         return failed
 
-    def store_breakdowns(self) -> None:
+    def store_breakdowns(self) -> bool:
         """``--vram-update``: store the measured breakdowns next to their baselines (and
-        drop those of pruned entries)."""
+        drop those of pruned entries). True if a store could not be written: it is left as
+        it was, with every other test's entries."""
         by_store: dict[Path, dict[str, dict[str, Any]]] = {}
         for r in self.outcome.records:
             if r.breakdown and r.recordable:
@@ -554,9 +621,17 @@ class VramSession:
         for shown, keys in self.outcome.pruned.items():
             baseline = Path(shown) if Path(shown).is_absolute() else self.rootpath / shown
             pruned[breakdowns.path_for(baseline)] = keys
+        failed = False
         for path in sorted({*by_store, *(p for p in pruned if p.exists())}):
-            if breakdowns.write(path, by_store.get(path, {}), pruned.get(path, ())):
+            try:
+                changed = breakdowns.write(path, by_store.get(path, {}), pruned.get(path, ()))
+            except BreakdownError as exc:
+                self.outcome.errors.append(f"{exc} (not updated; the file was left untouched)")
+                failed = True
+                continue
+            if changed:
                 self.outcome.written.append(self.display(path))
+        return failed
 
     def write_reports(self) -> bool:
         """``--vram-json`` and ``--vram-markdown``; True if one could not be written."""
@@ -578,12 +653,20 @@ class VramSession:
         return bool(self.used_profiles or self.settings.profile)
 
     def _write_report(self, option: str, path: Path, render: Callable[[Outcome], str]) -> bool:
+        # A name no file can hold (a lone surrogate) is written escaped, not lost.
+        data = render(self.outcome).encode("utf-8", "backslashreplace")
         try:
-            _write_text(path, render(self.outcome))
+            files.write_output(path, data)
         except OSError as exc:
+            if isinstance(exc, files.ReadOnly):
+                fix = "make it writable or give another file path"
+            elif isinstance(exc, files.NotRegular):
+                fix = "give the path of a file (it is created or replaced)"
+            else:
+                fix = "give a writable file path"
             self.outcome.errors.append(
                 f"{option}={self.display(path)}: cannot write the report "
-                f"({exc.strerror or exc}); give a writable file path"
+                f"({files.describe(exc)}); {fix}"
             )
             return True
         return False
@@ -731,21 +814,6 @@ def with_test_causes(off_device: OffDevice | None, function: Any) -> OffDevice |
     found = placement.causes([function], off_device.device)
     merged = tuple(dict.fromkeys((*off_device.causes, *found)))
     return dataclasses.replace(off_device, causes=merged)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a report file whole or not at all (temporary file, then rename); OSError on
-    failure, with the old file (if any) intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise IsADirectoryError(21, "Is a directory", str(path))
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 class WholeTest:

@@ -7,13 +7,14 @@
 * ``snapshot.pickle`` on the ``cuda`` backend: torch's memory snapshot, which opens in the
   PyTorch memory viewer (https://pytorch.org/memory_viz).
 
-Written in the process that ran the test (an xdist worker too), while its collector lives.
+Made in the process that ran the test (an xdist worker too), while its collector lives;
+:func:`contents` gives each file's bytes and :mod:`pytest_vram.store.artifacts` writes them.
 """
 
 from __future__ import annotations
 
-import re
 import sys
+import tempfile
 from pathlib import Path
 
 from pytest_vram.core.records import Record
@@ -23,30 +24,24 @@ from pytest_vram.render.breakdowns import text_report
 from pytest_vram.render.plots import plot_timeline
 
 
-def safe_name(nodeid: str) -> str:
-    """A file name for a node id: ``tests/a.py::t[x-y]`` -> ``tests_a.py__t_x-y_``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", nodeid)[:150]
-
-
-def write(root: Path, nodeid: str, probe: Vram, records: list[Record]) -> list[Path]:
-    """Write the artefacts of one test; return the files written."""
-    folder = root / safe_name(nodeid)
-    folder.mkdir(parents=True, exist_ok=True)
+def contents(nodeid: str, probe: Vram, records: list[Record]) -> dict[str, bytes]:
+    """The artefacts of one test: file name -> bytes."""
     meter = getattr(probe, "_meter", None)
     attrib = getattr(meter, "attribution", None)
     collector: Collector | None = getattr(attrib, "collector", None)
-    written: list[Path] = []
     text = _text(nodeid, probe, records, collector)
-    (folder / "breakdown.txt").write_text(text, encoding="utf-8")
-    written.append(folder / "breakdown.txt")
-    if collector is not None and collector.events:
-        png = folder / "memory.png"
-        if plot_timeline(collector, nodeid, png):
-            written.append(png)
-    snapshot = _dump_snapshot(folder / "snapshot.pickle")
-    if snapshot is not None:
-        written.append(snapshot)
-    return written
+    made = {"breakdown.txt": text.encode("utf-8", "backslashreplace")}
+    # matplotlib and torch write to a path: they draw into a private temporary directory,
+    # and the bytes go to the artefacts directory the way every other file is written.
+    with tempfile.TemporaryDirectory(prefix="pytest-vram-") as scratch:
+        if collector is not None and collector.events:
+            png = Path(scratch) / "memory.png"
+            if plot_timeline(collector, nodeid, png):
+                made["memory.png"] = png.read_bytes()
+        snapshot = _dump_snapshot(Path(scratch) / "snapshot.pickle")
+        if snapshot is not None:
+            made["snapshot.pickle"] = snapshot.read_bytes()
+    return made
 
 
 def _text(nodeid: str, probe: Vram, records: list[Record], collector: Collector | None) -> str:

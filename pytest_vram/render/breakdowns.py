@@ -30,12 +30,16 @@ def explain(
     stored: dict[str, int] | None,
     stored_path: str,
     head: str = "at the peak:",
+    unreadable: str | None = None,
 ) -> str:
     """The lines a failure message gets: top contributors (under ``head``), and what grew
-    against the store."""
+    against the store (``unreadable``: why the store could not be read, said instead)."""
     if not current:
         return ""
     lines = [head, *top_lines(current)]
+    if unreadable is not None:
+        lines.append(f"  (not compared with the stored breakdowns: {unreadable})")
+        return "\n".join(lines)
     if stored is None:
         lines.append(f"  (no stored breakdown in {stored_path} to compare with)")
         return "\n".join(lines)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import filelock
-import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pytest_vram.core.figures import MemoryFigures
+from pytest_vram.core.names import unstorable
 from pytest_vram.core.units import Tolerance, UnitError, parse_size, parse_tolerance
 from pytest_vram.store import files, yaml_dialect
 
@@ -198,7 +198,10 @@ def read_text(path: Path) -> str | None:
             f"hundred bytes per measurement: split the suite into several profiles"
         ) from None
     except OSError as exc:
-        raise BaselineError(f"{path}: cannot read baseline file: {exc}") from exc
+        raise BaselineError(
+            f"{path}: cannot read baseline file: {files.describe(exc)}; give the baselines a "
+            f"readable regular file there (or another --vram-baselines directory)"
+        ) from None
     if data is None:
         return None
     try:
@@ -220,28 +223,11 @@ def parse(text: str, path: Path) -> BaselineFile:
 def _load_yaml(text: str, path: Path) -> tuple[Any, Node | None]:
     """The document's data and its node tree (which knows the line of every key)."""
     try:
-        loader = yaml_dialect.StrictLoader(text)
-        try:
-            node = loader.get_single_node()
-            return (None if node is None else loader.construct_document(node)), node
-        finally:
-            loader.dispose()
+        return yaml_dialect.load(text)
     except yaml_dialect.DuplicateKey as dup:
         raise BaselineError(_duplicate_message(path, dup)) from None
-    except yaml_dialect.Refused as exc:
-        raise BaselineError(f"{path}{_where(exc.mark)}: invalid YAML: {exc.message}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise BaselineError(f"{path}{_where(mark)}: invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise BaselineError(f"{path}: invalid YAML: {exc}") from None
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        # The bounds above should leave no constructor error; if one gets through, it is
-        # still reported against the file, never as a traceback.
-        raise BaselineError(
-            f"{path}: invalid YAML value: {type(exc).__name__}: {exc}"[:500]
-        ) from None
+    except yaml_dialect.Invalid as exc:
+        raise BaselineError(f"{path}{exc.where}: {exc.text}") from None
 
 
 def _comments(text: str, root: Node | None) -> Comments:
@@ -286,10 +272,6 @@ def _comments(text: str, root: Node | None) -> Comments:
             if rest.startswith("#"):
                 inline[keys[number]] = rest
     return Comments(before, inline, pending)
-
-
-def _where(mark: Any) -> str:
-    return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def _duplicate_message(path: Path, dup: yaml_dialect.DuplicateKey) -> str:
@@ -577,6 +559,12 @@ def _check_writable(path: Path) -> None:
 
 
 def _write_error(path: Path, exc: OSError) -> str:
+    if isinstance(exc, (files.NotRegular, files.InTheWay)):
+        return (
+            f"{path}: cannot write the baseline file ({files.describe(exc)}); make it a "
+            f"regular file (or give another --vram-baselines directory), then rerun with "
+            f"--vram-update"
+        )
     reason = exc.strerror or str(exc)
     where = exc.filename or path
     return (
@@ -639,6 +627,13 @@ def update(
     check_profile_name(profile)
     if path.stem != profile:
         raise BaselineError(f"{path}: cannot hold profile {profile!r}; use {profile}.yaml")
+    for key in measured:
+        why = unstorable(key) if isinstance(key, str) and key else "it is not a non-empty string"
+        if why is not None:  # written, the next run could not read the file back
+            raise BaselineError(
+                f"{path}: entry {key!r} cannot be stored: {why}; give the test a key of "
+                f"printable text (nothing was written)"
+            )
     with locked(path):
         text = read_text(path)
         if text is None:

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import filelock
-import yaml
 
+from pytest_vram.core.names import unstorable
 from pytest_vram.store import files, yaml_dialect
 
 #: The folder inside the baselines directory: apart from the ``<profile>.yaml`` files, so
@@ -123,20 +124,41 @@ def read_text(path: Path) -> str | None:
     except files.TooLarge:
         raise WorkspaceError(
             f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB; a workspace file holds "
-            f"about 150 bytes per convolution: delete it and record it again with "
-            f"`pytest --vram-backend=cuda --vram-update`"
+            f"about 150 bytes per convolution: {_RECORD_AGAIN}"
         ) from None
     except OSError as exc:
         raise WorkspaceError(
-            f"{path}: cannot read the convolution workspace file ({exc.strerror or exc}); "
-            f"make it readable"
+            f"{path}: cannot read the convolution workspace file ({_reason(exc, path)}); "
+            f"{_fix(exc, path, 'make it readable')}"
         ) from None
     if data is None:
         return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WorkspaceError(f"{path}: cannot read the convolution workspace file: {exc}") from None
+        raise WorkspaceError(
+            f"{path}: cannot read the convolution workspace file: not UTF-8 text (byte "
+            f"{exc.start}: {data[exc.start : exc.start + 1]!r}); {_RECORD_AGAIN}"
+        ) from None
+
+
+_RECORD_AGAIN = "delete it and record it again with `pytest --vram-backend=cuda --vram-update`"
+
+
+def _reason(exc: OSError, path: Path) -> str:
+    """An OSError in words: what is in the way for a path that is not a regular file or
+    lies under a file, the operating system's own words otherwise."""
+    if isinstance(exc, (files.NotRegular, files.InTheWay)) or exc.errno == errno.ENOTDIR:
+        return files.describe(exc, path)
+    return exc.strerror or str(exc)
+
+
+def _fix(exc: OSError, path: Path, otherwise: str) -> str:
+    if isinstance(exc, (files.NotRegular, files.InTheWay)) or exc.errno == errno.ENOTDIR:
+        return (
+            f"make {path} a regular file (move what is there), or point --vram-baselines elsewhere"
+        )
+    return otherwise
 
 
 def parse(text: str, path: Path) -> WorkspaceFile:
@@ -213,6 +235,9 @@ def _figure(key: Any, value: Any, path: Path) -> int:
             f"delete it, or delete the file and record it again with `pytest "
             f"--vram-backend=cuda --vram-update`"
         )
+    why = unstorable(key)
+    if why is not None:
+        raise WorkspaceError(f"{path}: entry {key!r}: cannot store it: {why}")
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_BYTES:
         raise WorkspaceError(
             f"{path}: entry {key!r}: the workspace must be a non-negative integer of bytes "
@@ -226,33 +251,15 @@ def _load_yaml(text: str, path: Path) -> Any:
     if len(text) > MAX_FILE_BYTES:
         raise WorkspaceError(f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB")
     try:
-        loader = yaml_dialect.StrictLoader(text)
-        try:
-            node = loader.get_single_node()
-            return None if node is None else loader.construct_document(node)
-        finally:
-            loader.dispose()
+        document, _node = yaml_dialect.load(text, what="a convolution workspace file")
     except yaml_dialect.DuplicateKey as dup:
         raise WorkspaceError(
             f"{path}, line {dup.line}: key {dup.key!r} repeats line {dup.first_line}; "
             f"keep one of them"
         ) from None
-    except yaml_dialect.Refused as exc:
-        raise WorkspaceError(f"{path}{_where(exc.mark)}: invalid YAML: {exc.message}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise WorkspaceError(f"{path}{_where(mark)}: invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise WorkspaceError(f"{path}: invalid YAML: {exc}") from None
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        raise WorkspaceError(
-            f"{path}: invalid YAML value: {type(exc).__name__}: {exc}"[:500]
-        ) from None
-
-
-def _where(mark: Any) -> str:
-    return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    except yaml_dialect.Invalid as exc:
+        raise WorkspaceError(f"{path}{exc.where}: {exc.text}; {_RECORD_AGAIN}") from None
+    return document
 
 
 def _kind(value: Any) -> str:
@@ -281,37 +288,31 @@ def dump(workspaces: WorkspaceFile) -> str:
 
 def write(workspaces: WorkspaceFile) -> None:
     """Write atomically (:func:`pytest_vram.store.files.write_atomic`): through a symlink,
-    the mode kept; a read-only file is refused. WorkspaceError names the file."""
+    the mode kept; a read-only file and anything that is not a regular file are refused.
+    WorkspaceError names the file."""
     path = workspaces.path
     data = dump(workspaces).encode("utf-8")
-    _check_writable(files.real_path(path))
     try:
         files.write_atomic(path, data)
     except OSError as exc:
         raise WorkspaceError(_write_error(path, exc)) from None
 
 
-def _check_writable(path: Path) -> None:
-    # The mode bits, not os.access: as root every file is writable, and a file someone
-    # made read-only (chmod 0444) is meant to stay as it is.
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if not mode & 0o222:
-        raise WorkspaceError(
-            f"{path}: the convolution workspace file is read-only (mode {mode & 0o777:04o}); "
-            f"make it writable (chmod u+w {path}) to record into it, or run without "
+def _write_error(path: Path, exc: OSError) -> str:
+    if isinstance(exc, files.ReadOnly):
+        # The mode bits, not os.access: as root every file is writable, and a file
+        # someone made read-only (chmod 0444) is meant to stay as it is.
+        target = files.real_path(path)
+        return (
+            f"{target}: the convolution workspace file is read-only (mode {exc.mode:04o}); "
+            f"make it writable (chmod u+w {target}) to record into it, or run without "
             f"--vram-update"
         )
-
-
-def _write_error(path: Path, exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
-    where = exc.filename or path
-    return (
-        f"{path}: cannot write the convolution workspace file ({reason}: {where}); make its "
-        f"directory writable and free some space, then rerun with --vram-update"
+    reason = _reason(exc, path)
+    if exc.errno != errno.ENOTDIR and not isinstance(exc, (files.NotRegular, files.InTheWay)):
+        reason = f"{reason}: {exc.filename or path}"
+    return f"{path}: cannot write the convolution workspace file ({reason}); " + _fix(
+        exc, path, "make its directory writable and free some space, then rerun with --vram-update"
     )
 
 

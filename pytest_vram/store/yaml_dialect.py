@@ -36,7 +36,7 @@ class DuplicateKey(Exception):
 
 
 class Refused(Exception):
-    """YAML that is valid but never needed in a baseline file (alias, tag, deep nesting)."""
+    """YAML that is valid but never needed in the stores (alias, tag, deep nesting)."""
 
     def __init__(self, message: str, mark: Any) -> None:
         super().__init__(message)
@@ -77,6 +77,8 @@ class _BoundedComposer(Composer):
     """
 
     _depth = 0
+    #: what the messages call the file: "alias *a is not allowed in a baseline file"
+    what = "a baseline file"
 
     def compose_document(self) -> Node | None:  # type: ignore[override]
         node = super().compose_document()
@@ -88,23 +90,23 @@ class _BoundedComposer(Composer):
         event = self.peek_event()
         if isinstance(event, AliasEvent):
             raise Refused(
-                f"alias *{event.anchor} is not allowed in a baseline file; write the value out",
+                f"alias *{event.anchor} is not allowed in {self.what}; write the value out",
                 event.start_mark,
             )
         if getattr(event, "anchor", None) is not None:
             raise Refused(
-                f"anchor &{event.anchor} is not allowed in a baseline file; remove it",
+                f"anchor &{event.anchor} is not allowed in {self.what}; remove it",
                 event.start_mark,
             )
         if getattr(event, "tag", None) is not None:
             raise Refused(
-                f"tag {_short_tag(event.tag)} is not allowed in a baseline file; remove it "
-                f"(figures are plain integers, tolerances plain strings)",
+                f"tag {_short_tag(event.tag)} is not allowed in {self.what}; remove it "
+                f"(figures are plain integers, all else plain strings)",
                 event.start_mark,
             )
         if self._depth >= MAX_DEPTH:
             raise Refused(
-                f"nested deeper than {MAX_DEPTH} levels; a baseline file needs 4 "
+                f"nested deeper than {MAX_DEPTH} levels; {self.what} needs 4 "
                 f"(file, entries, entry, field)",
                 event.start_mark,
             )
@@ -141,6 +143,52 @@ if getattr(yaml, "__with_libyaml__", False):
             _Resolver.__init__(self)
 
     StrictLoader = CLoader
+
+
+class Invalid(Exception):
+    """Text that is not a document of this dialect: ``where`` (``", line 3, column 5"`` or
+    ``""``) and ``text`` (``"invalid YAML: ..."``) make the message after the file's name."""
+
+    def __init__(self, where: str, text: str) -> None:
+        super().__init__(f"{where}: {text}")
+        self.where, self.text = where, text
+
+
+def load(text: str, what: str = "a baseline file") -> tuple[Any, Node | None]:
+    """The document's data and its node tree (which knows the line of every key); ``what``
+    the file is called in messages.
+
+    Raises :class:`DuplicateKey`, or :class:`Invalid` for a syntax error, a refused
+    construct (alias, anchor, tag, deep nesting) or any constructor error that gets
+    through the bounds: never another exception.
+    """
+    try:
+        loader = StrictLoader(text)
+        loader.what = what
+        try:
+            node = loader.get_single_node()
+            return (None if node is None else loader.construct_document(node)), node
+        finally:
+            loader.dispose()
+    except DuplicateKey:
+        raise
+    except Refused as exc:
+        raise Invalid(position(exc.mark), f"invalid YAML: {exc.message}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise Invalid(position(mark), f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise Invalid("", f"invalid YAML: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        # The bounds above should leave no constructor error; if one gets through, it is
+        # still reported against the file, never as a traceback.
+        raise Invalid("", f"invalid YAML value: {type(exc).__name__}: {exc}"[:480]) from None
+
+
+def position(mark: Any) -> str:
+    """``", line L, column C"`` of a YAML mark (1-based), ``""`` without one."""
+    return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def _check_duplicates(node: Node, where: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ from pytest_vram.core.breakdown import growth  # noqa: E402
 from pytest_vram.measure import attribution  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 from pytest_vram.render import artifacts  # noqa: E402
+from pytest_vram.store import artifacts as artifact_files  # noqa: E402
 from pytest_vram.store import breakdowns  # noqa: E402
 
 MiB = 1 << 20
@@ -236,7 +237,9 @@ def test_artifacts_breakdown_and_image(backend: Any, tmp_path: Path) -> None:
         key = "t.py::test_x"
         breakdown = record.breakdown
 
-    written = artifacts.write(tmp_path, "t.py::test_x", Probe(), [Rec()])
+    written = artifact_files.write(
+        tmp_path, "t.py::test_x", artifacts.contents("t.py::test_x", Probe(), [Rec()])
+    )
     meter.finish()
     assert [p.name for p in written] == ["breakdown.txt", "memory.png"]
     text = written[0].read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_vram.core.names import unstorable
 from pytest_vram.core.units import MiB, Tolerance
 from pytest_vram.store import baselines, files, yaml_dialect
 from pytest_vram.store.baselines import (
@@ -615,3 +617,37 @@ def test_yaml_module_is_still_the_safe_one() -> None:
     for loader in (yaml_dialect.StrictLoader, yaml_dialect.PyLoader):
         assert issubclass(loader, yaml.constructor.SafeConstructor)
         assert not issubclass(loader, yaml.constructor.FullConstructor)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+#: any character, lone surrogates (which st.characters never gives) and controls included
+_KEY_CHARACTERS = st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(_KEY_CHARACTERS, min_size=1, max_size=60))
+def test_a_key_is_stored_as_given_or_refused_before_writing(key: str) -> None:
+    # Any text: an update either writes a file the next run reads back with the same key,
+    # or refuses the key before anything is written (a lone surrogate, a control character).
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / f"{PROFILE}.yaml"
+        try:
+            update(path, PROFILE, {key: Entry(1, 2)}, setup={})
+        except BaselineError as exc:
+            assert "cannot be stored" in str(exc) and not path.exists()
+            assert unstorable(key) is not None
+        else:
+            assert unstorable(key) is None
+            assert list(load(path).entries) == [key]
+
+
+@pytest.mark.parametrize("key", ["t.py::a\ud800", "t.py::a\x85b", "t.py::\x1b[31mred"])
+def test_a_key_the_next_run_could_not_read_back_is_refused(tmp_path: Path, key: str) -> None:
+    path = tmp_path / f"{PROFILE}.yaml"
+    update(path, PROFILE, {"t.py::kept": Entry(1, 2)}, setup={})
+    before = path.read_bytes()
+    with pytest.raises(BaselineError, match=r"entry .* cannot be stored: it holds "):
+        update(path, PROFILE, {key: Entry(1, 2)}, setup={})
+    assert path.read_bytes() == before

@@ -318,6 +318,46 @@ def test_output_to_a_device_writes_into_it_and_never_replaces_it(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "null", "run.json"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and device nodes")
+def test_output_to_a_pipe_nobody_reads_is_an_error_not_a_hang(tmp_path):
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(vram_json()))
+    os.mkfifo(tmp_path / "fifo")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_vram", "benchmark", str(run), "-o", "fifo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == "error: fifo: cannot write it (no process reads it); choose a writable path\n"
+    )
+    assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
+
+
+def test_output_to_a_block_device_is_refused_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(vram_json()))
+    node = tmp_path / "blk"
+    try:  # a loop device's numbers, under tmp_path: never the machine's /dev
+        os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    except (PermissionError, AttributeError):
+        pytest.skip("creating a device node needs root (mknod)")
+    before = node.stat()
+    assert main(["comment", str(run), "-o", str(node)]) == 2
+    assert f"{node}: it is a block device, which is never written or replaced" in error_line(capsys)
+    after = node.stat()
+    assert (after.st_ino, after.st_mode, after.st_rdev) == (
+        before.st_ino,
+        before.st_mode,
+        before.st_rdev,
+    )
+
+
 def test_chart_refuses_an_unknown_image_format_before_reading(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     run = tmp_path / "run.json"

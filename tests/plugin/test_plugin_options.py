@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from vram_testing import load
 
 PLAIN_TEST = """
     def test_plain():
@@ -118,6 +121,8 @@ def test_unimportable_custom_backend_fails_the_vram_tests(vram_pytester, run_vra
         ("tolerance='2 %'", "*"),
         ("tolerance=0.5", "tolerance: 0.5 is ambiguous without a unit*"),
         ("key=''", "key must be a non-empty string*"),
+        ("key='k\\udcff'", "key='k\\udcff'): it holds a lone surrogate (U+DCFF at position 1)*"),
+        ("key='k\\x85'", "key='k\\x85'): it holds the control character U+0085 *"),
         ("'8GiB'", "takes keyword options only*"),
     ],
 )
@@ -239,6 +244,53 @@ def test_several_runs_need_names(vram_pytester, run_vram):
             "*::test_named::train * 10.0 MiB * 13.0 MiB * 3.0 MiB * new",
         ]
     )
+
+
+def test_a_name_no_baseline_file_can_hold_is_refused_where_it_is_given(vram_pytester, run_vram):
+    # A lone surrogate cannot be written as UTF-8; NEL reads back from YAML as a space:
+    # either would give a baseline file the next run refuses or misreads.
+    vram_pytester.makepyfile(
+        test_n="""
+        def test_surrogate(vram):
+            vram.run(vram.backend.spike, 1, name="step\\ud800")
+
+        def test_nel(vram):
+            vram.run(vram.backend.spike, 1, name="a\\x85b")
+
+        def test_kept(vram):
+            vram.run(vram.backend.spike, 1, name="train")
+        """
+    )
+    result = run_vram("--vram-update")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "test_n.py::test_surrogate: vram.run(name='step\\ud800'): the name is part of the "
+            "baseline key, but it holds a lone surrogate (U+D800 at position 4)*; use printable "
+            "text*",
+            "test_n.py::test_nel: vram.run(name='a\\x85b'): * the control character U+0085 *",
+        ]
+    )
+    entries = load(vram_pytester.path / "baselines" / "scripted.yaml").entries
+    assert list(entries) == ["test_n.py::test_kept::train"]  # and the next run can read it
+    assert run_vram("-k", "kept").ret == pytest.ExitCode.OK
+
+
+def test_a_test_id_no_baseline_file_can_hold_needs_a_key(vram_pytester, run_vram):
+    # A file name with a byte that is not UTF-8 becomes a lone surrogate in the node id.
+    name = os.fsdecode(b"test_\xff.py")
+    (vram_pytester.path / name).write_text("def test_x(vram):\n    vram.run(lambda: None)\n")
+    result = run_vram("--vram-update", "-p", "no:randomly")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "'test_\\udcff.py::test_x': the test id is its baseline key, but it holds a lone "
+            "surrogate (U+DCFF at position 5)*; give the test a key of printable text with "
+            "@pytest.mark.vram(key='...') or rename it"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    assert not (vram_pytester.path / "baselines" / "scripted.yaml").exists()
 
 
 def test_marker_key_overrides_the_node_id(vram_pytester, run_vram):

@@ -4,7 +4,13 @@ properties, leaks; and that all of it survives xdist."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
+import sys
+import threading
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from vram_testing import MiB, load, write_baseline
@@ -192,3 +198,174 @@ def test_verbose_shows_each_peak_beside_its_result(vram_pytester, run_vram):
     result.stdout.fnmatch_lines(["test_o.py::test_a PASSED (peak 3.0 MiB)*"])
     result.stdout.fnmatch_lines(["test_o.py::test_plain PASSED *"])
     assert "test_plain PASSED (peak" not in result.stdout.str()
+
+
+# ------------------------------------------------------------------ where reports may go
+
+ONE = """
+    def test_a(vram):
+        vram.run(vram.backend.spike, 4096)
+"""
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="device nodes and FIFOs")
+
+
+def _no_traceback(result: pytest.RunResult) -> None:
+    text = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+
+
+def _device(directory: Path, kind: int, major: int, minor: int) -> Path | None:
+    path = directory / f"node-{major}-{minor}"
+    try:
+        os.mknod(path, 0o666 | kind, os.makedev(major, minor))
+    except (PermissionError, AttributeError):
+        return None
+    return path
+
+
+@posix_only
+@pytest.mark.parametrize("option", ["--vram-json", "--vram-markdown"])
+@pytest.mark.parametrize("how", ["node", "symlink"])
+def test_a_report_to_a_character_device_never_replaces_it(vram_pytester, run_vram, option, how):
+    # As root, a rename over /dev/null would replace the device with a file. A device node
+    # of our own (the same /dev/null) shows it without touching the real one, which the
+    # test must never name: if it failed, it would break the machine's /dev/null.
+    vram_pytester.makepyfile(test_o=ONE)
+    node = _device(vram_pytester.path, stat.S_IFCHR, 1, 3)
+    if node is None:
+        pytest.skip("mknod needs root")
+    target = node
+    if how == "symlink":
+        target = vram_pytester.path / "null-link"
+        target.symlink_to(node)
+    before = os.stat(target)
+    result = run_vram(f"{option}={target}")
+    assert result.ret == pytest.ExitCode.OK
+    after = os.stat(target)
+    assert stat.S_ISCHR(after.st_mode)
+    assert (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    assert how == "node" or target.is_symlink()
+    assert not [p for p in os.listdir(vram_pytester.path) if p.endswith(".tmp")]
+
+
+@posix_only
+def test_a_report_to_a_fifo_reaches_its_reader(vram_pytester, run_vram):
+    vram_pytester.makepyfile(test_o=ONE)
+    fifo = vram_pytester.path / "report.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = run_vram(f"--vram-json={fifo}")
+    reader.join(timeout=60)
+    assert result.ret == pytest.ExitCode.OK
+    assert json.loads(received[0])["measurements"][0]["key"] == "test_o.py::test_a"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+@posix_only
+def test_a_report_to_a_fifo_nobody_reads_is_an_error_not_a_hang(vram_pytester, run_vram):
+    vram_pytester.makepyfile(test_o=ONE)
+    os.mkfifo(vram_pytester.path / "report.fifo")
+    result = run_vram("--vram-json=report.fifo")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["error: --vram-json=report.fifo: cannot write the report (no process reads it*"]
+    )
+    _no_traceback(result)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/stdout"), reason="needs /dev/stdout")
+def test_a_report_to_dev_stdout_comes_out_with_the_run(vram_pytester, run_vram_subprocess):
+    vram_pytester.makepyfile(test_o=ONE)
+    result = run_vram_subprocess("--vram-json=/dev/stdout")
+    assert result.ret == pytest.ExitCode.OK
+    text = result.stdout.str()
+    document, _end = json.JSONDecoder().raw_decode(text[text.index("{") :])
+    assert document["measurements"][0]["key"] == "test_o.py::test_a"
+    result.stdout.fnmatch_lines(["*== VRAM ==*", "*1 passed*"])  # the summary is still there
+
+
+@posix_only
+@pytest.mark.parametrize("what", ["block-device", "socket"])
+def test_a_report_never_replaces_a_block_device_or_a_socket(vram_pytester, run_vram, what):
+    vram_pytester.makepyfile(test_o=ONE)
+    if what == "socket":
+        target = vram_pytester.path / "sock"
+        server = socket.socket(socket.AF_UNIX)
+        server.bind("sock")  # relative (pytester's directory): the full path may be too long
+    else:
+        target = _device(vram_pytester.path, stat.S_IFBLK, 7, 0)
+        if target is None:
+            pytest.skip("mknod needs root")
+    kind = stat.S_IFMT(os.stat(target).st_mode)
+    result = run_vram(f"--vram-json={target.name}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            f"error: --vram-json={target.name}: cannot write the report (it is a *, not a regular "
+            "file: never replaced); give the path of a file*"
+        ]
+    )
+    assert stat.S_IFMT(os.stat(target).st_mode) == kind
+    _no_traceback(result)
+
+
+@pytest.mark.parametrize("option", ["--vram-json", "--vram-markdown"])
+@pytest.mark.parametrize(
+    ("where", "what"),
+    [
+        ("baselines/breakdowns/scripted.yaml", "a breakdowns store"),
+        ("baselines/cudnn-workspaces/sm90_cudnn91900.yaml", "a convolution workspace file"),
+    ],
+    ids=["breakdowns", "workspaces"],
+)
+def test_a_report_never_overwrites_a_stored_file(vram_pytester, run_vram, option, where, what):
+    vram_pytester.makepyfile(test_o=ONE)
+    stored = vram_pytester.path / where
+    stored.parent.mkdir(parents=True)
+    stored.write_text("entries: {}\n")
+    result = run_vram(f"{option}={where}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: {option}={where} would overwrite {what} in baselines; write the report *"]
+    )
+    assert stored.read_text() == "entries: {}\n"
+    _no_traceback(result)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/version"), reason="needs /proc")
+def test_a_report_to_a_read_only_file_says_so(vram_pytester, run_vram):
+    vram_pytester.makepyfile(test_o=ONE)
+    kept = vram_pytester.path / "kept.json"
+    kept.write_text("{}")
+    kept.chmod(0o444)
+    before = Path("/proc/version").read_text()
+    result = run_vram("--vram-json=/proc/version", "--vram-markdown=kept.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "error: --vram-json=/proc/version: cannot write the report (it is read-only, mode "
+            "0444); make it writable or give another file path",
+            "error: --vram-markdown=kept.json: cannot write the report (it is read-only, mode "
+            "0444)*",
+        ]
+    )
+    assert Path("/proc/version").read_text() == before and kept.read_text() == "{}"
+    assert "No such file or directory" not in result.stdout.str()
+    _no_traceback(result)
+
+
+@pytest.mark.parametrize("option", ["--vram-json", "--vram-markdown", "--vram-artifacts"])
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_output_path_is_a_usage_error(vram_pytester, run_vram, option, value):
+    vram_pytester.makepyfile(test_o=ONE)
+    result = run_vram(f"{option}={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {option} is empty; give a *, e.g. {option}=*"])
+
+
+def test_an_empty_output_path_in_the_ini_file_is_the_default(vram_pytester, run_vram):
+    vram_pytester.makeini("[pytest]\nvram_json =\nvram_markdown =\n")
+    vram_pytester.makepyfile(test_o=ONE)
+    assert run_vram().ret == pytest.ExitCode.OK

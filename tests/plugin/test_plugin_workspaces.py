@@ -158,3 +158,23 @@ def test_a_backend_that_only_records_never_reads_the_file(vram_pytester, run_vra
     result = run_vram("-k", "known", "-s", backend="--vram-backend=vram_scripted:MeasuringBackend")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*known: None from None"])
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_a_directory_in_place_of_the_file_is_an_error_naming_it(
+    vram_pytester, run, update: bool
+) -> None:
+    path = vram_pytester.path / SHOWN
+    path.mkdir(parents=True)
+    vram_pytester.makepyfile(test_convs=TESTS)
+    result = run(*(["--vram-update", "-k", "patch"] if update else ["-k", "known"]))
+    # recorded, then refused at the session's end; or refused to the backend that reads it
+    result.assert_outcomes(**({"passed": 1} if update else {"errors": 1}))
+    result.stdout.fnmatch_lines(
+        [f"*{path}: cannot read the convolution workspace file (it is a directory*"]
+    )
+    assert result.ret != 0
+    assert f"make {path} a regular file" in result.stdout.str()
+    text = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in text and "INTERNALERROR" not in text
+    assert path.is_dir()

@@ -117,6 +117,93 @@ def test_a_malformed_file_is_an_error_naming_it_and_the_fix(
     assert path.read_text() == text
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "entries: " + "[" * 100 + "]" * 100 + "\n",
+            "nested deeper than 16 levels; a convolution workspace file needs 4",
+        ),
+        ("cudnn: !!timestamp x\n", "tag !!timestamp is not allowed in a convolution workspace"),
+    ],
+)
+def test_a_refused_construct_names_the_workspace_file_and_the_fix(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = _write(_path(tmp_path), text)
+    with pytest.raises(WorkspaceError, match="record it again with") as raised:
+        workspaces.load(path)
+    assert message in str(raised.value)
+
+
+def test_a_file_that_is_not_utf8_names_the_byte_and_the_fix(tmp_path: Path) -> None:
+    path = _path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(VALID.encode() + b"#\xff\n")
+    with pytest.raises(WorkspaceError, match=r"not UTF-8 text \(byte \d+: b'\\xff'\); delete"):
+        workspaces.load(path)
+    with pytest.raises(WorkspaceError, match="not UTF-8"):
+        workspaces.update(path, SETUP, {key(2): 512})
+    assert path.read_bytes() == VALID.encode() + b"#\xff\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs")
+@pytest.mark.parametrize(
+    ("what", "reason"),
+    [
+        ("directory", "it is a directory"),
+        ("under-a-file", "cudnn-workspaces is a regular file, not a directory"),
+        ("fifo", "it is a FIFO, not a regular file"),
+    ],
+)
+def test_a_path_that_is_not_a_regular_file_is_an_error_naming_what_is_there(
+    tmp_path: Path, what: str, reason: str
+) -> None:
+    path = _path(tmp_path)
+    if what == "directory":
+        path.mkdir(parents=True)
+    elif what == "under-a-file":
+        path.parent.parent.mkdir(parents=True)
+        path.parent.write_text("")
+    else:
+        path.parent.mkdir(parents=True)
+        os.mkfifo(path)
+    for call in (lambda: workspaces.load(path), lambda: workspaces.update(path, SETUP, {})):
+        with pytest.raises(WorkspaceError) as raised:
+            call()
+        assert str(raised.value).startswith(f"{path}: cannot read the convolution workspace")
+        assert reason in str(raised.value)
+        assert f"make {path} a regular file" in str(raised.value)
+    assert what != "directory" or path.is_dir()
+
+
+def test_a_write_over_a_directory_is_refused_naming_it(tmp_path: Path, monkeypatch) -> None:
+    # what appears between the read and the write (another process) is not replaced
+    path = _path(tmp_path)
+    real_write = files.write_atomic
+
+    def swapped(target: Path, data: bytes) -> None:
+        target.mkdir(parents=True)
+        real_write(target, data)
+
+    monkeypatch.setattr(files, "write_atomic", swapped)
+    with pytest.raises(WorkspaceError, match="cannot write the convolution workspace file "
+                       r"\(it is a directory\); make .* a regular file"):  # fmt: skip
+        workspaces.update(path, SETUP, {key(1): 512})
+    assert path.is_dir()
+
+
+@pytest.mark.parametrize("text", ["\ud800", "\x1b[31m", "\x07"])
+def test_a_key_no_file_can_hold_is_refused_before_writing(tmp_path: Path, text: str) -> None:
+    path = _path(tmp_path)
+    bad = key(1).replace("float32", f"float32{text}")
+    with pytest.raises(
+        WorkspaceError, match=r"cannot store it: it holds (a lone surrogate|the control)"
+    ):
+        workspaces.update(path, SETUP, {bad: 512})
+    assert not path.exists()
+
+
 def test_a_file_beyond_the_size_limit_is_refused(tmp_path: Path, monkeypatch) -> None:
     path = _write(_path(tmp_path), VALID)
     monkeypatch.setattr(workspaces, "MAX_FILE_BYTES", 64)

@@ -4,6 +4,8 @@ Test files written by the pytester tests run with
 ``--vram-backend=vram_scripted:ScriptedBackend`` and allocate through the backend:
 ``block = vram.backend.alloc(100 * MiB)`` holds 100 MiB until ``block`` is released,
 ``vram.backend.spike(50 * MiB)`` raises the peak by 50 MiB and frees it again. With
+``--vram-attribution=on`` the blocks are reported to the collector, so a measurement has a
+breakdown (everything in ``(no module)``, ``inputs/other``). With
 ``vram.backend.capacity`` set, an allocation beyond it raises :class:`ScriptedOutOfMemory`
 as torch raises ``torch.OutOfMemoryError`` on a full GPU. Where ``VRAM_SCRIPTED_EVENTS``
 names a file, the backend appends a line to it whenever its test scope or session scope is
@@ -34,9 +36,13 @@ class Block:
         self.backend, self.size = backend, 0  # __del__ runs even if allocate raises
         backend.allocate(size)
         self.size = size
+        if backend.observer is not None:
+            backend.observer.allocated(id(self), size, op="scripted.alloc")
 
     def __del__(self) -> None:
         self.backend.allocate(-self.size)
+        if self.backend.observer is not None and self.size:
+            self.backend.observer.freed(id(self))
 
 
 class ScriptedBackend(Backend):
@@ -53,6 +59,13 @@ class ScriptedBackend(Backend):
         self.persistent: list[Block] = []
         #: whether tests hold scripted memory in reference cycles (then gc runs per test)
         self.cycles = False
+        #: the attribution's collector (``--vram-attribution=on``), told of every block
+        self.observer = None
+
+    def observe(self, observer) -> bool:
+        """Report blocks to ``observer`` (None: stop), as the estimator reports storages."""
+        self.observer = observer
+        return True
 
     @property
     def device(self) -> str:
