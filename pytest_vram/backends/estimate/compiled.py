@@ -76,6 +76,22 @@ def triton_installed() -> bool:
 
 
 # -- the scope ---------------------------------------------------------------------------
+def dynamo_maps_torch_itself() -> None:
+    """Dynamo's table of torch's functions is built from torch's own objects, before a
+    scope replaces any (call it before patching).
+
+    Dynamo maps torch's functions to tracing rules by object, in a table built once per
+    process (``trace_rules.get_torch_obj_rule_map``) from the objects the names hold at
+    that moment. Built inside a scope (the process's first ``torch.compile`` in a vram
+    test), it would hold the scope's wrappers of torch's factories in place of torch's
+    own builtins; a wrapper traced in a later compile then calls a builtin Dynamo does not
+    know, breaks its graph and runs eagerly, so a compiled figure would depend on which
+    test compiled first. (Dynamo is imported by :func:`install` in every scope anyway.)"""
+    from torch._dynamo import trace_rules
+
+    trace_rules.get_torch_obj_rule_map()
+
+
 def install(patches: Patches, mode: Any, card: Card, tracker: Any, emulate: bool) -> None:
     """For a scope: compiles started in it run under the compile-time changes (``mode``:
     the scope's fake mode)."""

@@ -184,6 +184,7 @@ class Scope:
     def __enter__(self) -> None:
         global _active
         with contextlib.ExitStack() as stack:
+            compiled.dynamo_maps_torch_itself()
             patches = stack.enter_context(Patches())  # restored last, after the mode exits
             if self._emulate:
                 cuda_runtime.install(patches)

@@ -275,6 +275,7 @@ COMPILE_REQUIRED = (
     "torch._dynamo.device_interface.CudaInterface",
     "torch._dynamo.device_interface.caching_worker_device_properties",
     "torch._dynamo.types.FrameExecStrategy",
+    "torch._dynamo.trace_rules.get_torch_obj_rule_map",
     "torch._dynamo.types.FrameAction.SKIP",
     "torch._C._dynamo.eval_frame.set_code_exec_strategy",
     "torch._dynamo.config.automatic_dynamic_local_pgo",
