@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import filelock
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pytest_vram.core.figures import MemoryFigures
@@ -576,27 +575,9 @@ def _write_error(path: Path, exc: OSError) -> str:
 # --------------------------------------------------------------------------- updating
 
 
-#: How long an update waits for another process's update of the same file.
-LOCK_TIMEOUT_S = 120.0
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the per-file lock of baseline ``path`` (other processes updating it wait)."""
-    try:
-        lock = files.acquire_lock(path, LOCK_TIMEOUT_S)
-    except filelock.Timeout:
-        raise BaselineError(
-            f"{path}: another run has held the lock {files.lock_path(path)} for "
-            f"{LOCK_TIMEOUT_S:.0f} s; wait for it to finish (or delete the lock file if no "
-            f"pytest is running)"
-        ) from None
-    except OSError as exc:
-        raise BaselineError(_write_error(path, exc)) from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return files.locked(path, BaselineError, _write_error)
 
 
 def update(

@@ -12,11 +12,9 @@ never read as empty and never rewritten from one run's entries.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 from pytest_vram.core.breakdown import collapse
 from pytest_vram.core.names import unstorable
@@ -42,7 +40,6 @@ MAX_FILE_BYTES = 64 * 1024**2
 #: Largest figure a store may hold (16 EiB), as in a baseline file.
 MAX_COUNT = 2**64
 #: How long an update waits for another process's update of the same store.
-LOCK_TIMEOUT_S = 120.0
 
 #: What a store holds: baseline key -> ``"module pattern (category)"`` -> bytes.
 Stored = dict[str, dict[str, int]]
@@ -188,23 +185,9 @@ def dump(entries: Mapping[str, Mapping[str, int]]) -> str:
     return yaml_dialect.canonical(document)
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the per-file lock of the store ``path`` (other processes updating it wait)."""
-    try:
-        lock = files.acquire_lock(path, LOCK_TIMEOUT_S)
-    except filelock.Timeout:
-        raise BreakdownError(
-            f"{path}: another run has held the lock {files.lock_path(path)} for "
-            f"{LOCK_TIMEOUT_S:.0f} s; wait for it to finish (or delete the lock file if no "
-            f"pytest is running)"
-        ) from None
-    except OSError as exc:
-        raise BreakdownError(_write_error(path, exc)) from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return files.locked(path, BreakdownError, _write_error)
 
 
 def write(path: Path, updates: Mapping[str, dict[str, Any]], remove: Iterable[str] = ()) -> bool:

@@ -24,6 +24,7 @@ a few words, and each store turns it into its own message, naming its file and t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -32,6 +33,7 @@ import secrets
 import stat
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import filelock
@@ -355,3 +357,30 @@ def acquire_lock(path: Path, timeout: float) -> filelock.BaseFileLock:
     lock = filelock.FileLock(lock_file, timeout=timeout)
     lock.acquire()
     return lock
+
+
+#: How long an update waits for another process's update of the same file.
+LOCK_TIMEOUT_S = 120.0
+
+
+@contextlib.contextmanager
+def locked(
+    path: Path, error: type[Exception], write_error: Callable[[Path, OSError], str]
+) -> Iterator[None]:
+    """Hold the per-file lock of ``path`` (other processes updating it wait). A lock held
+    too long, or one that cannot be made, raises ``error`` naming the file and the fix
+    (``write_error`` words the latter for the file's kind)."""
+    try:
+        lock = acquire_lock(path, LOCK_TIMEOUT_S)
+    except filelock.Timeout:
+        raise error(
+            f"{path}: another run has held the lock {lock_path(path)} for "
+            f"{LOCK_TIMEOUT_S:.0f} s; wait for it to finish (or delete the lock file if no "
+            f"pytest is running)"
+        ) from None
+    except OSError as exc:
+        raise error(write_error(path, exc)) from None
+    try:
+        yield
+    finally:
+        lock.release()

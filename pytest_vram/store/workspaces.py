@@ -30,11 +30,9 @@ import contextlib
 import dataclasses
 import errno
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 from pytest_vram.core.names import unstorable
 from pytest_vram.store import files, yaml_dialect
@@ -54,8 +52,6 @@ ABOUT = (
 MAX_FILE_BYTES = 32 * 1024**2
 #: Largest workspace accepted (16 EiB): larger figures are typos, not memory.
 MAX_BYTES = 2**64
-#: How long an update waits for another process's update of the same file.
-LOCK_TIMEOUT_S = 120.0
 
 _ARCH_RE = re.compile(r"^sm[0-9]{2,3}[a-z]?$")
 _KEY_RE = re.compile(r"^(fwd|bwd) \S+ .* tf32=[01] det=[01] bench=[01]$")
@@ -316,23 +312,9 @@ def _write_error(path: Path, exc: OSError) -> str:
     )
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the per-file lock of ``path`` (other processes updating it wait)."""
-    try:
-        lock = files.acquire_lock(path, LOCK_TIMEOUT_S)
-    except filelock.Timeout:
-        raise WorkspaceError(
-            f"{path}: another run has held the lock {files.lock_path(path)} for "
-            f"{LOCK_TIMEOUT_S:.0f} s; wait for it to finish (or delete the lock file if no "
-            f"pytest is running)"
-        ) from None
-    except OSError as exc:
-        raise WorkspaceError(_write_error(path, exc)) from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return files.locked(path, WorkspaceError, _write_error)
 
 
 def update(path: Path, setup: Mapping[str, str], measured: Mapping[str, int]) -> WorkspaceUpdate:
