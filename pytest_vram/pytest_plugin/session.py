@@ -408,7 +408,9 @@ class VramSession:
         if mark is None or mark.world_size is None:
             return contextlib.nullcontext()
         simulates = bool(getattr(self.backend(), "simulates_ranks", False))
-        return _world_or_fail(world.open_world(mark.world_size, simulates, nodeid))
+        return _world_or_fail(
+            world.open_world(mark.world_size, simulates, nodeid, self._session_scope)
+        )
 
     def judge(
         self,

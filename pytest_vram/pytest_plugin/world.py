@@ -12,8 +12,10 @@ from depends on the backend and on how pytest was started:
   what the ``env://`` rendezvous needs, so a launch is recognised only with all of them
   consistent): every rank runs the same session on its own GPU
   (``LOCAL_RANK``); the default process group (NCCL on CUDA, gloo otherwise) is created at
-  the first such test and kept for the session. Tests whose ``world_size`` differs from
-  the launched world are skipped with the command that runs them.
+  the first such test, kept for the session and destroyed at its end (a rank that exits
+  with a live gloo group can abort in the interpreter's shutdown). Tests whose
+  ``world_size`` differs from the launched world are skipped with the command that runs
+  them.
 * **in-process world of one** (not launched, ``N == 1``): a real one-rank process group
   (NCCL on CUDA, gloo otherwise) over a file store, created and destroyed around the test.
   ``N > 1`` without a launcher is skipped with the torchrun command.
@@ -138,8 +140,9 @@ def _real_backend() -> str:
 
 
 @contextlib.contextmanager
-def launched(world_size: int, nodeid: str) -> Iterator[None]:
-    """This rank of the launched world; the default group is kept for the session."""
+def launched(world_size: int, nodeid: str, session_end: contextlib.ExitStack) -> Iterator[None]:
+    """This rank of the launched world; the default group is kept for the session and
+    destroyed when ``session_end`` closes."""
     import torch.distributed as dist  # torch on use
 
     size, rank, _local = launched_world()  # type: ignore[misc]
@@ -152,6 +155,7 @@ def launched(world_size: int, nodeid: str) -> Iterator[None]:
         for name, value in NCCL_ENV.items():
             os.environ.setdefault(name, value)
         dist.init_process_group(_real_backend(), init_method="env://")
+        session_end.callback(_destroy, dist)
     elif dist.get_world_size() != size:
         raise WorldError(
             f"{nodeid}: a default process group of another size exists ({_describe(dist)}); "
@@ -182,12 +186,15 @@ def world_of_one(nodeid: str) -> Iterator[None]:
             _destroy(dist)
 
 
-def open_world(world_size: int, simulates_ranks: bool, nodeid: str) -> Any:
-    """The context manager that provides the test's process group (see the module doc)."""
+def open_world(
+    world_size: int, simulates_ranks: bool, nodeid: str, session_end: contextlib.ExitStack
+) -> Any:
+    """The context manager that provides the test's process group (see the module doc);
+    what must outlive the test (a launched world's group) is ended by ``session_end``."""
     if simulates_ranks:
         return simulated(world_size, nodeid)
     if launched_world() is not None:
-        return launched(world_size, nodeid)
+        return launched(world_size, nodeid, session_end)
     if world_size == 1:
         return world_of_one(nodeid)
     stray = stray_launch()

@@ -195,10 +195,22 @@ def test_four(vram):
     vram.run(vram.backend.spike, 2**20)
 """
 
+#: Each rank notes, once pytest is done with it, whether its default group is still alive.
+GROUP_AT_EXIT = """
+import os
+import torch.distributed as dist
+
+def pytest_unconfigure(config):
+    with open(f"group-at-exit-{os.environ['RANK']}", "w") as f:
+        f.write(str(dist.is_initialized()))
+"""
+
 
 def test_launched_ranks_gather_figures_and_rank_zero_writes_once(sub: pytest.Pytester) -> None:
-    """Two gloo ranks under torchrun: the largest figures of any rank gate and are recorded."""
+    """Two gloo ranks under torchrun: the largest figures of any rank gate and are recorded,
+    and each rank's process group is destroyed before the rank exits."""
     sub.makepyfile(test_launched=LAUNCHED)
+    sub.makeconftest(GROUP_AT_EXIT)
     args = [*plugin_args(), *QUIET, SCRIPTED, "--vram-update", "--vram-json=out.json", "-rs"]
     command = [
         sys.executable,
@@ -227,3 +239,7 @@ def test_launched_ranks_gather_figures_and_rank_zero_writes_once(sub: pytest.Pyt
     # Rank 0 alone reports: one VRAM table; the test of another world size is skipped there.
     assert result.stdout.str().count("VRAM") == 1
     result.stdout.fnmatch_lines(["*torchrun --nproc-per-node=4 -m pytest *::test_four*"])
+    assert [(sub.path / f"group-at-exit-{rank}").read_text() for rank in (0, 1)] == [
+        "False",
+        "False",
+    ]
