@@ -28,7 +28,7 @@ from pytest_vram.core.runs import Run
 from pytest_vram.core.units import UnitError, parse_tolerance
 from pytest_vram.core.verdicts import COMPARED, RESERVED, Kind
 from pytest_vram.render.json_report import JSON_VERSION
-from pytest_vram.store import baselines, files, yaml_dialect
+from pytest_vram.store import baselines, breakdowns, files
 from pytest_vram.store.baselines import BaselineError
 
 #: Input bounds: a ``--vram-json`` file holds a few KiB per measurement (its breakdown
@@ -528,59 +528,12 @@ def load_breakdowns(spec: str) -> dict[str, dict[str, int]]:
 
 
 def _load_breakdowns(spec: str) -> dict[str, dict[str, int]]:
-    fix = _BREAKDOWNS_FIX
+    """Read as ``pytest --vram-update`` reads its own store (:func:`breakdowns.parse`)."""
     text, _json = read_input(spec, MAX_BREAKDOWN_BYTES)
-    data = _load_yaml(spec, text)
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-        raise RunError(
-            f"{spec}: not a stored breakdowns file (a mapping with 'entries' of test ids to "
-            f"module groups and bytes); {fix}"
-        )
-    store: dict[str, dict[str, int]] = {}
-    for key, groups in data["entries"].items():
-        where = f"{spec}: entry {show(key)}"
-        if not isinstance(key, str) or not key:
-            raise RunError(f"{where}: the key must be a test id string; {fix}")
-        if not isinstance(groups, dict):
-            raise RunError(f"{where}: must map 'module (category)' to bytes, got {_kind(groups)}")
-        for group, nbytes in groups.items():
-            try:
-                _text(group)
-                _count(nbytes)
-            except _Bad:
-                raise RunError(
-                    f"{where}: {show(group)}: must map a 'module (category)' string to a "
-                    f"non-negative integer number of bytes, got {_kind(nbytes)}; {fix}"
-                ) from None
-        store[key] = groups
-    return store
-
-
-def _load_yaml(spec: str, text: str) -> Any:
-    """``text`` through the baseline store's bounded loader (no aliases, tags, deep nesting)."""
     try:
-        loader = yaml_dialect.StrictLoader(text)
-        try:
-            return loader.get_single_data()
-        finally:
-            loader.dispose()
-    except yaml_dialect.DuplicateKey as dup:
-        where = ".".join((*dup.where, dup.key))
-        raise RunError(
-            f"{spec}: {_short(where)} appears twice (lines {dup.first_line} and {dup.line}); "
-            f"keep one"
-        ) from None
-    except yaml_dialect.Refused as exc:
-        message = exc.message.replace("in a baseline file", "here")
-        raise RunError(f"{spec}{_line(exc.mark)}: invalid YAML: {message}") from None
-    except Exception as exc:  # YAMLError, or a constructor's error that got through
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RunError(f"{spec}{_line(mark)}: invalid YAML: {_short(_one_line(problem))}") from None
-
-
-def _line(mark: Any) -> str:
-    return f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return breakdowns.parse(text, Path(spec))
+    except breakdowns.BreakdownError as exc:
+        raise RunError(str(exc)) from None
 
 
 def _one_line(text: str) -> str:

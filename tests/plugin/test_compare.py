@@ -261,9 +261,10 @@ def test_missing_or_bad_breakdowns_file_is_an_error(tmp_path, capsys):
     missing.parent.mkdir()
     for text, message in [
         (b"entries:\n  a: \xff\n", "not UTF-8 text"),
-        (b"entries: &e {}\n", "anchor &e is not allowed here"),
-        (b"entries:\n  a: {'x (parameters)': -5}\n", "entry 'a': 'x (parameters)': must map"),
-        (b"- 1\n", "not a stored breakdowns file"),
+        (b"entries: &e {}\n", "anchor &e is not allowed in a breakdowns store"),
+        (b"entries:\n  a: {'x (parameters)': -5}\n", "bytes must be a non-negative integer"),
+        (b"- 1\n", "expected a mapping with keys about, entries, got a list"),
+        (b"about: {}\nentries: {}\nextra: 1\n", "unknown top-level key 'extra'"),
     ]:
         missing.write_bytes(text)
         assert main(["comment", str(run), "--breakdowns", str(missing), "-o", str(out)]) == 2
