@@ -31,6 +31,7 @@ import contextlib
 import functools
 import os
 import sys
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,6 +52,10 @@ OPTIMIZER = "(optimizer)"
 #: Categories known by identity; where one storage is noted as two, the first listed wins.
 IDENTITIES = ("parameters", "buffers", "gradients", "optimizer state")
 _RANK = {category: rank for rank, category in enumerate(IDENTITIES)}
+
+#: torch.compile's warning, at each call of its wrapper while global module hooks exist,
+#: that they fire once more for the wrapper: the hooks here know the wrapper and skip it.
+_COMPILE_HOOKS_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
 
 #: the pytest_vram package: its frames are never the user's source line
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,9 +123,23 @@ def _short_path(filename: str) -> str:
     return filename[len(best) :] if best else filename
 
 
+def _compiled(module: Any) -> Any | None:
+    """The module that ``module`` wraps if it is ``torch.compile``'s ``OptimizedModule``,
+    else None. torch is looked up, never imported."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    wrapper = getattr(eval_frame, "OptimizedModule", None)
+    if wrapper is not None and isinstance(module, wrapper):
+        return module._orig_mod
+    return None
+
+
 class _Modules:
     """Which module is running, from global forward hooks, named by the module's path in
     the models the test built.
+
+    A ``torch.compile``d module runs as one: its wrapper's call stands for the module it
+    wraps (inside the compiled code no hook runs, and modules have no boundaries), and its
+    submodules are known from that first call, so their parameters are named.
 
     In backward, the autograd node that runs is looked up: when a module's forward returns,
     the nodes its forward added to the graph are stamped with its name (``node.metadata``,
@@ -133,12 +152,13 @@ class _Modules:
     _KEY = "pytest_vram.module"
 
     def __init__(
-        self, names: weakref.WeakKeyDictionary[Any, str], adopt: Callable[[Any], str]
+        self, names: weakref.WeakKeyDictionary[Any, str], adopt: Callable[[Any, bool], str]
     ) -> None:
         self._names = names
         self._adopt = adopt
         self._stack: list[str] = []
         self._handles: list[Any] = []
+        self._warnings: contextlib.AbstractContextManager[Any] | None = None
 
     def current(self) -> tuple[str, str | None]:
         """(innermost running module or ``(no module)``, the autograd node in backward)."""
@@ -156,9 +176,12 @@ class _Modules:
 
         if torch.compiler.is_compiling():
             return  # compiled, modules have no boundaries: nothing of this goes in a graph
+        wrapped = _compiled(module)
+        if wrapped is not None:
+            module = wrapped
         name = self._names.get(module)
         if name is None:  # a module the test made outside vram.build
-            name = self._adopt(module)
+            name = self._adopt(module, wrapped is not None)
         if torch.is_grad_enabled():
             # The graph the inputs came from is the caller's: mark where this one's begins.
             outer = self._stack[-1] if self._stack else NO_MODULE
@@ -198,6 +221,9 @@ class _Modules:
             register_module_forward_pre_hook,
         )
 
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", _COMPILE_HOOKS_WARNING, UserWarning)
         self._handles = [
             register_module_forward_pre_hook(self._pre),
             register_module_forward_hook(self._post, always_call=True),
@@ -209,6 +235,9 @@ class _Modules:
             handle.remove()
         self._handles = []
         self._stack.clear()
+        if self._warnings is not None:
+            self._warnings.__exit__(None, None, None)
+            self._warnings = None
 
 
 class Collector:
@@ -242,6 +271,9 @@ class Collector:
     # -- what the test built -------------------------------------------------------
     def add_model(self, obj: Any) -> None:
         """Name the modules of a built model by their path (the root is unnamed)."""
+        wrapped = _compiled(obj)
+        if wrapped is not None:  # torch.compile(model): named as the model itself
+            obj = wrapped
         named = getattr(obj, "named_modules", None)
         if not callable(named):
             return
@@ -254,16 +286,19 @@ class Collector:
         self._roots.append(weakref.ref(obj))
         self._note_modules(list(self._names.items()))
 
-    def _adopt(self, module: Any) -> str:
+    def _adopt(self, module: Any, whole: bool = False) -> str:
         """A module that runs but was not built (made in the workload or the test body):
-        named by its class; its parameters and buffers are known from now on."""
-        name = type(module).__name__
-        self._names[module] = name
-        self._adopted.add(module)
-        self._note_modules([(module, name)])
+        named by its class; its parameters and buffers are known from now on. ``whole``
+        (a compiled module, whose submodules run without hooks): its submodules too."""
+        found = [(m, type(m).__name__) for m in (module.modules() if whole else (module,))]
+        found = [(m, name) for m, name in found if m is module or m not in self._names]
+        for m, name in found:
+            self._names[m] = name
+            self._adopted.add(m)
+        self._note_modules(found)
         if self._modules is not None:
-            self._hook_gradients([(module, name)])
-        return name
+            self._hook_gradients(found)
+        return found[0][1]
 
     # -- the hooks -----------------------------------------------------------------
     def allocated(self, key: int, nbytes: int, op: str | None = None) -> None:
