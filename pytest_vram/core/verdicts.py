@@ -59,9 +59,10 @@ class Cause:
     ``kind``: ``import-time device`` (a module-level device variable holding another
     device, in a module that calls ``torch.cuda.is_available()``), ``device variable``
     (such a variable without that call), ``device argument`` (a step was given another
-    device), ``is_available in step`` (a step chooses its device with
-    ``torch.cuda.is_available()``). ``name``: the variable or the step; ``value``: the
-    device it holds; ``where``: ``file:line``.
+    device), ``is_available in fixture`` (a wider-scoped fixture, which may have been set
+    up outside any vram test, chooses its device with ``torch.cuda.is_available()``).
+    ``name``: the variable, the step or the fixture; ``value``: the device it holds;
+    ``where``: ``file:line``.
     """
 
     kind: str

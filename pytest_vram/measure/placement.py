@@ -134,19 +134,26 @@ def causes(
     device: str,
     step: str = "",
     values: Iterable[Any] = (),
+    set_up_outside: Iterable[Callable[..., Any]] = (),
 ) -> tuple[Cause, ...]:
     """Likely reasons why the tensors are not on ``device``, from the code of
-    ``functions`` (the test function, the step's function) and the step's arguments
-    ``values``."""
+    ``functions`` (the test function, the step's function, the test's fixtures), the
+    step's arguments ``values`` and the fixtures that may have been set up outside any
+    vram test, ``set_up_outside`` (wider-scoped ones).
+
+    Code that runs inside a vram test sees the device (``torch.cuda.is_available()`` is
+    True there, on the estimator too): only a device chosen at import, or by a fixture set
+    up outside, can be another.
+    """
     found: list[Cause] = []
     for value in values:
         other = _other_device(value, device)
         if other is not None:
             found.append(Cause("device argument", step, other))
     for fn in functions:
-        if fn is None:
-            continue
-        found.extend(_variables(fn, device))
+        if fn is not None:
+            found.extend(_variables(fn, device))
+    for fn in set_up_outside:
         found.extend(_chosen_inside(fn))
     unique: dict[Cause, None] = {}
     for cause in found:
@@ -207,7 +214,7 @@ def _names_used(code: Any, module_globals: dict[str, Any], depth: int = 2) -> se
 
 
 def _chosen_inside(fn: Any) -> Iterator[Cause]:
-    """A step (not a module's top level) that calls ``torch.cuda.is_available()``."""
+    """A fixture (not a module's top level) that calls ``torch.cuda.is_available()``."""
     fn = inspect.unwrap(fn)
     code = getattr(fn, "__code__", None)
     if code is None:
@@ -219,7 +226,7 @@ def _chosen_inside(fn: Any) -> Iterator[Cause]:
     for offset, text in enumerate(lines):
         if _IS_AVAILABLE.search(text):
             where = f"{_display(code.co_filename)}:{first + offset}"
-            yield Cause("is_available in step", getattr(fn, "__qualname__", "?"), "", where)
+            yield Cause("is_available in fixture", getattr(fn, "__qualname__", "?"), "", where)
             return
 
 

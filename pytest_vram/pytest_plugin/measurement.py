@@ -215,6 +215,7 @@ def _mixed_devices(
     fixtures = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}) or {}
     functions = [getattr(item, "function", None)]
     functions.extend(defs[-1].func for defs in fixtures.values() if defs)
+    wider = [defs[-1].func for defs in fixtures.values() if defs and defs[-1].scope != "function"]
     return OffDevice(
         step="the test",
         device=device,
@@ -222,7 +223,7 @@ def _mixed_devices(
         params=held.params,
         tensors=held.tensors,
         elsewhere=tuple(sorted(held.elsewhere)),
-        causes=placement.causes(functions, device),
+        causes=placement.causes(functions, device, set_up_outside=wider),
     )
 
 

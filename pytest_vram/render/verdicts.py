@@ -498,10 +498,11 @@ def _cause(cause: Cause, off: OffDevice) -> str:
         return f"{cause.name} = {cause.value!r}{at}: use vram.device instead"
     if cause.kind == "device argument":
         return f"{cause.name} was given the device {cause.value!r}: pass vram.device instead"
-    if cause.kind == "is_available in step":
+    if cause.kind == "is_available in fixture":
         return (
-            f"{cause.name} chooses its device with torch.cuda.is_available(){at}: "
-            f"pass vram.device to it instead"
+            f"fixture {cause.name} chooses its device with torch.cuda.is_available(){at}, "
+            f"and a test outside vram may have set it up, where no GPU answers: make it "
+            f"function-scoped and use vram.device in it"
         )
     return f"{cause.kind}: {cause.name} {cause.value}{at}".strip()
 

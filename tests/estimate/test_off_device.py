@@ -158,3 +158,60 @@ def test_tensors_on_two_devices_name_what_and_where(
     out = result.stdout.str()
     assert "fake_tensor.py" not in out and "pytest_vram/" not in out
     assert not (pytester.path / "baselines" / "estimate.yaml").exists()
+
+
+CHOOSING_CONFTEST = """
+import pytest
+import torch
+
+
+@pytest.fixture
+def batch():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.randn(64, 512, device=device)
+
+
+@pytest.fixture(scope="session")
+def table():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.randn(512, 512, device=device)
+"""
+
+CHOOSING_TESTS = """
+import torch
+from torch import nn
+
+
+def test_plain_first(table):
+    assert table.shape == (512, 512)
+
+
+def test_with_the_table(vram, batch, table):
+    model = nn.Linear(512, 512).to(vram.device)
+    vram.run(lambda: model(batch) @ table)
+"""
+
+
+def test_a_fixture_choosing_its_device_is_a_cause_only_where_set_up_outside(
+    pytester: pytest.Pytester,
+) -> None:
+    """A function-scoped fixture that calls torch.cuda.is_available() runs inside the vram
+    test and chose the device: it is no cause. A session-scoped one that a plain test set
+    up first chose the CPU, and the failure names it."""
+    pytester.mkpydir("tests")
+    pytester.path.joinpath("tests", "conftest.py").write_text(CHOOSING_CONFTEST)
+    pytester.path.joinpath("tests", "test_choosing.py").write_text(CHOOSING_TESTS)
+    args = ["--vram-backend=estimate", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "tensors on two devices: the test runs on cuda and its code holds 1 tensor on "
+            "cpu; it failed at tests/test_choosing.py:12:",
+            "  *FakeTensorDeviceMismatchError*",
+            "  likely cause: fixture table chooses its device with torch.cuda.is_available() "
+            "(tests/conftest.py:14), and a test outside vram may have set it up, where no "
+            "GPU answers: make it function-scoped and use vram.device in it",
+        ]
+    )
+    assert "batch chooses" not in result.stdout.str()
