@@ -408,9 +408,8 @@ class VramSession:
         if mark is None or mark.world_size is None:
             return contextlib.nullcontext()
         simulates = bool(getattr(self.backend(), "simulates_ranks", False))
-        return _world_or_fail(
-            world.open_world(mark.world_size, simulates, nodeid, self._session_scope)
-        )
+        opened = world.open_world(mark.world_size, simulates, nodeid, self._session_scope)
+        return _entered_or_fail(opened, world.WorldError, str)
 
     def judge(
         self,
@@ -873,15 +872,21 @@ def _card_scope(backend: Backend, mark: VramMark, nodeid: str) -> Any:
             "or --vram-backend=cuda",
             pytrace=False,
         )
-    return _entered_or_fail(backend.test_scope(card=mark.card), nodeid)
+    return _entered_or_fail(
+        backend.test_scope(card=mark.card), BackendUnavailable, lambda exc: f"{nodeid}: {exc}"
+    )
 
 
 @contextlib.contextmanager
-def _entered_or_fail(manager: Any, nodeid: str) -> Iterator[None]:
+def _entered_or_fail(
+    manager: Any, refusal: type[Exception], message: Callable[[Exception], str]
+) -> Iterator[None]:
+    """Enter ``manager``; a ``refusal`` on entering fails the test with ``message(exc)``
+    and no traceback."""
     try:
         manager.__enter__()
-    except BackendUnavailable as exc:
-        pytest.fail(f"{nodeid}: {exc}", pytrace=False)
+    except refusal as exc:
+        pytest.fail(message(exc), pytrace=False)
     try:
         yield
     except BaseException as exc:
@@ -898,22 +903,6 @@ def backend_failure(exc: BaseException) -> str:
         f"(it must be a concrete pytest_vram Backend that takes no arguments) and, for cuda, "
         f"the driver (nvidia-smi), or choose another with --vram-backend"
     )
-
-
-@contextlib.contextmanager
-def _world_or_fail(manager: Any) -> Iterator[None]:
-    """Enter a world; one that cannot be set up fails the test with its own message."""
-    try:
-        manager.__enter__()
-    except world.WorldError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield
-    except BaseException as exc:
-        if not manager.__exit__(type(exc), exc, exc.__traceback__):
-            raise
-    else:
-        manager.__exit__(None, None, None)
 
 
 def owner(key: str, owners: dict[str, str]) -> str | None:

@@ -409,11 +409,7 @@ def off_device_explanation(off: OffDevice) -> list[str]:
     causes = [_cause(c, off) for c in off.causes]
     if not causes and off.in_build:
         causes = ["the model was made on the CPU and never moved to the device"]
-    if len(causes) == 1:
-        lines.append(f"  likely cause: {causes[0]}")
-    elif causes:
-        lines.append("  likely causes:")
-        lines.extend(f"  - {c}" for c in causes)
+    lines.extend(_likely(causes))
     lines.append(
         "  fix: make the model and its tensors on vram.device inside the test "
         "(model.to(vram.device), torch.randn(..., device=vram.device))"
@@ -456,12 +452,7 @@ def mixed_devices_failure(
         f"{_elsewhere(off)}; it failed{at}:",
         f"  {error}",
     ]
-    causes = [_cause(c, off) for c in off.causes]
-    if len(causes) == 1:
-        lines.append(f"  likely cause: {causes[0]}")
-    elif causes:
-        lines.append("  likely causes:")
-        lines.extend(f"  - {c}" for c in causes)
+    lines.extend(_likely([_cause(c, off) for c in off.causes]))
     lines.append(
         "  fix: make the model and its tensors on vram.device inside the test or a "
         "function-scoped fixture (model.to(vram.device), torch.randn(..., device=vram.device))"
@@ -479,6 +470,12 @@ def mixed_devices_failure(
             "emulated GPU: --vram-emulate=session (ini vram_emulate = session)"
         )
     return "\n".join(lines)
+
+
+def _likely(causes: list[str]) -> list[str]:
+    if len(causes) == 1:
+        return [f"  likely cause: {causes[0]}"]
+    return ["  likely causes:", *(f"  - {c}" for c in causes)] if causes else []
 
 
 def _cause(cause: Cause, off: OffDevice) -> str:
