@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import subprocess
 from collections.abc import Callable
@@ -99,11 +100,10 @@ def _read_git(spec: str, limit: int) -> tuple[str, str]:
 
 def _decode(label: str, data: bytes) -> str:
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
+        return files.decode(data)
+    except files.NotText as exc:
         raise RunError(
-            f"{label}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            f"pytest-vram writes its files in UTF-8: give the file it wrote"
+            f"{label}: {exc}; pytest-vram writes its files in UTF-8: give the file it wrote"
         ) from None
 
 
@@ -326,10 +326,35 @@ def _breakdown(value: Any) -> dict[str, Any]:
     return value
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    raise _Bad("an object")
+def _time(value: Any) -> dict[str, Any]:
+    """The timed rounds of pytest-benchmark, as ``benchmarking.timing`` writes them."""
+    what = (
+        "an object of the timed rounds: 'rounds' (a positive integer), 'min_s', 'median_s' "
+        "and 'mean_s' (seconds), 'backend' (a string or null) and 'gpu' (true or false)"
+    )
+    if not isinstance(value, dict):
+        raise _Bad(what)
+    rounds = value.get("rounds")
+    backend = value.get("backend")
+    if not (
+        isinstance(value.get("gpu"), bool)
+        and (backend is None or isinstance(backend, str))
+        and isinstance(rounds, int)
+        and not isinstance(rounds, bool)
+        and rounds > 0
+        and all(_seconds(value.get(name)) for name in ("min_s", "median_s", "mean_s"))
+    ):
+        raise _Bad(what)
+    return value
+
+
+def _seconds(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 #: What every measurement of a ``--vram-json`` document must hold, and how each field is
@@ -352,7 +377,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "verdicts": _verdicts,
     "leaked_bytes": _optional(_signed),
     "reserved_bytes": _optional(_count),
-    "time": _optional(_mapping),
+    "time": _optional(_time),
     "breakdown": _optional(_breakdown),
     "reserved_budget": _optional(_count),
 }

@@ -190,23 +190,22 @@ def read_text(path: Path) -> str | None:
     """The file's text, None if it does not exist; BaselineError if unreadable or too big."""
     path = Path(path)
     try:
-        data = files.read_bounded(path, MAX_FILE_BYTES)
+        return files.read_text(path, MAX_FILE_BYTES)
     except files.TooLarge:
         raise BaselineError(
             f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB; a baseline file holds a few "
             f"hundred bytes per measurement: split the suite into several profiles"
+        ) from None
+    except files.NotText as exc:
+        raise BaselineError(
+            f"{path}: cannot read baseline file: {exc}; pytest-vram writes it in UTF-8: "
+            f"fix the file or take it back from version control"
         ) from None
     except OSError as exc:
         raise BaselineError(
             f"{path}: cannot read baseline file: {files.describe(exc)}; give the baselines a "
             f"readable regular file there (or another --vram-baselines directory)"
         ) from None
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BaselineError(f"{path}: cannot read baseline file: {exc}") from exc
 
 
 def parse(text: str, path: Path) -> BaselineFile:

@@ -66,34 +66,25 @@ def load(path: Path) -> Stored:
     group -> a non-negative integer number of bytes.
     """
     path = Path(path)
-    data = _read(path)
-    return {} if data is None else _parse_bytes(data, path)
+    text = _read(path)
+    return {} if text is None else parse(text, path)
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path) -> str | None:
     try:
-        return files.read_bounded(path, MAX_FILE_BYTES)
+        return files.read_text(path, MAX_FILE_BYTES)
     except files.TooLarge:
         raise BreakdownError(
             f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB, which no store of "
             f"breakdowns reaches; {_REBUILD}"
         ) from None
+    except files.NotText as exc:
+        raise BreakdownError(f"{path}: {exc}; {_REBUILD}") from None
     except OSError as exc:
         raise BreakdownError(
             f"{path}: cannot read the stored breakdowns ({files.describe(exc)}); make it a "
             f"readable regular file, or delete it and rerun with --vram-update"
         ) from None
-
-
-def _parse_bytes(data: bytes, path: Path) -> Stored:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BreakdownError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r}); "
-            f"{_REBUILD}"
-        ) from None
-    return parse(text, path)
 
 
 def parse(text: str, path: Path) -> Stored:
@@ -203,15 +194,16 @@ def write(path: Path, updates: Mapping[str, dict[str, Any]], remove: Iterable[st
     measured = {key: _checked(key, compact(breakdown), path) for key, breakdown in updates.items()}
     with locked(path):
         old = _read(path)
-        entries = {} if old is None else _parse_bytes(old, path)
+        entries = {} if old is None else parse(old, path)
         entries.update(measured)
         for key in remove:
             entries.pop(key, None)
         if not entries and old is None:
             return False
-        data = dump(entries).encode("utf-8")
-        if old == data:
+        text = dump(entries)
+        if old == text:
             return False
+        data = text.encode("utf-8")
         try:
             files.write_atomic(path, data)
         except OSError as exc:

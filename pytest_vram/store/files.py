@@ -52,6 +52,10 @@ class TooLarge(ValueError):
     """A file beyond the size a store accepts."""
 
 
+class NotText(ValueError):
+    """Bytes that are not UTF-8 text; the message names the first bad byte and where."""
+
+
 class NotRegular(OSError):
     """A path that exists but is not a regular file where one is needed (a directory, a
     device, a FIFO, a socket): never read as a store, never replaced."""
@@ -145,6 +149,21 @@ def read_bounded(path: Path, limit: int) -> bytes | None:
     if len(data) > limit:
         raise TooLarge(f"{path}: larger than {limit} bytes")
     return data
+
+
+def decode(data: bytes) -> str:
+    """``data`` as UTF-8 text; NotText names the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1]
+        raise NotText(f"not UTF-8 text (byte {exc.start}: {bad!r})") from None
+
+
+def read_text(path: Path, limit: int) -> str | None:
+    """:func:`read_bounded`, decoded by :func:`decode`."""
+    data = read_bounded(path, limit)
+    return None if data is None else decode(data)
 
 
 def check_replaceable(path: Path) -> None:

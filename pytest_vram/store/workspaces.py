@@ -116,25 +116,20 @@ def read_text(path: Path) -> str | None:
     """The file's text, None if it does not exist; WorkspaceError if unreadable or too big."""
     path = Path(path)
     try:
-        data = files.read_bounded(path, MAX_FILE_BYTES)
+        return files.read_text(path, MAX_FILE_BYTES)
     except files.TooLarge:
         raise WorkspaceError(
             f"{path}: larger than {MAX_FILE_BYTES // 1024**2} MiB; a workspace file holds "
             f"about 150 bytes per convolution: {_RECORD_AGAIN}"
         ) from None
+    except files.NotText as exc:
+        raise WorkspaceError(
+            f"{path}: cannot read the convolution workspace file: {exc}; {_RECORD_AGAIN}"
+        ) from None
     except OSError as exc:
         raise WorkspaceError(
             f"{path}: cannot read the convolution workspace file ({_reason(exc, path)}); "
             f"{_fix(exc, path, 'make it readable')}"
-        ) from None
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WorkspaceError(
-            f"{path}: cannot read the convolution workspace file: not UTF-8 text (byte "
-            f"{exc.start}: {data[exc.start : exc.start + 1]!r}); {_RECORD_AGAIN}"
         ) from None
 
 

@@ -163,7 +163,7 @@ def without(field: str) -> bytes:
 
 
 HOSTILE = {
-    "not UTF-8": (b'{"version": 1, "measurements": []}\xff', "not UTF-8 text (byte 0xff"),
+    "not UTF-8": (b'{"version": 1, "measurements": []}\xff', "not UTF-8 text (byte 34: b'\\xff')"),
     "a JSON list": (b"[]", "got a list"),
     "not JSON": (b'{"version": 1,', "not valid JSON (Expecting property name"),
     "measurements null": (json.dumps({"version": 1, "measurements": None}).encode(),
@@ -184,6 +184,7 @@ HOSTILE = {
                              "key 'version' appears twice in one JSON object"),
     "a lone surrogate": (measurement(key="t.py::\ud800"), "measurements[0].key holds an "
                          "unpaired surrogate escape ('\\ud800')"),
+    "an empty time": (measurement(time={}), "time must be an object of the timed rounds"),
     "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     "a 5000-digit figure": (b'{"version": 1, "measurements": [{"key": "k", "model_bytes": 0, '
                             b'"peak_bytes": ' + b"9" * 5000 + b"}]}", "not valid JSON"),

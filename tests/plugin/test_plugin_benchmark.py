@@ -7,6 +7,8 @@ import json
 import pytest
 from vram_testing import MiB
 
+from pytest_vram.cli.main import main
+
 pytest.importorskip("pytest_benchmark")
 
 BENCHMARKED = """
@@ -55,6 +57,9 @@ def test_benchmark_times_the_workload_that_vram_measures_once(vram_pytester, run
     result.stdout.fnmatch_lines(
         ["test * verdict  time", "* 11.0 MiB * new * no GPU time (scripted)"]
     )
+    # the command line reads the timed rounds back: the PR comment and the benchmark file
+    for command in (["comment", "vram.json"], ["benchmark", "vram.json"]):
+        assert main([*command, "-o", "out"]) == 0
 
 
 def test_without_timing_the_time_column_stays_out(vram_pytester, run_vram):
