@@ -348,6 +348,81 @@ def _time(value: Any) -> dict[str, Any]:
     return value
 
 
+def _is(check: Callable[[Any], Any], value: Any) -> bool:
+    """Whether ``check`` accepts ``value``."""
+    try:
+        check(value)
+    except _Bad:
+        return False
+    return True
+
+
+def _positive(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_COUNT:
+        return value
+    raise _Bad("a positive integer")
+
+
+def _largest(value: Any) -> dict[str, Any]:
+    """The answer of ``vram.largest``, as ``Largest.to_dict`` writes it."""
+    what = (
+        "an object of the largest value that fits: 'value' (0 or more), 'low', 'high' and "
+        "'step' (positive integers, low <= high), 'card' (a string), 'probes' (a list of "
+        "objects with 'value', 'fits' (true or false) and 'peak_bytes') and 'lost' (null, or "
+        "an object with 'peak_bytes')"
+    )
+    if not isinstance(value, dict):
+        raise _Bad(what)
+    probes = value.get("probes", [])
+    lost = value.get("lost")
+    if not (
+        _is(_count, value.get("value"))
+        and all(_is(_positive, value.get(name)) for name in ("low", "high", "step"))
+        and value["low"] <= value["high"]
+        and isinstance(value.get("card"), str)
+        and isinstance(probes, list)
+        and all(
+            isinstance(p, dict)
+            and set(p) == {"value", "fits", "peak_bytes"}
+            and _is(_count, p["value"])
+            and isinstance(p["fits"], bool)
+            and _is(_count, p["peak_bytes"])
+            for p in probes
+        )
+        and (lost is None or (isinstance(lost, dict) and _is(_count, lost.get("peak_bytes"))))
+    ):
+        raise _Bad(what)
+    return value
+
+
+def _off_device(value: Any) -> dict[str, Any]:
+    """Why the figures are not the test's device memory, as ``OffDevice.to_dict`` writes it."""
+    what = (
+        "an object of what is not on the device: 'step', 'device' and 'backend' (strings), "
+        "'params' and 'tensors' (counts), 'elsewhere' (a list of strings) and 'causes' (a "
+        "list of objects with the strings 'kind' and 'name', and optionally 'value', 'where')"
+    )
+    if not isinstance(value, dict):
+        raise _Bad(what)
+    elsewhere = value.get("elsewhere", [])
+    causes = value.get("causes", [])
+    if not (
+        all(isinstance(value.get(name), str) for name in ("step", "device", "backend"))
+        and all(_is(_count, value.get(name, 0)) for name in ("params", "tensors"))
+        and isinstance(elsewhere, list)
+        and all(isinstance(e, str) for e in elsewhere)
+        and isinstance(causes, list)
+        and all(
+            isinstance(c, dict)
+            and {"kind", "name"} <= set(c) <= {"kind", "name", "value", "where"}
+            and all(isinstance(v, str) for v in c.values())
+            for c in causes
+        )
+    ):
+        raise _Bad(what)
+    return value
+
+
 def _seconds(value: Any) -> bool:
     return (
         isinstance(value, (int, float))
@@ -380,6 +455,12 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "time": _optional(_time),
     "breakdown": _optional(_breakdown),
     "reserved_budget": _optional(_count),
+    "off_device": _optional(_off_device),
+    "card": _optional(_text),
+    "card_note": _optional(_text),
+    "largest": _optional(_largest),
+    "baseline_largest": _optional(_count),
+    "baseline_card": _optional(_text),
 }
 RECORD = (
     *REQUIRED,

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from vram_testing import REPO, MiB, write_baseline
 
 from pytest_vram.__main__ import main
-from pytest_vram.cli.runs import load_run
+from pytest_vram.cli.runs import FIELDS, load_run
+from pytest_vram.core.fit import Largest, Probe
 from pytest_vram.core.records import Outcome, Record
 from pytest_vram.core.units import Tolerance
-from pytest_vram.core.verdicts import Kind, Verdict
+from pytest_vram.core.verdicts import Cause, Kind, OffDevice, Verdict
 from pytest_vram.render import json_report
 from pytest_vram.render.plots import chart_keys
 
@@ -185,6 +186,11 @@ HOSTILE = {
     "a lone surrogate": (measurement(key="t.py::\ud800"), "measurements[0].key holds an "
                          "unpaired surrogate escape ('\\ud800')"),
     "an empty time": (measurement(time={}), "time must be an object of the timed rounds"),
+    "a list as largest": (measurement(largest=[]), "largest must be an object of the largest "
+                          "value that fits"),
+    "a string as off_device": (measurement(off_device="cpu"), "off_device must be an object of "
+                               "what is not on the device"),
+    "a number as card": (measurement(card=8), "card must be a string, got int 8"),
     "deep nesting": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     "a 5000-digit figure": (b'{"version": 1, "measurements": [{"key": "k", "model_bytes": 0, '
                             b'"peak_bytes": ' + b"9" * 5000 + b"}]}", "not valid JSON"),
@@ -219,6 +225,38 @@ def test_hostile_run_file_is_one_line_error_and_exit_2(tmp_path, capsys, command
     line = error_line(capsys)
     assert line.startswith(f"error: {bad}: ") and message in line
     assert not out.exists()
+
+
+def test_every_field_a_record_writes_is_checked_when_read_back():
+    written = set(vram_json()["measurements"][0]) - {"activation_bytes", "verdict"}
+    assert written - set(FIELDS) == set()
+
+
+def test_a_record_with_every_optional_part_reads_back_into_a_comment(tmp_path):
+    """The answer of vram.largest (its probes and the lost baseline), figures not on the
+    device with their causes, a card and the timed rounds: what the plugin writes, the
+    command line reads."""
+    largest = Largest(
+        value=4, low=1, high=64, step=1, card="8GiB",
+        probes=(Probe(4, True, 5 * MiB), Probe(5, False, 9 * MiB)),
+        lost={"value": 5, "peak_bytes": 9 * MiB, "breakdown": None},
+    )  # fmt: skip
+    off = OffDevice(
+        step="vram.build(make)", device="cuda:0", backend="estimate", params=10,
+        elsewhere=("cpu",), causes=(Cause("import-time device", "DEVICE", "cpu", "t.py:3"),),
+    )  # fmt: skip
+    timed = {"rounds": 3, "min_s": 0.1, "median_s": 0.2, "mean_s": 0.2, "backend": "cuda",
+             "gpu": True}  # fmt: skip
+    records = [
+        record(largest=largest, baseline_largest=5, baseline_card="8GiB", card="8GiB",
+               card_note="an upper bound", time=timed),
+        record("t.py::test_b", off_device=off),
+    ]  # fmt: skip
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(vram_json(*records)))
+    out = tmp_path / "comment.md"
+    assert main(["comment", str(run), "-o", str(out)]) == 0
+    assert "`t.py::test_a`" in out.read_text()
 
 
 def test_unknown_version_does_not_pass_as_an_empty_run(tmp_path, capsys):
