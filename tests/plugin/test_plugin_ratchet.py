@@ -166,6 +166,18 @@ def vram_json(*measurements: dict) -> dict:
 GOOD = {"key": A, "model_bytes": 2 * MiB, "peak_bytes": 10 * MiB}
 
 
+#: figures that are not the test's device memory, as the plugin writes them
+OFF_DEVICE = {
+    "step": "vram.build(make_model)",
+    "device": "cuda:0",
+    "backend": "scripted",
+    "params": 1024,
+    "tensors": 0,
+    "elsewhere": ["cpu"],
+    "causes": [],
+}
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
@@ -180,9 +192,10 @@ GOOD = {"key": A, "model_bytes": 2 * MiB, "peak_bytes": 10 * MiB}
         ({"profile": "../x"}, "profile name '../x' is not a safe file name"),
         ({"context": {"torch": 2.13}}, "context must be an object of names to strings"),
         (
-            {"model_bytes": 0, "peak_bytes": 0, "off_device": {"headline": "model on cpu"}},
+            {"model_bytes": 0, "peak_bytes": 0, "off_device": OFF_DEVICE},
             "its figures were not counted on the device",
         ),
+        ({"off_device": {"headline": "model on cpu"}}, "off_device must be an object of what"),
     ],
 )
 def test_record_json_refuses_figures_a_baseline_cannot_hold(tmp_path, capsys, bad, message):
