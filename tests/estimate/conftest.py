@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,3 +16,14 @@ def backend() -> Any:
     b = create("estimate")
     b.warmup()
     return b
+
+
+@pytest.fixture
+def scope(backend: Any) -> Iterator[Any]:
+    """The module's backend inside one test's scope (fake CUDA, counted), then left."""
+    backend.begin_test()
+    try:
+        with backend.scope():
+            yield backend
+    finally:
+        backend.end_test()

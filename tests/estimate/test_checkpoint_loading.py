@@ -9,7 +9,6 @@ wider-scoped fixture computes on the host while a vram test is set up holds real
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,6 @@ from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
 
 emulated = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU: not emulated")
 pytestmark = emulated
-
-
-@pytest.fixture
-def scope(backend: Any) -> Iterator[Any]:
-    backend.begin_test()
-    try:
-        with backend.scope():
-            yield backend
-    finally:
-        backend.end_test()
 
 
 def test_a_cuda_result_of_cpu_constants_is_fake_and_counted(scope: Any) -> None:

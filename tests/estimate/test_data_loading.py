@@ -17,16 +17,6 @@ from pytest_vram.backends.estimate.allocator import round_size  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 
 
-@pytest.fixture
-def scope(backend: Any) -> Iterator[Any]:
-    backend.begin_test()
-    try:
-        with backend.scope():
-            yield backend
-    finally:
-        backend.end_test()
-
-
 class Rows(data.Dataset):  # type: ignore[type-arg]
     """A map-style dataset of rows of different lengths, recording the indices asked for."""
 

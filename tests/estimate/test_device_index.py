@@ -4,7 +4,7 @@ was outside it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,16 +18,6 @@ from pytest_vram.backends.estimate.device_index import FACTORIES  # noqa: E402
 emulated = pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU: not emulated")
 pytestmark = emulated
 CUDA0 = torch.device("cuda", 0)
-
-
-@pytest.fixture
-def scope(backend: Any) -> Iterator[Any]:
-    backend.begin_test()
-    try:
-        with backend.scope():
-            yield backend
-    finally:
-        backend.end_test()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,6 @@ from pytest_vram.backends.patching import Patches  # noqa: E402
 from pytest_vram.measure.meter import Meter  # noqa: E402
 
 CUDA = "cuda"
-
-
-@pytest.fixture
-def scope(backend: Any) -> Iterator[Any]:
-    backend.begin_test()
-    try:
-        with backend.scope():
-            yield backend
-    finally:
-        backend.end_test()
 
 
 def unknown(read: Any) -> None:
